@@ -1,0 +1,264 @@
+"""Loading ONNX models into graphopt's IR, with load-time validation.
+
+Weights stay lazy: tensors stored as ONNX external data become memory-mapped
+``ExternalTensor`` objects and are read only when a pass asks for their values.
+Every failure is a :class:`~graphopt.errors.LoadError` that names the problem and
+says what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import networkx as nx
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper
+
+from graphopt.errors import LoadError
+
+__all__ = ["load", "load_proto", "validate_model"]
+
+_LOG = logging.getLogger(__name__)
+
+
+def _node_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
+    """Yield the tensors held in a node's attributes, recursing into subgraphs."""
+    for attr in node.attribute:
+        if attr.HasField("t"):
+            yield attr.t
+        yield from attr.tensors
+        if attr.HasField("g"):
+            yield from _graph_tensors(attr.g)
+        for sub in attr.graphs:
+            yield from _graph_tensors(sub)
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Yield a graph's initializers and attribute tensors, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        yield from _node_tensors(node)
+
+
+def _iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Yield every TensorProto in the model: initializers, Constant/attribute
+    tensors, in the main graph, all subgraphs and all model-local functions."""
+    yield from _graph_tensors(model.graph)
+    for func in model.functions:
+        for node in func.node:
+            yield from _node_tensors(node)
+
+
+def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
+    """Check that every external-data reference stays inside ``base_dir`` and
+    points at bytes that exist.
+
+    Raises:
+        LoadError: absolute location, a location with ``..`` or one resolving
+            outside the model's folder, a missing data file, or an
+            offset/length past the end of the file.
+    """
+    base = base_dir.resolve()
+    sizes: dict[Path, int] = {}
+    for tensor in _iter_tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        location = info.location
+        if not location:
+            raise LoadError(
+                f"initializer '{tensor.name}' is stored as external data but has no location; "
+                "re-export the model or re-save it with onnx.save(..., save_as_external_data=True)"
+            )
+        loc = Path(location)
+        if loc.is_absolute() or location.startswith(("/", "\\")) or (len(location) > 1 and location[1] == ":"):
+            raise LoadError(
+                f"initializer '{tensor.name}' points at external data by an absolute path "
+                f"('{location}'); external data must lie beside the model: move the file into "
+                f"'{base}' and store a relative location"
+            )
+        if ".." in loc.parts or ".." in location.replace("\\", "/").split("/"):
+            raise LoadError(
+                f"initializer '{tensor.name}' has external-data location '{location}', which "
+                f"escapes the model's folder '{base}' ('..' is not allowed); move the data file "
+                "beside the model"
+            )
+        path = (base / loc).resolve()
+        if not path.is_relative_to(base):
+            raise LoadError(
+                f"initializer '{tensor.name}' has external-data location '{location}', which "
+                f"resolves outside the model's folder '{base}' (through a link?); copy the data "
+                "file beside the model"
+            )
+        if path not in sizes:
+            if not path.is_file():
+                raise LoadError(
+                    f"external-data file '{location}' of initializer '{tensor.name}' is missing "
+                    f"(looked in '{base}'); copy the model's .data file beside the .onnx file"
+                )
+            sizes[path] = path.stat().st_size
+        offset = int(info.offset or 0)
+        length = info.length
+        if length is None:
+            length = sizes[path] - offset
+        if offset + int(length) > sizes[path]:
+            raise LoadError(
+                f"initializer '{tensor.name}' reads bytes {offset}..{offset + int(length)} of "
+                f"'{location}', but that file holds only {sizes[path]} bytes: the data file is "
+                "truncated or belongs to another model"
+            )
+
+
+def _check_versions(model: onnx.ModelProto) -> None:
+    """Check ir_version and the default-domain opset against what the installed
+    onnx package supports (``onnx.IR_VERSION``, ``onnx.defs.onnx_opset_version()``).
+
+    Raises:
+        LoadError: missing or unsupported versions.
+    """
+    if model.ir_version > onnx.IR_VERSION:
+        raise LoadError(
+            f"model has ir_version {model.ir_version}, newer than the {onnx.IR_VERSION} this "
+            f"onnx {onnx.__version__} supports; upgrade onnx or re-export with an older IR"
+        )
+    if not model.opset_import:
+        raise LoadError(
+            "model declares no opset_import; the file is truncated or was not written by an "
+            "ONNX exporter: re-export it"
+        )
+    latest = onnx.defs.onnx_opset_version()
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and not 1 <= opset.version <= latest:
+            raise LoadError(
+                f"model imports opset {opset.version} of the default ONNX domain; onnx "
+                f"{onnx.__version__} supports opsets 1..{latest}: convert it with "
+                "onnx.version_converter or upgrade onnx"
+            )
+
+
+def load_proto(path: str | os.PathLike, *, external_data: bool = False) -> onnx.ModelProto:
+    """Read an ONNX ModelProto from ``path`` and check that it is a whole ONNX model.
+
+    Args:
+        path: file of a serialized ``onnx.ModelProto`` (protobuf binary).
+        external_data: also read external tensors into the proto (only for
+            small models; graphopt's IR keeps them memory-mapped instead).
+
+    Raises:
+        LoadError: missing file, a directory, a file that does not decode as a
+            ModelProto (not ONNX, or truncated), a model without a graph.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise LoadError(f"model file '{p}' does not exist; check the path")
+    if not p.is_file():
+        raise LoadError(f"'{p}' is not a file; pass the path of an .onnx file")
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise LoadError(
+            f"'{p}' is not an ONNX model or is truncated ({p.stat().st_size} bytes could not be "
+            f"decoded as a ModelProto: {e}); check that the file was copied completely"
+        ) from e
+    if not proto.HasField("graph") or proto.ir_version <= 0:
+        raise LoadError(
+            f"'{p}' is not an ONNX model or is truncated: it decodes, but has "
+            f"{'no graph' if not proto.HasField('graph') else 'no ir_version'}; check that the "
+            "file is a complete .onnx model"
+        )
+    _check_versions(proto)
+    _check_external_data(proto, p.parent)
+    if external_data:
+        external_data_helper.load_external_data_for_model(proto, str(p.parent))
+    return proto
+
+
+def validate_model(model: ir.Model, source: str = "model") -> None:
+    """Check that every graph (main graph, subgraphs, functions) of ``model`` is
+    acyclic and that every value a node reads is produced somewhere in scope.
+
+    Raises:
+        LoadError: a value read but never produced (naming the node and value), or
+            a cycle (naming the nodes on it).
+    """
+    graphs: list[tuple[str, object]] = [("main graph", model.graph)]
+    graphs += [(f"subgraph '{g.name}'", g) for g in model.graph.subgraphs()]
+    graphs += [(f"function '{f.name}'", f) for f in model.functions.values()]
+    for where, graph in graphs:
+        dag = nx.DiGraph()
+        for node in graph:
+            dag.add_node(id(node))
+            for value in node.inputs:
+                if value is None:
+                    continue
+                producer = value.producer()
+                if producer is not None:
+                    if producer.graph is node.graph:
+                        dag.add_edge(id(producer), id(node))
+                    continue
+                if value.is_graph_input() or value.is_initializer() or value.graph is not None:
+                    continue
+                if isinstance(graph, ir.Function) and value in graph.inputs:
+                    continue
+                raise LoadError(
+                    f"{source}: node {_describe(node)} in the {where} reads value "
+                    f"'{value.name}', which no node, graph input or initializer produces; "
+                    "the model is malformed: re-export it"
+                )
+        if not nx.is_directed_acyclic_graph(dag):
+            by_id = {id(n): n for n in graph}
+            cycle = nx.find_cycle(dag)
+            names = " -> ".join(_describe(by_id[a]) for a, _ in cycle)
+            raise LoadError(
+                f"{source}: the {where} has a cycle ({names}); ONNX graphs must be acyclic: "
+                "re-export the model"
+            )
+
+
+def _describe(node: ir.Node) -> str:
+    """A short, stable description of a node for error messages."""
+    outs = ",".join(v.name or "?" for v in node.outputs)
+    return f"{node.op_type}[{node.name or '-'}] -> {outs}"
+
+
+def load(path: str | os.PathLike) -> ir.Model:
+    """Load an ONNX model as a graphopt IR model, weights memory-mapped and lazy.
+
+    Validation (each a ``LoadError`` naming the problem): the file exists and is
+    a complete ONNX ModelProto; ``ir_version`` and opsets are within what the
+    installed onnx supports; external data lies inside the model's folder (no
+    absolute paths, no ``..``) and is long enough; every graph is acyclic and
+    every value read is produced.
+
+    Args:
+        path: an ``.onnx`` file (protobuf binary), optionally with external data
+            files beside it (the ONNX external-data spec).
+
+    Returns:
+        The model (``graphopt.ir.Model``); ``model.graph`` is the main graph.
+        The source path is recorded in ``model.meta["graphopt.source"]``.
+
+    Raises:
+        LoadError: see above.
+    """
+    p = Path(path)
+    proto = load_proto(p)
+    quiet = logging.getLogger("onnx_ir")
+    old = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as e:  # onnx_ir raises plain exceptions on malformed protos
+        raise LoadError(f"'{p}' could not be read into the IR: {e}; the model is malformed") from e
+    finally:
+        quiet.setLevel(old)
+    del proto
+    ir.external_data.set_base_dir(model.graph, str(p.parent.resolve()))
+    validate_model(model, source=str(p))
+    model.meta["graphopt.source"] = str(p.resolve())
+    return model

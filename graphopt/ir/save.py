@@ -1,0 +1,270 @@
+"""Writing graphopt IR models to ONNX files: atomic, streamed, never over the input.
+
+The file layout follows the ONNX external-data spec: ``out.onnx`` holds the
+graph; with external data, tensors of at least ``size_threshold`` bytes go to
+``out.onnx.data`` beside it (relative ``location``, ``offset``, ``length``).
+Weights that are still memory-mapped from the source model are copied from the
+source file in fixed-size chunks, so peak memory stays at one chunk, not the
+model's size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+
+from graphopt.errors import GraphoptError, SaveError
+from graphopt.ir.versions import target_ir_version
+
+__all__ = ["save", "to_proto", "SaveReport", "PROTOBUF_LIMIT", "EXTERNAL_DATA_AUTO_BYTES"]
+
+_LOG = logging.getLogger(__name__)
+
+PROTOBUF_LIMIT = 2**31 - 1
+"""Largest serialized protobuf message (bytes): 2 GiB - 1."""
+
+EXTERNAL_DATA_AUTO_BYTES = 1_800_000_000
+"""Initializer bytes above which ``save`` switches to external data by itself,
+leaving headroom under the 2 GiB protobuf limit for the graph itself."""
+
+_CHUNK = 16 * 2**20  # bytes copied per read when streaming weights
+_ALIGN = 4096  # offset alignment (bytes) of tensors over 1 MiB in the data file
+
+
+@dataclass
+class SaveReport:
+    """What ``save`` wrote.
+
+    Attributes:
+        path: the .onnx file.
+        data_path: the external-data file, or None when every tensor is inline.
+        ir_version: the IR version written.
+        external_tensors: number of tensors placed in external data.
+        bytes_written: size of both files together (bytes).
+    """
+
+    path: Path
+    data_path: Path | None
+    ir_version: int
+    external_tensors: int
+    bytes_written: int
+
+
+def _initializer_values(model: ir.Model) -> list[ir.Value]:
+    """All initializer values of the main graph and its subgraphs."""
+    values: list[ir.Value] = []
+    for graph in model.graphs():
+        values.extend(v for v in graph.initializers.values() if v.const_value is not None)
+    return values
+
+
+def _external_sources(model: ir.Model) -> set[Path]:
+    """Resolved paths of the data files the model's lazy tensors read from."""
+    return {
+        Path(v.const_value.path).resolve()
+        for v in _initializer_values(model)
+        if isinstance(v.const_value, ir.ExternalTensor)
+    }
+
+
+def _copy_tensor(tensor: ir.TensorProtocol, out) -> int:  # noqa: ANN001 - binary file object
+    """Write a tensor's raw little-endian bytes to ``out``; return the byte count.
+
+    External (memory-mapped) tensors are streamed from their source file in
+    ``_CHUNK`` pieces; others are written from memory.
+    """
+    if isinstance(tensor, ir.ExternalTensor):
+        offset = tensor.offset or 0
+        length = tensor.length if tensor.length is not None else tensor.nbytes
+        with open(tensor.path, "rb") as src:
+            src.seek(offset)
+            left = length
+            while left:
+                chunk = src.read(min(_CHUNK, left))
+                if not chunk:
+                    raise SaveError(
+                        f"external data of '{tensor.name}' in '{tensor.path}' ends early; the source "
+                        "data file changed or is truncated"
+                    )
+                out.write(chunk)
+                left -= len(chunk)
+        return length
+    data = tensor.tobytes()
+    out.write(data)
+    return len(data)
+
+
+def to_proto(model: ir.Model, *, inline_external: bool = True) -> onnx.ModelProto:
+    """Serialize an IR model to an ``onnx.ModelProto`` with the IR version set for
+    onnxruntime (see :func:`graphopt.ir.versions.target_ir_version`).
+
+    Args:
+        model: the model; not modified.
+        inline_external: read memory-mapped external tensors into the proto, so
+            the proto stands alone (for onnxruntime sessions from bytes,
+            onnx.checker, graphsurgeon). When False, external references keep
+            their locations relative to the source model's folder.
+
+    Raises:
+        SaveError: ``inline_external`` on a model whose weights exceed the 2 GiB
+            protobuf limit: save it to a file instead.
+    """
+    swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    try:
+        if inline_external:
+            total = sum(v.const_value.nbytes for v in _initializer_values(model))
+            if total > EXTERNAL_DATA_AUTO_BYTES:
+                raise SaveError(
+                    f"the model's weights ({total / 2**30:.2f} GiB) do not fit in one protobuf "
+                    "message; save it with graphopt.save(model, path) and use the file"
+                )
+            for value in _initializer_values(model):
+                tensor = value.const_value
+                if isinstance(tensor, ir.ExternalTensor):
+                    swapped.append((value, tensor))
+                    value.const_value = ir.Tensor(tensor.numpy(), name=tensor.name)
+        proto = ir.serde.serialize_model(model)
+    finally:
+        for value, tensor in swapped:
+            value.const_value = tensor
+    proto.ir_version = target_ir_version(model.ir_version, dict(model.opset_imports))
+    return proto
+
+
+def save(
+    model: ir.Model,
+    path: str | os.PathLike,
+    *,
+    external_data: bool | None = None,
+    size_threshold: int = 1024,
+    check: bool = False,
+) -> SaveReport:
+    """Write ``model`` to ``path`` atomically.
+
+    Both files are first written into a temporary folder beside ``path`` (same
+    filesystem), optionally checked with ``onnx.checker`` (full check), then moved
+    into place with ``os.replace``: data file first, then the .onnx file. A
+    failure removes the temporary folder, so no partial file is left and an
+    existing file at ``path`` is untouched.
+
+    Args:
+        model: the IR model; not modified.
+        path: the output ``.onnx`` path.
+        external_data: True to put every tensor of at least ``size_threshold``
+            bytes into ``<name>.data`` beside the model; False to inline all;
+            None (default) for external data when the input model had external
+            data or the initializers exceed ``EXTERNAL_DATA_AUTO_BYTES``.
+        size_threshold: smallest tensor (bytes) placed in external data.
+        check: run ``onnx.checker.check_model(full_check=True)`` before the move.
+
+    Returns:
+        A :class:`SaveReport`.
+
+    Raises:
+        SaveError: the output is the input model file, its data file is one the
+            model reads its weights from (the input would be overwritten), the
+            folder does not exist, the model is too large to inline, the checker
+            fails, or the write fails.
+    """
+    out = Path(path)
+    if not out.parent.is_dir():
+        raise SaveError(f"output folder '{out.parent}' does not exist; create it first")
+    out_res = out.resolve()
+    data_name = out.name + ".data"
+    data_res = out_res.parent / data_name
+    source = model.meta.get("graphopt.source")
+    if source is not None and Path(source).resolve() == out_res:
+        raise SaveError(
+            f"refusing to write over the input model '{out}'; choose another output path"
+        )
+    sources = _external_sources(model)
+    if data_res in sources or out_res in sources:
+        raise SaveError(
+            f"refusing to write '{out}': its external-data file '{data_name}' is the file the "
+            "input model reads its weights from, which would destroy the input; choose another "
+            "output name or folder"
+        )
+    values = _initializer_values(model)
+    total = sum(v.const_value.nbytes for v in values)
+    if external_data is None:
+        external_data = bool(sources) or total > EXTERNAL_DATA_AUTO_BYTES
+    if not external_data and total > EXTERNAL_DATA_AUTO_BYTES:
+        raise SaveError(
+            f"the model's weights ({total / 2**30:.2f} GiB) exceed the 2 GiB protobuf limit; "
+            "save with external data"
+        )
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    external_count = 0
+    try:
+        if external_data:
+            with open(tmp / data_name, "wb") as f:
+                offset = 0
+                for value in values:
+                    tensor = value.const_value
+                    if tensor.nbytes < size_threshold or isinstance(tensor, ir.StringTensor):
+                        if isinstance(tensor, ir.ExternalTensor):
+                            swapped.append((value, tensor))
+                            value.const_value = ir.Tensor(tensor.numpy(), name=tensor.name)
+                        continue
+                    if tensor.nbytes > 2**20 and offset % _ALIGN:
+                        pad = _ALIGN - offset % _ALIGN
+                        f.write(b"\0" * pad)
+                        offset += pad
+                    length = _copy_tensor(tensor, f)
+                    swapped.append((value, tensor))
+                    value.const_value = ir.ExternalTensor(
+                        data_name, offset, length, tensor.dtype, shape=tensor.shape,
+                        name=tensor.name or value.name, base_dir=str(out_res.parent),
+                    )
+                    offset += length
+                    external_count += 1
+                f.flush()
+                os.fsync(f.fileno())
+            proto = ir.serde.serialize_model(model)
+        else:
+            for value in values:
+                tensor = value.const_value
+                if isinstance(tensor, ir.ExternalTensor):
+                    swapped.append((value, tensor))
+                    value.const_value = ir.Tensor(tensor.numpy(), name=tensor.name)
+            proto = ir.serde.serialize_model(model)
+        proto.ir_version = target_ir_version(model.ir_version, dict(model.opset_imports))
+        blob = proto.SerializeToString()
+        del proto
+        with open(tmp / out.name, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        if check:
+            try:
+                onnx.checker.check_model(str(tmp / out.name), full_check=True)
+            except onnx.checker.ValidationError as e:
+                raise SaveError(f"the output model fails onnx.checker: {e}") from e
+        written = len(blob)
+        if external_data and external_count:
+            written += (tmp / data_name).stat().st_size
+            os.replace(tmp / data_name, data_res)
+        os.replace(tmp / out.name, out_res)
+    except GraphoptError:
+        raise
+    except Exception as e:
+        raise SaveError(f"writing '{out}' failed: {e}") from e
+    finally:
+        for value, tensor in swapped:
+            value.const_value = tensor
+        shutil.rmtree(tmp, ignore_errors=True)
+    return SaveReport(
+        path=out,
+        data_path=data_res if external_data and external_count else None,
+        ir_version=target_ir_version(model.ir_version, dict(model.opset_imports)),
+        external_tensors=external_count,
+        bytes_written=written,
+    )

@@ -27,6 +27,7 @@ from onnx_ir import (
 )
 
 from graphopt.errors import LoadError
+from graphopt.ir.edit import bypass, graphs_and_functions, infer_shapes
 from graphopt.ir.gs import from_graphsurgeon, to_graphsurgeon
 from graphopt.ir.load import load, load_proto, validate_model
 from graphopt.ir.save import SaveReport, save, to_proto
@@ -38,6 +39,7 @@ __all__ = [
     "load", "load_proto", "validate_model", "save", "SaveReport", "to_proto", "from_proto",
     "from_text", "to_text", "tensor_text", "canonical_order", "clone",
     "from_graphsurgeon", "to_graphsurgeon", "serde", "convenience",
+    "bypass", "graphs_and_functions", "infer_shapes",
 ]
 
 serde = _ir.serde

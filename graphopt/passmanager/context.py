@@ -1,0 +1,102 @@
+"""The pass context: target, registered configuration keys, calibration data,
+accuracy budget, instruments and cached analyses (TVM's ``PassContext``)."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from graphopt.errors import InputError
+
+__all__ = ["PassContext", "TARGETS", "CONFIG_KEYS", "register_config"]
+
+TARGETS: dict[str, str] = {
+    "onnx": "standard-domain ONNX operators only",
+    "ort": "onnxruntime: com.microsoft contrib operators allowed",
+    "tensorrt": "TensorRT's ONNX parser: its supported operators and QDQ placement",
+}
+
+CONFIG_KEYS: dict[str, tuple[type, Any, str]] = {}
+"""Registered config key -> (type, default, doc)."""
+
+
+def register_config(key: str, typ: type, default: Any, doc: str) -> None:
+    """Register a configuration key that passes and instruments read from
+    ``ctx.config``; unregistered keys are refused with the candidates listed."""
+    CONFIG_KEYS[key] = (typ, default, doc)
+
+
+register_config("verify.rtol", float, 1e-5, "relative tolerance of exact passes (verify-each, optimize --verify)")
+register_config("verify.atol", float, 1e-6, "absolute tolerance floor added to rtol*|reference|")
+register_config("verify.seed", int, 0, "seed of generated verification inputs")
+register_config("fixpoint.warn", bool, True, "warn when a fixpoint group hits max-iters while still changing")
+
+
+class AnalysisCache:
+    """Analyses computed on demand and cached until a pass modifies the model.
+
+    ``get(name, model, compute)`` returns the cached result or computes it. The
+    pass manager calls :meth:`invalidate` after every modifying pass, keeping
+    only the analyses named in that pass's ``preserves``.
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+
+    def get(self, name: str, model: Any, compute: Callable[[Any], Any]) -> Any:
+        key = f"{name}@{id(model)}"
+        if key not in self._cache:
+            self._cache[key] = compute(model)
+        return self._cache[key]
+
+    def invalidate(self, preserved: frozenset[str] = frozenset()) -> None:
+        self._cache = {k: v for k, v in self._cache.items() if k.split("@", 1)[0] in preserved}
+
+
+@dataclass
+class PassContext:
+    """Everything a pass may read besides the model.
+
+    Attributes:
+        target: ``onnx``, ``ort`` or ``tensorrt`` (see :data:`TARGETS`).
+        config: registered key -> value (see :data:`CONFIG_KEYS`); defaults apply
+            for keys not given.
+        calibration: calibration data for lossy passes (an iterable of input
+            dicts), or None.
+        accuracy_budget: e.g. ``{"cosine": 0.99}`` for lossy passes, or None.
+        instruments: :class:`~graphopt.passmanager.instruments.Instrument`
+            objects called around each pass.
+        analyses: the :class:`AnalysisCache`.
+
+    Raises:
+        InputError: unknown target or config key (with candidates), or a
+            config value of the wrong type.
+    """
+
+    target: str = "ort"
+    config: dict[str, Any] = field(default_factory=dict)
+    calibration: Any = None
+    accuracy_budget: dict[str, float] | None = None
+    instruments: list[Any] = field(default_factory=list)
+    analyses: AnalysisCache = field(default_factory=AnalysisCache)
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise InputError(f"unknown target '{self.target}'; choose one of: {', '.join(TARGETS)}")
+        for key, value in list(self.config.items()):
+            if key not in CONFIG_KEYS:
+                close = difflib.get_close_matches(key, CONFIG_KEYS, n=3)
+                hint = f" Did you mean {', '.join(close)}?" if close else ""
+                raise InputError(f"unknown config key '{key}'.{hint} Registered keys: {', '.join(sorted(CONFIG_KEYS))}")
+            typ = CONFIG_KEYS[key][0]
+            try:
+                self.config[key] = typ(value) if typ is not bool or isinstance(value, bool) else str(value).lower() == "true"
+            except (TypeError, ValueError) as e:
+                raise InputError(f"config key '{key}' expects {typ.__name__}, got {value!r}") from e
+
+    def get(self, key: str) -> Any:
+        """The value of a registered config key (its default when unset)."""
+        if key not in CONFIG_KEYS:
+            raise KeyError(key)
+        return self.config.get(key, CONFIG_KEYS[key][1])

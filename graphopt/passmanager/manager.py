@@ -1,0 +1,211 @@
+"""The pass manager: runs a pipeline over a model under a context.
+
+For each pass it establishes the invariants the pass ``requires`` (running the
+providing pass, e.g. ``topological-sort``), calls the instruments around it,
+times it, rolls it back when an instrument rejects its result, and on a crash
+raises :class:`~graphopt.errors.PassError` with the reproducer an instrument
+wrote. Invariants a modifying pass does not ``preserve`` are dropped and cached
+analyses invalidated (MLIR's pass manager is the model).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from graphopt.errors import GraphoptError, PassError
+from graphopt.ir import Model, clone
+from graphopt.passmanager.base import INVARIANTS, Pass, PassResult, get_pass
+from graphopt.passmanager.context import PassContext
+from graphopt.passmanager.pipeline import Fixpoint, Item, Named, Pipeline, Step
+
+__all__ = ["PassManager", "PassRecord", "RunReport", "RunResult", "StopPipeline", "count_nodes"]
+
+_LOG = logging.getLogger(__name__)
+
+
+class StopPipeline(Exception):
+    """Raised by an instrument to end the pipeline early (``bisect`` uses it)."""
+
+
+def count_nodes(model: Model) -> int:
+    """Number of nodes in the main graph and all its subgraphs."""
+    return sum(1 for _ in model.graph.all_nodes())
+
+
+@dataclass
+class PassRecord:
+    """One executed pass.
+
+    Attributes:
+        index: 1-based position in execution order.
+        name: registered pass name.
+        spec: the pass as written in the spec (with options).
+        seconds: wall time of ``run`` (s).
+        modified: whether the model changed (False after a rollback).
+        stats: the pass's counters.
+        nodes_before / nodes_after: node counts, subgraphs included.
+        auto: run by the manager to establish an invariant.
+        rolled_back: an instrument rejected the result and it was undone.
+        note: why it was rolled back, or other remarks.
+    """
+
+    index: int
+    name: str
+    spec: str
+    seconds: float
+    modified: bool
+    stats: dict[str, Any]
+    nodes_before: int
+    nodes_after: int
+    auto: bool = False
+    rolled_back: bool = False
+    note: str = ""
+
+
+@dataclass
+class RunReport:
+    """The records of a pipeline run, in execution order."""
+
+    spec: str
+    records: list[PassRecord] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped: str = ""
+
+    @property
+    def rolled_back(self) -> list[PassRecord]:
+        return [r for r in self.records if r.rolled_back]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec, "seconds": self.seconds, "stopped": self.stopped,
+                "passes": [asdict(r) for r in self.records]}
+
+
+@dataclass
+class RunResult:
+    """The optimized model and the report. ``model`` may be a different object
+    from the input when the last pass was rolled back."""
+
+    model: Model
+    report: RunReport
+
+
+class PassManager:
+    """Runs a :class:`Pipeline` under a :class:`PassContext`.
+
+    Args:
+        pipeline: a Pipeline or its text spec.
+        ctx: the context (a default ``PassContext()`` when None).
+
+    Raises:
+        PipelineSpecError: the spec does not parse (at construction).
+    """
+
+    def __init__(self, pipeline: Pipeline | str, ctx: PassContext | None = None) -> None:
+        self.pipeline = Pipeline.parse(pipeline) if isinstance(pipeline, str) else pipeline
+        self.ctx = ctx or PassContext()
+        self._valid: set[str] = set()
+        self._report = RunReport(self.pipeline.to_spec())
+        # Build every pass once up front so option errors surface before any work.
+        self._check(self.pipeline.expanded().items)
+
+    def _check(self, items: list[Item]) -> None:
+        for item in items:
+            if isinstance(item, Step):
+                item.build()
+            elif isinstance(item, Fixpoint):
+                self._check(item.steps)
+
+    def run(self, model: Model) -> RunResult:
+        """Run the pipeline on ``model`` (mutated in place unless rolled back).
+
+        Raises:
+            PassError: a pass raised; ``.reproducer`` names the reproducer
+                directory when the reproducer instrument is active.
+        """
+        self._valid = set()
+        self._report = RunReport(self.pipeline.to_spec())
+        start = time.perf_counter()
+        for inst in self.ctx.instruments:
+            inst.before_pipeline(model, self.ctx, self.pipeline)
+        try:
+            model, _ = self._run_items(self.pipeline.items, model)
+        except StopPipeline as stop:
+            self._report.stopped = str(stop)
+        self._report.seconds = time.perf_counter() - start
+        for inst in self.ctx.instruments:
+            inst.after_pipeline(model, self.ctx, self._report)
+        return RunResult(model, self._report)
+
+    def _run_items(self, items: list[Item], model: Model) -> tuple[Model, bool]:
+        changed = False
+        for item in items:
+            if isinstance(item, Named):
+                model, mod = self._run_items(item.expand().items, model)
+            elif isinstance(item, Fixpoint):
+                mod = False
+                for iteration in range(item.iterations):
+                    model, again = self._run_items(item.steps, model)
+                    mod = mod or again
+                    if not again:
+                        break
+                else:
+                    if self.ctx.get("fixpoint.warn"):
+                        _LOG.warning("%s did not converge in %d iterations", item.to_spec(), item.iterations)
+            else:
+                model, mod = self._run_pass(item.build(), item.to_spec(), model)
+            changed = changed or mod
+        return model, changed
+
+    def _establish(self, pass_: Pass, model: Model) -> Model:
+        for invariant in sorted(pass_.requires):
+            if invariant in self._valid:
+                continue
+            provider = INVARIANTS.get(invariant)
+            if provider is None:
+                raise PassError(f"pass '{pass_.name}' requires unknown invariant '{invariant}'", pass_.name)
+            if provider == pass_.name:
+                continue
+            model, _ = self._run_pass(get_pass(provider)(), provider, model, auto=True)
+        return model
+
+    def _run_pass(self, pass_: Pass, spec: str, model: Model, auto: bool = False) -> tuple[Model, bool]:
+        model = self._establish(pass_, model)
+        instruments = self.ctx.instruments
+        snapshot = clone(model) if any(i.needs_snapshot for i in instruments) else None
+        for inst in instruments:
+            inst.before_pass(pass_, model, self.ctx)
+        before = count_nodes(model)
+        start = time.perf_counter()
+        try:
+            result = pass_.run(model, self.ctx)
+        except Exception as exc:  # noqa: BLE001 - every pass failure becomes a PassError
+            path = None
+            for inst in instruments:
+                path = inst.on_crash(pass_, spec, snapshot, exc, self.ctx) or path
+            where = f"; reproducer written to {path}" if path else ""
+            kind = "rejected the model" if isinstance(exc, GraphoptError) else "crashed"
+            raise PassError(f"pass '{pass_.name}' {kind}: {exc}{where}", pass_.name, path) from exc
+        seconds = time.perf_counter() - start
+        if not isinstance(result, PassResult):
+            raise PassError(f"pass '{pass_.name}' returned {type(result).__name__}, not PassResult", pass_.name)
+        record = PassRecord(len(self._report.records) + 1, pass_.name, spec, seconds, result.modified,
+                            dict(result.stats), before, count_nodes(model), auto=auto)
+        self._report.records.append(record)
+        for inst in instruments:
+            verdict = inst.after_pass(pass_, model, result, self.ctx, record)
+            if verdict is False and snapshot is not None and not record.rolled_back:
+                model = snapshot
+                record.rolled_back = True
+                record.modified = False
+                record.nodes_after = count_nodes(model)
+        for inst in instruments:
+            inst.committed(pass_, model, record, self.ctx)
+        if record.modified:
+            self._valid = (self._valid & set(pass_.preserves)) | set(pass_.establishes)
+            self.ctx.analyses.invalidate(pass_.preserves)
+        elif not record.rolled_back:
+            self._valid |= set(pass_.establishes)
+        return model, record.modified

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import onnx
 import onnx_ir as ir
@@ -145,6 +146,7 @@ def save(
     external_data: bool | None = None,
     size_threshold: int = 1024,
     check: bool = False,
+    validate: Callable[[Path], None] | None = None,
 ) -> SaveReport:
     """Write ``model`` to ``path`` atomically.
 
@@ -163,6 +165,9 @@ def save(
             data or the initializers exceed ``EXTERNAL_DATA_AUTO_BYTES``.
         size_threshold: smallest tensor (bytes) placed in external data.
         check: run ``onnx.checker.check_model(full_check=True)`` before the move.
+        validate: called with the temporary .onnx path (its data file beside
+            it) before the move; whatever it raises aborts the save and leaves
+            nothing behind (``graphopt optimize`` verifies numerics here).
 
     Returns:
         A :class:`SaveReport`.
@@ -248,6 +253,8 @@ def save(
                 onnx.checker.check_model(str(tmp / out.name), full_check=True)
             except onnx.checker.ValidationError as e:
                 raise SaveError(f"the output model fails onnx.checker: {e}") from e
+        if validate is not None:
+            validate(tmp / out.name)
         written = len(blob)
         if external_data and external_count:
             written += (tmp / data_name).stat().st_size

@@ -6,6 +6,7 @@ from graphopt.passmanager.base import (
     Pass,
     PassResult,
     get_pass,
+    option_fields_of,
     registered_passes,
     register_pass,
 )
@@ -15,7 +16,7 @@ from graphopt.passmanager.manager import PassManager, PassRecord, RunReport, Run
 from graphopt.passmanager.pipeline import NAMED_PIPELINES, Fixpoint, Named, Pipeline, Step, register_pipeline
 
 __all__ = [
-    "INVARIANTS", "NoOptions", "Pass", "PassResult", "get_pass", "registered_passes", "register_pass",
+    "INVARIANTS", "NoOptions", "Pass", "PassResult", "get_pass", "option_fields_of", "registered_passes", "register_pass",
     "CONFIG_KEYS", "TARGETS", "PassContext", "register_config",
     "Bisect", "DumpIR", "Instrument", "ModelRunner", "Reproducer", "VerifyEach",
     "PassManager", "PassRecord", "RunReport", "RunResult", "StopPipeline", "count_nodes",

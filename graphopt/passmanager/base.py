@@ -20,7 +20,7 @@ from graphopt.errors import PipelineSpecError
 
 __all__ = [
     "Pass", "PassResult", "NoOptions", "register_pass", "get_pass", "registered_passes",
-    "INVARIANTS", "option_fields", "parse_option_value", "format_option_value",
+    "INVARIANTS", "option_fields", "option_fields_of", "parse_option_value", "format_option_value",
 ]
 
 INVARIANTS: dict[str, str] = {
@@ -143,6 +143,11 @@ def get_pass(name: str) -> type[Pass]:
 def option_fields(options_cls: type) -> dict[str, dataclasses.Field]:
     """Kebab-case option name -> dataclass field, in declaration order."""
     return {f.name.replace("_", "-"): f for f in dataclasses.fields(options_cls)}
+
+
+def option_fields_of(pass_cls: type[Pass]) -> dict[str, dataclasses.Field]:
+    """Kebab-case option name -> dataclass field of a pass class's options."""
+    return option_fields(pass_cls.Options)
 
 
 def _field_type(options_cls: type, f: dataclasses.Field) -> Any:

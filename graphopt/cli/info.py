@@ -1,0 +1,126 @@
+"""``graphopt inspect``, ``graphopt passes`` and ``graphopt verify``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from rich.table import Table
+
+from graphopt import ir
+from graphopt.analysis import model_stats
+from graphopt.cli.common import add_dim_options, parse_dims, stdout
+from graphopt.passmanager import NAMED_PIPELINES, option_fields_of, registered_passes
+
+__all__ = ["add_parsers"]
+
+
+def _dims_text(dims: list[Any] | None) -> str:
+    return "?" if dims is None else "[" + ",".join(str(d) for d in dims) + "]"
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Print opsets, signature, op histogram, parameters and FLOPs."""
+    model = ir.load(args.input)
+    stats = model_stats(model, with_flops=True, dims=parse_dims(args.dim))
+    if args.json:
+        doc = stats.to_dict()
+        doc.update({"ir_version": model.ir_version, "producer": model.producer_name or ""})
+        stdout.print_json(json.dumps(doc))
+        return 0
+    stdout.print(f"[bold]{args.input}[/]  ir_version {model.ir_version}, producer "
+                 f"{model.producer_name or '?'} {model.producer_version or ''}")
+    stdout.print("opsets: " + ", ".join(f"{d}={v}" for d, v in stats.opsets.items()))
+    sig = Table(title="signature", show_edge=False)
+    for col in ("", "name", "dtype", "dims"):
+        sig.add_column(col)
+    for kind in ("inputs", "outputs"):
+        for v in stats.signature[kind]:
+            sig.add_row(kind[:-1], v["name"], v["dtype"], _dims_text(v["dims"]))
+    stdout.print(sig)
+    ops = Table(title=f"{stats.nodes} nodes", show_edge=False)
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, n in stats.ops.items():
+        ops.add_row(op, str(n))
+    stdout.print(ops)
+    stdout.print(f"parameters: {stats.parameters:,} in {stats.initializers} initializers ({stats.bytes:,} bytes)")
+    unknown = f" ({stats.flops_unknown} MatMul/Gemm/Conv nodes with unknown shapes not counted)" if stats.flops_unknown else ""
+    stdout.print(f"FLOPs (MatMul/Gemm/Conv, one inference): {stats.flops:,}{unknown}")
+    return 0
+
+
+def cmd_passes(args: argparse.Namespace) -> int:
+    """List every registered pass with its one-line doc and options, and the named pipelines."""
+    passes = registered_passes()
+    if args.json:
+        doc = {
+            "passes": {name: {"doc": cls.summary(), "options": {
+                key: {"default": f.default, "doc": f.metadata.get("doc", "")}
+                for key, f in option_fields_of(cls).items()}} for name, cls in passes.items()},
+            "pipelines": {name: {"spec": spec, "doc": doc} for name, (spec, doc) in NAMED_PIPELINES.items()},
+        }
+        stdout.print_json(json.dumps(doc, default=str))
+        return 0
+    table = Table(title="passes", show_edge=False, show_lines=False)
+    table.add_column("pass", style="bold")
+    table.add_column("what it does")
+    table.add_column("options")
+    for name, cls in passes.items():
+        opts = "\n".join(f"{key}={f.default} {f.metadata.get('doc', '')}" for key, f in option_fields_of(cls).items())
+        table.add_row(name, cls.summary(), opts)
+    stdout.print(table)
+    named = Table(title="named pipelines", show_edge=False)
+    named.add_column("name", style="bold")
+    named.add_column("spec")
+    named.add_column("what it does")
+    for name, (spec, doc) in NAMED_PIPELINES.items():
+        named.add_row(name, spec, doc)
+    stdout.print(named)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Compare two models' outputs in onnxruntime; exit 1 when they differ."""
+    from graphopt.verify import compare, read_inputs
+
+    inputs = None
+    if args.inputs:
+        names = [v.name for v in ir.load(args.a).graph.inputs if not v.is_initializer()]
+        inputs = read_inputs(args.inputs, model_inputs=names)
+    report = compare(args.a, args.b, inputs=inputs, dims=parse_dims(args.dim), rtol=args.rtol, atol=args.atol)
+    if args.json:
+        stdout.print_json(json.dumps(report.to_dict(), default=str))
+    else:
+        table = Table(title=f"{args.a} vs {args.b}", show_edge=False)
+        for col in ("output", "shape", "max abs", "max rel", "cosine", "argmax agree", "ok"):
+            table.add_column(col, justify="right" if col not in ("output",) else "left")
+        for o in report.outputs:
+            agree = "" if o.argmax_agreement is None else f"{o.argmax_agreement:.4f}"
+            table.add_row(o.name, str(list(o.shape)), f"{o.max_abs:.3g}", f"{o.max_rel:.3g}",
+                          f"{o.cosine:.6f}", agree, "yes" if o.ok else "[red]no[/]")
+        stdout.print(table)
+        stdout.print("outputs match" if report.ok else f"[red]outputs differ:[/] {report.summary()}")
+    return 0 if report.ok else 1
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``inspect``, ``passes`` and ``verify``."""
+    p = sub.add_parser("inspect", help="opsets, signature, op histogram, parameters, FLOPs")
+    p.add_argument("input")
+    p.add_argument("--dim", action="append", metavar="NAME=SIZE", help="bind a symbolic dim for the FLOPs estimate")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("passes", help="every registered pass and named pipeline")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_passes)
+    p = sub.add_parser("verify", help="compare two models' outputs in onnxruntime")
+    p.add_argument("a", help="reference model")
+    p.add_argument("b", help="model to check")
+    add_dim_options(p)
+    p.add_argument("--rtol", type=float, default=1e-5)
+    p.add_argument("--atol", type=float, default=1e-6)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_verify)
+

@@ -1,0 +1,194 @@
+"""``graphopt optimize`` and ``graphopt bisect``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from graphopt import ir
+from graphopt.analysis import model_stats
+from graphopt.cli.common import Progress, add_dim_options, console, parse_dims, stdout, want_progress
+from graphopt.errors import InputError, VerificationError
+from graphopt.passmanager import (
+    TARGETS, Bisect, DumpIR, ModelRunner, PassContext, PassManager, Pipeline, Reproducer, VerifyEach,
+)
+
+__all__ = ["add_parsers"]
+
+
+def _pipeline(args: argparse.Namespace) -> Pipeline:
+    if args.pipeline_file and args.pipeline:
+        raise InputError("give either -p/--pipeline or --pipeline-file, not both")
+    if args.pipeline_file:
+        return Pipeline.from_yaml(Path(args.pipeline_file))
+    return Pipeline.parse(args.pipeline or "O1")
+
+
+def _runner(args: argparse.Namespace, model: ir.Model) -> ModelRunner:
+    from graphopt.verify import read_inputs
+
+    inputs = None
+    if args.inputs:
+        names = [v.name for v in model.graph.inputs if not v.is_initializer()]
+        inputs = read_inputs(args.inputs, model_inputs=names)
+    return ModelRunner(inputs=inputs, dims=parse_dims(args.dim))
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    if args.rtol is not None:
+        config["verify.rtol"] = args.rtol
+    return config
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _report_table(before: Any, after: Any, result: Any, verify: Any, seconds: float) -> Table:
+    table = Table(title="graphopt optimize", show_edge=False)
+    table.add_column("")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    table.add_row("nodes", str(before.nodes), str(after.nodes))
+    table.add_row("initializers", str(before.initializers), str(after.initializers))
+    table.add_row("weights", _human_bytes(before.bytes), _human_bytes(after.bytes))
+    for op in sorted(set(before.ops) | set(after.ops)):
+        b, a = before.ops.get(op, 0), after.ops.get(op, 0)
+        if a != b:
+            table.add_row(f"  {op}", str(b), str(a))
+    if verify is not None:
+        table.add_row("max rel error", "", f"{verify.worst:.3g}")
+    passes = Table(title="passes", show_edge=False)
+    passes.add_column("#", justify="right")
+    passes.add_column("pass")
+    passes.add_column("ms", justify="right")
+    passes.add_column("nodes", justify="right")
+    passes.add_column("stats")
+    for r in result.report.records:
+        if not r.modified and not r.rolled_back:
+            continue
+        stats = ", ".join(f"{k}={v}" for k, v in r.stats.items() if v)
+        flag = " (rolled back)" if r.rolled_back else " (auto)" if r.auto else ""
+        passes.add_row(str(r.index), r.spec + flag, f"{r.seconds * 1e3:.1f}",
+                       f"{r.nodes_before}->{r.nodes_after}", stats)
+    outer = Table.grid(padding=1)
+    outer.add_row(table)
+    outer.add_row(passes)
+    outer.add_row(f"{len(result.report.records)} passes ran in {seconds:.2f} s "
+                  f"({sum(1 for r in result.report.records if r.modified)} changed the model)")
+    return outer
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    """Load, run the pipeline, save atomically (checked), verify, report."""
+    start = time.perf_counter()
+    pipeline = _pipeline(args)
+    model = ir.load(args.input)
+    before = model_stats(model)
+    runner = _runner(args, model)
+    instruments: list[Any] = [Reproducer(args.reproducer_dir)]
+    verify_each = None
+    if args.verify_each:
+        verify_each = VerifyEach(runner)
+        instruments.append(verify_each)
+    if args.dump_dir:
+        instruments.append(DumpIR(args.dump_dir))
+    if want_progress(args):
+        instruments.append(Progress())
+    ctx = PassContext(target=args.target, config=_config(args), instruments=instruments)
+    result = PassManager(pipeline, ctx).run(model)
+    after = model_stats(result.model)
+    report_box: dict[str, Any] = {}
+
+    def verify_output(path: Path) -> None:
+        if not args.verify:
+            return
+        from graphopt.verify import compare
+
+        report = compare(args.input, str(path), inputs=runner.inputs, dims=runner.dims,
+                         rtol=ctx.get("verify.rtol"), atol=ctx.get("verify.atol"))
+        report_box["verify"] = report
+        if not report.ok:
+            raise VerificationError(
+                f"the optimized model's outputs differ from the input's: {report.summary()}; "
+                "no output was written. Run `graphopt bisect` with the same pipeline to find the pass, "
+                "or --no-verify to write it anyway"
+            )
+
+    saved = ir.save(result.model, args.output, check=True, validate=verify_output)
+    seconds = time.perf_counter() - start
+    verify = report_box.get("verify")
+    if args.json:
+        doc = {
+            "input": args.input, "output": str(saved.path), "pipeline": pipeline.to_spec(),
+            "target": args.target, "seconds": seconds, "before": before.to_dict(), "after": after.to_dict(),
+            "passes": result.report.to_dict()["passes"],
+            "rolled_back": [r.name for r in result.report.rolled_back],
+            "verify": verify.to_dict() if verify is not None else None,
+        }
+        stdout.print_json(json.dumps(doc, default=str))
+    elif not args.quiet:
+        stdout.print(_report_table(before, after, result, verify, seconds))
+        stdout.print(f"wrote {saved.path}" + (f" (+ {saved.data_path.name})" if saved.data_path else ""))
+    return 0
+
+
+def cmd_bisect(args: argparse.Namespace) -> int:
+    """Run the pipeline comparing after each pass; report the first divergence.
+    Exit 1 when a pass diverges, 0 when none does."""
+    pipeline = _pipeline(args)
+    model = ir.load(args.input)
+    bisect = Bisect(_runner(args, model))
+    ctx = PassContext(target=args.target, config=_config(args), instruments=[bisect])
+    result = PassManager(pipeline, ctx).run(model)
+    culprit = bisect.culprit
+    if args.json:
+        stdout.print_json(json.dumps({
+            "pipeline": pipeline.to_spec(), "checked": bisect.checked,
+            "culprit": None if culprit is None else {"index": culprit.index, "pass": culprit.name,
+                                                     "spec": culprit.spec, "reason": bisect.reason},
+        }))
+    elif culprit is None:
+        stdout.print(f"no divergence: {len(result.report.records)} passes ran, {bisect.checked} changed the "
+                     "model, and every result matched the input's outputs")
+    else:
+        stdout.print(f"first diverging pass: #{culprit.index} [bold]{culprit.spec}[/]\n  {bisect.reason}")
+    return 0 if culprit is None else 1
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", help="input .onnx model (never modified)")
+    p.add_argument("-p", "--pipeline", help="pipeline text spec (default: O1), e.g. 'O1' or 'dce,eliminate-identity'")
+    p.add_argument("--pipeline-file", help="YAML pipeline file")
+    p.add_argument("--target", choices=sorted(TARGETS), default="ort", help="what the output may use (default: ort)")
+    p.add_argument("--rtol", type=float, help="relative tolerance of verification (default 1e-5)")
+    add_dim_options(p)
+    p.add_argument("--json", action="store_true", help="print a machine-readable report on stdout")
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``optimize`` and ``bisect``."""
+    p = sub.add_parser("optimize", help="run a pass pipeline and write the optimized model")
+    _common(p)
+    p.add_argument("-o", "--output", required=True, help="output .onnx path (written atomically)")
+    p.add_argument("--verify", dest="verify", action="store_true", default=True,
+                   help="compare outputs with onnxruntime before writing (default)")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the final comparison")
+    p.add_argument("--verify-each", action="store_true",
+                   help="check after every pass; roll back a pass that breaks numerics")
+    p.add_argument("--dump-dir", help="write the model after each pass as NNN_<pass>.onnx/.txt here")
+    p.add_argument("--reproducer-dir", help="where to write a reproducer if a pass crashes (default: temp dir)")
+    p.set_defaults(func=cmd_optimize)
+    b = sub.add_parser("bisect", help="find the first pass whose output diverges from the input model")
+    _common(b)
+    b.set_defaults(func=cmd_bisect)

@@ -58,6 +58,7 @@ class ModelStats:
         flops: estimated floating-point operations of MatMul/Gemm/Conv for one
             inference at the bound dims (multiply-add = 2), or None.
         flops_unknown: MatMul/Gemm/Conv nodes whose shapes stayed unknown.
+        flops_approximate: such nodes with a data-dependent dim taken as 1.
     """
 
     nodes: int
@@ -68,6 +69,7 @@ class ModelStats:
     opsets: dict[str, int]
     flops: int | None = None
     flops_unknown: int = 0
+    flops_approximate: int = 0
     signature: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,7 +95,7 @@ def model_stats(model: ir.Model, *, with_flops: bool = False, dims: dict[str, in
         signature=signature(model),
     )
     if with_flops:
-        stats.flops, stats.flops_unknown = flops(model, dims)
+        stats.flops, stats.flops_unknown, stats.flops_approximate = flops(model, dims)
     return stats
 
 
@@ -103,12 +105,7 @@ def _static_graph(model: ir.Model, dims: dict[str, int] | None) -> onnx.ModelPro
     from graphopt.verify.inputs import default_dim
 
     proto = ir.to_proto(model, inline_external=False)
-    for tensor in proto.graph.initializer:  # shapes suffice; drop the bytes
-        if tensor.raw_data and len(tensor.raw_data) > 4096:
-            tensor.ClearField("raw_data")
-            tensor.data_location = onnx.TensorProto.DEFAULT
-            del tensor.external_data[:]
-            tensor.raw_data = b""
+    del proto.graph.value_info[:]  # stale symbolic dims would block the bound ones
     for value in proto.graph.input:
         for d in value.type.tensor_type.shape.dim:
             if d.HasField("dim_param") or not d.HasField("dim_value"):
@@ -122,25 +119,31 @@ def _static_graph(model: ir.Model, dims: dict[str, int] | None) -> onnx.ModelPro
         return proto
 
 
-def flops(model: ir.Model, dims: dict[str, int] | None = None) -> tuple[int, int]:
+def flops(model: ir.Model, dims: dict[str, int] | None = None) -> tuple[int, int, int]:
     """Estimate FLOPs of MatMul, Gemm and Conv (main graph), counting a
     multiply-add as 2 FLOPs.
 
     MatMul ``[..., M, K] x [..., K, N]``: ``2*prod(out)*K``; Gemm: ``2*M*N*K``;
     Conv: ``2*prod(out)*(C_in/group)*prod(kernel)``.
 
+    Dims that shape inference cannot resolve after binding the inputs (data
+    dependent, ``unk__N``) are taken as 1 and the node counted as approximate.
+
     Returns:
-        (flops, number of such nodes whose shapes could not be inferred).
+        (flops, nodes whose shapes could not be inferred, nodes with a dim taken as 1).
     """
     proto = _static_graph(model, dims)
     shapes: dict[str, list[int]] = {}
+    unresolved: set[str] = set()
     for vi in list(proto.graph.value_info) + list(proto.graph.input) + list(proto.graph.output):
         t = vi.type.tensor_type
-        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
-            shapes[vi.name] = [d.dim_value for d in t.shape.dim]
+        if t.HasField("shape"):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]
+            if not all(d.HasField("dim_value") for d in t.shape.dim):
+                unresolved.add(vi.name)
     for init in proto.graph.initializer:
         shapes[init.name] = list(init.dims)
-    total = unknown = 0
+    total = unknown = approximate = 0
     for node in proto.graph.node:
         if node.op_type not in ("MatMul", "Gemm", "Conv"):
             continue
@@ -150,6 +153,8 @@ def flops(model: ir.Model, dims: dict[str, int] | None = None) -> tuple[int, int
         if a is None or w is None or out is None:
             unknown += 1
             continue
+        if unresolved & {node.input[0], node.input[1], node.output[0]}:
+            approximate += 1
         if node.op_type == "MatMul":
             k = a[-1] if len(a) > 0 else 1
             total += 2 * int(np.prod(out)) * k
@@ -159,4 +164,4 @@ def flops(model: ir.Model, dims: dict[str, int] | None = None) -> tuple[int, int
             total += 2 * int(np.prod(out)) * k
         else:
             total += 2 * int(np.prod(out)) * int(np.prod(w[1:]))
-    return total, unknown
+    return total, unknown, approximate

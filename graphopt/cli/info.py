@@ -46,7 +46,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ops.add_row(op, str(n))
     stdout.print(ops)
     stdout.print(f"parameters: {stats.parameters:,} in {stats.initializers} initializers ({stats.bytes:,} bytes)")
-    unknown = f" ({stats.flops_unknown} MatMul/Gemm/Conv nodes with unknown shapes not counted)" if stats.flops_unknown else ""
+    unknown = f"; {stats.flops_unknown} MatMul/Gemm/Conv nodes with unknown shapes not counted" if stats.flops_unknown else ""
+    if stats.flops_approximate:
+        unknown += f"; {stats.flops_approximate} with a data-dependent dim taken as 1"
     stdout.print(f"FLOPs (MatMul/Gemm/Conv, one inference): {stats.flops:,}{unknown}")
     return 0
 
@@ -98,8 +100,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             table.add_column(col, justify="right" if col not in ("output",) else "left")
         for o in report.outputs:
             agree = "" if o.argmax_agreement is None else f"{o.argmax_agreement:.4f}"
-            table.add_row(o.name, str(list(o.shape)), f"{o.max_abs:.3g}", f"{o.max_rel:.3g}",
-                          f"{o.cosine:.6f}", agree, "yes" if o.ok else "[red]no[/]")
+            table.add_row(o.name, str(list(o.shape)), f"{o.max_abs_err:.3g}", f"{o.max_rel_err:.3g}",
+                          "" if o.cosine is None else f"{o.cosine:.6f}", agree, "yes" if o.ok else "[red]no[/]")
         stdout.print(table)
         stdout.print("outputs match" if report.ok else f"[red]outputs differ:[/] {report.summary()}")
     return 0 if report.ok else 1

@@ -1,0 +1,41 @@
+"""`graphopt optimize -p O1` on every committed model in models/: the output
+passes onnx.checker (full check), loads in onnxruntime, keeps the output
+signature, matches the input's outputs within 1e-5 relative, and never has more
+nodes than the input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import pytest
+
+from conftest import MODELS, sha256
+from graphopt.cli.main import main
+from graphopt.verify import compare, signature_differences
+
+CORPUS = sorted(MODELS.glob("*.onnx"))
+
+
+def test_corpus_is_present():
+    assert len(CORPUS) >= 9, "models/ should hold the committed corpus (see models/README.md)"
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
+def test_o1(path: Path, tmp_path: Path, capsys):
+    digest = sha256(path)
+    out = tmp_path / f"{path.stem}.O1.onnx"
+    code = main(["-q", "optimize", str(path), "-o", str(out), "-p", "O1", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert sha256(path) == digest, "the input model was modified"
+    onnx.checker.check_model(str(out), full_check=True)
+    ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert signature_differences(onnx.load(str(path), load_external_data=False),
+                                 onnx.load(str(out), load_external_data=False)) == []
+    result = compare(path, out, rtol=1e-5, atol=1e-6, seed=1)
+    assert result.ok, result.summary()
+    assert report["after"]["nodes"] <= report["before"]["nodes"]
+    assert report["rolled_back"] == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -14,18 +14,32 @@ from graphopt.passmanager import Instrument
 
 __all__ = ["console", "setup_logging", "parse_dims", "add_dim_options", "Progress", "want_progress"]
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 stdout = Console(highlight=False, soft_wrap=True)
 
 
-def setup_logging(quiet: bool, verbose: bool) -> None:
+def setup_logging(quiet: bool, verbose: bool) -> Callable[[], None]:
     """Route ``logging`` through rich on stderr: warnings by default, errors
-    only under ``--quiet``, debug under ``--verbose``."""
+    only under ``--quiet``, debug under ``--verbose``.
+
+    Returns:
+        A function that restores the previous logging setup (``main`` calls it
+        on return, so in-process callers keep their own handlers).
+    """
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.WARNING
     root = logging.getLogger()
+    onnx_ir_logger = logging.getLogger("onnx_ir")
+    saved = (list(root.handlers), root.level, onnx_ir_logger.level)
     root.handlers[:] = [RichHandler(console=console, show_time=False, show_path=False, markup=False)]
     root.setLevel(level)
-    logging.getLogger("onnx_ir").setLevel(max(level, logging.ERROR))
+    onnx_ir_logger.setLevel(max(level, logging.ERROR))
+
+    def restore() -> None:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        onnx_ir_logger.setLevel(saved[2])
+
+    return restore
 
 
 def parse_dims(items: list[str] | None) -> dict[str, int]:

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (also used as the console script)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.quiet, args.verbose)
+    restore_logging = setup_logging(args.quiet, args.verbose)
     try:
         return args.func(args)
     except PassError as e:
@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]internal error:[/] {type(e).__name__}: {e}\ntraceback written to {f.name}; "
                       "please report it with the command you ran")
         return 3
+    finally:
+        restore_logging()
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from onnx_ir import (
 from graphopt.errors import LoadError
 from graphopt.ir.edit import bypass, graphs_and_functions, infer_shapes
 from graphopt.ir.gs import from_graphsurgeon, to_graphsurgeon
-from graphopt.ir.load import load, load_proto, validate_model
+from graphopt.ir.load import deserialize, load, load_proto, validate_model
 from graphopt.ir.save import SaveReport, save, to_proto
 from graphopt.ir.text import canonical_order, tensor_text, to_text
 
@@ -50,11 +50,9 @@ def from_proto(proto: onnx.ModelProto) -> Model:
     """Convert an in-memory ``onnx.ModelProto`` into a validated IR model.
 
     Raises:
-        LoadError: cyclic graph or a value read but never produced.
+        LoadError: malformed proto, cyclic graph, or a value read but never produced.
     """
-    model = _ir.serde.deserialize_model(proto)
-    validate_model(model, source="model proto")
-    return model
+    return deserialize(proto, source="model proto")
 
 
 def from_text(text: str) -> Model:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from graphopt.errors import InputError
-from graphopt.ir.load import validate_model
+from graphopt.ir.load import deserialize
 from graphopt.ir.save import to_proto
 
 __all__ = ["from_graphsurgeon", "to_graphsurgeon"]
@@ -34,9 +34,7 @@ def from_graphsurgeon(graph: object) -> ir.Model:
     if not isinstance(graph, gs.Graph):
         raise InputError(f"from_graphsurgeon expects an onnx_graphsurgeon.Graph, got {type(graph).__name__}")
     proto = gs.export_onnx(graph, do_type_check=False)
-    model = ir.serde.deserialize_model(proto)
-    validate_model(model, source="graphsurgeon graph")
-    return model
+    return deserialize(proto, source="graphsurgeon graph")
 
 
 def to_graphsurgeon(model: ir.Model) -> object:

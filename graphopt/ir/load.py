@@ -21,7 +21,7 @@ from onnx import external_data_helper
 
 from graphopt.errors import LoadError
 
-__all__ = ["load", "load_proto", "validate_model"]
+__all__ = ["load", "load_proto", "validate_model", "deserialize"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -52,6 +52,18 @@ def _iter_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     for func in model.functions:
         for node in func.node:
             yield from _node_tensors(node)
+
+
+def _tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
+    """Bytes a tensor's shape and dtype call for, or None when unknown (strings)."""
+    try:
+        bits = ir.DataType(tensor.data_type).bitwidth
+    except (TypeError, ValueError):
+        return None
+    count = 1
+    for dim in tensor.dims:
+        count *= int(dim)
+    return (count * bits + 7) // 8
 
 
 def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
@@ -103,9 +115,17 @@ def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
                 )
             sizes[path] = path.stat().st_size
         offset = int(info.offset or 0)
+        needed = _tensor_nbytes(tensor)
         length = info.length
         if length is None:
-            length = sizes[path] - offset
+            # No length: the tensor's shape and dtype say how many bytes it reads.
+            length = needed if needed is not None else max(sizes[path] - offset, 0)
+        elif needed is not None and int(length) < needed:
+            raise LoadError(
+                f"initializer '{tensor.name}' declares {int(length)} bytes of external data in "
+                f"'{location}', but its shape and dtype need {needed} bytes: the model is "
+                "malformed: re-export it"
+            )
         if offset + int(length) > sizes[path]:
             raise LoadError(
                 f"initializer '{tensor.name}' reads bytes {offset}..{offset + int(length)} of "
@@ -114,7 +134,7 @@ def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
             )
 
 
-def _check_versions(model: onnx.ModelProto) -> None:
+def _check_versions(model: onnx.ModelProto, where: str) -> None:
     """Check ir_version and the default-domain opset against what the installed
     onnx package supports (``onnx.IR_VERSION``, ``onnx.defs.onnx_opset_version()``).
 
@@ -123,19 +143,19 @@ def _check_versions(model: onnx.ModelProto) -> None:
     """
     if model.ir_version > onnx.IR_VERSION:
         raise LoadError(
-            f"model has ir_version {model.ir_version}, newer than the {onnx.IR_VERSION} this "
+            f"{where}: model has ir_version {model.ir_version}, newer than the {onnx.IR_VERSION} this "
             f"onnx {onnx.__version__} supports; upgrade onnx or re-export with an older IR"
         )
     if not model.opset_import:
         raise LoadError(
-            "model declares no opset_import; the file is truncated or was not written by an "
+            f"{where}: model declares no opset_import; the file is truncated or was not written by an "
             "ONNX exporter: re-export it"
         )
     latest = onnx.defs.onnx_opset_version()
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and not 1 <= opset.version <= latest:
             raise LoadError(
-                f"model imports opset {opset.version} of the default ONNX domain; onnx "
+                f"{where}: model imports opset {opset.version} of the default ONNX domain; onnx "
                 f"{onnx.__version__} supports opsets 1..{latest}: convert it with "
                 "onnx.version_converter or upgrade onnx"
             )
@@ -171,7 +191,7 @@ def load_proto(path: str | os.PathLike, *, external_data: bool = False) -> onnx.
             f"{'no graph' if not proto.HasField('graph') else 'no ir_version'}; check that the "
             "file is a complete .onnx model"
         )
-    _check_versions(proto)
+    _check_versions(proto, f"'{p}'")
     _check_external_data(proto, p.parent)
     if external_data:
         external_data_helper.load_external_data_for_model(proto, str(p.parent))
@@ -248,17 +268,31 @@ def load(path: str | os.PathLike) -> ir.Model:
     """
     p = Path(path)
     proto = load_proto(p)
+    model = deserialize(proto, source=f"'{p}'", validate=False)
+    del proto
+    ir.external_data.set_base_dir(model.graph, str(p.parent.resolve()))
+    validate_model(model, source=str(p))
+    model.meta["graphopt.source"] = str(p.resolve())
+    return model
+
+
+def deserialize(proto: onnx.ModelProto, source: str = "model proto", validate: bool = True) -> ir.Model:
+    """Convert an ``onnx.ModelProto`` into an IR model, onnx-ir's warnings
+    silenced, then (by default) :func:`validate_model` it.
+
+    Raises:
+        LoadError: the proto cannot be represented (malformed), a cycle, or a
+            value read but never produced.
+    """
     quiet = logging.getLogger("onnx_ir")
     old = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as e:  # onnx_ir raises plain exceptions on malformed protos
-        raise LoadError(f"'{p}' could not be read into the IR: {e}; the model is malformed") from e
+        raise LoadError(f"{source} could not be read into the IR: {e}; the model is malformed") from e
     finally:
         quiet.setLevel(old)
-    del proto
-    ir.external_data.set_base_dir(model.graph, str(p.parent.resolve()))
-    validate_model(model, source=str(p))
-    model.meta["graphopt.source"] = str(p.resolve())
+    if validate:
+        validate_model(model, source=source)
     return model

@@ -224,8 +224,9 @@ def canonical_order(graph: Iterable[ir.Node]) -> list[ir.Node]:
         if producer is not None and id(producer) in members:
             visit(producer)
     remaining = [n for n in nodes if id(n) not in done]
+    dead_key = _DeadKeys()
     while remaining:
-        remaining.sort(key=_dead_key)
+        remaining.sort(key=dead_key)
         visit(remaining[0])
         remaining = [n for n in remaining if id(n) not in done]
     return order
@@ -249,11 +250,76 @@ def _captured_producers(node: ir.Node) -> list[ir.Node | None]:
     return result
 
 
-def _dead_key(node: ir.Node) -> tuple[str, str, str]:
-    """Sort key for nodes that reach no output: op, attributes, input names."""
-    attrs = ",".join(f"{k}={node.attributes[k].value!r}" for k in sorted(node.attributes))
-    ins = ",".join((v.name or "") if v is not None else "" for v in node.inputs)
-    return (f"{node.domain}::{node.op_type}", attrs, ins)
+class _DeadKeys:
+    """Sort keys for nodes that reach no output. A key depends only on the
+    structure upstream of the node - its op, attributes, and recursively what
+    its inputs are (graph inputs by position, initializers by dtype, shape and
+    small values, other values by their producer's key) - never on internal
+    value names or the node list's order, so the canonical text does not either.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[int, str] = {}
+
+    def __call__(self, node: ir.Node) -> tuple[str, str]:
+        return (f"{node.domain}::{node.op_type}", self._digest(node))
+
+    def _digest(self, root: ir.Node) -> str:
+        stack = [root]
+        visiting: set[int] = set()
+        while stack:  # iterative post-order: dead chains can be long
+            node = stack[-1]
+            if id(node) in self._keys:
+                stack.pop()
+                continue
+            if id(node) not in visiting:
+                visiting.add(id(node))
+                pending = [
+                    p for v in node.inputs
+                    if v is not None and (p := v.producer()) is not None
+                    and id(p) not in self._keys and id(p) not in visiting
+                ]
+                if pending:
+                    stack.extend(pending)
+                    continue
+            stack.pop()
+            parts = [node.domain, node.op_type, node.overload or ""]
+            parts += [f"{k}={_attr_key(node.attributes[k])}" for k in sorted(node.attributes)]
+            parts += [self._value_key(v) for v in node.inputs]
+            self._keys[id(node)] = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+        return self._keys[id(root)]
+
+    def _value_key(self, value: ir.Value | None) -> str:
+        if value is None:
+            return "_"
+        producer = value.producer()
+        if producer is not None:
+            return f"{self._keys.get(id(producer), producer.op_type)}:{value.index()}"
+        if value.is_initializer() and not value.is_graph_input() and value.const_value is not None:
+            tensor = value.const_value
+            size = int(np.prod(tensor.shape.numpy())) if tensor.shape is not None else 0
+            if size <= SMALL_TENSOR:
+                return "init:" + tensor_text(tensor)
+            return f"init:{tensor.dtype.name}{_shape_text(tensor.shape)}"
+        owner = value.graph
+        if value.is_graph_input() and owner is not None:
+            return f"in#{list(owner.inputs).index(value)}"  # subgraph inputs are renamed
+        return "in:" + (value.name or "")
+
+
+def _attr_key(attr: ir.Attr) -> str:
+    """An attribute's value for sorting, without subgraph value names."""
+    if attr.is_ref():
+        return f"@{attr.ref_attr_name}"
+    if attr.type == ir.AttributeType.GRAPH:
+        return f"graph[{len(list(attr.value))}]"
+    if attr.type == ir.AttributeType.GRAPHS:
+        return "graphs[" + ",".join(str(len(list(g))) for g in attr.value) + "]"
+    if attr.type == ir.AttributeType.TENSOR:
+        return tensor_text(attr.value)
+    if attr.type == ir.AttributeType.TENSORS:
+        return ",".join(tensor_text(t) for t in attr.value)
+    return repr(attr.value)
 
 
 def to_text(model: ir.Model | ir.Graph) -> str:

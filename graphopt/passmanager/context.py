@@ -54,6 +54,18 @@ class AnalysisCache:
         self._cache = {k: v for k, v in self._cache.items() if k.split("@", 1)[0] in preserved}
 
 
+def _convert(typ: type, value: Any) -> Any:
+    """``value`` as ``typ``; a bool accepts true/false, 1/0, yes/no, on/off."""
+    if typ is not bool or isinstance(value, bool):
+        return typ(value)
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
 @dataclass
 class PassContext:
     """Everything a pass may read besides the model.
@@ -84,6 +96,7 @@ class PassContext:
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise InputError(f"unknown target '{self.target}'; choose one of: {', '.join(TARGETS)}")
+        self.config = dict(self.config)  # converted values go into our copy, not the caller's dict
         for key, value in list(self.config.items()):
             if key not in CONFIG_KEYS:
                 close = difflib.get_close_matches(key, CONFIG_KEYS, n=3)
@@ -91,7 +104,7 @@ class PassContext:
                 raise InputError(f"unknown config key '{key}'.{hint} Registered keys: {', '.join(sorted(CONFIG_KEYS))}")
             typ = CONFIG_KEYS[key][0]
             try:
-                self.config[key] = typ(value) if typ is not bool or isinstance(value, bool) else str(value).lower() == "true"
+                self.config[key] = _convert(typ, value)
             except (TypeError, ValueError) as e:
                 raise InputError(f"config key '{key}' expects {typ.__name__}, got {value!r}") from e
 

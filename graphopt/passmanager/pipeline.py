@@ -125,6 +125,9 @@ class _Parser:
     def take(self, expected: str | None = None) -> str:
         m = _TOKEN.match(self.text, self.pos)
         if not m:
+            if self.peek() is None:
+                want = f"'{expected}'" if expected is not None else "more"
+                raise self.error(f"expected {want}, found the end of the spec")
             raise self.error("unexpected character")
         tok = m.group(1)
         if expected is not None and tok != expected:
@@ -159,6 +162,8 @@ class _Parser:
         if self.peek() == "{":
             self.take("{")
             while self.peek() != "}":
+                if self.peek() is None:
+                    raise self.error("unclosed '{': expected '}', found the end of the spec")
                 if options:
                     self.take(",")
                 if self.peek() != "NAME":

@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""Run `graphopt optimize -p O1` on every model of a corpus folder and check the
+acceptance points of the core issue: onnx.checker full check, onnxruntime load,
+output signature unchanged, outputs within 1e-5 relative, node count not grown.
+
+Usage::
+
+    python tools/check_corpus.py [DIR ...] [--pipeline O1] [--dim sequence=128]
+
+DIR defaults to ``models/`` and ``~/.cache/graphopt/corpus``. Prints one row per
+model and exits 1 if any model fails a check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+from graphopt.verify import compare, signature_differences
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("GRAPHOPT_CACHE", Path.home() / ".cache" / "graphopt" / "corpus"))
+
+
+def check(path: Path, pipeline: str, dims: list[str], out_dir: Path) -> dict:
+    """Optimize one model in a child process and check the result."""
+    out = out_dir / f"{path.stem}.{pipeline}.onnx"
+    cmd = [str(Path(sys.executable).parent / "graphopt"), "-q", "optimize", str(path), "-o", str(out),
+           "-p", pipeline, "--json", "--no-verify"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    row = {"model": path.name, "seconds": round(time.perf_counter() - start, 2), "ok": False}
+    if proc.returncode != 0:
+        row["error"] = proc.stderr.strip()[-300:]
+        return row
+    report = json.loads(proc.stdout)
+    row["nodes"] = f"{report['before']['nodes']} -> {report['after']['nodes']}"
+    onnx.checker.check_model(str(out), full_check=True)
+    ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    sig = signature_differences(onnx.load(str(path), load_external_data=False), onnx.load(str(out), load_external_data=False))
+    dim_map = {k: int(v) for k, v in (d.split("=") for d in dims)}
+    result = compare(path, out, dims=dim_map, rtol=1e-5, atol=1e-6)
+    row.update(signature="same" if not sig else "; ".join(sig), max_rel=result.worst,
+               cosine=min((o.cosine for o in result.outputs if o.cosine is not None), default=None))
+    row["ok"] = result.ok and not sig and report["after"]["nodes"] <= report["before"]["nodes"]
+    for suffix in ("", ".data"):
+        Path(str(out) + suffix).unlink(missing_ok=True)
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("dirs", nargs="*", default=[str(ROOT / "models"), str(CACHE)])
+    parser.add_argument("--pipeline", default="O1")
+    parser.add_argument("--dim", action="append", default=[])
+    args = parser.parse_args()
+    models = [p for d in args.dirs for p in sorted(Path(d).glob("*.onnx"))]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in models:
+            row = check(path, args.pipeline, args.dim, Path(tmp))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print("\n| model | nodes | max rel err | min cosine | signature | optimize s | ok |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r.get('nodes', '-')} | {r.get('max_rel', '-')} | {r.get('cosine', '-')} | "
+              f"{r.get('signature', r.get('error', '-'))} | {r['seconds']} | {'yes' if r['ok'] else 'NO'} |")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -58,7 +58,7 @@ def initializer_hashes(path: Path) -> dict[str, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", nargs="?", default=str(DEFAULT / "llama_large" / "model.onnx"))
+    parser.add_argument("model", nargs="?", default=str(DEFAULT / "llama_gqa_large_ts.onnx"))
     parser.add_argument("--out", default="/tmp/graphopt-large")
     parser.add_argument("--pipeline", default="O1")
     args = parser.parse_args()

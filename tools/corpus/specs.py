@@ -1,0 +1,259 @@
+"""Model specs for the corpus: which transformer, which config, which I/O.
+
+Every model is built from a ``transformers`` config class with random weights
+(``torch.manual_seed`` is set right before construction, so regeneration is
+deterministic up to library versions). Nothing is downloaded from a model hub.
+
+Each model is wrapped in a small ``nn.Module`` whose ``forward`` takes the
+inputs positionally and returns a plain tuple, so both exporters see the same
+signature and the ONNX input/output names are the ones listed in the spec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+TEXT_DIMS = {0: "batch", 1: "sequence"}
+IMAGE_DIMS = {0: "batch"}
+
+
+@dataclass
+class ModelSpec:
+    """One model to export.
+
+    Attributes:
+        name: base file name (``<name>_ts.onnx`` / ``<name>_dynamo.onnx``).
+        summary: one-line architecture/config summary for the README.
+        build: returns the wrapped ``torch.nn.Module`` in eval mode.
+        inputs: ordered ``name -> kind`` (``ids``, ``mask``, ``zeros``, ``image``);
+            see :func:`make_inputs`.
+        input_dims: ``name -> {axis: dim name}`` for the dynamic axes.
+        outputs: ordered ``name -> {axis: dim name}`` for the outputs.
+        vocab: upper bound for integer token ids.
+        image: ``(channels, height, width)`` of ``image`` inputs.
+        exporters: which exporters to try (``ts``, ``dynamo``).
+    """
+
+    name: str
+    summary: str
+    build: Callable[[], "object"]
+    inputs: dict[str, str]
+    input_dims: dict[str, dict[int, str]]
+    outputs: dict[str, dict[int, str]]
+    vocab: int = 0
+    image: tuple[int, int, int] = (3, 32, 32)
+    exporters: tuple[str, ...] = ("ts", "dynamo")
+
+
+def make_inputs(spec: ModelSpec, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs for ``spec``: ids in ``[0, vocab)``, masks of ones, images N(0,1)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, kind in spec.inputs.items():
+        if kind == "ids":
+            feeds[name] = rng.integers(0, spec.vocab, size=(batch, seq), dtype=np.int64)
+        elif kind == "mask":
+            feeds[name] = np.ones((batch, seq), dtype=np.int64)
+        elif kind == "zeros":
+            feeds[name] = np.zeros((batch, seq), dtype=np.int64)
+        elif kind == "image":
+            feeds[name] = rng.standard_normal((batch, *spec.image)).astype(np.float32)
+        else:  # pragma: no cover - spec error
+            raise ValueError(f"unknown input kind {kind!r}")
+    return feeds
+
+
+# --------------------------------------------------------------------------
+# Wrappers: positional inputs in, tuple out.
+# --------------------------------------------------------------------------
+
+
+class _Wrapped:
+    """Namespace for the wrapper classes (built lazily so importing needs no torch)."""
+
+    classes: dict = {}
+
+
+def _wrap(model, arg_names: list[str], out_attrs: list[str]):
+    """Wrap a HF model so ``forward(<arg_names>)`` returns ``tuple(out_attrs)``.
+
+    The wrapper has an explicit signature (``torch.export`` matches
+    ``dynamic_shapes`` against parameter names) for the three input sets used.
+    """
+    import torch
+
+    key = tuple(arg_names)
+    if not _Wrapped.classes:
+
+        class _Base(torch.nn.Module):
+            def __init__(self, inner, outs):
+                super().__init__()
+                self.inner, self.outs = inner, outs
+
+            def _run(self, **kw):
+                out = self.inner(**kw, return_dict=True)
+                return tuple(getattr(out, a) for a in self.outs)
+
+        class Bert(_Base):
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                return self._run(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+
+        class CausalLM(_Base):
+            def forward(self, input_ids, attention_mask):
+                return self._run(input_ids=input_ids, attention_mask=attention_mask)
+
+        class Image(_Base):
+            def forward(self, pixel_values):
+                return self._run(pixel_values=pixel_values)
+
+        _Wrapped.classes = {
+            ("input_ids", "attention_mask", "token_type_ids"): Bert,
+            ("input_ids", "attention_mask"): CausalLM,
+            ("pixel_values",): Image,
+        }
+    return _Wrapped.classes[key](model, out_attrs).eval()
+
+
+def _seeded(seed: int):
+    import torch
+
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------
+# Builders
+# --------------------------------------------------------------------------
+
+
+def bert(size: str) -> ModelSpec:
+    """BertModel; ``tiny`` (2x64, 4 heads) or ``full`` (bert-base: 12x768, 12 heads)."""
+    from transformers import BertConfig, BertModel
+
+    kw = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+              intermediate_size=128, max_position_embeddings=128)
+    if size == "full":
+        kw = {}  # BertConfig() defaults are bert-base-uncased's architecture.
+    cfg = BertConfig(**kw)
+    cfg._attn_implementation = "eager"
+
+    def build():
+        _seeded(0)
+        return _wrap(BertModel(cfg).eval(), ["input_ids", "attention_mask", "token_type_ids"],
+                     ["last_hidden_state", "pooler_output"])
+
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    return ModelSpec(
+        name=f"bert_{'tiny' if size == 'tiny' else 'base'}",
+        summary=(f"BertModel, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+                 f"{cfg.num_attention_heads} heads, FFN {cfg.intermediate_size}, vocab {cfg.vocab_size}, "
+                 f"max_pos {cfg.max_position_embeddings}"),
+        build=build,
+        inputs={"input_ids": "ids", "attention_mask": "mask", "token_type_ids": "zeros"},
+        input_dims={n: TEXT_DIMS for n in names},
+        outputs={"last_hidden_state": TEXT_DIMS, "pooler_output": IMAGE_DIMS},
+        vocab=cfg.vocab_size,
+    )
+
+
+def gpt2(size: str) -> ModelSpec:
+    """GPT2LMHeadModel without KV cache; ``tiny`` (2x64) or ``full`` (gpt2 small: 12x768)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    kw = dict(vocab_size=1000, n_embd=64, n_layer=2, n_head=4, n_positions=128)
+    cfg = GPT2Config(use_cache=False, **({} if size == "full" else kw))
+    cfg._attn_implementation = "eager"
+
+    def build():
+        _seeded(0)
+        return _wrap(GPT2LMHeadModel(cfg).eval(), ["input_ids", "attention_mask"], ["logits"])
+
+    return ModelSpec(
+        name=f"gpt2_{'tiny' if size == 'tiny' else 'small'}",
+        summary=(f"GPT2LMHeadModel (use_cache=False), {cfg.n_layer} layers, hidden {cfg.n_embd}, "
+                 f"{cfg.n_head} heads, vocab {cfg.vocab_size}, n_positions {cfg.n_positions}, tied LM head"),
+        build=build,
+        inputs={"input_ids": "ids", "attention_mask": "mask"},
+        input_dims={"input_ids": TEXT_DIMS, "attention_mask": TEXT_DIMS},
+        outputs={"logits": TEXT_DIMS},
+        vocab=cfg.vocab_size,
+    )
+
+
+LLAMA_TINY = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, intermediate_size=128, max_position_embeddings=128)
+# ~602M parameters (2.41 GB fp32): 20 layers x 25.2M + 2 x 49.2M (untied embed / LM head).
+LLAMA_FULL = dict(vocab_size=32000, hidden_size=1536, num_hidden_layers=20, num_attention_heads=12,
+                  num_key_value_heads=4, intermediate_size=4096, max_position_embeddings=2048)
+# ~703M parameters (2.81 GB fp32) for the peak-RSS round-trip test.
+LLAMA_LARGE = dict(LLAMA_FULL, num_hidden_layers=24)
+
+
+def llama(size: str) -> ModelSpec:
+    """LlamaForCausalLM with grouped-query attention (kv heads < heads), no KV cache."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    kw = {"tiny": LLAMA_TINY, "full": LLAMA_FULL, "large": LLAMA_LARGE}[size]
+    cfg = LlamaConfig(use_cache=False, tie_word_embeddings=False, **kw)
+    cfg._attn_implementation = "eager"
+
+    def build():
+        _seeded(0)
+        return _wrap(LlamaForCausalLM(cfg).eval(), ["input_ids", "attention_mask"], ["logits"])
+
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return ModelSpec(
+        name={"tiny": "llama_gqa_tiny", "full": "llama_gqa_600m", "large": "llama_gqa_large"}[size],
+        summary=(f"LlamaForCausalLM (use_cache=False), {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+                 f"{cfg.num_attention_heads} heads / {cfg.num_key_value_heads} KV heads (GQA), head_dim {head_dim}, "
+                 f"FFN {cfg.intermediate_size} (SwiGLU), vocab {cfg.vocab_size}, RMSNorm, RoPE, untied LM head"),
+        build=build,
+        inputs={"input_ids": "ids", "attention_mask": "mask"},
+        input_dims={"input_ids": TEXT_DIMS, "attention_mask": TEXT_DIMS},
+        outputs={"logits": TEXT_DIMS},
+        vocab=cfg.vocab_size,
+        exporters=("ts",) if size == "large" else ("ts", "dynamo"),
+    )
+
+
+def vit(size: str) -> ModelSpec:
+    """ViTForImageClassification; ``tiny`` (32x32 image, patch 8, 2x64) or ``full`` (vit-base 224/16)."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    kw = dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+              intermediate_size=128, num_labels=10)
+    cfg = ViTConfig(**kw) if size == "tiny" else ViTConfig(num_labels=1000)
+    cfg._attn_implementation = "eager"
+
+    def build():
+        _seeded(0)
+        return _wrap(ViTForImageClassification(cfg).eval(), ["pixel_values"], ["logits"])
+
+    return ModelSpec(
+        name=f"vit_{'tiny' if size == 'tiny' else 'base'}",
+        summary=(f"ViTForImageClassification, image {cfg.image_size}, patch {cfg.patch_size}, "
+                 f"{cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads, "
+                 f"FFN {cfg.intermediate_size}, {cfg.num_labels} labels"),
+        build=build,
+        inputs={"pixel_values": "image"},
+        input_dims={"pixel_values": IMAGE_DIMS},
+        outputs={"logits": IMAGE_DIMS},
+        image=(cfg.num_channels, cfg.image_size, cfg.image_size),
+    )
+
+
+def small_specs() -> list[ModelSpec]:
+    """The tiny models committed to ``models/``."""
+    return [bert("tiny"), gpt2("tiny"), llama("tiny"), vit("tiny")]
+
+
+def full_specs() -> list[ModelSpec]:
+    """The full-size models written to the cache (not committed)."""
+    return [bert("full"), gpt2("full"), llama("full"), vit("full")]
+
+
+def large_specs() -> list[ModelSpec]:
+    """The > 2 GB model (external data) for the peak-RSS round-trip test."""
+    return [llama("large")]

@@ -69,7 +69,11 @@ def main() -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / "model.O1.onnx"
-    size = src.stat().st_size + sum(p.stat().st_size for p in src.parent.iterdir() if p.suffix == ".data" or p.name.endswith(".data"))
+    proto = onnx.load(str(src), load_external_data=False)
+    data_files = {external_data_helper.ExternalDataInfo(t).location for t in proto.graph.initializer
+                  if external_data_helper.uses_external_data(t)}
+    size = src.stat().st_size + sum((src.parent / f).stat().st_size for f in data_files)
+    del proto
     graphopt = Path(sys.executable).parent / "graphopt"
     cmd = [str(graphopt), "-q", "optimize", str(src), "-o", str(out), "-p", args.pipeline, "--no-verify"]
     start = time.perf_counter()

@@ -33,7 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"graphopt {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="errors only; no progress or tables")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    # -q/-v also after the subcommand; SUPPRESS keeps the top-level value when absent there.
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    flags.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    def parser_class(*a, **kw):  # noqa: ANN002, ANN003, ANN202 - argparse's factory signature
+        kw.setdefault("parents", []).append(flags)
+        return _Parser(*a, **kw)
+
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser_class)
     sub.required = True
     optimize.add_parsers(sub)
     info.add_parsers(sub)

@@ -204,7 +204,10 @@ def _make_item(name: str, options: dict[str, Any], children: list[Item] | None, 
         if options:
             raise error(f"named pipeline '{name}' takes no options")
         return Named(name)
-    cls = get_pass(name)
+    try:
+        cls = get_pass(name)
+    except PipelineSpecError as e:
+        raise PipelineSpecError(f"{e}; named pipelines: {', '.join(sorted(NAMED_PIPELINES))}") from e
     typed = {k: parse_option_value(cls.Options, k, v, f"pass '{name}'") for k, v in options.items()}
     return Step(name, typed)
 

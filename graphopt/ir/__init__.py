@@ -27,6 +27,7 @@ from onnx_ir import (
 )
 
 from graphopt.errors import LoadError
+from graphopt.ir.consts import add_initializer, const_array, const_tensor, constant_node_tensor, is_constant
 from graphopt.ir.edit import bypass, graphs_and_functions, infer_shapes
 from graphopt.ir.gs import from_graphsurgeon, to_graphsurgeon
 from graphopt.ir.load import deserialize, load, load_proto, validate_model
@@ -40,6 +41,7 @@ __all__ = [
     "from_text", "to_text", "tensor_text", "canonical_order", "clone",
     "from_graphsurgeon", "to_graphsurgeon", "serde", "convenience",
     "bypass", "graphs_and_functions", "infer_shapes",
+    "add_initializer", "const_array", "const_tensor", "constant_node_tensor", "is_constant",
 ]
 
 serde = _ir.serde

@@ -1,0 +1,91 @@
+"""Constant values in the IR: reading them and creating initializers.
+
+A value is constant when it is an initializer that is not also a graph input
+(an input could override it at run time, per the ONNX IR spec) or the output
+of a ``Constant`` node.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+__all__ = ["const_tensor", "const_array", "is_constant", "add_initializer", "constant_node_tensor"]
+
+
+def constant_node_tensor(node: ir.Node) -> ir.TensorProtocol | None:
+    """The tensor a ``Constant`` node (default domain) produces, from whichever
+    of its attributes is set (``value``, ``value_float(s)``, ``value_int(s)``,
+    ``value_string(s)``); None for ``sparse_value`` or a non-Constant node."""
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+        return None
+    attrs = node.attributes
+    if "value" in attrs:
+        return attrs["value"].as_tensor()
+    for key, dtype in (("value_float", np.float32), ("value_floats", np.float32),
+                       ("value_int", np.int64), ("value_ints", np.int64)):
+        if key in attrs:
+            return ir.Tensor(np.asarray(attrs[key].value, dtype=dtype))
+    if "value_string" in attrs:
+        return ir.StringTensor(np.asarray(attrs["value_string"].value.encode() if isinstance(
+            attrs["value_string"].value, str) else attrs["value_string"].value))
+    if "value_strings" in attrs:
+        return ir.StringTensor([s.encode() if isinstance(s, str) else s for s in attrs["value_strings"].value])
+    return None
+
+
+def const_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
+    """The tensor behind a constant value (lazy: not read), or None.
+
+    Args:
+        value: any IR value (None for an omitted optional input).
+    """
+    if value is None:
+        return None
+    if value.const_value is not None and value.is_initializer() and not value.is_graph_input():
+        return value.const_value
+    producer = value.producer()
+    if producer is not None:
+        return constant_node_tensor(producer)
+    if value.const_value is not None and not value.is_graph_input():
+        return value.const_value
+    return None
+
+
+def is_constant(value: ir.Value | None) -> bool:
+    """True when :func:`const_tensor` finds a tensor."""
+    return const_tensor(value) is not None
+
+
+def const_array(value: ir.Value | None, max_elements: int | None = None) -> np.ndarray | None:
+    """The numpy array of a constant value, or None when it is not constant or
+    has more than ``max_elements`` elements (checked before reading bytes)."""
+    tensor = const_tensor(value)
+    if tensor is None:
+        return None
+    if max_elements is not None and tensor.shape is not None and int(np.prod(tensor.shape.numpy())) > max_elements:
+        return None
+    return tensor.numpy()
+
+
+def add_initializer(graph: ir.Graph, array: np.ndarray | ir.TensorProtocol, name: str) -> ir.Value:
+    """Register a new initializer in ``graph`` with a name unique in the graph.
+
+    Args:
+        graph: the graph to hold it (a subgraph is fine).
+        array: the data (numpy array, any dtype onnx-ir supports) or a tensor.
+        name: the preferred name; a suffix is added if it is taken.
+
+    Returns:
+        The new initializer value (dtype and shape set).
+    """
+    tensor = array if isinstance(array, ir.TensorProtocol) and not isinstance(array, np.ndarray) else ir.Tensor(np.asarray(array))
+    taken = set(graph.initializers) | {v.name for n in graph for v in n.outputs if v.name} | {v.name for v in graph.inputs}
+    unique, i = name, 1
+    while unique in taken:
+        unique = f"{name}_{i}"
+        i += 1
+    tensor.name = unique
+    value = ir.Value(name=unique, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
+    graph.register_initializer(value)
+    return value

@@ -22,6 +22,7 @@ import onnx
 import onnx_ir as ir
 
 from graphopt.errors import GraphoptError, SaveError
+from graphopt.ir.stream import write_inline
 from graphopt.ir.versions import target_ir_version
 
 __all__ = ["save", "to_proto", "SaveReport", "PROTOBUF_LIMIT", "EXTERNAL_DATA_AUTO_BYTES"]
@@ -234,20 +235,20 @@ def save(
                 f.flush()
                 os.fsync(f.fileno())
             proto = ir.serde.serialize_model(model)
+            proto.ir_version = target_ir_version(model.ir_version, dict(model.opset_imports))
+            blob = proto.SerializeToString()
+            del proto
+            with open(tmp / out.name, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+            written = len(blob)
         else:
-            for value in values:
-                tensor = value.const_value
-                if isinstance(tensor, ir.ExternalTensor):
-                    swapped.append((value, tensor))
-                    value.const_value = ir.Tensor(tensor.numpy(), name=tensor.name)
-            proto = ir.serde.serialize_model(model)
-        proto.ir_version = target_ir_version(model.ir_version, dict(model.opset_imports))
-        blob = proto.SerializeToString()
-        del proto
-        with open(tmp / out.name, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
+            with open(tmp / out.name, "wb") as f:
+                written = write_inline(model, f, target_ir_version(model.ir_version, dict(model.opset_imports)),
+                                       _copy_tensor)
+                f.flush()
+                os.fsync(f.fileno())
         if check:
             try:
                 onnx.checker.check_model(str(tmp / out.name), full_check=True)
@@ -255,7 +256,6 @@ def save(
                 raise SaveError(f"the output model fails onnx.checker: {e}") from e
         if validate is not None:
             validate(tmp / out.name)
-        written = len(blob)
         if external_data and external_count:
             written += (tmp / data_name).stat().st_size
             os.replace(tmp / data_name, data_res)

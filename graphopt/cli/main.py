@@ -13,7 +13,7 @@ import tempfile
 import traceback
 
 from graphopt import __version__
-from graphopt.cli import info, optimize
+from graphopt.cli import bench, info, optimize
 from graphopt.cli.common import console, setup_logging
 from graphopt.errors import GraphoptError, PassError
 
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     optimize.add_parsers(sub)
     info.add_parsers(sub)
+    bench.add_parsers(sub)
     return parser
 
 

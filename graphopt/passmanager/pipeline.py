@@ -40,8 +40,9 @@ def register_pipeline(name: str, spec: str, doc: str) -> None:
 
 register_pipeline(
     "O1",
-    "topological-sort,fixpoint{max-iters=8}(eliminate-identity,eliminate-dropout,dce)",
-    "cleanup: identity and inference-Dropout removal, dead-code elimination, to a fixpoint",
+    "topological-sort,fixpoint{max-iters=8}(inline,fold-constants,fold-shapes,eliminate-noops,cse,dce)",
+    "simplify: inline functions and constant Ifs, fold constants and shape computations, remove no-ops, "
+    "merge common subexpressions, remove dead code, to a fixpoint",
 )
 
 DEFAULT_FIXPOINT_ITERS = 8

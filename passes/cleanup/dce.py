@@ -16,7 +16,7 @@ class DceOptions:
     opsets: bool = field(default=True, metadata={"doc": "remove opset imports of domains no node uses"})
 
 
-def _is_dead(node: ir.Node) -> bool:
+def is_dead(node: ir.Node) -> bool:
     return all(not v.uses() and not v.is_graph_output() for v in node.outputs)
 
 
@@ -27,14 +27,14 @@ def _sweep(container: ir.Graph | ir.Function) -> int:
     while changed:
         changed = False
         for node in reversed(list(container)):
-            if _is_dead(node):
+            if is_dead(node):
                 container.remove(node, safe=True)
                 removed += 1
                 changed = True
     return removed
 
 
-def _used_functions(model: ir.Model) -> set[tuple[str, str, str]]:
+def used_functions(model: ir.Model) -> set[tuple[str, str, str]]:
     """Identifiers of functions reachable from the main graph (transitively)."""
     used: set[tuple[str, str, str]] = set()
     stack = [model.graph]
@@ -80,7 +80,7 @@ class DeadCodeElimination(Pass):
                     del graph.initializers[name]
                     stats["initializers"] += 1
         if self.options.functions:
-            used = _used_functions(model)
+            used = used_functions(model)
             for key in list(model.functions):
                 if key not in used:
                     del model.functions[key]

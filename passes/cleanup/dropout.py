@@ -8,7 +8,7 @@ from graphopt import ir
 from graphopt.passmanager import Pass, PassResult, register_pass
 
 
-def _inference_mode(node: ir.Node, opset: int) -> bool:
+def inference_mode(node: ir.Node, opset: int) -> bool:
     """True when the Dropout is certainly in inference mode (output == input).
 
     Opsets 1-6: attribute ``is_test`` (0 means training). Opsets 7-11: always
@@ -49,7 +49,7 @@ class EliminateDropout(Pass):
                 if node.op_type != "Dropout" or node.domain not in ("", "ai.onnx"):
                     continue
                 mask_used = len(node.outputs) > 1 and (node.outputs[1].uses() or node.outputs[1].is_graph_output())
-                if mask_used or not _inference_mode(node, opset):
+                if mask_used or not inference_mode(node, opset):
                     kept += 1
                     continue
                 if ir.bypass(node, node.outputs[0], node.inputs[0]):

@@ -1,1 +1,308 @@
-"""(being written)"""
+"""fold-constants: evaluate nodes whose inputs are all constant."""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from graphopt import ir
+from graphopt.passes.folding.evaluate import evaluate_batch
+from graphopt.passes.folding.numpy_ops import (
+    ANY_DTYPE_OPS, GROWING_OPS, KERNELS, NUMERIC_DTYPES, Unsupported, predict_elements,
+)
+from graphopt.passmanager import Pass, PassResult, register_pass
+
+__all__ = ["FoldConstants", "FoldConstantsOptions", "install_constant"]
+
+log = logging.getLogger(__name__)
+
+MB = 2**20
+
+NON_DETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                               "Bernoulli", "Multinomial", "Dropout"})
+"""Never folded: their value differs from run to run (Dropout: in training mode)."""
+
+NOT_FOLDED = NON_DETERMINISTIC | {"Identity", "Constant", "If", "Loop", "Scan", "SequenceMap"}
+"""Identity of a constant is an alias, not a new tensor (eliminate-identity
+removes it without copying a weight); control flow is ``inline``'s job."""
+
+
+@dataclass(frozen=True)
+class FoldConstantsOptions:
+    """Options of ``fold-constants``."""
+
+    max_output_mb: float = field(default=64.0, metadata={"doc": (
+        "skip a fold whose output is larger than this many MiB AND larger than its inputs "
+        "(ConstantOfShape/Expand/Tile/Range blow-ups); folds that do not grow data are not capped")})
+    constant_nodes: bool = field(default=True, metadata={"doc": "turn Constant nodes into initializers"})
+    onnxruntime: bool = field(default=True, metadata={"doc": (
+        "evaluate ops without a numpy kernel in one onnxruntime session per graph "
+        "(onnx.reference as fallback); off: numpy kernels only")})
+
+
+def _opset(model: ir.Model) -> int:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+
+
+def _nbytes(tensor: ir.TensorProtocol) -> int:
+    try:
+        return int(tensor.nbytes)
+    except Exception:  # noqa: BLE001 - string tensors have no fixed itemsize
+        return int(np.prod(tensor.shape.numpy())) * 8
+
+
+def _used(value: ir.Value) -> bool:
+    return bool(value.uses()) or value.is_graph_output()
+
+
+def _has_ref_or_graph_attr(node: ir.Node) -> bool:
+    for attr in node.attributes.values():
+        if attr.is_ref() or attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+            return True
+    return False
+
+
+def install_constant(container: ir.Graph | ir.Function, node: ir.Node, output: ir.Value,
+                     tensor: ir.TensorProtocol, as_initializer: bool) -> ir.Value:
+    """Replace every use of ``output`` (produced by ``node``) by a constant
+    holding ``tensor`` and return the new value, which takes ``output``'s name.
+
+    In a graph the constant is an initializer; in a function body, or where
+    ``as_initializer`` is False, it is a ``Constant`` node inserted before
+    ``node``. A graph output keeps its declared type and shape (symbolic dims
+    included), so the signature does not change. ``node`` is not removed.
+    """
+    name = output.name
+    graph_output = output.is_graph_output()
+    dtype = tensor.dtype
+    shape = output.shape if graph_output and output.shape is not None else ir.Shape(tensor.shape)
+    if as_initializer and isinstance(container, ir.Graph):
+        base = name or f"{node.op_type.lower()}_folded"
+        unique, i = base, 1
+        while unique in container.initializers:
+            unique, i = f"{base}_{i}", i + 1
+        output.name = None
+        tensor.name = unique
+        new = ir.Value(name=unique, shape=shape, type=ir.TensorType(dtype), const_value=tensor)
+        container.register_initializer(new)
+    else:
+        output.name = None
+        const = ir.Node("", "Constant", [], attributes=[ir.Attr("value", ir.AttributeType.TENSOR, tensor)],
+                        num_outputs=1)
+        new = const.outputs[0]
+        new.name, new.shape, new.type = name, shape, ir.TensorType(dtype)
+        container.insert_before(node, const)
+    output.replace_all_uses_with(new, replace_graph_outputs=True)
+    return new
+
+
+class _Folder:
+    """Folds one graph or function body, nodes in topological order."""
+
+    def __init__(self, model: ir.Model, container: ir.Graph | ir.Function, options: FoldConstantsOptions,
+                 stats: dict[str, int], in_function: bool) -> None:
+        self.model, self.container, self.options, self.stats = model, container, options, stats
+        self.in_function = in_function  # a function body or a subgraph inside one: no initializers
+        self.opset = _opset(model)
+        self.cap = int(options.max_output_mb * MB)
+        self.is_main = container is model.graph
+        self.pending: set[ir.Value] = set()    # outputs of nodes waiting for the batch
+        self.batch: list[ir.Node] = []
+        self.batch_input_bytes = 0
+
+    # -- decisions ------------------------------------------------------------------------------
+    def _too_big(self, out_bytes: int, in_bytes: int) -> bool:
+        return out_bytes > self.cap and out_bytes > in_bytes
+
+    def _static_bytes(self, node: ir.Node) -> int | None:
+        """Total bytes of the node's outputs from their declared static shapes, or None."""
+        total = 0
+        for out in node.outputs:
+            if out.shape is None or out.dtype is None or not out.shape.is_static():
+                return None
+            total += math.prod(int(d) for d in out.shape) * max(out.dtype.itemsize, 1)
+        return total
+
+    def _as_initializer(self, output: ir.Value) -> bool:
+        # An initializer that is a subgraph's output is legal ONNX but poorly
+        # supported by runtimes; such outputs stay Constant nodes.
+        return not self.in_function and (self.is_main or not output.is_graph_output())
+
+    # -- the walk -------------------------------------------------------------------------------
+    def run(self) -> None:
+        for node in list(self.container):
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            if node.op_type == "Constant":
+                self._constant_node(node)
+                continue
+            if node.op_type in NOT_FOLDED or _has_ref_or_graph_attr(node):
+                continue
+            if not any(_used(out) for out in node.outputs):
+                continue  # dead: dce removes it without reading its inputs
+            tensors, waits = [], False
+            for value in node.inputs:
+                if value is None:
+                    tensors.append(None)
+                elif value in self.pending:
+                    tensors.append(None)
+                    waits = True
+                else:
+                    tensor = ir.const_tensor(value)
+                    if tensor is None:
+                        break
+                    tensors.append(tensor)
+            else:
+                self._fold(node, tensors, waits)
+        self._flush()
+
+    def _constant_node(self, node: ir.Node) -> None:
+        out = node.outputs[0]
+        if not self.options.constant_nodes or self.in_function or _has_ref_or_graph_attr(node):
+            return
+        if not self._as_initializer(out):
+            return
+        tensor = ir.constant_node_tensor(node)
+        if tensor is None or not _used(out):
+            return
+        install_constant(self.container, node, out, tensor, as_initializer=True)
+        self.container.remove(node, safe=True)
+        self.stats["constant_nodes"] += 1
+
+    def _fold(self, node: ir.Node, tensors: list, waits: bool) -> None:
+        in_bytes = sum(_nbytes(t) for t in tensors if t is not None)
+        kernel = KERNELS.get(node.op_type)
+        dtypes_ok = all(t is None or t.dtype.numpy() in NUMERIC_DTYPES for t in tensors) if kernel else False
+        if not waits and kernel is not None and (dtypes_ok or node.op_type in ANY_DTYPE_OPS):
+            try:
+                if self._numpy(node, tensors, in_bytes):
+                    return
+            except Unsupported as e:
+                log.debug("fold-constants: numpy kernel of %s declined: %s", node.op_type, e)
+        self._defer(node, tensors, in_bytes)
+
+    def _numpy(self, node: ir.Node, tensors: list, in_bytes: int) -> bool:
+        """Fold with a numpy kernel; False when declined for size or dtype."""
+        attrs = {k: a.value for k, a in node.attributes.items() if not a.is_ref()}
+        elements = predict_elements(node.op_type, tensors, attrs)
+        if elements is not None:
+            itemsize = max((t.dtype.itemsize for t in tensors if t is not None), default=8)
+            if node.op_type == "ConstantOfShape":
+                value = node.attributes.get("value")
+                itemsize = value.as_tensor().dtype.itemsize if value is not None else 4
+            if self._too_big(elements * max(itemsize, 1), in_bytes):
+                self.stats["skipped_size"] += 1
+                return True  # refused: do not evaluate it elsewhere either
+        arrays = [None if t is None else t.numpy() for t in tensors]
+        with np.errstate(all="ignore"):
+            results = KERNELS[node.op_type](node, arrays, self.opset)
+        self._install(node, dict(zip(node.outputs, results)), in_bytes)
+        return True
+
+    def _defer(self, node: ir.Node, tensors: list, in_bytes: int) -> None:
+        """Queue the node for the batched onnxruntime evaluation."""
+        if not self.options.onnxruntime:
+            return
+        static = self._static_bytes(node)
+        if static is None and node.op_type in GROWING_OPS:
+            return  # could be arbitrarily large and its size is unknown
+        if static is not None and self._too_big(static, in_bytes):
+            self.stats["skipped_size"] += 1
+            return
+        if self.batch_input_bytes + in_bytes > 16 * self.cap:
+            return  # keep the evaluation model (and memory) bounded
+        self.batch_input_bytes += in_bytes
+        self.batch.append(node)
+        self.pending.update(node.outputs)
+
+    def _flush(self) -> None:
+        if not self.batch:
+            return
+        wanted = [v for n in self.batch for v in n.outputs if _used(v)]
+        results = evaluate_batch(self.batch, wanted, dict(self.model.opset_imports), self.model.ir_version)
+        self.stats["batched"] += len(self.batch)
+        for node in self.batch:
+            in_bytes = sum(_nbytes(t) for v in node.inputs if v is not None
+                           for t in [ir.const_tensor(v)] if t is not None)
+            self._install(node, {v: results.get(v) for v in node.outputs if _used(v)}, in_bytes)
+        self.batch, self.pending = [], set()
+
+    def _install(self, node: ir.Node, results: dict[ir.Value, np.ndarray | None], in_bytes: int) -> None:
+        """Replace the node's used outputs by their folded values and remove it."""
+        used = [v for v in node.outputs if _used(v)]
+        for value in used:
+            array = results.get(value)
+            if array is None or not isinstance(array, np.ndarray) or array.dtype.kind in "OUS":
+                return
+            if value.dtype is not None and ir.DataType.from_numpy(array.dtype) != value.dtype:
+                log.debug("fold-constants: %s gave %s, graph says %s; not folded", node.op_type, array.dtype, value.dtype)
+                self.stats["skipped_dtype"] += 1
+                return
+            if self._too_big(array.nbytes, in_bytes):
+                self.stats["skipped_size"] += 1
+                return
+            if value.is_graph_output() and value.shape is not None and (
+                    len(value.shape) != array.ndim or any(isinstance(d, int) and d != s
+                                                          for d, s in zip(value.shape, array.shape))):
+                return  # the declared output shape disagrees: keep the node
+        for value in used:
+            install_constant(self.container, node, value, ir.Tensor(np.ascontiguousarray(results[value])),
+                             as_initializer=self._as_initializer(value))
+        if all(not _used(v) for v in node.outputs):
+            self.container.remove(node, safe=True)
+        self.stats["folded"] += 1
+
+
+@register_pass("fold-constants")
+class FoldConstants(Pass):
+    """Evaluate every node whose inputs are all constant and store the result as an initializer.
+
+    Walks each graph in topological order - the main graph, then If/Loop/Scan
+    bodies (where outer-scope constants count as constants), then function
+    bodies (results become ``Constant`` nodes: functions have no
+    initializers). Common ops run as numpy kernels that follow the ONNX spec
+    per opset (see ``passes/folding/numpy_ops.py``); the rest of a graph's
+    foldable nodes are evaluated together in one onnxruntime session
+    (``onnx.reference`` as fallback; see ``passes/folding/evaluate.py``).
+    ``Constant`` nodes become initializers (in subgraphs too, except one that is
+    the subgraph's output).
+
+    Never folded: non-deterministic ops (Random*, Bernoulli, Multinomial,
+    Dropout), non-default domains, nodes with subgraph attributes (If with a
+    constant condition is ``inline``'s job), nodes referencing function
+    attributes, Identity (an alias: ``eliminate-identity`` removes it without
+    copying a weight), and dead nodes (``dce`` removes them without reading
+    their inputs). Weights are read lazily: only when a node that reads them
+    is folded (a Transpose of a weight is folded, as onnxsim and onnxslim do:
+    it removes a node at run time and does not grow the data).
+
+    Size cap: a fold whose output exceeds ``max-output-mb`` (default 64 MiB)
+    and is larger than its inputs is skipped, checked before anything is
+    allocated where the size is computable (ConstantOfShape, Expand, Tile,
+    Range, broadcasting elementwise ops, MatMul, Gather; other growing ops only
+    with a static output shape). Folds that do not grow data (Transpose,
+    Reshape, Slice, Cast to a narrower type) are not capped. 64 MiB holds any
+    shape tensor and a causal mask for 4096 positions, yet a model of a few
+    thousand such folds could not pass the 2 GB protobuf limit unnoticed in a
+    single step.
+
+    A folded value keeps its name; a folded graph output keeps its declared
+    type and shape. Results are checked against the graph's declared dtype (a
+    mismatch is not folded). Prior art: onnxsim, onnxslim and Polygraphy
+    (fold-constants via onnxruntime), onnxscript's optimizer (per-op folding
+    with size limits).
+    """
+
+    Options = FoldConstantsOptions
+    requires = frozenset({"topo-sorted"})
+    preserves = frozenset({"topo-sorted", "shapes-inferred"})
+
+    def run(self, model: ir.Model, ctx: object) -> PassResult:
+        stats = {"folded": 0, "constant_nodes": 0, "batched": 0, "skipped_size": 0, "skipped_dtype": 0}
+        in_functions = {id(g) for f in model.functions.values() for g in [f, *f.subgraphs()]}
+        for container in ir.graphs_and_functions(model):
+            _Folder(model, container, self.options, stats, id(container) in in_functions).run()
+        return PassResult(modified=stats["folded"] + stats["constant_nodes"] > 0, stats=stats)

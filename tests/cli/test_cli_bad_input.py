@@ -189,7 +189,9 @@ def test_unknown_pass_lists_candidates(tmp_path, capsys):
     err = _flat(stderr)
     assert "Traceback" not in stderr
     assert "unknown pass 'dcee'. Did you mean dce?" in err
-    assert "Registered passes: dce, eliminate-dropout, eliminate-identity" in err
+    from graphopt.passmanager import registered_passes
+
+    assert "Registered passes: " + ", ".join(registered_passes()) in err
     assert not (tmp_path / "opt.onnx").exists()
 
 

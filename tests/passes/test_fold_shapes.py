@@ -1,0 +1,148 @@
+"""fold-shapes: static dims fold, symbolic dims stay symbolic."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from graphopt import ir
+from graphopt.passmanager import PassContext, PassManager
+
+HEAD = '<ir_version: 10, opset_import: ["" : {opset}]>'
+
+
+def run(text: str, opset: int = 17, spec: str = "fold-shapes,dce") -> ir.Model:
+    model = ir.from_text(HEAD.format(opset=opset) + text)
+    return PassManager(spec, PassContext()).run(model).model
+
+
+def ops(model: ir.Model) -> list[str]:
+    return [n.op_type for n in model.graph.all_nodes()]
+
+
+def test_static_dim_folds_symbolic_dim_stays():
+    m = run("""g (float[batch, 128, 64] x) => (int64 d0, int64 d1) {
+      s = Shape(x)
+      i0 = Constant<value = int64 {0}>()
+      i1 = Constant<value = int64 {1}>()
+      d0 = Gather(s, i0)
+      d1 = Gather(s, i1)
+    }""")
+    assert ops(m) == ["Shape", "Constant", "Gather"]  # i0 is fold-constants' job
+    d1 = m.graph.outputs[1]
+    assert d1.is_initializer() and d1.const_value.numpy().tolist() == 128
+    assert d1.const_value.numpy().shape == ()
+
+
+def test_fully_static_shape_and_size_fold():
+    m = run("""g (float[2, 3] x) => (int64[2] s, int64 n) {
+      s = Shape(x)
+      n = Size(x)
+    }""")
+    assert ops(m) == []
+    assert m.graph.outputs[0].const_value.numpy().tolist() == [2, 3]
+    assert m.graph.outputs[1].const_value.numpy().tolist() == 6
+
+
+def test_shape_start_end_opset_15():
+    m = run("""g (float[batch, 7, 5] x) => (int64[2] s) {
+      s = Shape<start = 1>(x)
+    }""", opset=15)
+    assert m.graph.outputs[0].const_value.numpy().tolist() == [7, 5]
+
+
+def test_shape_of_intermediate_value_uses_inference():
+    m = run("""g (float[batch, 16] x, float[16, 8] w) => (float[batch, 4, 2] y) {
+      h = MatMul(x, w)
+      s = Shape(h)
+      i = Constant<value = int64[1] {1}>()
+      d = Gather(s, i)
+      four = Constant<value = int64[1] {4}>()
+      q = Div(d, four)
+      m1 = Constant<value = int64[1] {-1}>()
+      t = Concat<axis = 0>(m1, four, q)
+      y = Reshape(h, t)
+    }""")
+    assert ops(m) == ["MatMul", "Reshape"]
+    reshape = m.graph.node(1)
+    assert ir.const_array(reshape.inputs[1]).tolist() == [-1, 4, 2]
+
+
+def test_torchscript_reshape_chain_copies_symbolic_dims():
+    # Shape -> Gather -> Unsqueeze -> Concat -> Reshape: batch and sequence are
+    # copied (0), the constant head dims stay, nothing is frozen.
+    m = run("""g (float[batch, sequence, 64] x) => (float[batch, sequence, 4, 16] y) {
+      s = Shape(x)
+      i0 = Constant<value = int64 {0}>()
+      i1 = Constant<value = int64 {1}>()
+      b = Gather(s, i0)
+      q = Gather(s, i1)
+      ax = Constant<value = int64[1] {0}>()
+      bu = Unsqueeze(b, ax)
+      qu = Unsqueeze(q, ax)
+      h = Constant<value = int64[1] {4}>()
+      d = Constant<value = int64[1] {16}>()
+      t = Concat<axis = 0>(bu, qu, h, d)
+      y = Reshape(x, t)
+    }""")
+    assert ops(m) == ["Reshape"]
+    assert ir.const_array(m.graph.node(0).inputs[1]).tolist() == [0, 0, 4, 16]
+    assert [str(d) for d in m.graph.outputs[0].shape] == ["batch", "sequence", "4", "16"]
+
+
+def test_symbolic_dims_of_inputs_stay_symbolic():
+    text = """g (float[batch, sequence] x) => (int64[2] s) {
+      s = Shape(x)
+    }"""
+    model = ir.from_text(HEAD.format(opset=17) + text)
+    before = ir.to_text(model)
+    result = PassManager("fold-shapes", PassContext()).run(model)
+    assert ir.to_text(result.model) == before
+    assert [str(d) for d in result.model.graph.inputs[0].shape] == ["batch", "sequence"]
+
+
+def test_expand_guard_where_equal_minus_one_is_bypassed():
+    m = run("""g (float[batch, 1] x, float[batch, 8] z) => (float[batch, 8] y) {
+      s = Shape(z)
+      m1 = Constant<value = int64[2] {-1, -1}>()
+      e = Equal(s, m1)
+      one = Constant<value = int64[2] {1, 1}>()
+      t = Where(e, one, s)
+      y = Expand(x, t)
+    }""")
+    assert ops(m) == ["Shape", "Expand"]
+
+
+def test_stale_value_info_cannot_freeze_a_dynamic_dim():
+    model = ir.from_text(HEAD.format(opset=17) + """g (float[batch, 4] x) => (int64[2] s) {
+      r = Relu(x)
+      s = Shape(r)
+    }""")
+    relu = model.graph.node(0)
+    relu.outputs[0].shape = ir.Shape([2, 4])  # a traced batch size left by an exporter
+    result = PassManager("fold-shapes", PassContext()).run(model)
+    assert [n.op_type for n in result.model.graph] == ["Relu", "Shape"]
+
+
+def test_folds_inside_subgraph_with_outer_shapes():
+    m = run("""g (bool c, float[batch, 5] x) => (int64[1] y) {
+      y = If(c) <
+        then_branch = t () => (int64[1] ty) { s = Shape<start = 1>(x)
+          ty = Identity(s) },
+        else_branch = e () => (int64[1] ey) { ey = Shape<end = 1>(x) }
+      >
+    }""")
+    if_node = next(n for n in m.graph if n.op_type == "If")
+    then = if_node.attributes["then_branch"].value
+    assert "Shape" not in [n.op_type for n in then]
+    els = if_node.attributes["else_branch"].value
+    assert [n.op_type for n in els] == ["Shape"]
+
+
+def test_equal_and_where_values_are_exact():
+    m = run("""g (float[3, batch] x) => (bool[2] e) {
+      s = Shape(x)
+      k = Constant<value = int64[2] {3, -1}>()
+      e = Equal(s, k)
+    }""")
+    assert m.graph.outputs[0].const_value.numpy().tolist() == [True, False]
+    assert m.graph.outputs[0].const_value.numpy().dtype == np.bool_

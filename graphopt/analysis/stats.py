@@ -19,7 +19,7 @@ def op_histogram(model: ir.Model) -> dict[str, int]:
     """Node count per operator (``domain::Op`` outside the default domain),
     main graph and subgraphs, sorted by count then name."""
     counts = collections.Counter(
-        n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in model.graph.all_nodes()
+        n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}" for n in ir.all_nodes(model.graph)
     )
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
@@ -85,11 +85,11 @@ def model_stats(model: ir.Model, *, with_flops: bool = False, dims: dict[str, in
         dims: symbolic dim bindings for the FLOPs estimate (defaults as in
             ``graphopt verify``: batch 1, sequence 16, ...).
     """
-    inits = [v for g in [model.graph, *model.graph.subgraphs()] for v in g.initializers.values()]
+    inits = [v for g in ir.all_graphs(model) for v in g.initializers.values()]
     params = sum(int(np.prod(v.const_value.shape.numpy())) for v in inits if v.const_value is not None)
     nbytes = sum(v.const_value.nbytes for v in inits if v.const_value is not None)
     stats = ModelStats(
-        nodes=sum(1 for _ in model.graph.all_nodes()), initializers=len(inits), parameters=params,
+        nodes=sum(1 for _ in ir.all_nodes(model.graph)), initializers=len(inits), parameters=params,
         bytes=nbytes, ops=op_histogram(model),
         opsets={(k or "ai.onnx"): v for k, v in sorted(model.opset_imports.items())},
         signature=signature(model),

@@ -28,7 +28,7 @@ from onnx_ir import (
 
 from graphopt.errors import LoadError
 from graphopt.ir.consts import add_initializer, const_array, const_tensor, constant_node_tensor, is_constant
-from graphopt.ir.edit import bypass, graphs_and_functions, infer_shapes
+from graphopt.ir.edit import all_graphs, all_nodes, bypass, graphs_and_functions, infer_shapes, subgraphs
 from graphopt.ir.inliner import inline_functions
 from graphopt.ir.gs import from_graphsurgeon, to_graphsurgeon
 from graphopt.ir.load import deserialize, load, load_proto, validate_model
@@ -41,7 +41,7 @@ __all__ = [
     "load", "load_proto", "validate_model", "save", "SaveReport", "to_proto", "from_proto",
     "from_text", "to_text", "tensor_text", "canonical_order", "clone",
     "from_graphsurgeon", "to_graphsurgeon", "serde", "convenience",
-    "bypass", "graphs_and_functions", "infer_shapes", "inline_functions",
+    "bypass", "graphs_and_functions", "infer_shapes", "inline_functions", "subgraphs", "all_graphs", "all_nodes",
     "add_initializer", "const_array", "const_tensor", "constant_node_tensor", "is_constant",
 ]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-__all__ = ["bypass", "infer_shapes", "graphs_and_functions"]
+__all__ = ["bypass", "infer_shapes", "graphs_and_functions", "subgraphs", "all_graphs", "all_nodes"]
 
 
 def _owner_outputs(value: ir.Value) -> list[ir.Value] | None:
@@ -56,27 +56,141 @@ def bypass(node: ir.Node, output: ir.Value, source: ir.Value) -> bool:
     return True
 
 
+def subgraphs(container: ir.Graph | ir.Function) -> list[ir.Graph]:
+    """Every graph nested in ``container``'s nodes (If/Loop/Scan bodies, any
+    GRAPH/GRAPHS attribute), at any depth, in depth-first order.
+
+    A direct recursion over node attributes: onnx-ir's generator-based
+    ``Graph.subgraphs()`` walks every node through a recursive iterator, which
+    dominated the run time of small passes.
+    """
+    found: list[ir.Graph] = []
+    stack = [container]
+    while stack:
+        graph = stack.pop()
+        for node in graph:
+            attrs = node.attributes
+            if not attrs:
+                continue
+            for attr in attrs.values():
+                kind = attr.type
+                if kind == ir.AttributeType.GRAPH:
+                    found.append(attr.value)
+                    stack.append(attr.value)
+                elif kind == ir.AttributeType.GRAPHS:
+                    found.extend(attr.value)
+                    stack.extend(attr.value)
+    return found
+
+
+def all_graphs(model: ir.Model) -> list[ir.Graph]:
+    """The main graph and every graph nested in it (not function bodies)."""
+    return [model.graph, *subgraphs(model.graph)]
+
+
+def all_nodes(container: ir.Graph | ir.Function) -> list[ir.Node]:
+    """Every node of ``container`` and of the graphs nested in it."""
+    nodes = list(container)
+    for graph in subgraphs(container):
+        nodes.extend(graph)
+    return nodes
+
+
 def graphs_and_functions(model: ir.Model) -> list[ir.Graph | ir.Function]:
     """The main graph, every subgraph (If/Loop/Scan bodies) and every
     model-local function, in that order."""
-    result: list[ir.Graph | ir.Function] = [model.graph, *model.graph.subgraphs()]
+    result: list[ir.Graph | ir.Function] = all_graphs(model)
     for func in model.functions.values():
         result.append(func)
-        result.extend(func.subgraphs())
+        result.extend(subgraphs(func))
     return result
 
 
 def infer_shapes(model: ir.Model) -> ir.Model:
-    """Run ONNX shape inference (``onnx.shape_inference``, strict off, data
-    propagation on) and merge the inferred types and shapes into ``model``.
+    """Run ONNX shape inference (``onnx.shape_inference.infer_shapes``, strict
+    off, data propagation on) and set the inferred dtypes and shapes on the
+    model's values, matched by name (value names are unique across a model
+    and its subgraphs: ONNX IR spec, SSA).
 
-    Uses onnx-ir's ``ShapeInferencePass``, which serializes the graph without
-    large initializer data, so it works on models over 2 GB.
+    Initializers over 1 KiB are handed to inference as typed graph inputs
+    without their bytes, so the serialized graph stays small (as onnx-ir's
+    ``ShapeInferencePass`` does) and weights are never read. Values the
+    inference leaves unknown keep what they had.
 
-    Raises:
-        onnx.shape_inference.InferenceError: inconsistent shapes in the model.
+    Returns:
+        ``model`` (changed in place). When inference fails on an inconsistent
+        model, a warning is logged and the model is left as it was.
     """
-    from onnx_ir.passes.common import ShapeInferencePass
+    import logging
 
-    result = ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
-    return result.model
+    import onnx
+    from onnx_ir import serde
+
+    big: list[tuple[ir.Value, ir.TensorProtocol]] = []
+    for graph in all_graphs(model):
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if tensor is not None and tensor.nbytes > 1024 and not isinstance(tensor, ir.StringTensor):
+                big.append((value, tensor))
+    try:
+        for value, tensor in big:
+            value.const_value = ir.ExternalTensor("__graphopt_shape_inference__", 0, tensor.nbytes, tensor.dtype,
+                                                  shape=tensor.shape, name=value.name)
+        proto = serde.serialize_model(model)
+    finally:
+        for value, tensor in big:
+            value.const_value = tensor
+    stripped = {v.name for v, _ in big}
+    _strip_initializers(proto.graph, stripped)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError) as e:
+        logging.getLogger(__name__).warning("shape inference failed, shapes left as they were: %s", e)
+        return model
+    types: dict[str, onnx.TypeProto] = {}
+    _collect_types(inferred.graph, types)
+    for graph in all_graphs(model):
+        for node in graph:
+            for value in node.outputs:
+                tp = types.get(value.name or "")
+                if tp is None or not tp.HasField("tensor_type"):
+                    continue
+                dtype = tp.tensor_type.elem_type
+                if dtype and value.dtype is None:
+                    value.dtype = ir.DataType(dtype)
+                if tp.tensor_type.HasField("shape"):
+                    value.shape = serde.deserialize_type_proto_for_shape(tp)
+    return model
+
+
+def _strip_initializers(graph, names: set[str]) -> None:  # noqa: ANN001 - onnx.GraphProto
+    """Replace named initializers of a GraphProto (and its subgraphs) by typed
+    inputs without data."""
+    import onnx
+
+    keep = []
+    for tensor in graph.initializer:
+        if tensor.name in names:
+            graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+        else:
+            keep.append(tensor)
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                _strip_initializers(attr.g, names)
+            for sub in attr.graphs:
+                _strip_initializers(sub, names)
+
+
+def _collect_types(graph, types: dict) -> None:  # noqa: ANN001 - onnx.GraphProto
+    """Name -> TypeProto of every value_info and output, subgraphs included."""
+    for vi in list(graph.value_info) + list(graph.output):
+        types[vi.name] = vi.type
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                _collect_types(attr.g, types)
+            for sub in attr.graphs:
+                _collect_types(sub, types)

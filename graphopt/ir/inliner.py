@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Callable
 
 import onnx_ir as ir
+
+from graphopt.ir.edit import all_graphs
 from onnx_ir.passes import PreconditionError
 from onnx_ir.passes.common import InlinePass
 from onnx_ir.passes.common import inliner as _inliner_module
@@ -22,7 +24,7 @@ __all__ = ["inline_functions"]
 def _model_names(model: ir.Model) -> set[str]:
     """Every value name in the main graph and its subgraphs (all scopes)."""
     names: set[str] = set()
-    for graph in [model.graph, *model.graph.subgraphs()]:
+    for graph in all_graphs(model):
         names.update(v.name for v in graph.inputs if v.name)
         names.update(graph.initializers)
         for node in graph:

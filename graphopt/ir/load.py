@@ -13,9 +13,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import networkx as nx
 import onnx
 import onnx_ir as ir
+from graphopt.ir.edit import subgraphs
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
@@ -207,19 +207,22 @@ def validate_model(model: ir.Model, source: str = "model") -> None:
             a cycle (naming the nodes on it).
     """
     graphs: list[tuple[str, object]] = [("main graph", model.graph)]
-    graphs += [(f"subgraph '{g.name}'", g) for g in model.graph.subgraphs()]
+    graphs += [(f"subgraph '{g.name}'", g) for g in subgraphs(model.graph)]
     graphs += [(f"function '{f.name}'", f) for f in model.functions.values()]
     for where, graph in graphs:
-        dag = nx.DiGraph()
+        edges: list[tuple[int, int]] = []
+        seen: set[int] = set()
+        in_order = True  # producers listed before consumers: acyclic without more work
         for node in graph:
-            dag.add_node(id(node))
+            seen.add(id(node))
             for value in node.inputs:
                 if value is None:
                     continue
                 producer = value.producer()
                 if producer is not None:
                     if producer.graph is node.graph:
-                        dag.add_edge(id(producer), id(node))
+                        edges.append((id(producer), id(node)))
+                        in_order = in_order and id(producer) in seen
                     continue
                 if value.is_graph_input() or value.is_initializer() or value.graph is not None:
                     continue
@@ -230,6 +233,13 @@ def validate_model(model: ir.Model, source: str = "model") -> None:
                     f"'{value.name}', which no node, graph input or initializer produces; "
                     "the model is malformed: re-export it"
                 )
+        if in_order:
+            continue
+        import networkx as nx
+
+        dag = nx.DiGraph()
+        dag.add_nodes_from(id(n) for n in graph)
+        dag.add_edges_from(edges)
         if not nx.is_directed_acyclic_graph(dag):
             by_id = {id(n): n for n in graph}
             cycle = nx.find_cycle(dag)

@@ -20,6 +20,7 @@ from typing import Callable
 
 import onnx
 import onnx_ir as ir
+from graphopt.ir.edit import all_graphs
 
 from graphopt.errors import GraphoptError, SaveError
 from graphopt.ir.stream import write_inline
@@ -62,7 +63,7 @@ class SaveReport:
 def _initializer_values(model: ir.Model) -> list[ir.Value]:
     """All initializer values of the main graph and its subgraphs."""
     values: list[ir.Value] = []
-    for graph in model.graphs():
+    for graph in all_graphs(model):
         values.extend(v for v in graph.initializers.values() if v.const_value is not None)
     return values
 

@@ -17,6 +17,8 @@ from typing import BinaryIO, Callable
 import onnx
 import onnx_ir as ir
 
+from graphopt.ir.edit import all_graphs
+
 __all__ = ["write_inline", "STREAM_MIN_BYTES"]
 
 STREAM_MIN_BYTES = 4096
@@ -77,7 +79,7 @@ def write_inline(model: ir.Model, out: BinaryIO, ir_version: int,
                                                   shape=tensor.shape, name=value.name)
         # Other external tensors (subgraph initializers) must be inlined normally.
         swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
-        for graph in model.graphs():
+        for graph in all_graphs(model):
             for value in graph.initializers.values():
                 tensor = value.const_value
                 if isinstance(tensor, ir.ExternalTensor) and tensor.location != _PLACEHOLDER:

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from graphopt.ir.edit import all_nodes
+
 __all__ = ["to_text", "tensor_text", "SMALL_TENSOR"]
 
 SMALL_TENSOR = 16
@@ -242,8 +244,8 @@ def _captured_producers(node: ir.Node) -> list[ir.Node | None]:
         elif attr.type == ir.AttributeType.GRAPHS:
             graphs = list(attr.value)
         for g in graphs:
-            inner = {id(n) for n in g.all_nodes()}
-            for n in g.all_nodes():
+            inner = {id(n) for n in all_nodes(g)}
+            for n in all_nodes(g):
                 for v in n.inputs:
                     if v is not None and v.producer() is not None and id(v.producer()) not in inner:
                         result.append(v.producer())

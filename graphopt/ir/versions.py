@@ -76,5 +76,14 @@ def target_ir_version(current: int, opset_imports: dict[str, int]) -> int:
 
     Returns:
         ``max(required_ir_version(opsets), min(current, ort_max_ir_version()))``.
+        onnxruntime is probed only for IR versions above 10, which every
+        onnxruntime since 1.20 loads.
     """
-    return max(required_ir_version(opset_imports), min(current, ort_max_ir_version()))
+    required = required_ir_version(opset_imports)
+    if max(current, required) <= ALWAYS_ACCEPTED:
+        return max(current, required)
+    return max(required, min(current, ort_max_ir_version()))
+
+
+ALWAYS_ACCEPTED = 10
+"""IR version every supported onnxruntime (1.20 and newer) loads."""

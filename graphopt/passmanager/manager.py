@@ -10,13 +10,14 @@ analyses invalidated (MLIR's pass manager is the model).
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from graphopt.errors import GraphoptError, PassError
-from graphopt.ir import Model, clone
+from graphopt.ir import Model, all_graphs, clone
 from graphopt.passmanager.base import INVARIANTS, Pass, PassResult, get_pass
 from graphopt.passmanager.context import PassContext
 from graphopt.passmanager.pipeline import Fixpoint, Item, Named, Pipeline, Step
@@ -32,7 +33,7 @@ class StopPipeline(Exception):
 
 def count_nodes(model: Model) -> int:
     """Number of nodes in the main graph and all its subgraphs."""
-    return sum(1 for _ in model.graph.all_nodes())
+    return sum(len(g) for g in all_graphs(model))
 
 
 @dataclass
@@ -107,6 +108,7 @@ class PassManager:
         self.pipeline = Pipeline.parse(pipeline) if isinstance(pipeline, str) else pipeline
         self.ctx = ctx or PassContext()
         self._valid: set[str] = set()
+        self._nodes: int | None = None
         self._report = RunReport(self.pipeline.to_spec())
         # Build every pass once up front so option errors surface before any work.
         self._check(self.pipeline.expanded().items)
@@ -126,14 +128,23 @@ class PassManager:
                 directory when the reproducer instrument is active.
         """
         self._valid = set()
+        self._nodes = None
         self._report = RunReport(self.pipeline.to_spec())
         start = time.perf_counter()
         for inst in self.ctx.instruments:
             inst.before_pipeline(model, self.ctx, self.pipeline)
+        # The IR is a web of small objects with reference cycles; the cyclic
+        # collector's full sweeps cost more than the passes on small models.
+        # It is off while the passes run and restored (as it was) after.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
         try:
             model, _ = self._run_items(self.pipeline.items, model)
         except StopPipeline as stop:
             self._report.stopped = str(stop)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
         self._report.seconds = time.perf_counter() - start
         for inst in self.ctx.instruments:
             inst.after_pipeline(model, self.ctx, self._report)
@@ -177,7 +188,7 @@ class PassManager:
         snapshot = clone(model) if any(i.needs_snapshot for i in instruments) else None
         for inst in instruments:
             inst.before_pass(pass_, model, self.ctx)
-        before = count_nodes(model)
+        before = self._nodes if self._nodes is not None else count_nodes(model)
         start = time.perf_counter()
         try:
             result = pass_.run(model, self.ctx)
@@ -191,8 +202,9 @@ class PassManager:
         seconds = time.perf_counter() - start
         if not isinstance(result, PassResult):
             raise PassError(f"pass '{pass_.name}' returned {type(result).__name__}, not PassResult", pass_.name)
+        after = count_nodes(model) if result.modified else before
         record = PassRecord(len(self._report.records) + 1, pass_.name, spec, seconds, result.modified,
-                            dict(result.stats), before, count_nodes(model), auto=auto)
+                            dict(result.stats), before, after, auto=auto)
         self._report.records.append(record)
         for inst in instruments:
             verdict = inst.after_pass(pass_, model, result, self.ctx, record)
@@ -201,6 +213,7 @@ class PassManager:
                 record.rolled_back = True
                 record.modified = False
                 record.nodes_after = count_nodes(model)
+        self._nodes = record.nodes_after
         for inst in instruments:
             inst.committed(pass_, model, record, self.ctx)
         if record.modified:

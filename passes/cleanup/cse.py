@@ -230,7 +230,7 @@ def _non_deterministic_functions(model: ir.Model) -> set[tuple[str, str, str]]:
     while changed:
         changed = False
         for key, func in model.functions.items():
-            if key not in result and any(_non_deterministic(n, result) for n in func.all_nodes()):
+            if key not in result and any(_non_deterministic(n, result) for n in ir.all_nodes(func)):
                 result.add(key)
                 changed = True
     return result
@@ -326,7 +326,7 @@ class CommonSubexpressionElimination(Pass):
     def run(self, model: ir.Model, ctx: object) -> PassResult:
         stats = {"nodes": 0, "initializers": 0}
         if self.options.initializers:
-            for graph in [model.graph, *model.graph.subgraphs()]:
+            for graph in ir.all_graphs(model):
                 stats["initializers"] += _dedupe_initializers(graph)
         if self.options.nodes:
             cse = _NodeCse(_non_deterministic_functions(model))

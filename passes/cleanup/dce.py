@@ -40,7 +40,7 @@ def used_functions(model: ir.Model) -> set[tuple[str, str, str]]:
     stack = [model.graph]
     while stack:
         container = stack.pop()
-        for node in container.all_nodes():
+        for node in ir.all_nodes(container):
             key = (node.domain, node.op_type, node.overload)
             if key in model.functions and key not in used:
                 used.add(key)
@@ -70,11 +70,11 @@ class DeadCodeElimination(Pass):
         # Sweep inner graphs first so outer values they no longer read become dead.
         for _ in range(2):
             for container in containers:
-                subs = list(container.subgraphs())
+                subs = list(ir.subgraphs(container))
                 for sub in reversed(subs):
                     stats["nodes"] += _sweep(sub)
                 stats["nodes"] += _sweep(container)
-        for graph in [model.graph, *model.graph.subgraphs()]:
+        for graph in ir.all_graphs(model):
             for name, value in list(graph.initializers.items()):
                 if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
                     del graph.initializers[name]
@@ -86,10 +86,10 @@ class DeadCodeElimination(Pass):
                     del model.functions[key]
                     stats["functions"] += 1
         if self.options.opsets:
-            domains = {n.domain for n in model.graph.all_nodes()}
+            domains = {n.domain for n in ir.all_nodes(model.graph)}
             for func in model.functions.values():
                 domains.add(func.domain)
-                domains.update(n.domain for n in func.all_nodes())
+                domains.update(n.domain for n in ir.all_nodes(func))
             for domain in list(model.opset_imports):
                 if domain not in ("", "ai.onnx") and domain not in domains:
                     del model.opset_imports[domain]

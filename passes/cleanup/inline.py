@@ -65,12 +65,12 @@ def _inline_functions(model: ir.Model) -> int:
     # inliner refuses it; checked here so the model is never half inlined).
     inlinable = {key for key, func in model.functions.items() if _opsets_agree(model, func)}
     for container in [model.graph, *model.functions.values()]:
-        for node in container.all_nodes():
+        for node in ir.all_nodes(container):
             if node.op_identifier() in inlinable and any(
                     a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()):
                 inlinable.discard(node.op_identifier())
     called = Counter(n.op_identifier() for g in [model.graph, *model.functions.values()]
-                     for n in g.all_nodes() if n.op_identifier() in inlinable)
+                     for n in ir.all_nodes(g) if n.op_identifier() in inlinable)
     calls = sum(called.values())
     if not calls:
         return 0  # nothing changed: an uncalled function is dce's (or remove-unused's) business
@@ -79,7 +79,7 @@ def _inline_functions(model: ir.Model) -> int:
     except ValueError as e:
         raise PassError(f"inline: cannot inline model-local functions: {e}; "
                         "run inline{functions=false} to keep them as functions", "inline") from e
-    left = sum(1 for g in [model.graph, *model.functions.values()] for n in g.all_nodes()
+    left = sum(1 for g in [model.graph, *model.functions.values()] for n in ir.all_nodes(g)
                if n.op_identifier() in inlinable)
     return calls - left
 
@@ -103,7 +103,7 @@ class _Names:
     included), to keep spliced names unique."""
 
     def __init__(self, top: ir.Graph | ir.Function) -> None:
-        graphs = [top.graph if isinstance(top, ir.Function) else top, *top.subgraphs()]
+        graphs = [top.graph if isinstance(top, ir.Function) else top, *ir.subgraphs(top)]
         self.count: Counter[str] = Counter()
         self.last: dict[str, int] = {}
         for graph in graphs:
@@ -115,7 +115,7 @@ class _Names:
     def forget(self, graph: ir.Graph) -> None:
         """Drop the names of a discarded branch."""
         self.count.subtract(iter(graph.initializers))
-        for node in graph.all_nodes():
+        for node in ir.all_nodes(graph):
             self.count.subtract(v.name for v in node.outputs if v.name)
 
     def fresh(self, name: str) -> str:
@@ -142,7 +142,7 @@ def _branches(node: ir.Node) -> tuple[ir.Graph, ir.Graph] | None:
 def _detach(graph: ir.Graph) -> None:
     """Make a discarded branch stop reading outer values (they may become dead)."""
     graph.outputs.clear()
-    for node in graph.all_nodes():
+    for node in ir.all_nodes(graph):
         for i in range(len(node.inputs)):
             node.replace_input_with(i, None)
 
@@ -189,7 +189,7 @@ def _fold_constant_ifs(model: ir.Model) -> int:
     """Replace each If whose condition is a constant by its chosen branch."""
     folded = 0
     for top in [model.graph, *model.functions.values()]:
-        candidates = [n for n in top.all_nodes() if n.op_type == "If" and n.domain in ("", "ai.onnx")]
+        candidates = [n for n in ir.all_nodes(top) if n.op_type == "If" and n.domain in ("", "ai.onnx")]
         if not candidates:
             continue
         names: _Names | None = None
@@ -201,7 +201,7 @@ def _fold_constant_ifs(model: ir.Model) -> int:
             if cond is None or branches is None:
                 continue
             chosen, other = branches if cond else branches[::-1]
-            discarded = {id(n) for n in other.all_nodes()}
+            discarded = {id(n) for n in ir.all_nodes(other)}
             names = names or _Names(top)
             if _splice(node, chosen, other, names, isinstance(top, ir.Function)):
                 dead |= discarded

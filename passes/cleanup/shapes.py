@@ -20,8 +20,8 @@ class InferShapes(Pass):
     def run(self, model: ir.Model, ctx: object) -> PassResult:
         inferred = ir.infer_shapes(model)
         if inferred is not model:  # onnx-ir may return a new model object; copy types back
-            by_name = {v.name: v for n in inferred.graph.all_nodes() for v in n.outputs if v.name}
-            for node in model.graph.all_nodes():
+            by_name = {v.name: v for n in ir.all_nodes(inferred.graph) for v in n.outputs if v.name}
+            for node in ir.all_nodes(model.graph):
                 for value in node.outputs:
                     other = by_name.get(value.name)
                     if other is not None and other.type is not None:

@@ -26,8 +26,8 @@ class TopologicalSort(Pass):
         moved = 0
         containers = [model.graph, *model.functions.values()]
         for container in containers:
-            before = [id(n) for n in container.all_nodes()]
+            before = [id(n) for n in ir.all_nodes(container)]
             container.sort()
-            after = [id(n) for n in container.all_nodes()]
+            after = [id(n) for n in ir.all_nodes(container)]
             moved += sum(1 for a, b in zip(before, after) if a != b)
         return PassResult(modified=moved > 0, stats={"moved": moved})

@@ -302,7 +302,7 @@ class FoldConstants(Pass):
 
     def run(self, model: ir.Model, ctx: object) -> PassResult:
         stats = {"folded": 0, "constant_nodes": 0, "batched": 0, "skipped_size": 0, "skipped_dtype": 0}
-        in_functions = {id(g) for f in model.functions.values() for g in [f, *f.subgraphs()]}
+        in_functions = {id(g) for f in model.functions.values() for g in [f, *ir.subgraphs(f)]}
         for container in ir.graphs_and_functions(model):
             _Folder(model, container, self.options, stats, id(container) in in_functions).run()
         return PassResult(modified=stats["folded"] + stats["constant_nodes"] > 0, stats=stats)

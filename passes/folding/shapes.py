@@ -78,7 +78,7 @@ def _infer(model: ir.Model) -> None:
     freeze a dynamic dim. If inference fails, the old shapes come back.
     """
     saved: dict[ir.Value, ir.Shape] = {}
-    for graph in [model.graph, *model.graph.subgraphs()]:
+    for graph in ir.all_graphs(model):
         for node in graph:
             for value in node.outputs:
                 if value.shape is not None and not value.is_graph_output():
@@ -314,9 +314,10 @@ class FoldShapes(Pass):
     Options = FoldShapesOptions
     requires = frozenset({"topo-sorted"})
     preserves = frozenset({"topo-sorted"})
+    establishes = frozenset({"shapes-inferred"})
 
     def run(self, model: ir.Model, ctx: object) -> PassResult:
-        graphs = [model.graph, *model.graph.subgraphs()]
+        graphs = ir.all_graphs(model)
         if not any(n.op_type in ("Shape", "Size") for g in graphs for n in g):
             return PassResult(modified=False, stats={"folded": 0, "reshapes": 0, "wheres": 0})
         if self.options.infer:

@@ -45,6 +45,10 @@ __all__ = [
 #: sequence-like dims 16 (long enough to exercise attention, masking and
 #: position tables, short enough to keep verification fast), spatial dims 64
 #: (a 64x64 image survives the stride-32 downsampling of common CNNs).
+SPATIAL_DEFAULT = 64
+"""Height/width of an NCHW float input whose spatial dims are unnamed: a
+multiple of 32, as detection backbones (PaddleOCR's DBNet) need."""
+
 DIM_DEFAULTS: tuple[tuple[str, int], ...] = (
     (r"batch", 1),
     (r"seq|length|len\b|token|time|frames", 16),
@@ -225,7 +229,9 @@ def resolve_shape(spec: InputSpec, dims: Mapping[str, int]) -> tuple[int, ...]:
 
     Static dims are kept; a symbolic dim takes ``dims[name]``, else
     :func:`default_dim`; an expression ``dim_param`` is evaluated over those
-    values; an unnamed dynamic dim is 1.
+    values; an unnamed dynamic dim is 1, except the height and width of a
+    rank-4 float input (NCHW image), which get :data:`SPATIAL_DEFAULT` when
+    unnamed or named by no rule (e.g. ``p2o.DynamicDimension.1``).
 
     Raises:
         InputError: the input has no declared shape (rank unknown), or an
@@ -237,15 +243,22 @@ def resolve_shape(spec: InputSpec, dims: Mapping[str, int]) -> tuple[int, ...]:
             "provide inputs explicitly (--inputs file.npz)"
         )
     shape = []
-    for d in spec.dims:
+    image = len(spec.dims) == 4 and np.issubdtype(spec.dtype, np.floating)
+    for i, d in enumerate(spec.dims):
+        spatial = image and i >= 2  # NCHW height/width (PaddlePaddle and TF exports leave them unnamed)
         if isinstance(d, int):
             shape.append(d)
         elif d is None:
-            shape.append(1)
+            shape.append(SPATIAL_DEFAULT if spatial else 1)
         else:
             expr = _parse_expr(d)
             if expr is None:
-                shape.append(dims[d] if d in dims else default_dim(d))
+                if d in dims:
+                    shape.append(dims[d])
+                elif spatial and not any(re.search(p, d.lower()) for p, _ in DIM_DEFAULTS):
+                    shape.append(SPATIAL_DEFAULT)
+                else:
+                    shape.append(default_dim(d))
                 continue
             values = {n: dims[n] if n in dims else default_dim(n) for n in _names_in(d)}
             size = _eval_expr(expr, values)

@@ -90,9 +90,16 @@ def main() -> int:
     onnx.checker.check_model(str(out), full_check=True)
     print("onnx.checker (full check): ok")
     before, after = initializer_hashes(src), initializer_hashes(out)
-    same = sum(1 for k, v in before.items() if after.get(k) == v)
-    print(f"initializers: {len(before)} in, {len(after)} out, {same} byte-identical")
-    return 0 if same == len(before) == len(after) else 1
+    same = sum(1 for k, v in after.items() if before.get(k) == v)
+    changed = sorted(k for k, v in after.items() if k in before and before[k] != v)
+    new = sorted(k for k in after if k not in before)
+    gone = sorted(k for k in before if k not in after)
+    print(f"initializers: {len(before)} in, {len(after)} out; {same} of the output's are byte-identical to the "
+          f"input's of the same name; {len(changed)} changed, {len(new)} new (folded), {len(gone)} removed "
+          "(dead or merged duplicates)")
+    for name in changed[:10]:
+        print(f"  changed: {name}")
+    return 0 if not changed else 1
 
 
 if __name__ == "__main__":

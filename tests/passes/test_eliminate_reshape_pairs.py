@@ -1,0 +1,58 @@
+"""eliminate-reshape-pairs beyond the golden cases: a partial region (the
+first Reshape also read elsewhere), a graph output at the end, and the dynamo
+GPT-2 export, where the pair around each MLP's GELU goes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from graphopt import ir
+from graphopt.passmanager import ModelRunner, PassContext, PassManager
+from graphopt.verify import compare_outputs
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+HEAD = '<ir_version: 10, opset_import: ["" : 17]>'
+
+
+def run(model: ir.Model, spec: str = "eliminate-reshape-pairs,dce"):
+    return PassManager(spec, PassContext()).run(model)
+
+
+def ops(model: ir.Model) -> list[str]:
+    return [n.op_type for n in model.graph if n.op_type != "Constant"]
+
+
+def check_numerics(before: ir.Model, after: ir.Model) -> None:
+    reference = ModelRunner(seed=0)
+    expected = reference.run(before)
+    report = compare_outputs(expected, ModelRunner(inputs=reference.inputs).run(after), rtol=1e-5, atol=1e-6)
+    assert report.ok, report.summary()
+
+
+def test_first_reshape_read_elsewhere_stays_and_output_keeps_its_name():
+    model = ir.from_text(HEAD + """
+g (float[6, 4] x) => (float[6, 4] y, float[2, 3, 4] r) {
+  s1 = Constant<value = int64[3] {2, 3, 4}>()
+  r = Reshape(x, s1)
+  a = Sigmoid(r)
+  m = Mul(r, a)
+  s2 = Constant<value = int64[2] {-1, 4}>()
+  y = Reshape(m, s2)
+}""")
+    before = ir.clone(model)
+    result = run(model)
+    assert ops(result.model) == ["Reshape", "Sigmoid", "Mul"]
+    assert [v.name for v in result.model.graph.outputs] == ["y", "r"]
+    assert list(result.model.graph.outputs[0].shape) == [6, 4]
+    assert result.report.records[-2].stats == {"pairs": 1}
+    check_numerics(before, result.model)
+
+
+def test_gpt2_dynamo_mlp_reshapes_go_under_o1():
+    model = ir.load(MODELS / "gpt2_tiny_dynamo.onnx")
+    before = ir.clone(model)
+    result = run(model, "O1")
+    pairs = sum(r.stats.get("pairs", 0) for r in result.report.records if r.name == "eliminate-reshape-pairs")
+    assert pairs == 2  # one per layer
+    assert len(list(result.model.graph.all_nodes())) <= 102
+    check_numerics(before, result.model)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from graphopt.ir import shape_io
+
 __all__ = ["bypass", "infer_shapes", "graphs_and_functions", "subgraphs", "all_graphs", "all_nodes"]
 
 
@@ -56,30 +58,37 @@ def bypass(node: ir.Node, output: ir.Value, source: ir.Value) -> bool:
     return True
 
 
+_GRAPH_KINDS = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+
+
 def subgraphs(container: ir.Graph | ir.Function) -> list[ir.Graph]:
     """Every graph nested in ``container``'s nodes (If/Loop/Scan bodies, any
     GRAPH/GRAPHS attribute), at any depth, in depth-first order.
 
     A direct recursion over node attributes: onnx-ir's generator-based
     ``Graph.subgraphs()`` walks every node through a recursive iterator, which
-    dominated the run time of small passes.
+    dominated the run time of small passes. The attributes are read from the
+    plain dict behind ``node.attributes`` (a ``UserDict``), whose mapping
+    protocol costs more than the walk itself.
     """
     found: list[ir.Graph] = []
     stack = [container]
+    graph_kinds = _GRAPH_KINDS
     while stack:
         graph = stack.pop()
         for node in graph:
-            attrs = node.attributes
+            attrs = node.attributes.data
             if not attrs:
                 continue
             for attr in attrs.values():
                 kind = attr.type
-                if kind == ir.AttributeType.GRAPH:
-                    found.append(attr.value)
-                    stack.append(attr.value)
-                elif kind == ir.AttributeType.GRAPHS:
-                    found.extend(attr.value)
-                    stack.extend(attr.value)
+                if kind in graph_kinds:
+                    if kind == ir.AttributeType.GRAPH:
+                        found.append(attr.value)
+                        stack.append(attr.value)
+                    else:
+                        found.extend(attr.value)
+                        stack.extend(attr.value)
     return found
 
 
@@ -117,6 +126,13 @@ def infer_shapes(model: ir.Model) -> ir.Model:
     ``ShapeInferencePass`` does) and weights are never read. Values the
     inference leaves unknown keep what they had.
 
+    A model without subgraphs and functions (the common case) is encoded by
+    :func:`graphopt.ir.shape_io.encode`: the same ModelProto as onnx-ir's
+    serializer followed by the stripping above, written directly with bytes
+    reused across calls (the simplifier's fixpoint infers shapes once per
+    iteration); other models go through ``onnx_ir.serde``. Inferred shapes
+    are frozen ``ir.Shape`` objects, shared by values with equal shapes.
+
     Returns:
         ``model`` (changed in place). When inference fails on an inconsistent
         model, a warning is logged and the model is left as it was.
@@ -124,6 +140,38 @@ def infer_shapes(model: ir.Model) -> ir.Model:
     import logging
 
     import onnx
+
+    encoded = shape_io.encode(model)
+    if encoded is None:
+        encoded = _serialize_for_inference(model)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(encoded, check_type=False, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError) as e:
+        logging.getLogger(__name__).warning("shape inference failed, shapes left as they were: %s", e)
+        return model
+    types: dict[str, onnx.TypeProto] = {}
+    _collect_types(inferred.graph, types)
+    cache = shape_io.cache_of(model)
+    old, new = cache.shapes, {}
+    for graph in all_graphs(model):
+        for node in graph:
+            for value in node.outputs:
+                tp = types.get(value.name or "")
+                if tp is None or not tp.HasField("tensor_type"):
+                    continue
+                tensor_type = tp.tensor_type
+                dtype = tensor_type.elem_type
+                if dtype and value.dtype is None:
+                    value.dtype = ir.DataType(dtype)
+                if tensor_type.HasField("shape"):
+                    value.shape = shape_io.shape_of(tensor_type.shape, old, new)
+    cache.shapes = new
+    return model
+
+
+def _serialize_for_inference(model: ir.Model):  # noqa: ANN202 - onnx.ModelProto
+    """The ModelProto for shape inference through onnx-ir's serializer, any
+    model (subgraphs, functions), initializers over 1 KiB replaced by typed inputs."""
     from onnx_ir import serde
 
     big: list[tuple[ir.Value, ir.TensorProtocol]] = []
@@ -140,27 +188,8 @@ def infer_shapes(model: ir.Model) -> ir.Model:
     finally:
         for value, tensor in big:
             value.const_value = tensor
-    stripped = {v.name for v, _ in big}
-    _strip_initializers(proto.graph, stripped)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
-    except (onnx.shape_inference.InferenceError, RuntimeError) as e:
-        logging.getLogger(__name__).warning("shape inference failed, shapes left as they were: %s", e)
-        return model
-    types: dict[str, onnx.TypeProto] = {}
-    _collect_types(inferred.graph, types)
-    for graph in all_graphs(model):
-        for node in graph:
-            for value in node.outputs:
-                tp = types.get(value.name or "")
-                if tp is None or not tp.HasField("tensor_type"):
-                    continue
-                dtype = tp.tensor_type.elem_type
-                if dtype and value.dtype is None:
-                    value.dtype = ir.DataType(dtype)
-                if tp.tensor_type.HasField("shape"):
-                    value.shape = serde.deserialize_type_proto_for_shape(tp)
-    return model
+    _strip_initializers(proto.graph, {v.name for v, _ in big})
+    return proto
 
 
 def _strip_initializers(graph, names: set[str]) -> None:  # noqa: ANN001 - onnx.GraphProto

@@ -77,18 +77,43 @@ def _external_sources(model: ir.Model) -> set[Path]:
     }
 
 
+def _kernel_copy(src, out, offset: int, length: int) -> int:  # noqa: ANN001 - binary file objects
+    """Copy ``length`` bytes at ``offset`` of ``src`` to ``out``'s current
+    position with ``os.copy_file_range``; return the bytes copied (0 when the
+    call is unavailable or refused, so the caller streams the rest)."""
+    if not hasattr(os, "copy_file_range"):
+        return 0
+    done = 0
+    dst_pos = out.tell()
+    try:
+        while done < length:
+            n = os.copy_file_range(src.fileno(), out.fileno(), length - done, offset + done, dst_pos + done)
+            if n == 0:
+                break
+            done += n
+    except OSError:
+        pass
+    return done
+
+
 def _copy_tensor(tensor: ir.TensorProtocol, out) -> int:  # noqa: ANN001 - binary file object
     """Write a tensor's raw little-endian bytes to ``out``; return the byte count.
 
-    External (memory-mapped) tensors are streamed from their source file in
+    External (memory-mapped) tensors are copied from their source file by the
+    kernel (``os.copy_file_range``: no bytes pass through this process) or,
+    where that is unavailable (other filesystems, other systems), streamed in
     ``_CHUNK`` pieces; others are written from memory.
     """
     if isinstance(tensor, ir.ExternalTensor):
         offset = tensor.offset or 0
         length = tensor.length if tensor.length is not None else tensor.nbytes
         with open(tensor.path, "rb") as src:
-            src.seek(offset)
-            left = length
+            out.flush()
+            copied = _kernel_copy(src, out, offset, length)
+            src.seek(offset + copied)
+            left = length - copied
+            if copied:
+                out.seek(out.tell() + copied)
             while left:
                 chunk = src.read(min(_CHUNK, left))
                 if not chunk:

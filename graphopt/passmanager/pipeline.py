@@ -41,10 +41,10 @@ def register_pipeline(name: str, spec: str, doc: str) -> None:
 register_pipeline(
     "O1",
     "topological-sort,fixpoint{max-iters=8}(inline,fold-constants,fold-shapes,eliminate-noops,"
-    "eliminate-reshape-pairs,fold-bias,fold-batchnorm,cse,dce)",
+    "eliminate-reshape-pairs,fold-bias,fold-batchnorm,merge-sibling-matmuls,cse,dce)",
     "simplify: inline functions and constant Ifs, fold constants and shape computations, remove no-ops and "
     "reshape pairs around elementwise ops, fold bias Adds and BatchNormalization into Conv/Gemm, "
-    "merge common subexpressions, remove dead code, to a fixpoint",
+    "merge sibling MatMuls sharing their input, merge common subexpressions, remove dead code, to a fixpoint",
 )
 
 DEFAULT_FIXPOINT_ITERS = 8

@@ -28,6 +28,8 @@ _PREFIX = 64 * 2**10
 are never read past their first 64 KiB."""
 _INLINE_BYTES = 256
 """Tensor attributes up to this size are keyed by their bytes, larger by SHA-256."""
+_SMALL = 4096
+"""Initializers up to this size keep their bytes between runs (compared directly)."""
 
 Table = MutableMapping[Hashable, ir.Node]
 
@@ -47,7 +49,7 @@ def _chunks(tensor: ir.TensorProtocol, limit: int | None = None) -> Iterator[byt
     """The bytes of a tensor (ONNX little-endian raw layout) in chunks, at most
     ``limit`` bytes. External data is read from its file, so the weight is never
     memory-mapped or held whole; other tensors yield their buffer."""
-    if isinstance(tensor, ir.ExternalTensor):
+    if ir.ExternalTensor in type(tensor).__mro__:  # isinstance() through typing's Protocol meta is slow
         left = tensor.length if tensor.length is not None else tensor.nbytes
         if limit is not None:
             left = min(left, limit)
@@ -107,35 +109,73 @@ def _tensor_key(tensor: ir.TensorProtocol) -> tuple:
 # ---------------------------------------------------------------------- initializers
 
 
-def _dedupe_initializers(graph: ir.Graph) -> int:
+_CACHE_KEY = "graphopt.cse.tensors"
+"""``model.meta`` key of the per-tensor facts kept between runs (see :func:`_tensor_facts`)."""
+
+
+def _tensor_facts(model: ir.Model) -> tuple[dict, dict]:
+    """(facts kept from the last run, facts of this run): tensor id ->
+    ``[tensor, (dtype, shape, nbytes), {stage: digest} | None, bytes | None]``
+    (digests once the tensor met a same-shaped one; the bytes of a tensor of
+    at most ``_SMALL`` bytes, compared directly). Tensors are immutable, so a
+    fixpoint's repeated cse reads and hashes each weight once; an entry holds
+    its tensor, so its id cannot be reused, and only the tensors the last run
+    saw are kept."""
+    old = model.meta.get(_CACHE_KEY)
+    return (old if isinstance(old, dict) else {}), {}
+
+
+def _dedupe_initializers(graph: ir.Graph, old: dict | None = None, new: dict | None = None) -> int:
     """Merge equal initializers of one graph; return how many were removed.
 
     Candidates are grouped by (dtype, shape); a weight alone in its group is
     never read. Inside a group: SHA-256 of the first 64 KiB, then of all bytes,
     then a byte comparison. Initializers that are graph inputs (overridable)
-    or graph outputs stay.
+    or graph outputs stay. ``old``/``new``: see :func:`_tensor_facts`.
     """
+    old = {} if old is None else old
+    new = {} if new is None else new
     groups: dict[tuple, list[ir.Value]] = defaultdict(list)
+    facts: dict[ir.Value, list] = {}
     for value in graph.initializers.values():
         tensor = value.const_value
         if tensor is None or value.is_graph_input():
             continue
-        groups[(tensor.dtype, _shape_key(tensor), tensor.nbytes)].append(value)
+        key = id(tensor)
+        entry = old.get(key)
+        if entry is None or entry[0] is not tensor:
+            entry = [tensor, (tensor.dtype, _shape_key(tensor), tensor.nbytes), None, None]
+        new[key] = entry
+        facts[value] = entry
+        groups[entry[1]].append(value)
     removed = 0
     for members in groups.values():
         if len(members) < 2:
             continue
+        for value in members:
+            entry = facts[value]
+            if entry[2] is None:
+                entry[2] = {}
+                if entry[1][2] <= _SMALL:  # within the prefix: one hash serves both stages
+                    entry[3] = b"".join(bytes(c) for c in _chunks(entry[0]))
+                    entry[2][_PREFIX] = entry[2][None] = hashlib.sha256(entry[3]).digest()
         for stage in (_PREFIX, None):
             buckets: dict[bytes, list[ir.Value]] = defaultdict(list)
             for value in members:
-                buckets[_digest(value.const_value, stage)].append(value)
+                digests = facts[value][2]
+                digest = digests.get(stage)
+                if digest is None:
+                    digest = digests[stage] = _digest(value.const_value, stage)
+                buckets[digest].append(value)
             members = [v for bucket in buckets.values() if len(bucket) > 1 for v in bucket]
             if not members:
                 break
         for bucket in buckets.values() if members else ():
             survivors: list[ir.Value] = []
             for value in bucket:
-                twin = next((s for s in survivors if _same_bytes(s.const_value, value.const_value)), None)
+                data = facts[value][3]
+                twin = next((s for s in survivors if (data == facts[s][3] if data is not None
+                                                       else _same_bytes(s.const_value, value.const_value))), None)
                 if twin is None or value.is_graph_output():
                     survivors.append(value)
                     continue
@@ -326,8 +366,10 @@ class CommonSubexpressionElimination(Pass):
     def run(self, model: ir.Model, ctx: object) -> PassResult:
         stats = {"nodes": 0, "initializers": 0}
         if self.options.initializers:
+            old, new = _tensor_facts(model)
             for graph in ir.all_graphs(model):
-                stats["initializers"] += _dedupe_initializers(graph)
+                stats["initializers"] += _dedupe_initializers(graph, old, new)
+            model.meta[_CACHE_KEY] = new
         if self.options.nodes:
             cse = _NodeCse(_non_deterministic_functions(model))
             for container in [model.graph, *model.functions.values()]:

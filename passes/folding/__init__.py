@@ -1,6 +1,7 @@
-"""Folding passes: constant folding, shape-subgraph folding, and folding of
-BatchNormalization and bias Adds into the Conv/Gemm before them."""
+"""Folding passes: constant folding, shape-subgraph folding, folding of
+BatchNormalization and bias Adds into the Conv/Gemm before them, and merging
+sibling MatMuls that share their input."""
 
-from graphopt.passes.folding import batchnorm, bias, constants, reshape_pairs, shapes  # noqa: F401 - registers
+from graphopt.passes.folding import batchnorm, bias, constants, reshape_pairs, shapes, siblings  # noqa: F401 - registers
 
-__all__ = ["batchnorm", "bias", "constants", "reshape_pairs", "shapes"]
+__all__ = ["batchnorm", "bias", "constants", "reshape_pairs", "shapes", "siblings"]

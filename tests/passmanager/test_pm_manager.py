@@ -234,7 +234,7 @@ g (float[4] x) => (float[4] y) {
 }""")
     result = PassManager("O1").run(model)
     simplify = ["inline", "fold-constants", "fold-shapes", "eliminate-noops", "eliminate-reshape-pairs", "fold-bias",
-                "fold-batchnorm", "cse", "dce"]
+                "fold-batchnorm", "merge-sibling-matmuls", "cse", "dce"]
     names = [r.name for r in result.report.records]
     assert names == ["topological-sort", *simplify, *simplify]  # fold-shapes establishes shapes-inferred
     assert [r.modified for r in result.report.records if r.name == "eliminate-noops"] == [True, False]

@@ -86,7 +86,7 @@ def test_named_pipeline_expansion_round_trips(name: str) -> None:
 def test_o1_expansion() -> None:
     assert Pipeline.parse("O1").expanded().to_spec() == \
         "topological-sort,fixpoint{max-iters=8}(inline,fold-constants,fold-shapes,eliminate-noops," \
-        "eliminate-reshape-pairs,fold-bias,fold-batchnorm,cse,dce)"
+        "eliminate-reshape-pairs,fold-bias,fold-batchnorm,merge-sibling-matmuls,cse,dce)"
 
 
 def test_expanded_replaces_nested_references() -> None:
@@ -94,7 +94,7 @@ def test_expanded_replaces_nested_references() -> None:
     assert p.expanded().to_spec() == (
         "fixpoint{max-iters=2}(topological-sort,fixpoint{max-iters=8}"
         "(inline,fold-constants,fold-shapes,eliminate-noops,eliminate-reshape-pairs,fold-bias,fold-batchnorm,"
-        "cse,dce)),dce"
+        "merge-sibling-matmuls,cse,dce)),dce"
     )
     assert p.to_spec() == "fixpoint{max-iters=2}(O1),dce"  # the original keeps its reference
 

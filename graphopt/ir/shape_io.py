@@ -1,0 +1,303 @@
+"""The protobuf bytes that :func:`graphopt.ir.infer_shapes` hands to ONNX shape
+inference, and the shapes it reads back.
+
+The simplifier's fixpoint (``O1``) infers shapes once per iteration on a graph
+that changed little since the last time. Serializing it with onnx-ir (a Python
+walk building protobuf messages field by field) and reading every inferred
+shape back cost more than the inference itself. Here:
+
+* :func:`encode` writes the protobuf wire format directly. Its message is
+  equal (protobuf equality: same fields, repeated fields in the same order) to
+  what ``onnx_ir.serde.serialize_model`` writes followed by the stripping of
+  initializers over 1 KiB into typed graph inputs, so inference sees the same
+  model. Bytes of attributes, initializers and value types are kept from one
+  call to the next in a :class:`Cache` stored in ``model.meta`` (entries are
+  keyed by object identity and hold the object, so an id cannot be reused,
+  and only what the last call used is kept).
+* :func:`shape_of` gives equal inferred shapes one frozen (immutable)
+  ``ir.Shape``, as ``serde.deserialize_tensor_shape`` would build it.
+
+Models with functions or subgraphs are not encoded here (``encode`` returns
+None; the caller uses onnx-ir's serializer).
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+from onnx_ir import serde
+
+__all__ = ["Cache", "encode", "shape_of"]
+
+_META_KEY = "graphopt.shape_inference_cache"
+_GRAPH_KINDS = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+_SMALL_BYTES = 1024
+"""Initializers up to this size are serialized with their data (as in infer_shapes)."""
+_KEEP_BYTES = 4096
+"""Attribute bytes longer than this are not kept between calls (big Constant tensors)."""
+_LENGTHS = [bytes((i,)) for i in range(128)]
+
+
+class Cache:
+    """Bytes kept between shape-inference calls on one model."""
+
+    __slots__ = ("attrs", "tensors", "types", "shapes")
+
+    def __init__(self) -> None:
+        self.attrs: dict[int, tuple] = {}
+        self.tensors: dict[int, tuple] = {}
+        self.types: dict[tuple, bytes] = {}
+        self.shapes: dict[bytes, ir.Shape] = {}
+
+
+def cache_of(model: ir.Model) -> Cache:
+    """The model's cache (created on first use; ``model.meta`` is not serialized)."""
+    cache = model.meta.get(_META_KEY)
+    if not isinstance(cache, Cache):
+        cache = model.meta[_META_KEY] = Cache()
+    return cache
+
+
+def _varint(n: int) -> bytes:
+    if n < 0:
+        n += 1 << 64
+    if n < 0x80:
+        return _LENGTHS[n]
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _tag(number: int) -> bytes:
+    """The key of a length-delimited field (wire type 2)."""
+    return _varint(number << 3 | 2)
+
+
+def _field(tag: bytes, payload: bytes) -> bytes:
+    n = len(payload)
+    return tag + (_LENGTHS[n] if n < 0x80 else _varint(n)) + payload
+
+
+def _text(tag: bytes, text: str) -> bytes:
+    data = text.encode()
+    n = len(data)
+    return tag + (_LENGTHS[n] if n < 0x80 else _varint(n)) + data
+
+
+# Field keys (onnx.proto3).
+_T1, _T2, _T3, _T4, _T5, _T6, _T7, _T8 = (_tag(i) for i in range(1, 9))
+_T10, _T11, _T12, _T13 = _tag(10), _tag(11), _tag(12), _tag(13)
+_EMPTY_INPUT = _text(_T1, "")
+
+
+def _new(kind: str):  # noqa: ANN202 - an empty onnx message
+    import onnx
+
+    return getattr(onnx, kind)()
+
+
+def _type_bytes(vtype: object, shape: ir.Shape | None) -> bytes | None:
+    """TypeProto bytes of a tensor type and shape (as ``serialize_type_into``
+    and ``serialize_shape_into`` write them), or None for other types."""
+    if type(vtype) is not ir.TensorType or vtype.denotation:
+        return None
+    tensor = b"\x08" + _varint(vtype.dtype.value)
+    if shape is not None:
+        dims = []
+        for i, dim in enumerate(shape.dims):
+            entry = b""
+            denotation = shape.get_denotation(i)
+            if denotation:
+                entry = _text(_T3, denotation)
+            if isinstance(dim, int):
+                entry += b"\x08" + _varint(dim)
+            elif dim.value is not None:
+                entry += _text(_T2, str(dim.value))
+            dims.append(_field(_T1, entry))
+        tensor += _field(_T2, b"".join(dims))
+    return _field(_T1, tensor)
+
+
+def _value_info(value: ir.Value, types: dict) -> bytes | None:
+    """ValueInfoProto bytes as ``serde.serialize_value_into`` writes them, or
+    None where onnx-ir writes no value info (no type, shape or docs; no name)."""
+    vtype, shape, name = value.type, value.shape, value.name
+    if not name:
+        return None
+    if type(vtype) is not ir.TensorType or vtype.denotation or value.doc_string or value.metadata_props:
+        if vtype is None and shape is None and not value.doc_string and not value.metadata_props:
+            return None
+        return serde.serialize_value(value).SerializeToString()
+    if shape is None:
+        key: tuple = (vtype.dtype,)
+    else:
+        dims = shape.dims
+        key = (vtype.dtype, dims, tuple(shape.get_denotation(i) for i in range(len(dims))))
+    body = types.get(key)
+    if body is None:
+        body = types[key] = _type_bytes(vtype, shape)
+    return _text(_T1, name) + _field(_T2, body)
+
+
+def _attribute(attr: ir.Attr, old: dict, new: dict) -> bytes | None:
+    """AttributeProto bytes; None for a graph-valued attribute."""
+    if attr.type in _GRAPH_KINDS:
+        return None
+    key = id(attr)
+    entry = old.get(key)
+    if entry is None or entry[0] is not attr or entry[1] != attr.name or attr.doc_string:
+        proto = _new("AttributeProto")
+        if attr.is_ref():
+            serde.serialize_reference_attribute_into(proto, from_=attr)
+        else:
+            serde.serialize_attribute_into(proto, from_=attr)
+        entry = (attr, attr.name, proto.SerializeToString())
+    if len(entry[2]) <= _KEEP_BYTES:
+        new[key] = entry
+    return entry[2]
+
+
+def _node(node: ir.Node, old: dict, new: dict) -> bytes | None:
+    """NodeProto bytes as ``serde.serialize_node_into`` writes them (fields
+    in another order, which protobuf does not distinguish); None for a node
+    with a subgraph."""
+    attrs = node.attributes.data
+    if node.metadata_props or getattr(node, "device_configurations", None):
+        if any(a.type in _GRAPH_KINDS for a in attrs.values()):
+            return None
+        proto = _new("NodeProto")
+        serde.serialize_node_into(proto, from_=node)
+        return proto.SerializeToString()
+    parts = [_text(_T4, node.op_type)]
+    if node.domain:
+        parts.append(_text(_T7, node.domain))
+    if node.name:
+        parts.append(_text(_T3, node.name))
+    if node.overload:
+        parts.append(_text(_T8, node.overload))
+    if node.doc_string:
+        parts.append(_text(_T6, node.doc_string))
+    for value in node.inputs:
+        parts.append(_EMPTY_INPUT if value is None else _text(_T1, value.name))
+    outputs = node.outputs
+    last = len(outputs)
+    while last and not outputs[last - 1].name:
+        last -= 1
+    for i in range(last):
+        parts.append(_text(_T2, outputs[i].name))
+    for attr in attrs.values():
+        data = _attribute(attr, old, new)
+        if data is None:
+            return None
+        parts.append(_field(_T5, data))
+    return b"".join(parts)
+
+
+def _initializer(value: ir.Value, tensor: ir.TensorProtocol, old: dict, new: dict) -> tuple[bool, bytes]:
+    """(stripped, bytes): a typed graph input (ValueInfoProto) for a tensor
+    over 1 KiB, as ``_strip_initializers`` writes it, else the TensorProto."""
+    key = id(tensor)
+    entry = old.get(key)
+    if entry is None or entry[0] is not tensor:
+        big = tensor.nbytes > _SMALL_BYTES and not isinstance(tensor, ir.StringTensor)
+        if big:
+            dims = b"".join(_field(_T1, b"\x08" + _varint(int(d))) for d in tensor.shape.numpy())
+            entry = (tensor, True, _field(_T2, _field(_T1, b"\x08" + _varint(tensor.dtype.value) + _field(_T2, dims))))
+        else:
+            entry = (tensor, False, None, None)
+    if entry[1]:
+        new[key] = entry
+        return True, _text(_T1, value.name) + entry[2]
+    tensor.name = value.name  # as serialize_graph_into does
+    if entry[2] != value.name:
+        proto = _new("TensorProto")
+        serde.serialize_tensor_into(proto, from_=tensor)
+        entry = (tensor, False, value.name, proto.SerializeToString())
+    new[key] = entry
+    return False, entry[3]
+
+
+def encode(model: ir.Model) -> bytes | None:
+    """The serialized ModelProto for shape inference, initializers over 1 KiB
+    replaced by typed graph inputs; None when the model has functions or
+    subgraphs."""
+    if model.functions:
+        return None
+    cache = cache_of(model)
+    graph = model.graph
+    attrs: dict = {}
+    types = cache.types
+    nodes: list[bytes] = []
+    infos: list[bytes] = []
+    for node in graph:
+        data = _node(node, cache.attrs, attrs)
+        if data is None:
+            return None
+        nodes.append(_field(_T1, data))
+        for value in node.outputs:
+            if not value.is_graph_output():
+                info = _value_info(value, types)
+                if info is not None:
+                    infos.append(_field(_T13, info))
+    inputs = [_field(_T11, _value_info(v, types) or _text(_T1, v.name or "")) for v in graph.inputs]
+    input_names = {v.name for v in graph.inputs}
+    initializers: list[bytes] = []
+    init_infos: list[bytes] = []
+    stripped: list[bytes] = []
+    tensors: dict = {}
+    for value in graph.initializers.values():
+        if value.name not in input_names:
+            info = _value_info(value, types)
+            if info is not None:
+                init_infos.append(_field(_T13, info))
+        tensor = value.const_value
+        if tensor is None:
+            continue
+        as_input, data = _initializer(value, tensor, cache.tensors, tensors)
+        if as_input:
+            stripped.append(_field(_T11, data))
+        else:
+            initializers.append(_field(_T5, data))
+    outputs = [_field(_T12, _value_info(v, types) or _text(_T1, v.name or "")) for v in graph.outputs]
+    cache.attrs, cache.tensors = attrs, tensors
+    if len(types) > 4 * (len(nodes) + len(initializers) + len(stripped)) + 64:
+        types.clear()
+    head = [_text(_T2, graph.name)] if graph.name else []
+    if graph.doc_string:
+        head.append(_text(_T10, graph.doc_string))
+    if graph.metadata_props:
+        props = _new("GraphProto")
+        serde._serialize_metadata_props_into(props.metadata_props, graph.metadata_props)  # noqa: SLF001
+        head.append(props.SerializeToString())
+    body = b"".join(head + inputs + stripped + init_infos + initializers + nodes + infos + outputs)
+    shell = _new("ModelProto")
+    shell.ir_version = model.ir_version
+    for name in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        if getattr(model, name):
+            setattr(shell, name, getattr(model, name))
+    serde._serialize_opset_imports_into(shell.opset_import, model.opset_imports)  # noqa: SLF001
+    if model.metadata_props:
+        serde._serialize_metadata_props_into(shell.metadata_props, model.metadata_props)  # noqa: SLF001
+    return shell.SerializeToString() + _field(_T7, body)
+
+
+def shape_of(shape_proto, old: dict, new: dict) -> ir.Shape:  # noqa: ANN001 - onnx.TensorShapeProto
+    """The frozen ``ir.Shape`` of a TensorShapeProto, as
+    ``serde.deserialize_tensor_shape`` builds it; equal protos share one."""
+    key = shape_proto.SerializeToString()
+    shape = new.get(key) or old.get(key)
+    if shape is None:
+        dims: list = []
+        denotations: list = []
+        for dim in shape_proto.dim:
+            which = dim.WhichOneof("value")
+            if which == "dim_value":
+                dims.append(dim.dim_value)
+            else:
+                dims.append(ir.SymbolicDim(dim.dim_param if which == "dim_param" else None))
+            denotations.append(dim.denotation if dim.HasField("denotation") else None)
+        shape = ir.Shape(dims, denotations=denotations, frozen=True)
+    new[key] = shape
+    return shape

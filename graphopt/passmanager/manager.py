@@ -129,6 +129,8 @@ class PassManager:
         """
         self._valid = set()
         self._nodes = None
+        self._changes = 0  # modifying passes so far
+        self._clean: dict[int, tuple[Step, int]] = {}  # step id -> (step, self._changes when it last found nothing)
         self._report = RunReport(self.pipeline.to_spec())
         start = time.perf_counter()
         for inst in self.ctx.instruments:
@@ -166,7 +168,16 @@ class PassManager:
                     if self.ctx.get("fixpoint.warn"):
                         _LOG.warning("%s did not converge in %d iterations", item.to_spec(), item.iterations)
             else:
+                # A pass that found nothing to do and has not seen the model
+                # change since would find nothing again (passes are
+                # deterministic and keep no state): skip it. This trims the
+                # confirming last round of a fixpoint.
+                clean = self._clean.get(id(item))
+                if clean is not None and clean[0] is item and clean[1] == self._changes:
+                    continue
                 model, mod = self._run_pass(item.build(), item.to_spec(), model)
+                if not mod:
+                    self._clean[id(item)] = (item, self._changes)  # the item is kept so its id is not reused
             changed = changed or mod
         return model, changed
 
@@ -217,6 +228,7 @@ class PassManager:
         for inst in instruments:
             inst.committed(pass_, model, record, self.ctx)
         if record.modified:
+            self._changes += 1
             self._valid = (self._valid & set(pass_.preserves)) | set(pass_.establishes)
             self.ctx.analyses.invalidate(pass_.preserves)
         elif not record.rolled_back:

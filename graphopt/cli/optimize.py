@@ -12,7 +12,7 @@ from rich.table import Table
 
 from graphopt import ir
 from graphopt.analysis import model_stats
-from graphopt.cli.common import Progress, add_dim_options, console, parse_dims, stdout, want_progress
+from graphopt.cli.common import Progress, add_dim_options, parse_dims, stdout, want_progress
 from graphopt.errors import InputError, VerificationError
 from graphopt.passmanager import (
     TARGETS, Bisect, DumpIR, ModelRunner, PassContext, PassManager, Pipeline, Reproducer, VerifyEach,

@@ -13,6 +13,7 @@ import pytest
 from graphopt import ir
 from graphopt.cli.main import main
 from graphopt.passmanager import ModelRunner, Pass, PassResult, register_pass
+from helpers import relu_to_neg
 
 
 @register_pass("test-cli-wrong-relu")
@@ -20,11 +21,7 @@ class WrongRelu(Pass):
     """Test pass, deliberately wrong: turns every Relu into Neg."""
 
     def run(self, model: ir.Model, ctx: object) -> PassResult:
-        count = 0
-        for node in model.graph:
-            if node.op_type == "Relu":
-                node.op_type = "Neg"
-                count += 1
+        count = relu_to_neg(model)
         return PassResult(modified=count > 0, stats={"changed": count})
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from graphopt import ir
-from graphopt.passmanager import ModelRunner, PassContext, PassManager
-from graphopt.verify import compare_outputs
+from graphopt.passmanager import PassContext, PassManager
+from helpers import check_numerics, ops
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 HEAD = '<ir_version: 10, opset_import: ["" : 17]>'
@@ -16,17 +16,6 @@ HEAD = '<ir_version: 10, opset_import: ["" : 17]>'
 
 def run(model: ir.Model, spec: str = "eliminate-reshape-pairs,dce"):
     return PassManager(spec, PassContext()).run(model)
-
-
-def ops(model: ir.Model) -> list[str]:
-    return [n.op_type for n in model.graph if n.op_type != "Constant"]
-
-
-def check_numerics(before: ir.Model, after: ir.Model) -> None:
-    reference = ModelRunner(seed=0)
-    expected = reference.run(before)
-    report = compare_outputs(expected, ModelRunner(inputs=reference.inputs).run(after), rtol=1e-5, atol=1e-6)
-    assert report.ok, report.summary()
 
 
 def test_first_reshape_read_elsewhere_stays_and_output_keeps_its_name():

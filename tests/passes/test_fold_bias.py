@@ -4,8 +4,8 @@ without a Gemm kernel, the ``gemm`` option, Gemm with a full C, stats."""
 from __future__ import annotations
 
 from graphopt import ir
-from graphopt.passmanager import ModelRunner, PassContext, PassManager
-from graphopt.verify import compare_outputs
+from graphopt.passmanager import PassContext, PassManager
+from helpers import check_numerics, ops, pass_stats
 
 HEAD = '<ir_version: 10, opset_import: ["" : 17]>'
 
@@ -15,18 +15,7 @@ def run(model: ir.Model, spec: str):
 
 
 def stats(result, name: str = "fold-bias") -> dict:
-    return next(r.stats for r in result.report.records if r.name == name)
-
-
-def ops(model: ir.Model) -> list[str]:
-    return [n.op_type for n in model.graph if n.op_type != "Constant"]
-
-
-def check_numerics(before: ir.Model, after: ir.Model) -> None:
-    reference = ModelRunner(seed=0)
-    expected = reference.run(before)
-    report = compare_outputs(expected, ModelRunner(inputs=reference.inputs).run(after), rtol=1e-5, atol=1e-6)
-    assert report.ok, report.summary()
+    return pass_stats(result, name)
 
 
 def test_conv_bn_add_chain_and_float16_matmul_stays():

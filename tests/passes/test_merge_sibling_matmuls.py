@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from graphopt import ir
-from graphopt.passmanager import ModelRunner, PassContext, PassManager
-from graphopt.verify import compare_outputs
+from graphopt.passmanager import PassContext, PassManager
+from helpers import check_numerics, ops, pass_stats
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAD = '<ir_version: 10, opset_import: ["" : 17]>'
@@ -21,18 +21,7 @@ def run(model: ir.Model, spec: str = "infer-shapes,merge-sibling-matmuls,dce"):
 
 
 def stats(result) -> dict:
-    return next(r.stats for r in result.report.records if r.name == "merge-sibling-matmuls")
-
-
-def ops(model: ir.Model) -> list[str]:
-    return [n.op_type for n in model.graph if n.op_type != "Constant"]
-
-
-def check_numerics(before: ir.Model, after: ir.Model) -> None:
-    reference = ModelRunner(seed=0)
-    expected = reference.run(before)
-    report = compare_outputs(expected, ModelRunner(inputs=reference.inputs).run(after), rtol=1e-5, atol=1e-6)
-    assert report.ok, report.summary()
+    return pass_stats(result, "merge-sibling-matmuls")
 
 
 def merged(text: str, spec: str = "infer-shapes,merge-sibling-matmuls,dce"):

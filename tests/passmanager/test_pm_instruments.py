@@ -13,6 +13,7 @@ from graphopt import ir
 from graphopt.passmanager import (
     Bisect, DumpIR, ModelRunner, Pass, PassContext, PassManager, PassResult, VerifyEach, register_pass,
 )
+from helpers import relu_to_neg
 
 
 @register_pass("test-instr-wrong-relu")
@@ -22,11 +23,7 @@ class WrongRelu(Pass):
     preserves = frozenset({"topo-sorted"})
 
     def run(self, model: ir.Model, ctx: object) -> PassResult:
-        count = 0
-        for node in model.graph:
-            if node.op_type == "Relu":
-                node.op_type = "Neg"
-                count += 1
+        count = relu_to_neg(model)
         return PassResult(modified=count > 0, stats={"changed": count})
 
 

@@ -1,0 +1,37 @@
+"""Helpers shared by the pass tests."""
+
+from __future__ import annotations
+
+from graphopt import ir
+from graphopt.passmanager import ModelRunner
+from graphopt.verify import compare_outputs
+
+
+def pass_stats(result, name: str) -> dict:  # noqa: ANN001 - a RunResult
+    """The stats of the first record of pass ``name`` in a pipeline run."""
+    return next(r.stats for r in result.report.records if r.name == name)
+
+
+def ops(model: ir.Model) -> list[str]:
+    """Op types of the main graph in order, Constant nodes left out."""
+    return [n.op_type for n in model.graph if n.op_type != "Constant"]
+
+
+def check_numerics(before: ir.Model, after: ir.Model) -> None:
+    """Assert ``after`` matches ``before`` in onnxruntime (rtol 1e-5, atol 1e-6)
+    on generated inputs."""
+    reference = ModelRunner(seed=0)
+    expected = reference.run(before)
+    report = compare_outputs(expected, ModelRunner(inputs=reference.inputs).run(after), rtol=1e-5, atol=1e-6)
+    assert report.ok, report.summary()
+
+
+def relu_to_neg(model: ir.Model) -> int:
+    """Turn every Relu of the main graph into Neg (a deliberately wrong
+    rewrite for instrument tests); return how many."""
+    count = 0
+    for node in model.graph:
+        if node.op_type == "Relu":
+            node.op_type = "Neg"
+            count += 1
+    return count

@@ -70,6 +70,27 @@ def _dims_of(value: ir.Value) -> tuple[Dim, ...] | None:
     return tuple(dims)
 
 
+_META_KEY = "graphopt.fold_shapes.inferred"
+"""``model.meta`` key: the graph fingerprint at this pass's last inference."""
+
+
+def _fingerprint(model: ir.Model, graphs: list[ir.Graph]) -> int:
+    """A cheap fingerprint of what shape inference reads: the declared input
+    shapes, the initializers' tensors and each node with the values it reads
+    (by identity). Rewrites (a node removed, an input
+    replaced by a new constant) change it; a model that did not change keeps
+    it, so inference is not repeated for nothing. Identities of removed
+    objects are not reused within a pipeline run: the pass manager turns the
+    cyclic collector off and IR nodes live in reference cycles."""
+    parts: list[object] = [(id(v), str(v.shape), v.dtype) for v in model.graph.inputs]
+    for graph in graphs:
+        parts.extend(id(v.const_value) for v in graph.initializers.values())
+        for node in graph:
+            parts.append(id(node))
+            parts.extend(map(id, node.inputs))
+    return hash(tuple(parts))
+
+
 def _infer(model: ir.Model) -> None:
     """ONNX shape inference from the graph inputs' declared shapes only.
 
@@ -146,7 +167,10 @@ class _Propagator:
         if op in ("Identity", "Cast"):
             if op == "Cast" and _attr(node, "to") not in (ir.DataType.INT64.value, ir.DataType.INT32.value):
                 return None
-            return self.get(ins[0])
+            sym = self.get(ins[0])
+            if op == "Cast" and sym is not None and sym.boolean:  # bool -> int: True/False become 1/0
+                return SymValue(tuple(None if d is None else int(d) for d in sym.dims), sym.scalar)
+            return sym
         data = self.get(ins[0]) if ins else None
         if data is None:
             return None
@@ -168,10 +192,15 @@ class _Propagator:
             if any(p is None or p.scalar for p in parts):
                 return None
             return SymValue(tuple(d for p in parts for d in p.dims))  # type: ignore[union-attr]
-        if op == "Slice" and not data.scalar and self.opset >= 10:
-            starts, ends = self._ints(ins[1]), self._ints(ins[2])
-            axes = self._ints(ins[3]) if len(ins) > 3 and ins[3] is not None else [0]
-            steps = self._ints(ins[4]) if len(ins) > 4 and ins[4] is not None else [1]
+        if op == "Slice" and not data.scalar:
+            if self.opset >= 10:
+                starts, ends = self._ints(ins[1]), self._ints(ins[2])
+                axes = self._ints(ins[3]) if len(ins) > 3 and ins[3] is not None else [0]
+                steps = self._ints(ins[4]) if len(ins) > 4 and ins[4] is not None else [1]
+            else:  # opset 1-9: starts/ends/axes are attributes (older paddle2onnx exports)
+                starts, ends = _attr(node, "starts"), _attr(node, "ends")
+                axes, steps = _attr(node, "axes", [0]), [1]
+                starts, ends, axes = (None if a is None else list(a) for a in (starts, ends, axes))
             if not starts or not ends or axes not in ([0], [-1]) or not steps or steps[0] == 0:
                 return None
             return SymValue(tuple(data.dims[slice(*_py_slice(starts[0], ends[0], steps[0], len(data.dims)))]))
@@ -259,15 +288,17 @@ def _py_slice(start: int, end: int, step: int, n: int) -> tuple[int, int | None,
 def _reshape_target(node: ir.Node, shape: SymValue) -> list[int] | None:
     """A constant shape for ``Reshape(data, shape)`` with the same meaning:
     an entry equal to the data's own symbolic dim at that position becomes 0
-    (copy), and a single entry still unknown becomes -1."""
+    (copy), and a single entry still unknown becomes -1. Literal entries keep
+    their meaning: 0 copies (``allowzero`` is off), a literal -1 takes the one
+    inferred slot, so no other entry may stay unknown."""
     if _attr(node, "allowzero", 0) or shape.scalar:
         return None
     data_dims = _dims_of(node.inputs[0])
     out: list[int | None] = []
     for i, d in enumerate(shape.dims):
         if isinstance(d, int):
-            if d == 0 or (d == -1 and -1 in out):
-                return None  # keep it simple: literal 0/-1 already present
+            if d < -1 or (d == -1 and -1 in out):
+                return None  # invalid target: leave it to the runtime
             out.append(d)
         elif isinstance(d, str) and data_dims is not None and i < len(data_dims) and data_dims[i] == d:
             out.append(0)
@@ -318,10 +349,22 @@ class FoldShapes(Pass):
 
     def run(self, model: ir.Model, ctx: object) -> PassResult:
         graphs = ir.all_graphs(model)
-        if not any(n.op_type in ("Shape", "Size") for g in graphs for n in g):
-            return PassResult(modified=False, stats={"folded": 0, "reshapes": 0, "wheres": 0})
-        if self.options.infer:
-            _infer(model)
+        shape_ops = any(n.op_type in ("Shape", "Size") for g in graphs for n in g)
+        inferred = 0
+        # The pass establishes "shapes-inferred" even with nothing to fold, so
+        # it re-infers when the graph changed since its last inference (another
+        # pass may have made a Reshape target constant). Without Shape/Size to
+        # fold, that is only worth it when some value has no shape yet:
+        # rewrites keep the shapes of the values they keep.
+        if self.options.infer and (shape_ops or any(
+                v.shape is None for g in graphs for n in g for v in n.outputs)):
+            fingerprint = _fingerprint(model, graphs)
+            if model.meta.get(_META_KEY) != fingerprint:
+                _infer(model)
+                model.meta[_META_KEY] = fingerprint
+                inferred = 1
+        if not shape_ops:
+            return PassResult(modified=False, stats={"folded": 0, "reshapes": 0, "wheres": 0, "inferred": inferred})
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
         prop = _Propagator(opset)
         folded = reshapes = wheres = 0
@@ -350,7 +393,7 @@ class FoldShapes(Pass):
                 graph.remove(node, safe=True)
                 folded += 1
         return PassResult(modified=folded + reshapes + wheres > 0,
-                          stats={"folded": folded, "reshapes": reshapes, "wheres": wheres})
+                          stats={"folded": folded, "reshapes": reshapes, "wheres": wheres, "inferred": inferred})
 
     @staticmethod
     def _where(graph: ir.Graph, node: ir.Node, prop: _Propagator) -> bool:

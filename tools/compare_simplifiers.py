@@ -89,6 +89,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+# tools/ is on sys.path when this runs as a script
+from simplifier_checks import ATOL, RTOL, _short, check_output, count_nodes
+from simplifier_tables import _f, model_table, summary_table
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("GRAPHOPT_CACHE", Path.home() / ".cache" / "graphopt" / "corpus"))
 TOOLS = ("graphopt", "graphopt-cli", "onnxslim", "onnxsim", "onnxscript")
@@ -109,7 +113,6 @@ _LAUNCHER = (
     "maxrss_kb=usage.ru_maxrss)), flush=True)\n"
 )
 PROTOBUF_LIMIT = 2**31 - 1
-RTOL, ATOL = 1e-5, 1e-6
 #: Input shapes for corpus models whose image dims are unnamed or named in a way
 #: that graphopt.verify's defaults would bind to 1 (see models/README.md);
 #: ``--shape`` overrides.
@@ -270,89 +273,6 @@ def spawn(tool: str, src: Path, dst: Path, pipeline: str, timeout: float, log: P
     return row
 
 
-def count_nodes(model: Any) -> tuple[int, int]:
-    """(nodes of the main graph and all subgraphs, nodes inside model-local functions)."""
-    import onnx
-
-    def graph_nodes(graph: onnx.GraphProto) -> int:
-        total = 0
-        for node in graph.node:
-            total += 1
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    total += graph_nodes(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    total += sum(graph_nodes(g) for g in attr.graphs)
-        return total
-
-    def function_nodes(fn: onnx.FunctionProto) -> int:
-        total = 0
-        for node in fn.node:
-            total += 1
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    total += graph_nodes(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    total += sum(graph_nodes(g) for g in attr.graphs)
-        return total
-
-    return graph_nodes(model.graph), sum(function_nodes(f) for f in model.functions)
-
-
-def _short(e: BaseException, n: int = 300) -> str:
-    text = " ".join(f"{type(e).__name__}: {e}".split())
-    return text if len(text) <= n else text[: n - 3] + "..."
-
-
-def check_output(src_proto: Any, out: Path, ref: dict | None, feed: dict | None) -> dict[str, Any]:
-    """Structural and numerical checks of one tool's output."""
-    import onnx
-
-    from graphopt.verify import compare_outputs, make_session, resolve_model, signature_differences
-    from graphopt.verify.runtime import run_model
-
-    row: dict[str, Any] = {}
-    proto = onnx.load(str(out), load_external_data=False)
-    row["nodes"], row["function_nodes"] = count_nodes(proto)
-    row["opset"] = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    row["ir_version"] = proto.ir_version
-    row["signature_diffs"] = signature_differences(src_proto, proto)
-    try:
-        onnx.checker.check_model(str(out), full_check=True)
-        row["checker"] = "ok"
-    except Exception as e:  # noqa: BLE001
-        row["checker"] = _short(e)
-    try:
-        source = resolve_model(out)
-        session = make_session(source)
-        del session
-        row["ort_load"] = "ok"
-    except Exception as e:  # noqa: BLE001
-        row["ort_load"] = _short(e)
-        return row
-    if ref is None or feed is None:
-        row["ort_run"] = "no reference"
-        return row
-    try:
-        names = [i.name for i in source.proto.graph.input
-                 if i.name not in {t.name for t in source.proto.graph.initializer}]
-        got = run_model(source, {n: feed[n] for n in names if n in feed})
-        row["ort_run"] = "ok"
-    except Exception as e:  # noqa: BLE001
-        row["ort_run"] = _short(e)
-        return row
-    report = compare_outputs(ref, got, rtol=RTOL, atol=ATOL, signature=row["signature_diffs"])
-    row["max_rel_err"] = report.worst
-    row["max_abs_err"] = max((o.max_abs_err for o in report.outputs), default=0.0)
-    cosines = [o.cosine for o in report.outputs if o.cosine is not None]
-    row["min_cosine"] = min(cosines) if cosines else None
-    row["outputs_ok"] = all(o.ok for o in report.outputs) and len(report.outputs) == len(ref)
-    if not row["outputs_ok"]:
-        worst = report.worst_output
-        row["outputs_reason"] = f"{worst.name}: {worst.reason}" if worst else "outputs missing"
-    return row
-
-
 def _parse_shape(text: str) -> tuple[str, list[int]]:
     name, _, dims = text.rpartition("=")
     if not name:
@@ -505,78 +425,6 @@ def acceptance(result: dict[str, Any], metric: str) -> dict[str, Any]:
     points = [acc[k] for k in ("outputs", "signature", "nodes", "time")]
     acc["overall"] = "FAIL" if "FAIL" in points else "PASS"
     return acc
-
-
-# ---------------------------------------------------------------------------
-# tables
-
-
-def _f(value: Any, fmt: str = ".2f") -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float) and math.isinf(value):
-        return "inf"
-    return format(value, fmt)
-
-
-def _cell(text: str, n: int = 90) -> str:
-    text = " ".join(str(text).split()).replace("|", "\\|")
-    return text if len(text) <= n else text[: n - 3] + "..."
-
-
-def model_table(result: dict[str, Any], metric: str) -> str:
-    lines = [
-        f"**{result['name']}** ({result['size_mb']:.1f} MB, {result['input_nodes']} nodes; inputs "
-        f"{', '.join(f'{k}: {v}' for k, v in result.get('inputs', {}).items()) or '-'}; "
-        f"load avg {result['loadavg_before']} -> {result['loadavg_after']})",
-        "",
-        "| tool | nodes | wall s | work s | opt s | peak RSS MB | checker | ORT | signature | max rel err "
-        "| max abs err | min cosine | outputs |",
-        "|---|---:|---:|---:|---:|---:|---|---|---|---:|---:|---:|---|",
-    ]
-    for tool, e in result["tools"].items():
-        if not e.get("ok"):
-            lines.append(f"| {tool} | failed: {_cell(e.get('error', '?'), 160)} | {_f(e.get('wall_s'))} | - | - | "
-                         f"{_f(e.get('rss_mb'), '.0f')} | - | - | - | - | - | - | - |")
-            continue
-        nodes = str(e.get("nodes", "-"))
-        if e.get("function_nodes"):
-            nodes += f" (+{e['function_nodes']} in functions)"
-        ort_cell = e.get("ort_load", "-") if e.get("ort_load") != "ok" else e.get("ort_run", "-")
-        sig = "same" if not e.get("signature_diffs") else "; ".join(e["signature_diffs"])
-        outputs = "-" if "outputs_ok" not in e else ("ok" if e["outputs_ok"] else "FAIL: " + e.get("outputs_reason", ""))
-        if e.get("check_error"):
-            outputs = "check error: " + e["check_error"]
-        lines.append(
-            f"| {tool} | {nodes} | {_f(e.get('wall_s'))} | {_f(e.get('work_s'))} | {_f(e.get('opt_s'))} | "
-            f"{_f(e.get('rss_mb'), '.0f')} | {_cell(e.get('checker', '-'))} | {_cell(ort_cell)} | {_cell(sig)} | "
-            f"{_f(e.get('max_rel_err'), '.2e')} | {_f(e.get('max_abs_err'), '.2e')} | {_f(e.get('min_cosine'), '.7f')} | "
-            f"{_cell(outputs)} |"
-        )
-    return "\n".join(lines)
-
-
-def summary_table(results: list[dict[str, Any]], metric: str) -> str:
-    lines = [
-        f"| model | input nodes | graphopt nodes | min peer nodes | graphopt {metric} | fastest peer {metric} "
-        "| graphopt RSS MB | max rel err | outputs | signature | nodes | time | overall |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|---|",
-    ]
-    for r in results:
-        g = r["tools"].get("graphopt", {})
-        a = r["acceptance"]
-        if r.get("error"):
-            lines.append(f"| {r['name']} | failed: {_cell(r['error'], 120)} |" + " - |" * 10 + " FAIL |")
-            continue
-        peer_nodes = f"{a['min_peer_nodes']} ({a['min_peer_nodes_tool']})" if "min_peer_nodes" in a else "-"
-        peer_time = f"{a['fastest_peer_s']:.2f} ({a['fastest_peer_tool']})" if "fastest_peer_s" in a else "-"
-        gn = g.get("nodes", "failed" if g and not g.get("ok") else "-")
-        lines.append(
-            f"| {r['name']} | {r['input_nodes']} | {gn} | {peer_nodes} | {_f(g.get(metric))} | {peer_time} | "
-            f"{_f(g.get('rss_mb'), '.0f')} | {_f(g.get('max_rel_err'), '.2e')} | {a.get('outputs', '-')} | "
-            f"{a.get('signature', '-')} | {a.get('nodes', '-')} | {a.get('time', '-')} | {a.get('overall', '-')} |"
-        )
-    return "\n".join(lines)
 
 
 def collect(paths: list[str]) -> list[Path]:

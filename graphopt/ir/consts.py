@@ -7,6 +7,8 @@ of a ``Constant`` node.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx_ir as ir
 
@@ -63,9 +65,26 @@ def const_array(value: ir.Value | None, max_elements: int | None = None) -> np.n
     tensor = const_tensor(value)
     if tensor is None:
         return None
-    if max_elements is not None and tensor.shape is not None and int(np.prod(tensor.shape.numpy())) > max_elements:
+    if max_elements is not None and tensor.shape is not None and math.prod(tensor.shape.numpy()) > max_elements:
         return None
     return tensor.numpy()
+
+
+def _output_names(graph: ir.Graph) -> set[str]:
+    """The non-empty names of the values the graph's nodes produce.
+
+    Read from the node dict of onnx-ir's ``DoublyLinkedSet`` (live nodes only)
+    without the linked-list generator: this runs once per new initializer and
+    dominated Conv+BatchNorm folding. Falls back to iterating the graph when
+    onnx-ir's internals are not as expected.
+    """
+    boxes = getattr(getattr(graph, "_nodes", None), "_value_ids_to_boxes", None)
+    if type(boxes) is not dict:
+        return {v.name for n in graph for v in n.outputs if v.name}
+    names = {v.name for box in boxes.values() for v in box.value.outputs}
+    names.discard(None)
+    names.discard("")
+    return names
 
 
 def add_initializer(graph: ir.Graph, array: np.ndarray | ir.TensorProtocol, name: str) -> ir.Value:
@@ -79,8 +98,11 @@ def add_initializer(graph: ir.Graph, array: np.ndarray | ir.TensorProtocol, name
     Returns:
         The new initializer value (dtype and shape set).
     """
-    tensor = array if isinstance(array, ir.TensorProtocol) and not isinstance(array, np.ndarray) else ir.Tensor(np.asarray(array))
-    taken = set(graph.initializers) | {v.name for n in graph for v in n.outputs if v.name} | {v.name for v in graph.inputs}
+    # The ndarray test first: isinstance against a runtime-checkable Protocol is slow.
+    tensor = array if not isinstance(array, np.ndarray) and isinstance(array, ir.TensorProtocol) else ir.Tensor(np.asarray(array))
+    taken = _output_names(graph)
+    taken.update(graph.initializers)
+    taken.update(v.name for v in graph.inputs)
     unique, i = name, 1
     while unique in taken:
         unique = f"{name}_{i}"

@@ -69,8 +69,14 @@ def subgraphs(container: ir.Graph | ir.Function) -> list[ir.Graph]:
     ``Graph.subgraphs()`` walks every node through a recursive iterator, which
     dominated the run time of small passes. The attributes are read from the
     plain dict behind ``node.attributes`` (a ``UserDict``), whose mapping
-    protocol costs more than the walk itself.
+    protocol costs more than the walk itself. Most models have no subgraph:
+    a first unordered scan of the node set (onnx-ir's ``DoublyLinkedSet``
+    keeps its live nodes in a dict as well) returns ``[]`` for them without
+    the linked-list generator; the ordered walk runs only when some node
+    holds a graph.
     """
+    if not _has_graph_attr(container):
+        return []
     found: list[ir.Graph] = []
     stack = [container]
     graph_kinds = _GRAPH_KINDS
@@ -90,6 +96,23 @@ def subgraphs(container: ir.Graph | ir.Function) -> list[ir.Graph]:
                         found.extend(attr.value)
                         stack.extend(attr.value)
     return found
+
+
+def _has_graph_attr(container: ir.Graph | ir.Function) -> bool:
+    """Whether some node directly in ``container`` has a GRAPH/GRAPHS attribute
+    (True when onnx-ir's internals are not as expected: the caller then walks)."""
+    graph = container._graph if isinstance(container, ir.Function) else container  # noqa: SLF001
+    boxes = getattr(getattr(graph, "_nodes", None), "_value_ids_to_boxes", None)
+    if type(boxes) is not dict:
+        return True
+    graph_kinds = _GRAPH_KINDS
+    for box in boxes.values():
+        attrs = box.value._attributes.data  # noqa: SLF001 - the dict behind node.attributes
+        if attrs:
+            for attr in attrs.values():
+                if attr.type in graph_kinds:
+                    return True
+    return False
 
 
 def all_graphs(model: ir.Model) -> list[ir.Graph]:

@@ -228,21 +228,22 @@ def _strip_initializers(graph, names: set[str]) -> None:  # noqa: ANN001 - onnx.
             keep.append(tensor)
     del graph.initializer[:]
     graph.initializer.extend(keep)
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("g"):
-                _strip_initializers(attr.g, names)
-            for sub in attr.graphs:
-                _strip_initializers(sub, names)
+    for sub in _proto_subgraphs(graph):
+        _strip_initializers(sub, names)
 
 
 def _collect_types(graph, types: dict) -> None:  # noqa: ANN001 - onnx.GraphProto
     """Name -> TypeProto of every value_info and output, subgraphs included."""
     for vi in list(graph.value_info) + list(graph.output):
         types[vi.name] = vi.type
+    for sub in _proto_subgraphs(graph):
+        _collect_types(sub, types)
+
+
+def _proto_subgraphs(graph):  # noqa: ANN001, ANN202 - onnx.GraphProto -> Iterator[onnx.GraphProto]
+    """The GraphProtos held directly in a GraphProto's node attributes."""
     for node in graph.node:
         for attr in node.attribute:
             if attr.HasField("g"):
-                _collect_types(attr.g, types)
-            for sub in attr.graphs:
-                _collect_types(sub, types)
+                yield attr.g
+            yield from attr.graphs

@@ -23,6 +23,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def initializer_hashes(path: Path) -> dict[str, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", nargs="?", default=str(DEFAULT / "llama_gqa_large_ts.onnx"))
-    parser.add_argument("--out", default="/tmp/graphopt-large")
+    parser.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "graphopt-large"))
     parser.add_argument("--pipeline", default="O1")
     args = parser.parse_args()
     src = Path(args.model)

@@ -188,7 +188,7 @@ class Reproducer(Instrument):
             _LOG.warning("could not write the reproducer model: %s", e)
             return None
         (folder / "pipeline.txt").write_text(spec + "\n")
-        command = (f"graphopt optimize {shlex.quote(str(folder / 'model.onnx'))} -o /tmp/out.onnx "
+        command = (f"graphopt optimize {shlex.quote(str(folder / 'model.onnx'))} -o {shlex.quote(str(folder / 'out.onnx'))} "
                    f"-p {shlex.quote(spec)} --target {ctx.target} --no-verify")
         (folder / "README.txt").write_text(
             f"pass '{pass_.name}' failed with {type(exc).__name__}: {exc}\n\nreproduce with:\n  {command}\n"

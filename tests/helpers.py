@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import onnx
+from onnx import TensorProto, helper
+
 from graphopt import ir
 from graphopt.passmanager import ModelRunner
 from graphopt.verify import compare_outputs
@@ -35,3 +38,13 @@ def relu_to_neg(model: ir.Model) -> int:
             node.op_type = "Neg"
             count += 1
     return count
+
+
+def small_model(nodes, initializers=(), opset: int = 17, outputs=(("y", [4]),)) -> onnx.ModelProto:  # noqa: ANN001
+    """A one-input (``x: float[4]``) ModelProto around ``nodes`` (IR 10)."""
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in outputs],
+        initializer=list(initializers),
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)

@@ -29,7 +29,7 @@ Examples::
 
     python tools/make_corpus.py --small
     python tools/make_corpus.py --full --only bert_base --exporters ts
-    python tools/make_corpus.py --large --out /tmp/big
+    python tools/make_corpus.py --large --out big-models
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus import exporters, ocr, specs  # noqa: E402
+from rich import filesize
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,7 +79,7 @@ def _table(recs: list[dict]) -> str:
             continue
         opset = r.get("opsets", {}).get("ai.onnx", "")
         diff = r.get("max_abs_diff")
-        rows.append(f"| {r['file']} | {r.get('exporter', 'wheel')} | yes | {exporters.human(exporters.total_size(r))} "
+        rows.append(f"| {r['file']} | {r.get('exporter', 'wheel')} | yes | {filesize.decimal(exporters.total_size(r))} "
                     f"| {opset} | {r.get('ir_version', '')} | {r.get('nodes', '')} | {r.get('export_s', '')} "
                     f"| {'' if diff is None else f'{diff:.2e}'} |")
     return "\n".join(rows)

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich import filesize
 from rich.table import Table
 
 from graphopt import ir
@@ -46,14 +47,6 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     return config
 
 
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def _report_table(before: Any, after: Any, result: Any, verify: Any, seconds: float) -> Table:
     table = Table(title="graphopt optimize", show_edge=False)
     table.add_column("")
@@ -61,7 +54,7 @@ def _report_table(before: Any, after: Any, result: Any, verify: Any, seconds: fl
     table.add_column("after", justify="right")
     table.add_row("nodes", str(before.nodes), str(after.nodes))
     table.add_row("initializers", str(before.initializers), str(after.initializers))
-    table.add_row("weights", _human_bytes(before.bytes), _human_bytes(after.bytes))
+    table.add_row("weights", filesize.decimal(before.bytes), filesize.decimal(after.bytes))
     for op in sorted(set(before.ops) | set(after.ops)):
         b, a = before.ops.get(op, 0), after.ops.get(op, 0)
         if a != b:

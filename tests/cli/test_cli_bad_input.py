@@ -16,6 +16,7 @@ from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
 from conftest import MODELS, sha256
 from graphopt.cli.main import main
+from helpers import small_model
 
 WEIGHTS = np.arange(8, dtype=np.float32)  # 32 bytes
 LATEST = onnx.defs.onnx_opset_version()
@@ -31,13 +32,7 @@ def _restore_logging():
     root.setLevel(level)
 
 
-def _model(nodes, initializers=(), opset: int = 17, outputs=(("y", [4]),)) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in outputs],
-        initializer=list(initializers),
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+_model = small_model
 
 
 def _save(d: Path, model: onnx.ModelProto) -> Path:

@@ -13,17 +13,12 @@ from onnx import TensorProto, external_data_helper, helper, numpy_helper
 from conftest import MODELS, sha256
 from graphopt.errors import LoadError
 from graphopt.ir import load, load_proto
+from helpers import small_model
 
 WEIGHTS = np.arange(8, dtype=np.float32)  # 32 bytes
 
 
-def _model(nodes, initializers=(), opset: int = 17, outputs=(("y", [4]),)) -> onnx.ModelProto:
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape) for name, shape in outputs],
-        initializer=list(initializers),
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+_model = small_model
 
 
 def _external_model(folder: Path, data: bytes | None = None, **where) -> Path:

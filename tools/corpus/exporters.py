@@ -223,15 +223,6 @@ def total_size(rec: dict) -> int:
     return rec.get("bytes", 0) + rec.get("data_bytes", 0)
 
 
-def human(n: int) -> str:
-    """``1234567`` -> ``'1.2 MB'`` (decimal units)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
-
-
 def cache_dir() -> Path:
     """``$GRAPHOPT_CACHE`` or ``~/.cache/graphopt/corpus``."""
     return Path(os.environ.get("GRAPHOPT_CACHE") or Path.home() / ".cache" / "graphopt" / "corpus")

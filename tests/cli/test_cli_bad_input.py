@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, external_data_helper, helper, numpy_helper
+from onnx import external_data_helper, helper, numpy_helper
 
 from conftest import MODELS, sha256
 from graphopt.cli.main import main

@@ -4,6 +4,10 @@ Every model is built from a ``transformers`` config class with random weights
 (``torch.manual_seed`` is set right before construction, so regeneration is
 deterministic up to library versions). Nothing is downloaded from a model hub.
 
+Parameters left constant by the initialiser (zero biases, unit norm weights)
+get small noise (:func:`_trained_like`), so graphs keep every bias Add and
+norm scale that a trained checkpoint's export has.
+
 Each model is wrapped in a small ``nn.Module`` whose ``forward`` takes the
 inputs positionally and returns a plain tuple, so both exporters see the same
 signature and the ONNX input/output names are the ones listed in the spec.
@@ -123,6 +127,28 @@ def _seeded(seed: int):
     torch.manual_seed(seed)
 
 
+PERTURB_STD = 0.02
+
+
+def _trained_like(model):
+    """Add N(0, :data:`PERTURB_STD`) noise to every parameter whose elements
+    are all equal (HF initialises biases to 0 and LayerNorm/RMSNorm weights to
+    1), so no bias is zero and no norm weight is one, as in a trained
+    checkpoint. Without this, Add-of-0 and Mul-by-1 vanish under constant
+    folding and the exported graphs lose the bias and scale inputs that every
+    trained model's fusion sites have. Deterministic: a generator seeded with 1.
+    Returns ``model``."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            flat = param.reshape(-1)
+            if flat.numel() and bool((flat == flat[0]).all()):
+                param.add_(torch.randn(param.shape, generator=gen) * PERTURB_STD)
+    return model
+
+
 # --------------------------------------------------------------------------
 # Builders
 # --------------------------------------------------------------------------
@@ -141,7 +167,7 @@ def bert(size: str) -> ModelSpec:
 
     def build():
         _seeded(0)
-        return _wrap(BertModel(cfg).eval(), ["input_ids", "attention_mask", "token_type_ids"],
+        return _wrap(_trained_like(BertModel(cfg)).eval(), ["input_ids", "attention_mask", "token_type_ids"],
                      ["last_hidden_state", "pooler_output"])
 
     names = ["input_ids", "attention_mask", "token_type_ids"]
@@ -168,7 +194,7 @@ def gpt2(size: str) -> ModelSpec:
 
     def build():
         _seeded(0)
-        return _wrap(GPT2LMHeadModel(cfg).eval(), ["input_ids", "attention_mask"], ["logits"])
+        return _wrap(_trained_like(GPT2LMHeadModel(cfg)).eval(), ["input_ids", "attention_mask"], ["logits"])
 
     return ModelSpec(
         name=f"gpt2_{'tiny' if size == 'tiny' else 'small'}",
@@ -201,7 +227,7 @@ def llama(size: str) -> ModelSpec:
 
     def build():
         _seeded(0)
-        return _wrap(LlamaForCausalLM(cfg).eval(), ["input_ids", "attention_mask"], ["logits"])
+        return _wrap(_trained_like(LlamaForCausalLM(cfg)).eval(), ["input_ids", "attention_mask"], ["logits"])
 
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     return ModelSpec(
@@ -229,7 +255,7 @@ def vit(size: str) -> ModelSpec:
 
     def build():
         _seeded(0)
-        return _wrap(ViTForImageClassification(cfg).eval(), ["pixel_values"], ["logits"])
+        return _wrap(_trained_like(ViTForImageClassification(cfg)).eval(), ["pixel_values"], ["logits"])
 
     return ModelSpec(
         name=f"vit_{'tiny' if size == 'tiny' else 'base'}",

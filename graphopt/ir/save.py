@@ -23,6 +23,7 @@ import onnx_ir as ir
 from graphopt.ir.edit import all_graphs
 
 from graphopt.errors import GraphoptError, SaveError
+from graphopt.ir.check import check_model_file
 from graphopt.ir.stream import write_inline
 from graphopt.ir.versions import target_ir_version
 
@@ -191,7 +192,9 @@ def save(
             None (default) for external data when the input model had external
             data or the initializers exceed ``EXTERNAL_DATA_AUTO_BYTES``.
         size_threshold: smallest tensor (bytes) placed in external data.
-        check: run ``onnx.checker.check_model(full_check=True)`` before the move.
+        check: run ``onnx.checker.check_model(full_check=True)`` before the move
+            (accepting onnxruntime's default-domain contrib operators, see
+            :mod:`graphopt.ir.check`).
         validate: called with the temporary .onnx path (its data file beside
             it) before the move; whatever it raises aborts the save and leaves
             nothing behind (``graphopt optimize`` verifies numerics here).
@@ -277,7 +280,7 @@ def save(
                 os.fsync(f.fileno())
         if check:
             try:
-                onnx.checker.check_model(str(tmp / out.name), full_check=True)
+                check_model_file(tmp / out.name, has_external_data=bool(external_data and external_count))
             except onnx.checker.ValidationError as e:
                 raise SaveError(f"the output model fails onnx.checker: {e}") from e
         if validate is not None:

@@ -24,6 +24,7 @@ import onnx
 
 from graphopt import ir
 from graphopt.errors import GraphoptError
+from graphopt.ir.check import check_model_proto
 
 __all__ = ["Instrument", "VerifyEach", "DumpIR", "Reproducer", "Bisect", "ModelRunner"]
 
@@ -123,7 +124,7 @@ class VerifyEach(Instrument):
 
         try:
             ir.validate_model(model, source=f"after pass '{pass_.name}'")
-            onnx.checker.check_model(ir.to_proto(model, inline_external=False))
+            check_model_proto(ir.to_proto(model, inline_external=False))
         except (GraphoptError, onnx.checker.ValidationError) as e:
             return f"structural check failed: {e}"
         if getattr(pass_, "lossy", False):

@@ -14,7 +14,7 @@ import tempfile
 import traceback
 
 from graphopt import __version__
-from graphopt.cli import bench, info, optimize
+from graphopt.cli import bench, explain, info, optimize
 from graphopt.cli.common import console, setup_logging
 from graphopt.errors import GraphoptError, PassError
 
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_parsers(sub)
     info.add_parsers(sub)
     bench.add_parsers(sub)
+    explain.add_parsers(sub)
     return parser
 
 

@@ -16,7 +16,7 @@ from graphopt.analysis import model_stats
 from graphopt.cli.common import Progress, add_dim_options, parse_dims, stdout, want_progress
 from graphopt.errors import InputError, VerificationError
 from graphopt.passmanager import (
-    TARGETS, Bisect, DumpIR, ModelRunner, PassContext, PassManager, Pipeline, Reproducer, VerifyEach,
+    TARGETS, Bisect, DumpIR, ModelRunner, PassContext, PassManager, Pipeline, Reproducer, VerifyEach, get_pass,
 )
 
 __all__ = ["add_parsers"]
@@ -44,7 +44,20 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
     config: dict[str, Any] = {}
     if args.rtol is not None:
         config["verify.rtol"] = args.rtol
+    if args.opset is not None:
+        config["opset.upgrade"] = args.opset
     return config
+
+
+def verify_tolerance(args: argparse.Namespace, ctx: PassContext, records: list[Any]) -> tuple[float, float]:
+    """``(rtol, atol_scale)`` of the final comparison: the largest
+    ``tolerance`` declared by a pass that changed the model (1e-4 for
+    fusions, 0 for exact passes) is the scale-relative absolute floor (see
+    :mod:`graphopt.verify.compare`) and raises the context's ``verify.rtol``;
+    ``--rtol`` given explicitly wins for rtol."""
+    declared = max([get_pass(r.name).tolerance or 0.0 for r in records if r.modified], default=0.0)
+    rtol = args.rtol if args.rtol is not None else max(ctx.get("verify.rtol"), declared)
+    return rtol, declared
 
 
 def _report_table(before: Any, after: Any, result: Any, verify: Any, seconds: float) -> Table:
@@ -108,8 +121,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             return
         from graphopt.verify import compare
 
+        rtol, atol_scale = verify_tolerance(args, ctx, result.report.records)
         report = compare(args.input, str(path), inputs=runner.inputs, dims=runner.dims,
-                         rtol=ctx.get("verify.rtol"), atol=ctx.get("verify.atol"))
+                         rtol=rtol, atol=ctx.get("verify.atol"), atol_scale=atol_scale)
         report_box["verify"] = report
         if not report.ok:
             raise VerificationError(
@@ -164,7 +178,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--pipeline", help="pipeline text spec (default: O1), e.g. 'O1' or 'dce,eliminate-identity'")
     p.add_argument("--pipeline-file", help="YAML pipeline file")
     p.add_argument("--target", choices=sorted(TARGETS), default="ort", help="what the output may use (default: ort)")
-    p.add_argument("--rtol", type=float, help="relative tolerance of verification (default 1e-5)")
+    p.add_argument("--rtol", type=float, help=(
+        "relative tolerance of verification (default 1e-5, or the largest tolerance a pass that changed the model "
+        "declares: 1e-4 for fusions, which also floors the absolute tolerance at 1e-4 x the output's scale)"))
+    p.add_argument("--opset", type=int, metavar="N", help=(
+        "allow upgrading the model's default-domain opset to N (e.g. 23) so fusions for --target onnx/tensorrt "
+        "can use Gelu (20), RMSNormalization, Attention, RotaryEmbedding (23); default: keep the model's opset"))
     add_dim_options(p)
     p.add_argument("--json", action="store_true", help="print a machine-readable report on stdout")
 

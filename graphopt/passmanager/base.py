@@ -61,8 +61,11 @@ class Pass:
     documents each option), ``requires`` (invariants that must hold before
     ``run``), ``preserves`` (invariants still true after a modifying run),
     ``establishes`` (invariants true after any run), ``lossy`` (True when
-    outputs may change beyond 1e-5 relative, as in quantization), and
-    implement :meth:`run`. Register with :func:`register_pass`.
+    outputs may change beyond 1e-5 relative, as in quantization),
+    ``tolerance`` (the relative error an exact pass that still changes float
+    rounding promises, e.g. 1e-4 for fusions whose kernels sum in another
+    order; None = the context's ``verify.rtol``), and implement :meth:`run`.
+    Register with :func:`register_pass`.
     """
 
     name: ClassVar[str] = ""
@@ -71,6 +74,7 @@ class Pass:
     preserves: ClassVar[frozenset[str]] = frozenset()
     establishes: ClassVar[frozenset[str]] = frozenset()
     lossy: ClassVar[bool] = False
+    tolerance: ClassVar[float | None] = None
 
     def __init__(self, options: Any = None) -> None:
         self.options = options if options is not None else self.Options()

@@ -100,7 +100,9 @@ class ModelRunner:
 class VerifyEach(Instrument):
     """After each modifying pass: check the structure (acyclic, every value
     defined, ``onnx.checker``) and compare outputs with the input model's in
-    onnxruntime at ``ctx`` tolerance (``verify.rtol``, ``verify.atol``). A pass
+    onnxruntime at ``ctx`` tolerance (``verify.rtol``, ``verify.atol``; a
+    pass's own ``tolerance`` when larger, as fusions declare, which then also
+    sets the absolute floor relative to each output's scale). A pass
     that fails is rolled back and named in a warning. Lossy passes are checked
     for structure only; their accuracy is their budget's business.
 
@@ -133,7 +135,9 @@ class VerifyEach(Instrument):
             got = self.runner.run(model)
         except GraphoptError as e:
             return f"onnxruntime cannot run the result: {e}"
-        report = compare_outputs(self.reference, got, rtol=ctx.get("verify.rtol"), atol=ctx.get("verify.atol"))
+        declared = getattr(pass_, "tolerance", None) or 0.0
+        report = compare_outputs(self.reference, got, rtol=max(ctx.get("verify.rtol"), declared),
+                                 atol=ctx.get("verify.atol"), atol_scale=declared)
         return None if report.ok else report.summary()
 
     def after_pass(self, pass_: Any, model: ir.Model, result: Any, ctx: Any, record: Any) -> bool | None:
@@ -230,7 +234,9 @@ class Bisect(Instrument):
         except GraphoptError as e:
             self.culprit, self.reason = record, f"onnxruntime cannot run the result: {e}"
         else:
-            report = compare_outputs(self.reference, got, rtol=ctx.get("verify.rtol"), atol=ctx.get("verify.atol"))
+            declared = getattr(pass_, "tolerance", None) or 0.0
+            report = compare_outputs(self.reference, got, rtol=max(ctx.get("verify.rtol"), declared),
+                                     atol=ctx.get("verify.atol"), atol_scale=declared)
             if report.ok:
                 return
             self.culprit, self.reason = record, report.summary()

@@ -47,6 +47,16 @@ register_pipeline(
     "merge sibling MatMuls sharing their input, merge common subexpressions, remove dead code, to a fixpoint",
 )
 
+register_pipeline(
+    "O2",
+    "O1,upgrade-opset,fixpoint{max-iters=4}(canonicalize-fusion,dce),fuse-norm,fuse-attention,fuse-rotary,"
+    "fuse-skip-norm,fuse-gelu,fuse-bias-gelu,fuse-activation,O1",
+    "O1, then fusion for the target: canonicalize exporter variants, LayerNorm/RMSNorm, attention (MHA, GQA, "
+    "rotary), residual+norm, GELU (+bias), Conv/Gemm+activation; ops the target takes (onnx: standard ops at the "
+    "model's opset, or the one --opset allows; ort: com.microsoft ops; tensorrt: what its ONNX parser takes), "
+    "then O1 again to clean up",
+)
+
 DEFAULT_FIXPOINT_ITERS = 8
 
 

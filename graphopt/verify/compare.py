@@ -8,7 +8,11 @@ signed infinities at the same positions. Defaults per reference dtype
 (:data:`DEFAULT_TOLERANCES`): float32/float64/complex ``rtol = atol = 1e-5`` (the
 "exact pass" bar of the design), float16 ``1e-3``, bfloat16 ``1e-2``, float8
 ``0.125`` (one unit in the last place), integers and bool exact. An explicit
-``rtol``/``atol`` applies to every output.
+``rtol``/``atol`` applies to every output. ``atol_scale`` (0 unless given)
+raises the absolute floor to ``atol_scale * max|a|`` per output: a tolerance
+relative to the output's scale, for rewrites that change the order of float
+sums (fusions), whose rounding error is proportional to the magnitudes
+summed, not to each element.
 
 Reported per output, computed in float64 over the positions where both are
 finite:
@@ -17,6 +21,8 @@ finite:
 - ``max_rel_err = max |a - b| / max(|a|, atol)``: relative error, with ``atol``
   as the floor of the denominator so that elements near zero do not blow it up
   (floor ``finfo(float64).tiny`` when ``atol`` is 0)
+- ``scale_rel_err = max |a - b| / max |a|``: the error relative to the
+  output's scale (normwise, infinity norm)
 - ``tol_ratio = max |a - b| / (atol + rtol * |a|)``: the share of the tolerance
   used; the output's elements pass iff it is ``<= 1``
 - ``cosine``: cosine similarity of the flattened outputs
@@ -121,6 +127,7 @@ class OutputComparison:
     atol: float
     ok: bool
     reason: str = ""
+    scale_rel_err: float = 0.0
 
 
 @dataclass
@@ -186,7 +193,7 @@ class CompareReport:
             status = "ok" if o.ok else f"FAIL ({o.reason})"
             lines.append(
                 f"{o.name}: {o.dtype}{list(o.shape)} max_abs={o.max_abs_err:.3g} max_rel={o.max_rel_err:.3g} "
-                f"cos={cos}{top1} {status}"
+                f"scale_rel={o.scale_rel_err:.3g} cos={cos}{top1} {status}"
             )
         return "\n".join(lines)
 
@@ -232,17 +239,21 @@ def _jsonable(value: Any) -> Any:
 
 
 def _compare_arrays(
-    name: str, a: np.ndarray, b: np.ndarray, rtol: float | None, atol: float | None
+    name: str, a: np.ndarray, b: np.ndarray, rtol: float | None, atol: float | None, atol_scale: float = 0.0
 ) -> OutputComparison:
     a, b = np.asarray(a), np.asarray(b)
     r, t = tolerances_for(a.dtype, rtol, atol)
+    if atol_scale and a.dtype.kind in "fc" and a.size:
+        finite_a = np.abs(a[np.isfinite(a)]) if a.dtype.kind == "f" else np.abs(a)
+        if finite_a.size:
+            t = max(t, atol_scale * float(finite_a.max()))
     base: dict[str, Any] = dict(
         name=name, dtype=a.dtype.name, shape=tuple(a.shape), got_dtype=b.dtype.name,
         got_shape=tuple(b.shape), rtol=r, atol=t,
     )  # fmt: skip
     if a.shape != b.shape:
         return OutputComparison(
-            **base, max_abs_err=math.inf, max_rel_err=math.inf, tol_ratio=math.inf, cosine=None,
+            **base, max_abs_err=math.inf, max_rel_err=math.inf, scale_rel_err=math.inf, tol_ratio=math.inf, cosine=None,
             argmax_agreement=None, mismatched=max(a.size, b.size), nonfinite_mismatch=0, ok=False,
             reason=f"shape {tuple(a.shape)} vs {tuple(b.shape)}",
         )  # fmt: skip
@@ -250,7 +261,8 @@ def _compare_arrays(
         mismatched = int(np.count_nonzero(a != b))
         err = 0.0 if mismatched == 0 else math.inf
         return OutputComparison(
-            **base, max_abs_err=err, max_rel_err=err, tol_ratio=err, cosine=None, argmax_agreement=None,
+            **base, max_abs_err=err, max_rel_err=err, scale_rel_err=err, tol_ratio=err, cosine=None,
+            argmax_agreement=None,
             mismatched=mismatched, nonfinite_mismatch=0, ok=mismatched == 0 and a.dtype == b.dtype,
             reason="" if mismatched == 0 else f"{mismatched} elements differ",
         )  # fmt: skip
@@ -265,6 +277,8 @@ def _compare_arrays(
     outside = int(np.count_nonzero(diff > allowed))
     max_abs = float(diff.max(initial=0.0))
     max_rel = float((diff / np.maximum(mag, t if t > 0 else np.finfo(np.float64).tiny)).max(initial=0.0))
+    scale = float(mag.max(initial=0.0))
+    scale_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = np.where(allowed > 0, diff / np.where(allowed > 0, allowed, 1.0), np.where(diff > 0, np.inf, 0.0))
     tol_ratio = float(ratios.max(initial=0.0))
@@ -276,7 +290,7 @@ def _compare_arrays(
     if outside:
         reasons.append(f"{outside} elements outside |a-b| <= {t:g} + {r:g}*|a|")
     return OutputComparison(
-        **base, max_abs_err=max_abs, max_rel_err=max_rel, tol_ratio=tol_ratio,
+        **base, max_abs_err=max_abs, max_rel_err=max_rel, scale_rel_err=scale_rel, tol_ratio=tol_ratio,
         cosine=_cosine(x[finite], y[finite]), argmax_agreement=_argmax_agreement(a.dtype, x, y),
         mismatched=outside + nonfinite, nonfinite_mismatch=nonfinite, ok=not reasons, reason="; ".join(reasons),
     )  # fmt: skip
@@ -325,6 +339,7 @@ def compare_outputs(
     rtol: float | None = None,
     atol: float | None = None,
     signature: Sequence[str] = (),
+    atol_scale: float = 0.0,
 ) -> CompareReport:
     """Compare precomputed outputs (e.g. :func:`run_model` results) by name.
 
@@ -334,6 +349,8 @@ def compare_outputs(
         rtol, atol: tolerances; None takes the per-dtype defaults.
         signature: signature differences found elsewhere (see
             :func:`signature_differences`), added to the report.
+        atol_scale: absolute floor relative to each output's largest
+            magnitude (module doc); 0 keeps ``atol`` as it is.
 
     Returns:
         A :class:`CompareReport`. Outputs missing on either side, or in a
@@ -353,7 +370,7 @@ def compare_outputs(
         diffs.append(f"output order differs: {common_ref} vs {common_got}")
     report = CompareReport(signature_diffs=_unique(diffs))
     for name in common_ref:
-        report.outputs.append(_compare_arrays(name, ref[name], got[name], rtol, atol))
+        report.outputs.append(_compare_arrays(name, ref[name], got[name], rtol, atol, atol_scale))
     return report
 
 
@@ -436,6 +453,7 @@ def compare(
     providers: Sequence[str] | None = None,
     seed: int = 0,
     optimization_level: str = "basic",
+    atol_scale: float = 0.0,
 ) -> CompareReport:
     """Run two models in onnxruntime on the same inputs and compare their outputs.
 
@@ -453,6 +471,7 @@ def compare(
         seed: input generation seed.
         optimization_level: onnxruntime graph optimization level for both
             sessions (``"disable"``, ``"basic"``, ``"extended"``, ``"all"``).
+        atol_scale: absolute floor relative to each output's scale (module doc).
 
     Returns:
         A :class:`CompareReport`; call ``raise_for_failure()`` to turn a failure
@@ -490,7 +509,7 @@ def compare(
         logger.warning("not running the second model: %s", e)
         signature = _unique([*signature, f"the second model cannot run on the first model's inputs: {e}"])
         return CompareReport(signature_diffs=signature, inputs=described, generated_inputs=generated, seed=seed_used)
-    report = compare_outputs(ref, got, rtol, atol, signature)
+    report = compare_outputs(ref, got, rtol, atol, signature, atol_scale)
     report.inputs, report.generated_inputs, report.seed = described, generated, seed_used
     logger.info("compare: %s", "ok" if report.ok else "FAILED")
     logger.debug("compare details:\n%s", report.summary())

@@ -1,0 +1,336 @@
+"""LayerNorm and RMSNorm fusions, and their Skip (residual Add) forms.
+
+Sources of the decomposed forms:
+
+- LayerNorm as ``ReduceMean / Sub / Pow(2) / ReduceMean / Add(eps) / Sqrt /
+  Div`` then ``Mul(scale) / Add(bias)``: PyTorch's TorchScript exporter below
+  opset 17 (``torch.nn.LayerNorm``), paddle2onnx (PaddleOCR's SVTR), tf2onnx;
+  ``Mul(d, d)`` for the square and ``Mul(d, Reciprocal(std))`` for the
+  division are the other spellings. Target op: ``LayerNormalization``
+  (ONNX opset 17; onnxruntime also registers it in the default domain at
+  version 1, so ``--target ort`` fuses at any opset).
+- RMSNorm (LLaMA's ``LlamaRMSNorm``): ``x * 1/sqrt(mean(x^2) + eps) * w``;
+  the TorchScript exporter writes ``Div(1, Sqrt)``, the dynamo exporter
+  ``Reciprocal(Sqrt)``; ``Div(x, Sqrt)`` also occurs. Target op:
+  ``SimplifiedLayerNormalization`` (onnxruntime, default domain) for ort,
+  ``RMSNormalization`` (ONNX opset 23) for onnx and tensorrt.
+- Skip forms (onnxruntime only): ``LayerNormalization(Add(x, skip))`` ->
+  ``com.microsoft.SkipLayerNormalization``, ``SimplifiedLayerNormalization
+  (Add(x, skip))`` -> ``SkipSimplifiedLayerNormalization``; a constant bias
+  added first (``Add(Add(MatMul, bias), skip)``, BERT's dense output) goes
+  into the op's bias input, and the sum is the op's 4th output when the
+  residual stream reads it. onnxruntime's transformers optimizer emits the
+  same ops (``fusion_skiplayernorm.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from graphopt import ir
+from graphopt.pattern import CheckContext, CheckResult, Rule
+from graphopt.passes.fusion.common import (
+    FLOAT_TYPES, ORT_DOMAIN, FusionPass, last_axis, last_dim, needs_opset, vector,
+)
+from graphopt.passmanager import register_pass
+
+__all__ = ["LayerNormRule", "RMSNormRule", "SkipLayerNormRule", "SkipRMSNormRule", "FuseNorm", "FuseSkipNorm"]
+
+_AFFINE = ("scale_bias", "scale", "plain")
+
+
+def _affine(op: Any, normalized: Any, scale: Any, bias: Any, affine: str) -> Any:
+    if affine == "plain":
+        return normalized
+    scaled = op.Mul(normalized, scale)
+    return op.Add(scaled, bias) if affine == "scale_bias" else scaled
+
+
+def _layernorm_variant(square: str, divide: str, affine: str):  # noqa: ANN202 - a pattern method
+    def pattern(self, op, x, eps, scale, bias):  # noqa: ANN001, ANN202
+        mean = op.ReduceMean(x, axes=op.capture("axes1"), keepdims=1)
+        d = op.Sub(x, mean)
+        sq = op.Pow(d, 2.0) if square == "pow" else op.Mul(d, d)
+        var = op.ReduceMean(sq, axes=op.capture("axes2"), keepdims=1)
+        std = op.Sqrt(op.Add(var, eps))
+        normalized = op.Div(d, std) if divide == "div" else op.Mul(d, op.Reciprocal(std))
+        return _affine(op, normalized, scale, bias, affine)
+
+    pattern.__name__ = f"{square}_{divide}_{affine}"
+    return pattern
+
+
+def _rms_variant(square: str, inverse: str, affine: str):  # noqa: ANN202 - a pattern method
+    def pattern(self, op, x, eps, scale, bias):  # noqa: ANN001, ANN202
+        sq = op.Pow(x, 2.0) if square == "pow" else op.Mul(x, x)
+        rms = op.Sqrt(op.Add(op.ReduceMean(sq, axes=op.capture("axes1"), keepdims=1), eps))
+        if inverse == "div":
+            normalized = op.Div(x, rms)
+        else:
+            inv = op.Div(1.0, rms) if inverse == "one_div" else op.Reciprocal(rms)
+            normalized = op.Mul(x, inv)
+        return _affine(op, normalized, scale, bias, affine)
+
+    pattern.__name__ = f"{square}_{inverse}_{affine}"
+    return pattern
+
+
+class _NormBase(Rule):
+    """Checks shared by the LayerNorm and RMSNorm rules."""
+
+    labels = frozenset({"fusion", "normalization"})
+
+    def _common(self, ctx: CheckContext, x: ir.Value, eps: ir.Value, scale: Any, bias: Any,
+                axes: list) -> tuple[dict | None, CheckResult]:
+        if x.dtype not in FLOAT_TYPES:
+            return None, ctx.fail(f"the input is {x.dtype}, not a float type", at=x)
+        for a in axes:
+            if not last_axis(ctx, x, a):
+                return None, ctx.fail(f"the mean is over axes {a}, not the last axis only", at=x)
+        epsilon = ctx.scalar(eps)
+        if epsilon is None or not epsilon >= 0:
+            return None, ctx.fail("epsilon is not a non-negative constant scalar", at=eps)
+        size = last_dim(ctx, x)
+        if size is None:
+            return None, ctx.fail("the normalized (last) axis has no static size", at=x)
+        found: dict[str, Any] = {"epsilon": epsilon, "size": size}
+        for name, value in (("scale", scale), ("bias", bias)):
+            if value is None:
+                continue
+            array, ok = vector(ctx, value, size, name)
+            if not ok:
+                return None, ok
+            if array.dtype != x.dtype.numpy():
+                return None, ctx.fail(f"the {name} is {array.dtype}, the input {x.dtype}", at=value)
+            found[name] = array
+        return found, ctx.ok()
+
+
+class LayerNormRule(_NormBase):
+    """Decomposed LayerNorm -> ``LayerNormalization(x, scale, bias, axis=-1, epsilon)``.
+
+    Matches ``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps)`` over the
+    last axis (ReduceMean ``axes`` as attribute or input), with the square as
+    ``Pow(d, 2)`` or ``Mul(d, d)``, the division as ``Div`` or
+    ``Mul(Reciprocal)``, followed by ``* scale + bias``, ``* scale`` or
+    nothing (ones / zeros are supplied). ``scale`` and ``bias`` must be
+    constants with one value per channel of the last axis, in x's dtype.
+    Sources: the TorchScript exporter below opset 17, paddle2onnx, tf2onnx.
+    """
+
+    name = "layernorm"
+    variants = tuple(f"{s}_{d}_{a}" for s in ("pow", "mul") for d in ("div", "reciprocal") for a in _AFFINE)
+    benefit = 2
+
+    def patterns(self):  # noqa: ANN201 - list[Pattern]
+        for name in self.variants:
+            if not hasattr(type(self), name):
+                square, divide, affine = name.split("_", 2)
+                setattr(type(self), name, _layernorm_variant(square, divide, affine))
+        return super().patterns()
+
+    def check(self, ctx: CheckContext, x: ir.Value, eps: ir.Value, scale: Any = None, bias: Any = None,
+              axes1: Any = None, axes2: Any = None, **_: Any) -> CheckResult:
+        found, ok = self._common(ctx, x, eps, scale, bias, [axes1, axes2])
+        if not ok:
+            return ok
+        if ctx.target != "ort":
+            return needs_opset(ctx, "LayerNormalization", 17)
+        return ctx.ok()
+
+    def rewrite(self, op: Any, x: ir.Value, eps: ir.Value, scale: Any = None, bias: Any = None, **_: Any) -> Any:
+        epsilon = float(np.asarray(ir.const_array(eps)).reshape(()))
+        size = int(np.asarray(ir.const_array(bias)).size) if bias is not None else op.env.shapes.shape(x)[-1]
+        if scale is None:
+            scale = op.initializer(np.ones(size, x.dtype.numpy()), "layernorm_scale")
+        else:
+            scale = _flat(op, scale)
+        bias = _flat(op, bias) if bias is not None else None
+        return op.LayerNormalization(x, scale, bias, axis=-1, epsilon=epsilon)
+
+
+class RMSNormRule(_NormBase):
+    """RMSNorm -> ``SimplifiedLayerNormalization`` (ort) or ``RMSNormalization`` (ONNX 23).
+
+    Matches ``x / sqrt(mean(x^2) + eps)`` over the last axis (``Mul(x,
+    Div(1, Sqrt))``: TorchScript exporter; ``Mul(x, Reciprocal(Sqrt))``:
+    dynamo exporter; ``Div(x, Sqrt)``), optionally ``* scale`` (a constant
+    per channel, LLaMA's ``weight``). Source: ``LlamaRMSNorm`` in
+    Hugging Face transformers; Zhang & Sennrich, "Root Mean Square Layer
+    Normalization" (2019).
+    """
+
+    name = "rmsnorm"
+    variants = tuple(f"{s}_{i}_{a}" for s in ("pow", "mul") for i in ("one_div", "reciprocal", "div")
+                     for a in ("scale", "plain"))
+    benefit = 2
+
+    def patterns(self):  # noqa: ANN201 - list[Pattern]
+        for name in self.variants:
+            if not hasattr(type(self), name):
+                square, rest = name.split("_", 1)
+                inverse, affine = rest.rsplit("_", 1)
+                setattr(type(self), name, _rms_variant(square, inverse, affine))
+        return super().patterns()
+
+    def check(self, ctx: CheckContext, x: ir.Value, eps: ir.Value, scale: Any = None, axes1: Any = None,
+              **_: Any) -> CheckResult:
+        found, ok = self._common(ctx, x, eps, scale, None, [axes1])
+        if not ok:
+            return ok
+        if ctx.target != "ort":
+            return needs_opset(ctx, "RMSNormalization", 23)
+        return ctx.ok()
+
+    def rewrite(self, op: Any, x: ir.Value, eps: ir.Value, scale: Any = None, **_: Any) -> Any:
+        epsilon = float(np.asarray(ir.const_array(eps)).reshape(()))
+        size = None if scale is not None else op.env.shapes.shape(x)[-1]
+        scale = _flat(op, scale) if scale is not None else op.initializer(np.ones(size, x.dtype.numpy()), "rms_scale")
+        if op.target == "ort":
+            return op.SimplifiedLayerNormalization(x, scale, axis=-1, epsilon=epsilon, stash_type=1)
+        return op.RMSNormalization(x, scale, axis=-1, epsilon=epsilon)
+
+
+def _flat(op: Any, value: ir.Value) -> ir.Value:
+    """``value`` itself when it is already 1-D, else a flattened copy."""
+    array = ir.const_array(value)
+    if array.ndim == 1:
+        return value
+    return op.initializer(array.reshape(-1), f"{value.name or 'vector'}_1d")
+
+
+class _SkipBase(Rule):
+    """``Norm(Add(x, skip))`` -> the com.microsoft Skip form (ort only)."""
+
+    targets = frozenset({"ort"})
+    labels = frozenset({"fusion", "normalization", "residual"})
+    norm_op = ""
+    variants = ("with_bias", "plain")
+
+    def _check(self, ctx: CheckContext, x: ir.Value, skip: ir.Value, bias: Any, norm: ir.Node) -> CheckResult:
+        axis = norm.attributes["axis"].as_int() if "axis" in norm.attributes else -1
+        if not last_axis(ctx, x, axis):
+            return ctx.fail(f"the norm is over axis {axis}, not the last axis", at=norm)
+        xs, ss = ctx.shape(x), ctx.shape(skip)
+        if xs is None or ss is None or len(xs) != 3:
+            return ctx.fail("the input is not known to be 3-D [batch, sequence, hidden]", at=x)
+        if not all(isinstance(d, (int, str)) for d in xs) or not isinstance(xs[-1], int):
+            return ctx.fail(f"the input shape {xs} is not fully known", at=x)
+        if ss != xs and ss not in ([1, *xs[1:]], xs[1:]):
+            return ctx.fail(f"the skip shape {ss} is neither the input's {xs} nor [1|-, sequence, hidden]", at=skip)
+        if x.dtype != skip.dtype or x.dtype not in FLOAT_TYPES:
+            return ctx.fail("input and skip are not the same float type", at=skip)
+        if bias is not None:
+            _, ok = vector(ctx, bias, xs[-1], "bias")
+            if not ok:
+                return ok
+        for i in range(1, len(norm.inputs)):
+            if norm.inputs[i] is not None:
+                _, ok = vector(ctx, norm.inputs[i], xs[-1], "scale" if i == 1 else "shift")
+                if not ok:
+                    return ok
+        return ctx.ok()
+
+
+class SkipLayerNormRule(_SkipBase):
+    """``LayerNormalization(Add([Add(x, bias)], skip))`` -> ``com.microsoft.SkipLayerNormalization``.
+
+    The Add's operand with the norm's full 3-D shape is the input, the
+    other the skip (shapes ``[B, S, D]``, ``[1, S, D]`` or ``[S, D]``); a
+    constant per-channel ``bias`` added first becomes the op's bias; when
+    the sum is read elsewhere (the residual stream) it is output 3. Source:
+    BERT/GPT-2/ViT residual blocks; onnxruntime's ``fusion_skiplayernorm.py``.
+    """
+
+    name = "skip-layernorm"
+    benefit = 3
+
+    def with_bias(self, op, x, bias, skip, scale, shift):  # noqa: ANN001, ANN201
+        s = op.Add(op.Add(x, bias), skip)
+        return op.LayerNormalization(s, scale, op.opt("shift"), _label="norm"), s
+
+    def plain(self, op, x, skip, scale, shift):  # noqa: ANN001, ANN201
+        s = op.Add(x, skip)
+        return op.LayerNormalization(s, scale, op.opt("shift"), _label="norm"), s
+
+    def check(self, ctx: CheckContext, x: ir.Value, skip: ir.Value, norm: ir.Node, bias: Any = None,
+              **_: Any) -> CheckResult:
+        if ctx.shape(x) != ctx.shape(norm.outputs[0]) and ctx.shape(skip) == ctx.shape(norm.outputs[0]):
+            x, skip = skip, x
+        return self._check(ctx, x, skip, bias, norm)
+
+    def rewrite(self, op: Any, x: ir.Value, skip: ir.Value, norm: ir.Node, bias: Any = None,
+                shift: Any = None, **_: Any) -> Any:
+        shapes = op.env.shapes
+        if shapes.shape(x) != shapes.shape(norm.outputs[0]):
+            x, skip = skip, x
+        eps = norm.attributes["epsilon"].as_float() if "epsilon" in norm.attributes else 1e-5
+        scale = _flat(op, norm.inputs[1])
+        shift = _flat(op, shift) if shift is not None else None
+        bias = _flat(op, bias) if bias is not None else None
+        keep = op.used_outside(1)
+        outs = op.SkipLayerNormalization(x, skip, scale, shift, bias, epsilon=eps, _domain=ORT_DOMAIN,
+                                         _outputs=4 if keep else 1)
+        return (outs[0], outs[3]) if keep else (outs, None)
+
+
+class SkipRMSNormRule(_SkipBase):
+    """``SimplifiedLayerNormalization(Add([Add(x, bias)], skip))`` ->
+    ``com.microsoft.SkipSimplifiedLayerNormalization`` (sum as output 3 when
+    read elsewhere). Source: LLaMA's residual + RMSNorm; onnxruntime's
+    ``fusion_skip_group_norm``/``fusion_simplified_layernorm.py``.
+    """
+
+    name = "skip-rmsnorm"
+    benefit = 3
+
+    def with_bias(self, op, x, bias, skip, scale):  # noqa: ANN001, ANN201
+        s = op.Add(op.Add(x, bias), skip)
+        return op.SimplifiedLayerNormalization(s, scale, _label="norm"), s
+
+    def plain(self, op, x, skip, scale):  # noqa: ANN001, ANN201
+        s = op.Add(x, skip)
+        return op.SimplifiedLayerNormalization(s, scale, _label="norm"), s
+
+    def check(self, ctx: CheckContext, x: ir.Value, skip: ir.Value, norm: ir.Node, bias: Any = None,
+              **_: Any) -> CheckResult:
+        if ctx.shape(x) != ctx.shape(norm.outputs[0]) and ctx.shape(skip) == ctx.shape(norm.outputs[0]):
+            x, skip = skip, x
+        return self._check(ctx, x, skip, bias, norm)
+
+    def rewrite(self, op: Any, x: ir.Value, skip: ir.Value, norm: ir.Node, bias: Any = None, **_: Any) -> Any:
+        shapes = op.env.shapes
+        if shapes.shape(x) != shapes.shape(norm.outputs[0]):
+            x, skip = skip, x
+        eps = norm.attributes["epsilon"].as_float() if "epsilon" in norm.attributes else 1e-5
+        bias = _flat(op, bias) if bias is not None else None
+        keep = op.used_outside(1)
+        outs = op.SkipSimplifiedLayerNormalization(x, skip, _flat(op, norm.inputs[1]), bias, epsilon=eps,
+                                                   _domain=ORT_DOMAIN, _outputs=4 if keep else 1)
+        return (outs[0], outs[3]) if keep else (outs, None)
+
+
+@register_pass("fuse-norm")
+class FuseNorm(FusionPass):
+    """Fuse decomposed LayerNorm and RMSNorm into LayerNormalization / SimplifiedLayerNormalization / RMSNormalization.
+
+    Rules ``layernorm`` and ``rmsnorm`` (see :mod:`graphopt.passes.fusion.norm`).
+    LayerNormalization: any opset for target ort (onnxruntime's default-domain
+    registration), opset 17+ otherwise. RMSNorm: ort's
+    SimplifiedLayerNormalization, or ONNX RMSNormalization at opset 23+.
+    """
+
+    rules = (LayerNormRule(), RMSNormRule())
+
+
+@register_pass("fuse-skip-norm")
+class FuseSkipNorm(FusionPass):
+    """Fuse residual Add + LayerNorm/RMSNorm into com.microsoft Skip(Simplified)LayerNormalization (target ort).
+
+    Rules ``skip-layernorm`` and ``skip-rmsnorm``; run after ``fuse-norm``.
+    A no-op for targets onnx and tensorrt (no such standard operator).
+    """
+
+    rules = (SkipLayerNormRule(), SkipRMSNormRule())

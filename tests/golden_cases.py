@@ -4,14 +4,22 @@ A case file ``tests/golden/<family>/<pass>/<case>.golden`` holds::
 
     # pipeline: dce
     # explain: what the case shows
+    # target: ort                     (optional; default ort)
+    # rtol: 1e-4                      (optional; default 1e-5: exact passes)
+    # reason: RULE: TEXT              (optional, repeatable: after the run,
+    #                                  `graphopt explain RULE` gives TEXT at a site)
     --- input
     <ONNX text syntax>            (or a line "model: models/foo.onnx")
     --- expected
     <canonical text, graphopt.ir.to_text>
 
-The test runs the pipeline, compares the canonical text (a unified diff on
+A case whose file name starts with ``kept_`` is a "nothing changes" case: the
+pipeline must leave the model's canonical text as it was. The test runs the
+pipeline, compares the canonical text (a unified diff on
 mismatch), runs the pipeline again on the result (idempotence: the text must
-not change), and compares outputs with onnxruntime at 1e-5 relative.
+not change), and compares outputs with onnxruntime at the case's rtol (1e-5
+by default; a fusion case states 1e-4, which is also its absolute floor
+relative to the output's scale, see ``graphopt.verify.compare``).
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ class GoldenCase:
     target: str
     input_text: str
     expected: str | None
+    rtol: float = 1e-5
+    reasons: tuple[tuple[str, str], ...] = ()
 
     @property
     def id(self) -> str:
@@ -56,14 +66,19 @@ def parse_case(path: Path) -> GoldenCase:
         raise ValueError(f"{path}: no '--- input' section")
     input_text, sep, expected = rest.partition("--- expected\n")
     meta = {}
+    reasons = []
     for line in header.splitlines():
         if line.startswith("#") and ":" in line:
             key, value = line[1:].split(":", 1)
-            meta[key.strip()] = value.strip()
+            if key.strip() == "reason":
+                rule, _, text = value.strip().partition(":")
+                reasons.append((rule.strip(), text.strip()))
+            else:
+                meta[key.strip()] = value.strip()
     if "pipeline" not in meta:
         raise ValueError(f"{path}: no '# pipeline:' line")
     return GoldenCase(path, meta["pipeline"], meta.get("target", "ort"), input_text,
-                      expected if sep else None)
+                      expected if sep else None, float(meta.get("rtol", 1e-5)), tuple(reasons))
 
 
 def collect() -> list[GoldenCase]:

@@ -48,14 +48,14 @@ def _torch_inputs(spec: ModelSpec, batch: int, seq: int):
 
 
 def export_ts(spec: ModelSpec, model, path: Path) -> None:
-    """TorchScript exporter (``dynamo=False``), opset :data:`TS_OPSET`."""
+    """TorchScript exporter (``dynamo=False``), opset :data:`TS_OPSET` (or the spec's ``ts_opset``)."""
     import torch
 
     axes = {**spec.input_dims, **spec.outputs}
     torch.onnx.export(
         model, _torch_inputs(spec, *TRACE_SHAPE), str(path),
         input_names=list(spec.inputs), output_names=list(spec.outputs),
-        dynamic_axes=axes, opset_version=TS_OPSET, do_constant_folding=True, dynamo=False,
+        dynamic_axes=axes, opset_version=spec.ts_opset or TS_OPSET, do_constant_folding=True, dynamo=False,
     )
 
 

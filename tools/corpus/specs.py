@@ -39,6 +39,7 @@ class ModelSpec:
         vocab: upper bound for integer token ids.
         image: ``(channels, height, width)`` of ``image`` inputs.
         exporters: which exporters to try (``ts``, ``dynamo``).
+        ts_opset: the TorchScript exporter's opset (None: the default, 17).
     """
 
     name: str
@@ -50,6 +51,7 @@ class ModelSpec:
     vocab: int = 0
     image: tuple[int, int, int] = (3, 32, 32)
     exporters: tuple[str, ...] = ("ts", "dynamo")
+    ts_opset: int | None = None
 
 
 def make_inputs(spec: ModelSpec, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -154,8 +156,13 @@ def _trained_like(model):
 # --------------------------------------------------------------------------
 
 
-def bert(size: str) -> ModelSpec:
-    """BertModel; ``tiny`` (2x64, 4 heads) or ``full`` (bert-base: 12x768, 12 heads)."""
+def bert(size: str, attn: str = "eager", ts_opset: int | None = None) -> ModelSpec:
+    """BertModel; ``tiny`` (2x64, 4 heads) or ``full`` (bert-base: 12x768, 12 heads).
+
+    ``attn``: Hugging Face's attention implementation (``eager``, or ``sdpa``,
+    its default, which both exporters decompose differently); ``ts_opset``:
+    an older TorchScript opset (14 keeps LayerNorm decomposed), TS export only.
+    """
     from transformers import BertConfig, BertModel
 
     kw = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -163,7 +170,7 @@ def bert(size: str) -> ModelSpec:
     if size == "full":
         kw = {}  # BertConfig() defaults are bert-base-uncased's architecture.
     cfg = BertConfig(**kw)
-    cfg._attn_implementation = "eager"
+    cfg._attn_implementation = attn
 
     def build():
         _seeded(0)
@@ -172,8 +179,9 @@ def bert(size: str) -> ModelSpec:
 
     names = ["input_ids", "attention_mask", "token_type_ids"]
     return ModelSpec(
-        name=f"bert_{'tiny' if size == 'tiny' else 'base'}",
-        summary=(f"BertModel, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+        name=f"bert_{'tiny' if size == 'tiny' else 'base'}" + ("_sdpa" if attn == "sdpa" else "")
+             + (f"_opset{ts_opset}" if ts_opset else ""),
+        summary=(f"BertModel ({attn} attention), {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
                  f"{cfg.num_attention_heads} heads, FFN {cfg.intermediate_size}, vocab {cfg.vocab_size}, "
                  f"max_pos {cfg.max_position_embeddings}"),
         build=build,
@@ -181,6 +189,8 @@ def bert(size: str) -> ModelSpec:
         input_dims={n: TEXT_DIMS for n in names},
         outputs={"last_hidden_state": TEXT_DIMS, "pooler_output": IMAGE_DIMS},
         vocab=cfg.vocab_size,
+        exporters=("ts",) if ts_opset else ("ts", "dynamo"),
+        ts_opset=ts_opset,
     )
 
 
@@ -217,13 +227,14 @@ LLAMA_FULL = dict(vocab_size=32000, hidden_size=1536, num_hidden_layers=20, num_
 LLAMA_LARGE = dict(LLAMA_FULL, num_hidden_layers=24)
 
 
-def llama(size: str) -> ModelSpec:
-    """LlamaForCausalLM with grouped-query attention (kv heads < heads), no KV cache."""
+def llama(size: str, attn: str = "eager") -> ModelSpec:
+    """LlamaForCausalLM with grouped-query attention (kv heads < heads), no KV cache;
+    ``attn`` as for :func:`bert`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     kw = {"tiny": LLAMA_TINY, "full": LLAMA_FULL, "large": LLAMA_LARGE}[size]
     cfg = LlamaConfig(use_cache=False, tie_word_embeddings=False, **kw)
-    cfg._attn_implementation = "eager"
+    cfg._attn_implementation = attn
 
     def build():
         _seeded(0)
@@ -231,8 +242,9 @@ def llama(size: str) -> ModelSpec:
 
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     return ModelSpec(
-        name={"tiny": "llama_gqa_tiny", "full": "llama_gqa_600m", "large": "llama_gqa_large"}[size],
-        summary=(f"LlamaForCausalLM (use_cache=False), {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+        name={"tiny": "llama_gqa_tiny", "full": "llama_gqa_600m", "large": "llama_gqa_large"}[size]
+             + ("_sdpa" if attn == "sdpa" else ""),
+        summary=(f"LlamaForCausalLM (use_cache=False, {attn} attention), {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
                  f"{cfg.num_attention_heads} heads / {cfg.num_key_value_heads} KV heads (GQA), head_dim {head_dim}, "
                  f"FFN {cfg.intermediate_size} (SwiGLU), vocab {cfg.vocab_size}, RMSNorm, RoPE, untied LM head"),
         build=build,
@@ -272,7 +284,8 @@ def vit(size: str) -> ModelSpec:
 
 def small_specs() -> list[ModelSpec]:
     """The tiny models committed to ``models/``."""
-    return [bert("tiny"), gpt2("tiny"), llama("tiny"), vit("tiny")]
+    return [bert("tiny"), gpt2("tiny"), llama("tiny"), vit("tiny"),
+            bert("tiny", attn="sdpa"), llama("tiny", attn="sdpa"), bert("tiny", ts_opset=14)]
 
 
 def full_specs() -> list[ModelSpec]:

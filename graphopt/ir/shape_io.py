@@ -7,11 +7,16 @@ walk building protobuf messages field by field) and reading every inferred
 shape back cost more than the inference itself. Here:
 
 * :func:`encode` writes the protobuf wire format directly. Its message is
-  equal (protobuf equality: same fields, repeated fields in the same order) to
   what ``onnx_ir.serde.serialize_model`` writes followed by the stripping of
-  initializers over 1 KiB into typed graph inputs, so inference sees the same
-  model. Bytes of attributes, initializers and value types are kept from one
-  call to the next in a :class:`Cache` stored in ``model.meta`` (entries are
+  initializers over 1 KiB into typed graph inputs, without the fields that
+  shape inference never reads: ``metadata_props`` and ``doc_string`` of the
+  model, graph, nodes, values and attributes (dynamo exports put five
+  metadata entries, a stack trace among them, on every node). Otherwise it is
+  equal to that message (protobuf equality: same fields, repeated fields in
+  the same order; repeated numbers may be packed, which parsers read as the
+  same field), so inference sees the same model and infers the same types.
+  Bytes of attributes, initializers and value types are kept from one call
+  to the next in a :class:`Cache` stored in ``model.meta`` (entries are
   keyed by object identity and hold the object, so an id cannot be reused,
   and only what the last call used is kept).
 * :func:`shape_of` gives equal inferred shapes one frozen (immutable)
@@ -22,6 +27,8 @@ None; the caller uses onnx-ir's serializer).
 """
 
 from __future__ import annotations
+
+import struct
 
 import onnx_ir as ir
 from onnx_ir import serde
@@ -88,7 +95,7 @@ def _text(tag: bytes, text: str) -> bytes:
 
 # Field keys (onnx.proto3).
 _T1, _T2, _T3, _T4, _T5, _T6, _T7, _T8 = (_tag(i) for i in range(1, 9))
-_T10, _T11, _T12, _T13 = _tag(10), _tag(11), _tag(12), _tag(13)
+_T9, _T10, _T11, _T12, _T13 = _tag(9), _tag(10), _tag(11), _tag(12), _tag(13)
 _EMPTY_INPUT = _text(_T1, "")
 
 
@@ -121,15 +128,19 @@ def _type_bytes(vtype: object, shape: ir.Shape | None) -> bytes | None:
 
 
 def _value_info(value: ir.Value, types: dict) -> bytes | None:
-    """ValueInfoProto bytes as ``serde.serialize_value_into`` writes them, or
-    None where onnx-ir writes no value info (no type, shape or docs; no name)."""
+    """ValueInfoProto bytes as ``serde.serialize_value_into`` writes them
+    (less ``doc_string`` and ``metadata_props``), or None where there is no
+    type to tell (no type or shape; no name)."""
     vtype, shape, name = value.type, value.shape, value.name
     if not name:
         return None
-    if type(vtype) is not ir.TensorType or vtype.denotation or value.doc_string or value.metadata_props:
-        if vtype is None and shape is None and not value.doc_string and not value.metadata_props:
+    if type(vtype) is not ir.TensorType or vtype.denotation:
+        if vtype is None and shape is None:
             return None
-        return serde.serialize_value(value).SerializeToString()
+        proto = serde.serialize_value(value)
+        proto.ClearField("doc_string")
+        proto.ClearField("metadata_props")
+        return proto.SerializeToString()
     if shape is None:
         key: tuple = (vtype.dtype,)
     else:
@@ -141,35 +152,61 @@ def _value_info(value: ir.Value, types: dict) -> bytes | None:
     return _text(_T1, name) + _field(_T2, body)
 
 
+def _packed(tag: bytes, items: bytes) -> bytes:
+    return _field(tag, items) if items else b""
+
+
+def _attribute_bytes(attr: ir.Attr) -> bytes:
+    """AttributeProto bytes as ``serde.serialize_attribute_into`` writes them
+    (less ``doc_string``): numbers, strings and their lists directly (lists of
+    numbers packed), other kinds through onnx-ir."""
+    kind = attr.type
+    if not attr.is_ref():
+        value = attr.value
+        head = _text(_T1, attr.name) + b"\xa0\x01" + _varint(kind.value)  # name, type (field 20)
+        try:
+            if kind == ir.AttributeType.INT:
+                return head + b"\x18" + _varint(int(value))
+            if kind == ir.AttributeType.INTS:
+                return head + _packed(_T8, b"".join(_varint(int(v)) for v in value))
+            if kind == ir.AttributeType.FLOAT:
+                return head + b"\x15" + struct.pack("<f", value)
+            if kind == ir.AttributeType.FLOATS:
+                return head + _packed(_T7, struct.pack(f"<{len(value)}f", *value))
+            if kind == ir.AttributeType.STRING and isinstance(value, str):
+                return head + _text(_T4, value)
+            if kind == ir.AttributeType.STRINGS and all(isinstance(v, str) for v in value):
+                return head + b"".join(_text(_T9, v) for v in value)
+        except (OverflowError, struct.error, TypeError, ValueError):
+            pass  # e.g. a float beyond float32's range: onnx-ir's serializer decides
+    proto = _new("AttributeProto")
+    if attr.is_ref():
+        serde.serialize_reference_attribute_into(proto, from_=attr)
+    else:
+        serde.serialize_attribute_into(proto, from_=attr)
+    proto.ClearField("doc_string")
+    return proto.SerializeToString()
+
+
 def _attribute(attr: ir.Attr, old: dict, new: dict) -> bytes | None:
     """AttributeProto bytes; None for a graph-valued attribute."""
     if attr.type in _GRAPH_KINDS:
         return None
     key = id(attr)
     entry = old.get(key)
-    if entry is None or entry[0] is not attr or entry[1] != attr.name or attr.doc_string:
-        proto = _new("AttributeProto")
-        if attr.is_ref():
-            serde.serialize_reference_attribute_into(proto, from_=attr)
-        else:
-            serde.serialize_attribute_into(proto, from_=attr)
-        entry = (attr, attr.name, proto.SerializeToString())
+    if entry is None or entry[0] is not attr or entry[1] != attr.name:
+        entry = (attr, attr.name, _attribute_bytes(attr))
     if len(entry[2]) <= _KEEP_BYTES:
         new[key] = entry
     return entry[2]
 
 
 def _node(node: ir.Node, old: dict, new: dict) -> bytes | None:
-    """NodeProto bytes as ``serde.serialize_node_into`` writes them (fields
-    in another order, which protobuf does not distinguish); None for a node
-    with a subgraph."""
+    """NodeProto bytes as ``serde.serialize_node_into`` writes them (less
+    ``doc_string``, ``metadata_props`` and device configurations; fields in
+    another order, which protobuf does not distinguish); None for a node with
+    a subgraph."""
     attrs = node.attributes.data
-    if node.metadata_props or getattr(node, "device_configurations", None):
-        if any(a.type in _GRAPH_KINDS for a in attrs.values()):
-            return None
-        proto = _new("NodeProto")
-        serde.serialize_node_into(proto, from_=node)
-        return proto.SerializeToString()
     parts = [_text(_T4, node.op_type)]
     if node.domain:
         parts.append(_text(_T7, node.domain))
@@ -177,8 +214,6 @@ def _node(node: ir.Node, old: dict, new: dict) -> bytes | None:
         parts.append(_text(_T3, node.name))
     if node.overload:
         parts.append(_text(_T8, node.overload))
-    if node.doc_string:
-        parts.append(_text(_T6, node.doc_string))
     for value in node.inputs:
         parts.append(_EMPTY_INPUT if value is None else _text(_T1, value.name))
     outputs = node.outputs
@@ -265,21 +300,13 @@ def encode(model: ir.Model) -> bytes | None:
     if len(types) > 4 * (len(nodes) + len(initializers) + len(stripped)) + 64:
         types.clear()
     head = [_text(_T2, graph.name)] if graph.name else []
-    if graph.doc_string:
-        head.append(_text(_T10, graph.doc_string))
-    if graph.metadata_props:
-        props = _new("GraphProto")
-        serde._serialize_metadata_props_into(props.metadata_props, graph.metadata_props)  # noqa: SLF001
-        head.append(props.SerializeToString())
     body = b"".join(head + inputs + stripped + init_infos + initializers + nodes + infos + outputs)
     shell = _new("ModelProto")
     shell.ir_version = model.ir_version
-    for name in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+    for name in ("producer_name", "producer_version", "domain", "model_version"):
         if getattr(model, name):
             setattr(shell, name, getattr(model, name))
     serde._serialize_opset_imports_into(shell.opset_import, model.opset_imports)  # noqa: SLF001
-    if model.metadata_props:
-        serde._serialize_metadata_props_into(shell.metadata_props, model.metadata_props)  # noqa: SLF001
     return shell.SerializeToString() + _field(_T7, body)
 
 

@@ -31,6 +31,8 @@ register_config("verify.rtol", float, 1e-5, "relative tolerance of exact passes 
 register_config("verify.atol", float, 1e-6, "absolute tolerance floor added to rtol*|reference|")
 register_config("verify.seed", int, 0, "seed of generated verification inputs")
 register_config("fixpoint.warn", bool, True, "warn when a fixpoint group hits max-iters while still changing")
+register_config("opset.upgrade", int, 0, "default-domain opset upgrade-opset may raise the model to "
+                "(graphopt optimize --opset N; 0: keep the model's opset)")
 
 
 class AnalysisCache:

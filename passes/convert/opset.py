@@ -24,14 +24,11 @@ from onnx import version_converter
 from graphopt import ir
 from graphopt.errors import PassError
 from graphopt.pattern import default_opset
-from graphopt.passmanager import Pass, PassResult, register_config, register_pass
+from graphopt.passmanager import Pass, PassResult, register_pass
 
 __all__ = ["UpgradeOpset", "UpgradeOpsetOptions", "MAX_OPSET"]
 
 _LOG = logging.getLogger(__name__)
-
-register_config("opset.upgrade", int, 0,
-                "default-domain opset the fusion pipeline may upgrade the model to (0: keep the model's opset)")
 
 MAX_OPSET = 23
 """Highest default-domain opset graphopt upgrades to: the fused operators it
@@ -92,9 +89,7 @@ class UpgradeOpset(Pass):
             for name, value in graph.initializers.items():
                 if name in tensors:
                     value.const_value = tensors[name]
-        model.graph = new.graph
-        model.opset_imports.clear()
-        model.opset_imports.update(new.opset_imports)
+        model.graph = new.graph  # the opset imports live on the graph (onnx-ir)
         return PassResult(modified=True, stats={"from": current, "to": target})
 
 
@@ -105,7 +100,7 @@ def _stub_weights(model: ir.Model) -> dict[ir.Value, ir.TensorProtocol]:
     for graph in ir.all_graphs(model):
         for value in graph.initializers.values():
             tensor = value.const_value
-            if tensor is None or tensor.nbytes <= 1024 or isinstance(tensor, ir.StringTensor):
+            if tensor is None or tensor.nbytes <= 1024 or tensor.dtype == ir.DataType.STRING:
                 continue
             saved[value] = tensor
             value.const_value = ir.ExternalTensor(_PLACEHOLDER, 0, tensor.nbytes, tensor.dtype, shape=tensor.shape,

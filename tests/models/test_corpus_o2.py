@@ -1,0 +1,99 @@
+"""`graphopt optimize -p O2` on every committed model: every attention block,
+LayerNorm/RMSNorm and GELU of the transformer models is fused (the counts are
+exact per model), outputs stay within 1e-4 (scale-relative floor) on inputs
+other than the verifier's own, and ``--target onnx --opset 23`` emits only
+standard-domain operators."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import onnx
+import pytest
+
+from conftest import MODELS
+from graphopt.cli.main import main
+from graphopt.verify import compare, signature_differences
+
+LAYERS = 2  # every tiny transformer in models/ has two layers
+ORT_FUSED = {
+    "bert": {"Attention": LAYERS, "SkipLayerNormalization": 2 * LAYERS + 1, "BiasGelu": LAYERS},
+    "vit": {"Attention": LAYERS, "SkipLayerNormalization": 2 * LAYERS + 1, "BiasGelu": LAYERS},
+    "gpt2": {"Attention": LAYERS, "SkipLayerNormalization": 2 * LAYERS + 1, "FastGelu": LAYERS},
+    "llama": {"GroupQueryAttention": LAYERS, "SkipSimplifiedLayerNormalization": 2 * LAYERS,
+              "SimplifiedLayerNormalization": 1},
+}
+ONNX_FUSED = {
+    "bert": {"Attention": LAYERS, "LayerNormalization": 2 * LAYERS + 1, "Gelu": LAYERS},
+    "vit": {"Attention": LAYERS, "LayerNormalization": 2 * LAYERS + 1, "Gelu": LAYERS},
+    "gpt2": {"Attention": LAYERS, "LayerNormalization": 2 * LAYERS + 1, "Gelu": LAYERS},
+    "llama": {"Attention": LAYERS, "RMSNormalization": 2 * LAYERS + 1, "RotaryEmbedding": 2 * LAYERS},
+}
+TRANSFORMERS = sorted(p for p in MODELS.glob("*.onnx") if not p.stem.startswith("paddleocr"))
+PADDLE = sorted(MODELS.glob("paddleocr_*.onnx"))
+
+
+def family(path: Path) -> str:
+    return path.stem.split("_")[0]
+
+
+def dims(path: Path) -> dict[str, int]:
+    """Batch 2 x sequence 9: shapes other than the verifier's defaults."""
+    return {"batch": 2} if family(path) == "vit" else {"batch": 2, "sequence": 9}
+
+
+def optimize(path: Path, out: Path, capsys, *extra: str) -> dict:
+    code = main(["-q", "optimize", str(path), "-o", str(out), "-p", "O2", "--json", *extra])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert report["rolled_back"] == []
+    return report
+
+
+def op_counts(path: Path) -> Counter:
+    return Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node)
+
+
+@pytest.mark.parametrize("path", TRANSFORMERS, ids=[p.stem for p in TRANSFORMERS])
+def test_o2_ort_fuses_every_block(path: Path, tmp_path: Path, capsys):
+    out = tmp_path / "o2.onnx"
+    optimize(path, out, capsys, "--target", "ort")
+    ops = op_counts(out)
+    assert {op: ops[op] for op in ORT_FUSED[family(path)]} == ORT_FUSED[family(path)]
+    assert ops["Softmax"] == 0 and ops["LayerNormalization"] == 0 and ops["Erf"] == 0 and ops["Tanh"] <= 1
+    assert signature_differences(onnx.load(str(path)), onnx.load(str(out))) == []
+    result = compare(path, out, rtol=1e-4, atol=1e-6, atol_scale=1e-4, seed=7, dims=dims(path))
+    assert result.ok, result.summary()
+
+
+@pytest.mark.parametrize("path", TRANSFORMERS, ids=[p.stem for p in TRANSFORMERS])
+def test_o2_onnx_target_is_standard_ops_only(path: Path, tmp_path: Path, capsys):
+    out = tmp_path / "o2.onnx"
+    report = optimize(path, out, capsys, "--target", "onnx", "--opset", "23")
+    model = onnx.load(str(out))
+    assert {o.domain for o in model.opset_import} <= {"", "ai.onnx"}
+    assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}
+    assert report["after"]["opsets"] == {"ai.onnx": 23}
+    ops = op_counts(out)
+    assert {op: ops[op] for op in ONNX_FUSED[family(path)]} == ONNX_FUSED[family(path)]
+    result = compare(path, out, rtol=1e-4, atol=1e-6, atol_scale=1e-4, seed=7, dims=dims(path))
+    assert result.ok, result.summary()
+
+
+@pytest.mark.parametrize("path", PADDLE, ids=[p.stem for p in PADDLE])
+def test_o2_on_trained_paddleocr_models(path: Path, tmp_path: Path, capsys):
+    out = tmp_path / "o2.onnx"
+    optimize(path, out, capsys, "--target", "ort")
+    assert op_counts(out)["FusedConv"] > 0
+    result = compare(path, out, rtol=1e-4, atol=1e-6, atol_scale=1e-4, seed=3)
+    assert result.ok, result.summary()
+
+
+def test_o2_without_opset_upgrade_keeps_the_opset_for_target_onnx(tmp_path: Path, capsys):
+    out = tmp_path / "o2.onnx"
+    report = optimize(MODELS / "llama_gqa_tiny_dynamo.onnx", out, capsys, "--target", "onnx")
+    assert report["after"]["opsets"] == {"ai.onnx": 18}
+    ops = op_counts(out)
+    assert ops["Softmax"] == LAYERS and ops["RMSNormalization"] == 0  # both need opset 23: not fused

@@ -53,6 +53,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rule_doc(rule: Any) -> dict[str, Any]:
+    """A rule's first doc line, targets and opset range, for ``graphopt passes``."""
+    lo, hi = rule.opsets
+    first = (type(rule).__doc__ or "").strip().split("\n\n")[0]
+    return {"doc": " ".join(first.split()), "targets": ",".join(sorted(rule.targets)),
+            "opsets": f"{lo or 1}..{hi or ''}", "variants": len(rule.variants)}
+
+
 def cmd_passes(args: argparse.Namespace) -> int:
     """List every registered pass with its one-line doc and options, and the named pipelines."""
     passes = registered_passes()
@@ -60,7 +68,8 @@ def cmd_passes(args: argparse.Namespace) -> int:
         doc = {
             "passes": {name: {"doc": cls.summary(), "options": {
                 key: {"default": f.default, "doc": f.metadata.get("doc", "")}
-                for key, f in option_fields_of(cls).items()}} for name, cls in passes.items()},
+                for key, f in option_fields_of(cls).items()},
+                "rules": {r.name: _rule_doc(r) for r in getattr(cls, "rules", ())}} for name, cls in passes.items()},
             "pipelines": {name: {"spec": spec, "doc": doc} for name, (spec, doc) in NAMED_PIPELINES.items()},
         }
         stdout.print_json(json.dumps(doc, default=str))
@@ -69,9 +78,11 @@ def cmd_passes(args: argparse.Namespace) -> int:
     table.add_column("pass", style="bold")
     table.add_column("what it does")
     table.add_column("options")
+    table.add_column("rules (graphopt explain RULE)")
     for name, cls in passes.items():
         opts = "\n".join(f"{key}={f.default} {f.metadata.get('doc', '')}" for key, f in option_fields_of(cls).items())
-        table.add_row(name, cls.summary(), opts)
+        rules = "\n".join(f"{r.name}: {_rule_doc(r)['targets']}" for r in getattr(cls, "rules", ()))
+        table.add_row(name, cls.summary(), opts, rules)
     stdout.print(table)
     named = Table(title="named pipelines", show_edge=False)
     named.add_column("name", style="bold")

@@ -146,6 +146,7 @@ class AttentionRule(Rule):
     docstring for the matched forms and the lowering."""
 
     name = "attention"
+    opsets = (5, None)  # Reshape with a shape input
     labels = frozenset({"fusion", "attention"})
     benefit = 10
     variants = tuple(f"{m}_{s}_{k}" for m in ("merged", "heads") for s in ("mul", "div", "none")

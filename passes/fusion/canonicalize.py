@@ -87,6 +87,7 @@ class SoftmaxNanGuard(Rule):
     lowest finite value first."""
 
     name = "softmax-nan-guard"
+    opsets = (9, None)  # IsNaN
     labels = frozenset({"canonicalize", "attention"})
     variants = ("masked", "unmasked")
 
@@ -181,6 +182,7 @@ class TransposeViaReshape(Rule):
     outer one ``[a, b, d, c]`` (symbolic shapes)."""
 
     name = "transpose-via-reshape"
+    opsets = (5, None)  # Reshape with a shape input
     labels = frozenset({"canonicalize", "attention"})
 
     def pattern(self, op, x, t1, t2):  # noqa: ANN001, ANN201
@@ -203,6 +205,7 @@ class ReshapeToSameShape(Rule):
     """``Reshape(x, t)`` whose output has x's symbolic shape -> ``x``."""
 
     name = "reshape-to-same-shape"
+    opsets = (5, None)
     labels = frozenset({"canonicalize"})
 
     def pattern(self, op, x, t):  # noqa: ANN001, ANN201
@@ -227,6 +230,7 @@ class GemmAsMatMul(Rule):
     and a per-column b. Source: GPT-2's ``Conv1D`` in both exporters."""
 
     name = "gemm-as-matmul"
+    opsets = (7, None)  # Gemm broadcasting C
     labels = frozenset({"canonicalize"})
     variants = ("with_bias", "plain")
 

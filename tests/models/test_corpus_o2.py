@@ -97,3 +97,32 @@ def test_o2_without_opset_upgrade_keeps_the_opset_for_target_onnx(tmp_path: Path
     assert report["after"]["opsets"] == {"ai.onnx": 18}
     ops = op_counts(out)
     assert ops["Softmax"] == LAYERS and ops["RMSNormalization"] == 0  # both need opset 23: not fused
+
+
+PADDED = [p for p in TRANSFORMERS if family(p) in ("bert", "gpt2", "llama")]
+
+
+@pytest.mark.parametrize("path", PADDED, ids=[p.stem for p in PADDED])
+def test_o2_ort_keeps_padding_masks_exact(path: Path, tmp_path: Path, capsys):
+    """Masks with zeros: right padding in row 0, left padding in row 1 (with a
+    causal mask, row 1's first queries see no key at all). The fused ops get
+    the model's additive mask as attention_bias, so every row matches. The
+    TorchScript SDPA exports of causal models are the exception the option
+    ``finite-masks`` documents: their -inf mask makes fully masked rows zero,
+    the fused kernels average them, so that model gets right padding only."""
+    import numpy as np
+
+    from graphopt.verify import generate_inputs
+
+    out = tmp_path / "o2.onnx"
+    optimize(path, out, capsys, "--target", "ort")
+    inputs = generate_inputs(onnx.load(str(path)), dims={"batch": 2, "sequence": 7}, seed=5)
+    mask = np.ones((2, 7), dtype=np.int64)
+    mask[0, 5:] = 0
+    if path.stem.endswith("sdpa_ts") and family(path) != "bert":
+        mask[1, 4:] = 0
+    else:
+        mask[1, :3] = 0
+    inputs["attention_mask"] = mask
+    result = compare(path, out, inputs=inputs, rtol=1e-4, atol=1e-6, atol_scale=1e-4)
+    assert result.ok, result.summary()

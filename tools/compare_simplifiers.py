@@ -36,11 +36,26 @@ that launcher's ~10 MB.)
 Every tool writes external data when the input had external data (or, for the
 protobuf-based ones, when the model is over 2 GB); otherwise a single file.
 
+The same work is timed for every tool. onnxsim's ``simplify`` runs
+``onnx.checker.check_model`` on the file it wrote (its success flag), and
+graphopt's ``save`` fsyncs the files it writes (part of its atomic write); the
+others do neither. So, after its save, each worker runs ``check``
+(``onnx.checker.check_model(OUT)``, for all but onnxsim, which did it inside
+its call) and ``sync`` (fsync of every file written and of the folder, for all:
+the output is on disk when the time stops), both timed and part of ``work``;
+``--no-check`` / ``--no-durable`` leave them out (onnxsim's own check cannot be
+taken out of its call). Before each run, outside any timing, the parent
+flushes dirty pages to disk (``os.sync``: the previous tool's output would
+otherwise be written back during the next tool's run) and reads the input
+files once, so every tool starts with the input in the page cache; the order
+of the tools rotates from one repetition to the next.
+
 Times, in seconds: ``wall`` is the child process from spawn to exit (Python
-start-up and imports included), ``work`` is load + optimize + save measured
-inside the worker, ``opt`` is the optimize call alone. The time acceptance
-point compares ``work`` (``--time-metric`` picks another). ``--repeat N`` runs
-the tools round-robin N times and reports median times (and the largest RSS).
+start-up and imports included), ``work`` is load + optimize + save (+ check +
+sync) measured inside the worker, ``opt`` is the optimize call alone. The time
+acceptance point compares ``work`` (``--time-metric`` picks another).
+``--repeat N`` runs the tools N times and reports median times (and the
+largest RSS).
 
 Then, in this process, for each output: node count (all nodes, subgraphs
 included; nodes inside model-local functions are listed apart), a full
@@ -85,22 +100,19 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 # tools/ is on sys.path when this runs as a script
 from simplifier_checks import ATOL, RTOL, _short, check_output, count_nodes
 from simplifier_tables import _f, model_table, summary_table
+from simplifier_worker import MODULE, RESULT_MARK, has_external_data, worker
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("GRAPHOPT_CACHE", Path.home() / ".cache" / "graphopt" / "corpus"))
 TOOLS = ("graphopt", "graphopt-cli", "onnxslim", "onnxsim", "onnxscript")
 DEFAULT_TOOLS = ("graphopt", "onnxslim", "onnxsim", "onnxscript")
 PEERS = ("onnxslim", "onnxsim", "onnxscript")
-MODULE = {"graphopt": "graphopt", "graphopt-cli": "graphopt", "onnxslim": "onnxslim", "onnxsim": "onnxsim",
-          "onnxscript": "onnxscript"}
-RESULT_MARK = "@@compare_simplifiers_result@@ "
 RUSAGE_MARK = "@@compare_simplifiers_rusage@@ "
 #: Run argv[1:], then print its wall time, exit code and peak RSS (KiB).
 _LAUNCHER = (
@@ -124,88 +136,6 @@ DEFAULT_SHAPES: dict[str, dict[str, list[int]]] = {
 
 
 # ---------------------------------------------------------------------------
-# the worker: one tool, one model, in its own process
-
-
-def has_external_data(model: Any) -> bool:
-    """Whether any tensor of the (structure-only) ``onnx.ModelProto`` lives in external data."""
-    from onnx import external_data_helper
-
-    return any(external_data_helper.uses_external_data(t)
-               for t in external_data_helper._get_all_tensors(model))  # noqa: SLF001
-
-
-def _run_tool(tool: str, src: Path, dst: Path, pipeline: str, big: bool) -> dict[str, float]:
-    """Load, optimize and save with ``tool``; return the phase times. ``big``:
-    the input has external data (or is over 2 GB), so write external data."""
-    if tool == "graphopt":
-        import gc
-
-        import graphopt
-        import graphopt.passes  # noqa: F401 - registered at import, as in the CLI
-
-        gc.freeze()  # as `graphopt optimize` does after its imports
-    t0 = time.perf_counter()
-    if tool == "graphopt":
-        model = graphopt.load(str(src))
-        t1 = time.perf_counter()
-        model = graphopt.optimize(model, pipeline)
-        t2 = time.perf_counter()
-        graphopt.save(model, str(dst))
-    elif tool == "onnxslim":
-        import onnx
-        import onnxslim
-        from onnxslim.utils import save as slim_save
-
-        model = onnx.load(str(src))
-        t1 = time.perf_counter()
-        model = onnxslim.slim(model)
-        t2 = time.perf_counter()
-        if model is None:
-            raise RuntimeError("onnxslim.slim returned None")
-        slim_save(model, str(dst), save_as_external_data=big)
-    elif tool == "onnxsim":
-        import onnxsim
-
-        t1 = time.perf_counter()
-        _, ok = onnxsim.simplify(str(src), output_path=str(dst), external_data_threshold="2GB")
-        t2 = time.perf_counter()
-        if not ok:
-            raise RuntimeError("onnxsim.simplify reported failure (check did not pass)")
-    elif tool == "onnxscript":
-        import onnx_ir
-        import onnxscript.optimizer
-
-        model = onnx_ir.load(str(src))
-        t1 = time.perf_counter()
-        model = onnxscript.optimizer.optimize(model)
-        t2 = time.perf_counter()
-        onnx_ir.save(model, str(dst), external_data=f"{dst.name}.data" if big else None)
-    else:
-        raise ValueError(f"unknown tool {tool!r}")
-    t3 = time.perf_counter()
-    return {"load_s": t1 - t0, "opt_s": t2 - t1, "save_s": t3 - t2, "work_s": t3 - t0}
-
-
-def worker(tool: str, src: str, dst: str, pipeline: str, big: bool) -> int:
-    import resource
-
-    result: dict[str, Any] = {"tool": tool}
-    try:
-        __import__(MODULE[tool])
-        result["import_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        result.update(_run_tool(tool, Path(src), Path(dst), pipeline, big))
-        result["ok"] = True
-    except BaseException as e:  # noqa: BLE001 - everything goes into the table
-        result["ok"] = False
-        result["error"] = f"{type(e).__name__}: {e}".strip()[:2000]
-        result["traceback"] = traceback.format_exc()[-4000:]
-    sys.stdout.flush()
-    print(RESULT_MARK + json.dumps(result), flush=True)
-    return 0 if result["ok"] else 1
-
-
-# ---------------------------------------------------------------------------
 # the parent: spawn, measure, check
 
 
@@ -213,14 +143,39 @@ def _installed(tool: str) -> bool:
     return importlib.util.find_spec(MODULE[tool]) is not None
 
 
-def spawn(tool: str, src: Path, dst: Path, pipeline: str, timeout: float, log: Path, big: bool) -> dict[str, Any]:
+def settle(path: Path) -> float:
+    """Prepare a fair start for the next tool, outside its timing: write dirty
+    pages to disk (``os.sync``) and read the model's files once (they are then
+    in the page cache for every tool). Returns the seconds it took."""
+    start = time.perf_counter()
+    os.sync()
+    buffer = bytearray(16 * 2**20)
+    for file in [path, *path.parent.glob(path.name + ".data")]:
+        with open(file, "rb", buffering=0) as f:
+            while f.readinto(buffer):
+                pass
+    return time.perf_counter() - start
+
+
+def rotated(tools: list[str], rep: int) -> list[str]:
+    """The tools in the order of repetition ``rep`` (0-based): rotated by one
+    per repetition, so no tool always runs first or after the same one."""
+    if not tools:
+        return []
+    k = rep % len(tools)
+    return tools[k:] + tools[:k]
+
+
+def spawn(tool: str, src: Path, dst: Path, pipeline: str, timeout: float, log: Path, big: bool,
+          check: bool = True, durable: bool = True) -> dict[str, Any]:
     """Run one tool in a child process; wall time and peak RSS from ``os.wait4``."""
     if tool == "graphopt-cli":
         cmd = [str(Path(sys.executable).parent / "graphopt"), "-q", "optimize", str(src), "-o", str(dst),
                "-p", pipeline, "--no-verify"]
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", tool, str(src), str(dst),
-               "--pipeline", pipeline] + (["--big"] if big else [])
+               "--pipeline", pipeline] + (["--big"] if big else []) + ([] if check else ["--no-check"]) + (
+               [] if durable else ["--no-durable"])
     # Linux carries a process's peak RSS over exec (ru_maxrss of a child of this
     # process starts at this process's high-water mark, hundreds of MB once a
     # model is loaded), so the tool is run by a small launcher (a bare Python,
@@ -330,7 +285,7 @@ def run_model_set(path: Path, tools: list[str], args: argparse.Namespace, tmp: P
     outs: dict[str, Path] = {}
     failed: set[str] = set()
     for rep in range(args.repeat):
-        for tool in tools:
+        for tool in rotated(tools, rep):
             if tool in failed:
                 continue  # no point repeating a failure
             if not _installed(tool):
@@ -341,12 +296,14 @@ def run_model_set(path: Path, tools: list[str], args: argparse.Namespace, tmp: P
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
             out = folder / f"{path.stem}.{tool}.onnx"
-            row = spawn(tool, path, out, args.pipeline, args.timeout, folder / "log.txt", big)
+            log = tmp / f"{path.stem}.{tool}.log"  # beside the output folder: not fsynced with it
+            settle(path)
+            row = spawn(tool, path, out, args.pipeline, args.timeout, log, big, args.check, args.durable)
             runs[tool].append(row)
             outs[tool] = out
             status = "ok" if row.get("ok") else f"FAILED {row.get('error', '')[:200]}"
             print(f"  [{rep + 1}/{args.repeat}] {tool}: wall {_f(row.get('wall_s'))} s, work "
-                  f"{_f(row.get('work_s'))} s, peak RSS {_f(row.get('rss_mb'), '.0f')} MB, {status}", flush=True)
+                  f"{_f(row.get('work_s'), '.3f')} s, peak RSS {_f(row.get('rss_mb'), '.0f')} MB, {status}", flush=True)
             if not row.get("ok"):
                 failed.add(tool)
     # the reference outputs, once per model
@@ -370,7 +327,7 @@ def run_model_set(path: Path, tools: list[str], args: argparse.Namespace, tmp: P
             entry["error"] = last.get("error", "failed")
             if last.get("traceback"):
                 entry["traceback"] = last["traceback"]
-        for key in ("wall_s", "work_s", "opt_s", "load_s", "save_s"):
+        for key in ("wall_s", "work_s", "opt_s", "load_s", "save_s", "check_s", "sync_s"):
             entry[key] = _median([r.get(key) for r in rows if r.get("ok")]) if entry["ok"] else last.get(key)
         entry["rss_mb"] = max((r.get("rss_mb", 0.0) for r in rows), default=None)
         if last.get("import_rss_kb"):
@@ -449,8 +406,10 @@ def main(argv: list[str] | None = None) -> int:
         wp.add_argument("dst")
         wp.add_argument("--pipeline", default="O1")
         wp.add_argument("--big", action="store_true", help="write external data")
+        wp.add_argument("--no-check", dest="check", action="store_false")
+        wp.add_argument("--no-durable", dest="durable", action="store_false")
         w = wp.parse_args(argv)
-        return worker(w.worker, w.src, w.dst, w.pipeline, w.big)
+        return worker(w.worker, w.src, w.dst, w.pipeline, w.big, w.check, w.durable)
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -467,6 +426,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shape", action="append", default=[],
                         help="static shape for an input of every model that has it, NAME=D0,D1,... "
                              "(defaults for the PaddleOCR models: see DEFAULT_SHAPES)")
+    parser.add_argument("--no-check", dest="check", action="store_false",
+                        help="leave the timed onnx.checker step out (onnxsim still checks inside its call)")
+    parser.add_argument("--no-durable", dest="durable", action="store_false",
+                        help="leave the timed fsync of the outputs out (graphopt's save still fsyncs)")
     parser.add_argument("--seed", type=int, default=0, help="input generation seed")
     parser.add_argument("--json", dest="json_out", help="write all results as JSON here")
     parser.add_argument("--keep", help="keep the outputs in this folder (default: a temporary one, removed)")
@@ -529,6 +492,7 @@ def _write_json(path: str, versions: dict[str, str], args: argparse.Namespace, r
         return value
 
     doc = {"versions": versions, "pipeline": args.pipeline, "time_metric": args.time_metric, "repeat": args.repeat,
+           "check": args.check, "durable": args.durable,
            "rtol": RTOL, "atol": ATOL, "dims": args.dim, "seed": args.seed, "results": results}
     Path(path).write_text(json.dumps(clean(doc), indent=1, allow_nan=False))
 

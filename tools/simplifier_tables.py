@@ -14,6 +14,13 @@ def _f(value: Any, fmt: str = ".2f") -> str:
     return format(value, fmt)
 
 
+def _t(seconds: Any) -> str:
+    """A time in seconds: milliseconds show below 10 s (small models differ by a few)."""
+    if isinstance(seconds, (int, float)) and not math.isinf(seconds) and seconds < 10:
+        return format(seconds, ".3f")
+    return _f(seconds)
+
+
 def _cell(text: str, n: int = 90) -> str:
     text = " ".join(str(text).split()).replace("|", "\\|")
     return text if len(text) <= n else text[: n - 3] + "..."
@@ -31,7 +38,7 @@ def model_table(result: dict[str, Any], metric: str) -> str:
     ]
     for tool, e in result["tools"].items():
         if not e.get("ok"):
-            lines.append(f"| {tool} | failed: {_cell(e.get('error', '?'), 160)} | {_f(e.get('wall_s'))} | - | - | "
+            lines.append(f"| {tool} | failed: {_cell(e.get('error', '?'), 160)} | {_t(e.get('wall_s'))} | - | - | "
                          f"{_f(e.get('rss_mb'), '.0f')} | - | - | - | - | - | - | - |")
             continue
         nodes = str(e.get("nodes", "-"))
@@ -43,7 +50,7 @@ def model_table(result: dict[str, Any], metric: str) -> str:
         if e.get("check_error"):
             outputs = "check error: " + e["check_error"]
         lines.append(
-            f"| {tool} | {nodes} | {_f(e.get('wall_s'))} | {_f(e.get('work_s'))} | {_f(e.get('opt_s'))} | "
+            f"| {tool} | {nodes} | {_t(e.get('wall_s'))} | {_t(e.get('work_s'))} | {_t(e.get('opt_s'))} | "
             f"{_f(e.get('rss_mb'), '.0f')} | {_cell(e.get('checker', '-'))} | {_cell(ort_cell)} | {_cell(sig)} | "
             f"{_f(e.get('max_rel_err'), '.2e')} | {_f(e.get('max_abs_err'), '.2e')} | {_f(e.get('min_cosine'), '.7f')} | "
             f"{_cell(outputs)} |"
@@ -64,10 +71,10 @@ def summary_table(results: list[dict[str, Any]], metric: str) -> str:
             lines.append(f"| {r['name']} | failed: {_cell(r['error'], 120)} |" + " - |" * 10 + " FAIL |")
             continue
         peer_nodes = f"{a['min_peer_nodes']} ({a['min_peer_nodes_tool']})" if "min_peer_nodes" in a else "-"
-        peer_time = f"{a['fastest_peer_s']:.2f} ({a['fastest_peer_tool']})" if "fastest_peer_s" in a else "-"
+        peer_time = f"{_t(a['fastest_peer_s'])} ({a['fastest_peer_tool']})" if "fastest_peer_s" in a else "-"
         gn = g.get("nodes", "failed" if g and not g.get("ok") else "-")
         lines.append(
-            f"| {r['name']} | {r['input_nodes']} | {gn} | {peer_nodes} | {_f(g.get(metric))} | {peer_time} | "
+            f"| {r['name']} | {r['input_nodes']} | {gn} | {peer_nodes} | {_t(g.get(metric))} | {peer_time} | "
             f"{_f(g.get('rss_mb'), '.0f')} | {_f(g.get('max_rel_err'), '.2e')} | {a.get('outputs', '-')} | "
             f"{a.get('signature', '-')} | {a.get('nodes', '-')} | {a.get('time', '-')} | {a.get('overall', '-')} |"
         )

@@ -70,6 +70,9 @@ def _dims_of(value: ir.Value) -> tuple[Dim, ...] | None:
     return tuple(dims)
 
 
+_MAX_ROUNDS = 4
+"""Inference + folding rounds in one run of the pass (see ``FoldShapes.run``)."""
+
 _META_KEY = "graphopt.fold_shapes.inferred"
 """``model.meta`` key: the graph fingerprint at this pass's last inference."""
 
@@ -312,6 +315,31 @@ def _reshape_target(node: ir.Node, shape: SymValue) -> list[int] | None:
     return out  # type: ignore[return-value]
 
 
+def _known(dim: Dim) -> Dim:
+    """A dim as inference knows it: ONNX shape inference names the dims it
+    cannot relate to anything ``unk__N``, which says no more than None."""
+    return None if isinstance(dim, str) and dim.startswith("unk__") else dim
+
+
+def _sharper(node: ir.Node, target: SymValue) -> bool:
+    """Whether the Reshape's target (its symbolic value) tells more about the
+    output's shape than the output has: a dim known as an int, or as a named
+    symbolic dim, where the output's is unknown."""
+    out = _dims_of(node.outputs[0])
+    data = _dims_of(node.inputs[0])
+    if out is None or len(out) != len(target.dims):
+        return True
+    for i, (have, want) in enumerate(zip(out, target.dims)):
+        if want == 0:  # copies the data's dim
+            want = data[i] if data is not None and i < len(data) else None
+        elif isinstance(want, int) and want < 0:
+            want = None
+        have, want = _known(have), _known(want)
+        if want is not None and not isinstance(have, int) and have != want:
+            return True
+    return False
+
+
 @register_pass("fold-shapes")
 class FoldShapes(Pass):
     """Fold Shape/Size computations whose dims are static; symbolic dims stay symbolic.
@@ -337,6 +365,11 @@ class FoldShapes(Pass):
     branch entirely is bypassed: the exporters' ``Where(Equal(shape, -1), 1,
     shape)`` guard in front of ``Expand`` disappears.
 
+    When a run bypassed a Where or gave a Reshape a target that tells more of
+    its output's shape than inference found, it infers and folds again at
+    once (up to 4 rounds), rather than leaving that to the next round of the
+    enclosing fixpoint, which would run every other pass again first.
+
     Works in the main graph and If/Loop/Scan bodies (outer values visible).
     Prior art: onnxsim and onnxslim (shape folding with ONNX shape inference),
     onnxscript's optimizer (symbolic shape values in constant folding).
@@ -348,26 +381,49 @@ class FoldShapes(Pass):
     establishes = frozenset({"shapes-inferred"})
 
     def run(self, model: ir.Model, ctx: object) -> PassResult:
-        graphs = ir.all_graphs(model)
-        shape_ops = any(n.op_type in ("Shape", "Size") for g in graphs for n in g)
-        inferred = 0
-        # The pass establishes "shapes-inferred" even with nothing to fold, so
-        # it re-infers when the graph changed since its last inference (another
-        # pass may have made a Reshape target constant). Without Shape/Size to
-        # fold, that is only worth it when some value has no shape yet:
-        # rewrites keep the shapes of the values they keep.
-        if self.options.infer and (shape_ops or any(
+        stats = {"folded": 0, "reshapes": 0, "wheres": 0, "inferred": 0}
+        # A bypassed Where (the exporters' guard in front of Expand) hands the
+        # Expand a known shape, and a Reshape given a constant target may
+        # tell more of its output's shape than inference found: only a new
+        # inference passes that on to the Reshapes and Shapes below. Infer
+        # and fold again at once rather than in the next round of the
+        # fixpoint (which would run every other pass once more first).
+        for _ in range(_MAX_ROUNDS):
+            graphs = ir.all_graphs(model)
+            shape_ops = any(n.op_type in ("Shape", "Size") for g in graphs for n in g)
+            stats["inferred"] += self._infer_if_changed(model, graphs, shape_ops)
+            if not shape_ops:
+                break
+            counts = self._fold(model, graphs)
+            for key in ("folded", "reshapes", "wheres"):
+                stats[key] += counts[key]
+            if not (counts["wheres"] or counts["sharper"]):
+                break
+        return PassResult(modified=stats["folded"] + stats["reshapes"] + stats["wheres"] > 0, stats=stats)
+
+    def _infer_if_changed(self, model: ir.Model, graphs: list[ir.Graph], shape_ops: bool) -> int:
+        """Re-infer shapes when the graph changed since this pass's last
+        inference; return 1 when it did. The pass establishes
+        "shapes-inferred" even with nothing to fold, so it re-infers when the
+        graph changed (another pass may have made a Reshape target constant).
+        Without Shape/Size to fold, that is only worth it when some value has
+        no shape yet: rewrites keep the shapes of the values they keep."""
+        if not self.options.infer or not (shape_ops or any(
                 v.shape is None for g in graphs for n in g for v in n.outputs)):
-            fingerprint = _fingerprint(model, graphs)
-            if model.meta.get(_META_KEY) != fingerprint:
-                _infer(model)
-                model.meta[_META_KEY] = fingerprint
-                inferred = 1
-        if not shape_ops:
-            return PassResult(modified=False, stats={"folded": 0, "reshapes": 0, "wheres": 0, "inferred": inferred})
+            return 0
+        fingerprint = _fingerprint(model, graphs)
+        if model.meta.get(_META_KEY) == fingerprint:
+            return 0
+        _infer(model)
+        model.meta[_META_KEY] = fingerprint
+        return 1
+
+    def _fold(self, model: ir.Model, graphs: list[ir.Graph]) -> dict[str, int]:
+        """One walk over every graph: propagate shape values, fold the known
+        ones, give Reshapes constant targets, bypass decided Wheres."""
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
         prop = _Propagator(opset)
-        folded = reshapes = wheres = 0
+        folded = reshapes = wheres = sharper = 0
         for graph in graphs:
             for node in list(graph):
                 sym = prop.visit(node)
@@ -375,7 +431,9 @@ class FoldShapes(Pass):
                 if sym is not None:
                     prop.values[out] = sym
                 if node.op_type == "Reshape" and self.options.reshape and len(node.inputs) == 2:
-                    reshapes += self._reshape(graph, node, prop)
+                    done = self._reshape(graph, node, prop)
+                    reshapes += done > 0
+                    sharper += done == 2
                 if node.op_type == "Where" and sym is not None and not sym.known and self._where(graph, node, prop):
                     wheres += 1
                     continue
@@ -392,8 +450,7 @@ class FoldShapes(Pass):
                 prop.values[new] = sym
                 graph.remove(node, safe=True)
                 folded += 1
-        return PassResult(modified=folded + reshapes + wheres > 0,
-                          stats={"folded": folded, "reshapes": reshapes, "wheres": wheres, "inferred": inferred})
+        return {"folded": folded, "reshapes": reshapes, "wheres": wheres, "sharper": sharper}
 
     @staticmethod
     def _where(graph: ir.Graph, node: ir.Node, prop: _Propagator) -> bool:
@@ -413,6 +470,10 @@ class FoldShapes(Pass):
 
     @staticmethod
     def _reshape(graph: ir.Graph, node: ir.Node, prop: _Propagator) -> int:
+        """Give the Reshape a constant target (see :func:`_reshape_target`).
+        Returns 0 when it does not, 1 when it does, 2 when it does and the
+        target tells more about the output's shape than it has now (a new
+        inference would pass that on)."""
         shape_value = node.inputs[1]
         sym = prop.get(shape_value)
         if sym is None or sym.known or ir.is_constant(shape_value):
@@ -420,6 +481,7 @@ class FoldShapes(Pass):
         target = _reshape_target(node, sym)
         if target is None:
             return 0
+        sharper = _sharper(node, sym)
         name = f"{shape_value.name or 'shape'}_static"
         unique, i = name, 1
         while unique in graph.initializers:
@@ -430,4 +492,4 @@ class FoldShapes(Pass):
         graph.register_initializer(new)
         node.replace_input_with(1, new)
         prop.values[new] = SymValue(tuple(target))
-        return 1
+        return 2 if sharper else 1

@@ -146,3 +146,65 @@ def test_equal_and_where_values_are_exact():
     }""")
     assert m.graph.outputs[0].const_value.numpy().tolist() == [True, False]
     assert m.graph.outputs[0].const_value.numpy().dtype == np.bool_
+
+
+def _fold_shapes_once(text: str):  # noqa: ANN202 - (model, stats)
+    result = PassManager("fold-shapes", PassContext()).run(ir.from_text(HEAD.format(opset=17) + text))
+    return result.model, result.report.records[-1].stats
+
+
+def test_bypassed_where_is_inferred_again_in_the_same_run():
+    # Only after the Where guard is gone does inference know Expand's output
+    # is [batch, 8]; the Shape below it folds in the same run of the pass.
+    m, stats = _fold_shapes_once("""g (float[batch, 1] x, float[batch, 8] z) => (float[batch, 8] y, int64 d) {
+      s = Shape(z)
+      m1 = Constant<value = int64[2] {-1, -1}>()
+      e = Equal(s, m1)
+      one = Constant<value = int64[2] {1, 1}>()
+      t = Where(e, one, s)
+      y = Expand(x, t)
+      s2 = Shape(y)
+      i1 = Constant<value = int64 {1}>()
+      d = Gather(s2, i1)
+    }""")
+    assert stats == {"folded": 2, "reshapes": 0, "wheres": 1, "inferred": 2}
+    assert m.graph.outputs[1].const_value.numpy().tolist() == 8
+    assert [str(d) for d in m.graph.outputs[0].shape] == ["batch", "8"]
+
+
+def test_reshape_target_that_tells_more_is_inferred_again_in_the_same_run():
+    # Inference does not see through Div of a shape value, so r is [?, 4, 16]
+    # until the target is the constant [0, 4, 16]; then Shape(Relu(r))[1] folds.
+    m, stats = _fold_shapes_once("""g (float[batch, 64] x) => (float[batch, 4, 16] y, int64 d) {
+      s = Shape(x)
+      i0 = Constant<value = int64[1] {0}>()
+      b = Gather(s, i0)
+      one = Constant<value = int64[1] {1}>()
+      q = Div(b, one)
+      h = Constant<value = int64[1] {4}>()
+      w = Constant<value = int64[1] {16}>()
+      t = Concat<axis = 0>(q, h, w)
+      r = Reshape(x, t)
+      y = Relu(r)
+      s2 = Shape(y)
+      i1 = Constant<value = int64 {1}>()
+      d = Gather(s2, i1)
+    }""")
+    assert stats == {"folded": 1, "reshapes": 1, "wheres": 0, "inferred": 2}
+    assert m.graph.outputs[1].const_value.numpy().tolist() == 4
+    reshape = next(n for n in m.graph if n.op_type == "Reshape")
+    assert ir.const_array(reshape.inputs[1]).tolist() == [0, 4, 16]
+
+
+def test_reshape_target_that_tells_nothing_new_is_not_inferred_again():
+    # Concat of Shape slices: inference already knows the output is [batch, 4, 16].
+    m, stats = _fold_shapes_once("""g (float[batch, 64] x) => (float[batch, 4, 16] y) {
+      s = Shape(x)
+      i0 = Constant<value = int64[1] {0}>()
+      b = Gather(s, i0)
+      h = Constant<value = int64[1] {4}>()
+      w = Constant<value = int64[1] {16}>()
+      t = Concat<axis = 0>(b, h, w)
+      y = Reshape(x, t)
+    }""")
+    assert stats == {"folded": 0, "reshapes": 1, "wheres": 0, "inferred": 1}

@@ -178,6 +178,7 @@ def numerics(ref: Path, got: Path, inputs: dict[str, Any]) -> dict[str, Any]:
 def compare_model(path: Path, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Optimize ``path`` with every tool, check, count and time them."""
     from graphopt.bench import benchmark
+    from graphopt.errors import GraphoptError
 
     name = path.stem
     shapes = parse_shapes(args.shape) or parse_shapes([REAL[name]] if name in REAL else None)
@@ -191,8 +192,11 @@ def compare_model(path: Path, args: argparse.Namespace, workdir: Path) -> dict[s
         result = spawn(tool, path, dst, args.timeout)
         if result["ok"]:
             result["fused"], result["nodes"] = fused_counts(dst)
-            result["numerics"] = numerics(path, dst, inputs)
-            timed.append(dst)
+            try:
+                result["numerics"] = numerics(path, dst, inputs)
+                timed.append(dst)
+            except GraphoptError as e:  # the tool wrote a model onnxruntime cannot run
+                result.update(ok=False, error=f"output does not run in onnxruntime: {str(e).splitlines()[0][:240]}")
         entry["tools"][tool] = result
         print(f"[fusers] {name} {tool}: {'ok' if result['ok'] else result.get('error')}", flush=True)
     report = benchmark(timed, inputs=inputs, threads=args.threads, opt_level="all", seconds=args.seconds,

@@ -33,6 +33,7 @@ from graphopt.ir.inliner import inline_functions
 from graphopt.ir.gs import from_graphsurgeon, to_graphsurgeon
 from graphopt.ir.load import deserialize, load, load_proto, validate_model
 from graphopt.ir.save import SaveReport, save, to_proto
+from graphopt.ir.tensors import ProtoTensor, cached_tensor
 from graphopt.ir.text import canonical_order, tensor_text, to_text
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "from_graphsurgeon", "to_graphsurgeon", "serde", "convenience",
     "bypass", "graphs_and_functions", "infer_shapes", "inline_functions", "subgraphs", "all_graphs", "all_nodes",
     "add_initializer", "const_array", "const_tensor", "constant_node_tensor", "is_constant",
+    "ProtoTensor", "cached_tensor",
 ]
 
 serde = _ir.serde

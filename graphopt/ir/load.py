@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from graphopt.errors import LoadError
+from graphopt.ir.tensors import cached_tensor
 
 __all__ = ["load", "load_proto", "validate_model", "deserialize"]
 
@@ -288,7 +289,9 @@ def load(path: str | os.PathLike) -> ir.Model:
 
 def deserialize(proto: onnx.ModelProto, source: str = "model proto", validate: bool = True) -> ir.Model:
     """Convert an ``onnx.ModelProto`` into an IR model, onnx-ir's warnings
-    silenced, then (by default) :func:`validate_model` it.
+    silenced, then (by default) :func:`validate_model` it. Initializers read
+    from the proto become :class:`graphopt.ir.tensors.ProtoTensor` (shape,
+    dtype and size computed once).
 
     Raises:
         LoadError: the proto cannot be represented (malformed), a cycle, or a
@@ -303,6 +306,10 @@ def deserialize(proto: onnx.ModelProto, source: str = "model proto", validate: b
         raise LoadError(f"{source} could not be read into the IR: {e}; the model is malformed") from e
     finally:
         quiet.setLevel(old)
+    for graph in [model.graph, *subgraphs(model.graph)]:
+        for value in graph.initializers.values():
+            if value.const_value is not None:
+                value.const_value = cached_tensor(value.const_value)
     if validate:
         validate_model(model, source=source)
     return model

@@ -181,7 +181,7 @@ class _Folder:
         tensor = _constant_node_tensor(node)
         if tensor is None or not _used(out):
             return
-        install_constant(self.container, node, out, tensor, as_initializer=True)
+        install_constant(self.container, node, out, ir.cached_tensor(tensor), as_initializer=True)
         self.container.remove(node, safe=True)
         self.stats["constant_nodes"] += 1
 

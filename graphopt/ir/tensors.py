@@ -1,0 +1,61 @@
+"""Tensors read from a ModelProto, with their shape, dtype and size built once.
+
+onnx-ir's ``serde.TensorProtoTensor`` (what ``deserialize_model`` makes of an
+initializer or a Constant's tensor stored in the protobuf) builds a new frozen
+``Shape`` and a new ``DataType`` on every ``.shape`` / ``.dtype`` read, and its
+``nbytes`` multiplies the dims out each time. Passes read them over and over
+(constant checks, size caps, duplicate-initializer grouping, the
+shape-inference encoder): on a small model, some thousands of ``Shape``
+constructions per O1 run. :class:`ProtoTensor` is the same tensor (a subclass:
+onnx-ir serializes it by copying the proto, as before) with the three
+computed once; a tensor's proto does not change after loading (its ``name``
+may, and is still read from the proto).
+"""
+
+from __future__ import annotations
+
+import math
+
+from onnx_ir import DataType, Shape, serde
+
+__all__ = ["ProtoTensor", "cached_tensor"]
+
+
+class ProtoTensor(serde.TensorProtoTensor):  # pylint: disable=too-many-ancestors
+    """``serde.TensorProtoTensor`` with ``shape``, ``dtype`` and ``nbytes`` computed once.
+
+    Args:
+        proto: the ``onnx.TensorProto`` (not copied; data read lazily, as onnx-ir does).
+    """
+
+    __slots__ = ("_shape", "_dtype", "_nbytes")
+
+    def __init__(self, proto) -> None:  # noqa: ANN001 - onnx.TensorProto
+        super().__init__(proto)
+        self._shape = Shape(proto.dims, frozen=True)
+        self._dtype = DataType(proto.data_type)
+        self._nbytes = math.ceil(self._dtype.itemsize * math.prod(self._shape.numpy()))
+
+    @property
+    def shape(self) -> Shape:
+        return self._shape
+
+    @property
+    def dtype(self) -> DataType:
+        return self._dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self._nbytes
+
+
+def cached_tensor(tensor):  # noqa: ANN001, ANN201 - any TensorProtocol
+    """``tensor`` as a :class:`ProtoTensor` when it is a plain onnx-ir
+    ``TensorProtoTensor`` (the same proto, not copied), else ``tensor`` itself
+    (numpy-backed ``ir.Tensor``, ``ExternalTensor``, string tensors, ...)."""
+    if type(tensor) is not serde.TensorProtoTensor:
+        return tensor
+    try:
+        return ProtoTensor(tensor.raw)
+    except (ValueError, TypeError):  # an unknown data_type: leave it to onnx-ir
+        return tensor

@@ -67,9 +67,9 @@ def _tensor_nbytes(tensor: onnx.TensorProto) -> int | None:
     return (count * bits + 7) // 8
 
 
-def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
+def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> bool:
     """Check that every external-data reference stays inside ``base_dir`` and
-    points at bytes that exist.
+    points at bytes that exist; return whether the model has any.
 
     Raises:
         LoadError: absolute location, a location with ``..`` or one resolving
@@ -133,6 +133,7 @@ def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
                 f"'{location}', but that file holds only {sizes[path]} bytes: the data file is "
                 "truncated or belongs to another model"
             )
+    return bool(sizes)
 
 
 def _check_versions(model: onnx.ModelProto, where: str) -> None:
@@ -174,6 +175,11 @@ def load_proto(path: str | os.PathLike, *, external_data: bool = False) -> onnx.
         LoadError: missing file, a directory, a file that does not decode as a
             ModelProto (not ONNX, or truncated), a model without a graph.
     """
+    return _load_proto(path, external_data)[0]
+
+
+def _load_proto(path: str | os.PathLike, external_data: bool) -> tuple[onnx.ModelProto, bool]:
+    """:func:`load_proto`, and whether the model stores tensors as external data."""
     p = Path(path)
     if not p.exists():
         raise LoadError(f"model file '{p}' does not exist; check the path")
@@ -193,10 +199,10 @@ def load_proto(path: str | os.PathLike, *, external_data: bool = False) -> onnx.
             "file is a complete .onnx model"
         )
     _check_versions(proto, f"'{p}'")
-    _check_external_data(proto, p.parent)
-    if external_data:
+    has_external = _check_external_data(proto, p.parent)
+    if external_data and has_external:
         external_data_helper.load_external_data_for_model(proto, str(p.parent))
-    return proto
+    return proto, has_external
 
 
 def validate_model(model: ir.Model, source: str = "model") -> None:
@@ -278,10 +284,11 @@ def load(path: str | os.PathLike) -> ir.Model:
         LoadError: see above.
     """
     p = Path(path)
-    proto = load_proto(p)
+    proto, has_external = _load_proto(p, False)
     model = deserialize(proto, source=f"'{p}'", validate=False)
     del proto
-    ir.external_data.set_base_dir(model.graph, str(p.parent.resolve()))
+    if has_external:  # only external tensors read the base folder
+        ir.external_data.set_base_dir(model.graph, str(p.parent.resolve()))
     validate_model(model, source=str(p))
     model.meta["graphopt.source"] = str(p.resolve())
     return model

@@ -47,10 +47,11 @@ _LENGTHS = [bytes((i,)) for i in range(128)]
 class Cache:
     """Bytes kept between shape-inference calls on one model."""
 
-    __slots__ = ("attrs", "tensors", "types", "shapes")
+    __slots__ = ("attrs", "nodes", "tensors", "types", "shapes")
 
     def __init__(self) -> None:
         self.attrs: dict[int, tuple] = {}
+        self.nodes: dict[int, tuple] = {}
         self.tensors: dict[int, tuple] = {}
         self.types: dict[tuple, bytes] = {}
         self.shapes: dict[bytes, ir.Shape] = {}
@@ -266,12 +267,23 @@ def encode(model: ir.Model) -> bytes | None:
     types = cache.types
     nodes: list[bytes] = []
     infos: list[bytes] = []
+    old_nodes, new_nodes = cache.nodes, {}
     for node in graph:
-        data = _node(node, cache.attrs, attrs)
-        if data is None:
-            return None
-        nodes.append(_field(_T1, data))
-        for value in node.outputs:
+        # A node's bytes are kept while it reads and writes the same names
+        # with the same attribute objects (attributes are not edited in place).
+        outputs = node.outputs
+        key = (node.op_type, node.domain, node.name, node.overload,
+               tuple(None if v is None else v.name for v in node.inputs), tuple(v.name for v in outputs),
+               tuple(node.attributes.data.values()))
+        entry = old_nodes.get(id(node))
+        if entry is None or entry[0] is not node or entry[1] != key:
+            data = _node(node, cache.attrs, attrs)
+            if data is None:
+                return None
+            entry = (node, key, _field(_T1, data))
+        new_nodes[id(node)] = entry
+        nodes.append(entry[2])
+        for value in outputs:
             if not value.is_graph_output():
                 info = _value_info(value, types)
                 if info is not None:
@@ -296,7 +308,7 @@ def encode(model: ir.Model) -> bytes | None:
         else:
             initializers.append(_field(_T5, data))
     outputs = [_field(_T12, _value_info(v, types) or _text(_T1, v.name or "")) for v in graph.outputs]
-    cache.attrs, cache.tensors = attrs, tensors
+    cache.attrs, cache.tensors, cache.nodes = attrs, tensors, new_nodes
     if len(types) > 4 * (len(nodes) + len(initializers) + len(stripped)) + 64:
         types.clear()
     head = [_text(_T2, graph.name)] if graph.name else []

@@ -118,3 +118,15 @@ def test_encode_matches_on_exported_models_before_and_after_o1(name):
     assert onnx.ModelProto.FromString(shape_io.encode(model)) == _reference(model)
     graphopt.optimize(model, "O1")
     assert onnx.ModelProto.FromString(shape_io.encode(model)) == _reference(model)
+
+
+def test_encode_after_edits_matches_a_fresh_serialization():
+    model = _documented_model()
+    shape_io.encode(model)  # fills the cache
+    nodes = list(model.graph)
+    nodes[2].outputs[0].name = "t_renamed"  # a value renamed: its producer and reader change
+    nodes[1].attributes["alpha"] = ir.Attr("alpha", ir.AttributeType.FLOAT, 0.5)  # an attribute replaced
+    nodes[4].replace_input_with(0, nodes[2].outputs[0])  # an input rewired
+    assert onnx.ModelProto.FromString(shape_io.encode(model)) == _reference(model)
+    encoded = onnx.ModelProto.FromString(shape_io.encode(model))
+    assert [list(n.input) for n in encoded.graph.node][4][0] == "t_renamed"

@@ -27,7 +27,9 @@ from onnx_ir import (
 )
 
 from graphopt.errors import LoadError
-from graphopt.ir.consts import add_initializer, const_array, const_tensor, constant_node_tensor, is_constant
+from graphopt.ir.consts import (
+    add_initializer, const_array, const_tensor, constant_node_tensor, is_constant, value_names,
+)
 from graphopt.ir.edit import all_graphs, all_nodes, bypass, graphs_and_functions, infer_shapes, subgraphs
 from graphopt.ir.inliner import inline_functions
 from graphopt.ir.gs import from_graphsurgeon, to_graphsurgeon
@@ -44,7 +46,7 @@ __all__ = [
     "from_graphsurgeon", "to_graphsurgeon", "serde", "convenience",
     "bypass", "graphs_and_functions", "infer_shapes", "inline_functions", "subgraphs", "all_graphs", "all_nodes",
     "add_initializer", "const_array", "const_tensor", "constant_node_tensor", "is_constant",
-    "ProtoTensor", "cached_tensor",
+    "ProtoTensor", "cached_tensor", "value_names",
 ]
 
 serde = _ir.serde

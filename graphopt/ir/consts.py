@@ -12,7 +12,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ["const_tensor", "const_array", "is_constant", "add_initializer", "constant_node_tensor"]
+__all__ = ["const_tensor", "const_array", "is_constant", "add_initializer", "constant_node_tensor", "value_names"]
 
 
 def constant_node_tensor(node: ir.Node) -> ir.TensorProtocol | None:
@@ -93,26 +93,41 @@ def _output_names(graph: ir.Graph) -> set[str]:
     return names
 
 
-def add_initializer(graph: ir.Graph, array: np.ndarray | ir.TensorProtocol, name: str) -> ir.Value:
+def value_names(graph: ir.Graph) -> set[str]:
+    """The names of the graph's node outputs, initializers and inputs: the
+    names a new value of ``graph`` must not take. A pass adding several
+    initializers builds it once and hands it to :func:`add_initializer`."""
+    taken = _output_names(graph)
+    taken.update(graph.initializers)
+    taken.update(v.name for v in graph.inputs)
+    return taken
+
+
+def add_initializer(graph: ir.Graph, array: np.ndarray | ir.TensorProtocol, name: str,
+                    taken: set[str] | None = None) -> ir.Value:
     """Register a new initializer in ``graph`` with a name unique in the graph.
 
     Args:
         graph: the graph to hold it (a subgraph is fine).
         array: the data (numpy array, any dtype onnx-ir supports) or a tensor.
         name: the preferred name; a suffix is added if it is taken.
+        taken: the names in use (:func:`value_names`), when the caller keeps
+            them across calls; the new name is added to it. The caller adds
+            the names of values it creates otherwise. None: computed here
+            (a walk over the graph's nodes).
 
     Returns:
         The new initializer value (dtype and shape set).
     """
     # The ndarray test first: isinstance against a runtime-checkable Protocol is slow.
     tensor = array if not isinstance(array, np.ndarray) and isinstance(array, ir.TensorProtocol) else ir.Tensor(np.asarray(array))
-    taken = _output_names(graph)
-    taken.update(graph.initializers)
-    taken.update(v.name for v in graph.inputs)
+    if taken is None:
+        taken = value_names(graph)
     unique, i = name, 1
-    while unique in taken:
+    while unique in taken or unique in graph.initializers:
         unique = f"{name}_{i}"
         i += 1
+    taken.add(unique)
     tensor.name = unique
     value = ir.Value(name=unique, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype), const_value=tensor)
     graph.register_initializer(value)

@@ -205,6 +205,19 @@ class _Folder:
 
     def __init__(self, graph: ir.Graph, opset: int, stats: dict[str, int]) -> None:
         self.graph, self.opset, self.stats = graph, opset, stats
+        self.names: set[str] | None = None
+
+    def initializer(self, array, name: str) -> ir.Value:  # noqa: ANN001 - ndarray
+        """A new initializer of this graph (``ir.add_initializer`` with the
+        graph's names collected once per run, not once per initializer)."""
+        if self.names is None:
+            self.names = ir.value_names(self.graph)
+        return ir.add_initializer(self.graph, array, name, self.names)
+
+    def created(self, node: ir.Node) -> None:
+        """Note the names of a node this run inserted (taken from now on)."""
+        if self.names is not None:
+            self.names.update(v.name for v in node.outputs if v.name)
 
     def skip(self, bn: ir.Node, reason: str) -> None:
         log.debug("fold-batchnorm: %s kept: %s", bn.name or bn.op_type, reason)
@@ -255,10 +268,10 @@ class _Folder:
             new_b = _cast(b * s + t, w_value)
 
         def edit() -> None:
-            conv.replace_input_with(1, ir.add_initializer(self.graph, new_w, f"{w_value.name or 'w'}_bn"))
+            conv.replace_input_with(1, self.initializer(new_w, f"{w_value.name or 'w'}_bn"))
             if len(conv.inputs) < 3:
                 conv.resize_inputs(3)
-            conv.replace_input_with(2, ir.add_initializer(self.graph, new_b, f"{w_value.name or 'w'}_bn_bias"))
+            conv.replace_input_with(2, self.initializer(new_b, f"{w_value.name or 'w'}_bn_bias"))
 
         if not absorb(bn, conv, edit):
             return f"the {conv.op_type} is in another graph"
@@ -284,10 +297,10 @@ class _Folder:
         new_c = _cast(np.float64(beta) * c * s + t, b_value)  # broadcasts C to [N], [1, N] or [M, N]
 
         def edit() -> None:
-            gemm.replace_input_with(1, ir.add_initializer(self.graph, new_b, f"{b_value.name or 'b'}_bn"))
+            gemm.replace_input_with(1, self.initializer(new_b, f"{b_value.name or 'b'}_bn"))
             if len(gemm.inputs) < 3:
                 gemm.resize_inputs(3)
-            gemm.replace_input_with(2, ir.add_initializer(self.graph, new_c, f"{b_value.name or 'b'}_bn_bias"))
+            gemm.replace_input_with(2, self.initializer(new_c, f"{b_value.name or 'b'}_bn_bias"))
             gemm.attributes["beta"] = ir.Attr("beta", ir.AttributeType.FLOAT, 1.0)
 
         if not absorb(bn, gemm, edit):
@@ -306,9 +319,9 @@ class _Folder:
         if matmul.graph is not bn.graph:
             return "the MatMul is in another graph"
         name = w_value.name or "w"
-        new_w = ir.add_initializer(self.graph, _cast(w * s[None, :], w_value), f"{name}_bn")
-        new_c = ir.add_initializer(self.graph, _cast(t, w_value), f"{name}_bn_bias")
-        to_gemm(matmul, bn, new_w, new_c)
+        new_w = self.initializer(_cast(w * s[None, :], w_value), f"{name}_bn")
+        new_c = self.initializer(_cast(t, w_value), f"{name}_bn_bias")
+        self.created(to_gemm(matmul, bn, new_w, new_c))
         self.graph.remove(matmul, safe=True)
         self.stats["matmul"] += 1
         return None

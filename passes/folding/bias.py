@@ -64,6 +64,19 @@ class _Folder:
 
     def __init__(self, graph: ir.Graph, options: FoldBiasOptions, stats: dict[str, int]) -> None:
         self.graph, self.options, self.stats = graph, options, stats
+        self.names: set[str] | None = None
+
+    def initializer(self, array, name: str) -> ir.Value:  # noqa: ANN001 - ndarray
+        """A new initializer of this graph (``ir.add_initializer`` with the
+        graph's names collected once per run, not once per initializer)."""
+        if self.names is None:
+            self.names = ir.value_names(self.graph)
+        return ir.add_initializer(self.graph, array, name, self.names)
+
+    def created(self, node: ir.Node) -> None:
+        """Note the names of a node this run inserted (taken from now on)."""
+        if self.names is not None:
+            self.names.update(v.name for v in node.outputs if v.name)
 
     def run(self) -> None:
         for node in list(self.graph):
@@ -85,7 +98,7 @@ class _Folder:
 
     def _bias(self, like: ir.Value, array: np.ndarray, name: str) -> ir.Value:
         """A new initializer: ``array`` rounded once to ``like``'s dtype."""
-        return ir.add_initializer(self.graph, np.ascontiguousarray(array).astype(like.dtype.numpy()), name)
+        return self.initializer(np.ascontiguousarray(array).astype(like.dtype.numpy()), name)
 
     def conv(self, add: ir.Node, conv: ir.Node, c: np.ndarray) -> str | None:
         """``Conv(x, W, b) + c`` with c per output channel is ``Conv(x, W, b + c)``."""
@@ -156,7 +169,7 @@ class _Folder:
         if matmul.graph is not add.graph:
             return "the producer is in another graph"
         bias = self._bias(b, row, "gemm_bias")
-        to_gemm(matmul, add, b, bias)
+        self.created(to_gemm(matmul, add, b, bias))
         self.graph.remove(matmul, safe=True)
         self.stats["matmul"] += 1
         return None

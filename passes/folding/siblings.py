@@ -128,6 +128,19 @@ class _Merger:
 
     def __init__(self, graph: ir.Graph, opset: int, stats: dict[str, int]) -> None:
         self.graph, self.opset, self.stats = graph, opset, stats
+        self.names: set[str] | None = None
+
+    def initializer(self, array, name: str) -> ir.Value:  # noqa: ANN001 - ndarray
+        """A new initializer of this graph (``ir.add_initializer`` with the
+        graph's names collected once per run, not once per initializer)."""
+        if self.names is None:
+            self.names = ir.value_names(self.graph)
+        return ir.add_initializer(self.graph, array, name, self.names)
+
+    def created(self, node: ir.Node) -> None:
+        """Note the names of a node this run inserted (taken from now on)."""
+        if self.names is not None:
+            self.names.update(v.name for v in node.outputs if v.name)
 
     def plan(self) -> list[list[Branch]]:
         """The sibling groups of this graph (two or more branches each, in
@@ -189,7 +202,7 @@ class _Merger:
             weight = np.concatenate([b.weight.numpy() for b in group], axis=0)
         else:
             weight = np.concatenate([b.weight.numpy().T if b.trans_b else b.weight.numpy() for b in group], axis=1)
-        inputs = [a, ir.add_initializer(self.graph, np.ascontiguousarray(weight), f"{name}_siblings")]
+        inputs = [a, self.initializer(np.ascontiguousarray(weight), f"{name}_siblings")]
         attrs = []
         if op == "Gemm":
             attrs = [ir.Attr(key, attr.type, attr.value) for key, attr in first.node.attributes.items()
@@ -198,17 +211,19 @@ class _Merger:
                 attrs.append(ir.Attr("transB", ir.AttributeType.INT, 1))
             if any(b.c is not None for b in group):
                 c = np.concatenate([b.c if b.c is not None else np.zeros(b.cols, dtype) for b in group])
-                inputs.append(ir.add_initializer(self.graph, c.astype(dtype), f"{name}_siblings_c"))
+                inputs.append(self.initializer(c.astype(dtype), f"{name}_siblings_c"))
         total = sum(b.cols for b in group)
         nodes = [ir.Node("", op, inputs, attrs, num_outputs=1)]
         _like(nodes[0].outputs[0], first.node.outputs[0], total)
         if first.add is not None:
-            bias = ir.add_initializer(self.graph, np.concatenate([b.bias for b in group]).astype(dtype),
+            bias = self.initializer(np.concatenate([b.bias for b in group]).astype(dtype),
                                       f"{name}_siblings_bias")
             nodes.append(ir.Node("", "Add", [nodes[0].outputs[0], bias], num_outputs=1))
             _like(nodes[1].outputs[0], first.node.outputs[0], total)
         nodes.append(self.split(nodes[-1].outputs[0], [b.cols for b in group], axis))
         self.graph.insert_before(first.node, nodes)
+        for node in nodes:
+            self.created(node)
         for branch, out in zip(group, nodes[-1].outputs):
             old = branch.last.outputs[0]
             out.type, out.shape = old.type, old.shape
@@ -227,7 +242,7 @@ class _Merger:
         attrs = [ir.Attr("axis", ir.AttributeType.INT, axis)]
         inputs = [value]
         if self.opset >= 13:
-            inputs.append(ir.add_initializer(self.graph, np.asarray(sizes, dtype=np.int64), "split_sizes"))
+            inputs.append(self.initializer(np.asarray(sizes, dtype=np.int64), "split_sizes"))
         else:
             attrs.append(ir.Attr("split", ir.AttributeType.INTS, sizes))
         return ir.Node("", "Split", inputs, attrs, num_outputs=len(sizes))

@@ -188,9 +188,12 @@ def _dedupe_initializers(graph: ir.Graph, old: dict | None = None, new: dict | N
 # ----------------------------------------------------------------------------- nodes
 
 
+_GRAPH_KINDS = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+
+
 def _has_subgraph(node: ir.Node) -> bool:
-    return any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values()
-               if not a.is_ref())
+    attrs = node.attributes.data  # the dict behind the UserDict: no mapping-protocol overhead
+    return bool(attrs) and any(a.type in _GRAPH_KINDS and not a.is_ref() for a in attrs.values())
 
 
 def _attr_key(attr: ir.Attr) -> Hashable:
@@ -222,8 +225,9 @@ def _node_key(node: ir.Node) -> Hashable:
         tensor = ir.constant_node_tensor(node)
         if tensor is not None:
             return (*op, "tensor", _tensor_key(tensor))
-    attrs = tuple(sorted((name, _attr_key(a)) for name, a in node.attributes.items()))
-    return (*op, attrs, tuple(node.inputs))
+    attrs = node.attributes.data
+    keys = tuple(sorted((name, _attr_key(a)) for name, a in attrs.items())) if attrs else ()
+    return (*op, keys, tuple(node.inputs))
 
 
 def _tensor_attrs(node: ir.Node) -> list[ir.TensorProtocol]:

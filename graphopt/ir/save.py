@@ -29,6 +29,7 @@ from graphopt.errors import GraphoptError, SaveError
 from graphopt.ir.check import check_model_file
 from graphopt.ir.stream import write_inline
 from graphopt.ir.versions import target_ir_version
+from graphopt.ir.writer import model_bytes
 
 __all__ = ["save", "to_proto", "SaveReport", "PROTOBUF_LIMIT", "EXTERNAL_DATA_AUTO_BYTES"]
 
@@ -359,10 +360,13 @@ def save(
                 f.flush()
                 writeback.finish()
                 os.fsync(f.fileno())
-            proto = ir.serde.serialize_model(model)
-            proto.ir_version = target_ir_version(model.ir_version, dict(model.opset_imports))
-            blob = proto.SerializeToString()
-            del proto
+            version = target_ir_version(model.ir_version, dict(model.opset_imports))
+            blob = model_bytes(model, version)
+            if blob is None:  # a model the direct writer does not cover
+                proto = ir.serde.serialize_model(model)
+                proto.ir_version = version
+                blob = proto.SerializeToString()
+                del proto
             with open(tmp / out.name, "wb") as f:
                 f.write(blob)
                 f.flush()

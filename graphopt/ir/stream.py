@@ -3,7 +3,8 @@
 ``ModelProto.SerializeToString`` on a 400 MB model copies every weight into one
 Python bytes object (seconds, and the model's size again in memory). Here the
 protobuf wire format is written by hand for the large initializers of the main
-graph: the rest of the model is serialized normally, and each large tensor is
+graph: the rest of the model is serialized by :mod:`graphopt.ir.writer` (by
+onnx-ir where that writer does not cover the model), and each large tensor is
 appended as a ``GraphProto.initializer`` record whose ``raw_data`` is copied
 straight from its source (memory-mapped file or array). Protobuf parsers accept
 fields in any order, so the file decodes to the same ModelProto with those
@@ -18,6 +19,7 @@ import onnx
 import onnx_ir as ir
 
 from graphopt.ir.edit import all_graphs
+from graphopt.ir.writer import model_parts
 
 __all__ = ["write_inline", "STREAM_MIN_BYTES"]
 
@@ -73,6 +75,20 @@ def write_inline(model: ir.Model, out: BinaryIO, ir_version: int,
         and v.const_value.nbytes >= STREAM_MIN_BYTES
     ]
     originals = [v.const_value for v in streamed]
+    names = {v.name for v in streamed}
+    fast = model_parts(model, ir_version, names, inline_external=True)
+    if fast is not None:
+        head, graph_bytes = fast
+    else:
+        head, graph_bytes = _serialized_parts(model, ir_version, streamed, originals, names)
+    return _write(out, head, graph_bytes, streamed, originals, copy_tensor)
+
+
+def _serialized_parts(model: ir.Model, ir_version: int, streamed: list[ir.Value],
+                      originals: list[ir.TensorProtocol], names: set[str]) -> tuple[bytes, bytes]:
+    """(ModelProto bytes without its graph, GraphProto bytes without the
+    streamed initializers) through onnx-ir's serializer: the streamed tensors
+    stand in as placeholders, other external tensors are read."""
     try:
         for value, tensor in zip(streamed, originals):
             value.const_value = ir.ExternalTensor(_PLACEHOLDER, 0, tensor.nbytes, tensor.dtype,
@@ -94,14 +110,18 @@ def write_inline(model: ir.Model, out: BinaryIO, ir_version: int,
         for value, tensor in zip(streamed, originals):
             value.const_value = tensor
     proto.ir_version = ir_version
-    names = {v.name for v in streamed}
     kept = [t for t in proto.graph.initializer if t.name not in names]
     del proto.graph.initializer[:]
     proto.graph.initializer.extend(kept)
     graph_bytes = proto.graph.SerializeToString()
     proto.ClearField("graph")
-    head = proto.SerializeToString()
+    return proto.SerializeToString(), graph_bytes
 
+
+def _write(out: BinaryIO, head: bytes, graph_bytes: bytes, streamed: list[ir.Value],
+           originals: list[ir.TensorProtocol], copy_tensor: Callable[[ir.TensorProtocol, BinaryIO], int]) -> int:
+    """Write the model: its head, then the graph field with the streamed
+    initializers appended as records; return the bytes written."""
     records: list[tuple[bytes, int, ir.TensorProtocol]] = []
     body = len(graph_bytes)
     for value, tensor in zip(streamed, originals):

@@ -8,10 +8,13 @@ shape back cost more than the inference itself. Here:
 
 * :func:`encode` writes the protobuf wire format directly. Its message is
   what ``onnx_ir.serde.serialize_model`` writes followed by the stripping of
-  initializers over 1 KiB into typed graph inputs, without the fields that
-  shape inference never reads: ``metadata_props`` and ``doc_string`` of the
-  model, graph, nodes, values and attributes (dynamo exports put five
-  metadata entries, a stack trace among them, on every node). Otherwise it is
+  initializers over 1 KiB into typed graph inputs, without what shape
+  inference never reads: ``metadata_props`` and ``doc_string`` of the model,
+  graph, nodes, values and attributes (dynamo exports put five metadata
+  entries, a stack trace among them, on every node), and the value infos of
+  initializers (inference types an initializer from its tensor, or from the
+  typed graph input that replaces it; only an initializer value without a
+  tensor keeps its value info). Otherwise it is
   equal to that message (protobuf equality: same fields, repeated fields in
   the same order; repeated numbers may be packed, which parsers read as the
   same field), so inference sees the same model and infers the same types.
@@ -295,11 +298,11 @@ def encode(model: ir.Model) -> bytes | None:
     stripped: list[bytes] = []
     tensors: dict = {}
     for value in graph.initializers.values():
-        if value.name not in input_names:
+        tensor = value.const_value
+        if tensor is None and value.name not in input_names:  # no tensor to tell its type
             info = _value_info(value, types)
             if info is not None:
                 init_infos.append(_field(_T13, info))
-        tensor = value.const_value
         if tensor is None:
             continue
         as_input, data = _initializer(value, tensor, cache.tensors, tensors)

@@ -10,6 +10,7 @@ from collections.abc import Hashable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 
 from graphopt import ir
+from graphopt.passes.cleanup.shapes import SHAPES_CURRENT, shapes_current
 from graphopt.passmanager import Pass, PassResult, register_pass
 
 _LOG = logging.getLogger(__name__)
@@ -365,7 +366,7 @@ class CommonSubexpressionElimination(Pass):
 
     Options = CseOptions
     requires = frozenset({"topo-sorted"})
-    preserves = frozenset({"topo-sorted", "shapes-inferred"})
+    preserves = frozenset({"topo-sorted", "shapes-inferred", SHAPES_CURRENT})
 
     def run(self, model: ir.Model, ctx: object) -> PassResult:
         stats = {"nodes": 0, "initializers": 0}
@@ -379,5 +380,8 @@ class CommonSubexpressionElimination(Pass):
             for container in [model.graph, *model.functions.values()]:
                 cse.run(container, {})
             stats["nodes"] = cse.removed
+            state = shapes_current(ctx, model) if cse.removed else None
+            if state is not None:
+                state.ok = False  # see SHAPES_CURRENT: merged nodes may unify unknown dims
         _LOG.debug("cse: %s", stats)
         return PassResult(modified=any(stats.values()), stats=stats)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from graphopt import ir
+from graphopt.passes.cleanup.shapes import SHAPES_CURRENT
 from graphopt.passmanager import Pass, PassResult, register_pass
 
 
@@ -62,7 +63,7 @@ class DeadCodeElimination(Pass):
 
     Options = DceOptions
     establishes = frozenset({"no-dead-nodes"})
-    preserves = frozenset({"topo-sorted", "shapes-inferred"})
+    preserves = frozenset({"topo-sorted", "shapes-inferred", SHAPES_CURRENT})
 
     def run(self, model: ir.Model, ctx: object) -> PassResult:
         stats = {"nodes": 0, "initializers": 0, "functions": 0, "opsets": 0}

@@ -5,6 +5,37 @@ from __future__ import annotations
 from graphopt import ir
 from graphopt.passmanager import Pass, PassResult, register_pass
 
+__all__ = ["InferShapes", "SHAPES_CURRENT", "ShapesCurrent", "shapes_current"]
+
+SHAPES_CURRENT = "shapes-current"
+"""Analysis (in ``ctx.analyses``): the values' shapes are what a new ONNX shape
+inference would give. ``fold-shapes`` sets it after inferring and reads it
+before inferring again. The pass manager drops it when a pass that does not
+list it in ``preserves`` modifies the model; the passes that list it change
+nothing a new inference could tell more from: ``dce`` (it removes dead nodes
+only) and ``cse`` (it merges equal initializers; merged nodes clear it: two
+equal nodes may carry two different unknown dims, ``unk__3`` and ``unk__4``,
+that one node would make one)."""
+
+
+class ShapesCurrent:
+    """The :data:`SHAPES_CURRENT` analysis: ``ok`` is True while the shapes
+    are those of the last inference, or of changes that cannot sharpen them."""
+
+    __slots__ = ("ok",)
+
+    def __init__(self) -> None:
+        self.ok = False
+
+
+def shapes_current(ctx: object, model: ir.Model) -> ShapesCurrent | None:
+    """The model's :class:`ShapesCurrent` in ``ctx.analyses`` (created, not
+    ok, when missing), or None when ``ctx`` keeps no analyses."""
+    analyses = getattr(ctx, "analyses", None)
+    if analyses is None:
+        return None
+    return analyses.get(SHAPES_CURRENT, model, lambda _model: ShapesCurrent())
+
 
 @register_pass("infer-shapes")
 class InferShapes(Pass):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from graphopt import ir
+from graphopt.passes.cleanup.shapes import SHAPES_CURRENT, ShapesCurrent, shapes_current
 from graphopt.passes.folding.constants import install_constant
 from graphopt.passmanager import Pass, PassResult, register_pass
 
@@ -124,6 +125,11 @@ def _attr(node: ir.Node, name: str, default: object = None) -> object:
     return default if attr is None or attr.is_ref() else attr.value
 
 
+_VISITED = frozenset({"Shape", "Size", "Identity", "Cast", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice",
+                      "Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Where"})
+"""The ops :meth:`_Propagator.visit` gives a value for (every other op: None)."""
+
+
 class _Propagator:
     """Symbolic values of shape tensors, node by node (one instance per model,
     so subgraphs see the outer graph's values)."""
@@ -153,9 +159,10 @@ class _Propagator:
 
     def visit(self, node: ir.Node) -> SymValue | None:  # noqa: C901 - one case per op
         """The symbolic value of the node's first output, or None."""
-        if node.domain not in ("", "ai.onnx") or not node.outputs:
+        op = node.op_type
+        if op not in _VISITED or node.domain not in ("", "ai.onnx") or not node.outputs:
             return None
-        op, ins = node.op_type, node.inputs
+        ins = node.inputs
         if op == "Shape":
             dims = _dims_of(ins[0])
             if dims is None:
@@ -340,6 +347,50 @@ def _sharper(node: ir.Node, target: SymValue) -> bool:
     return False
 
 
+_SHAPE_VALUE_TYPES = frozenset({ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL})
+
+
+def _fully_known(value: ir.Value) -> bool:
+    """Whether every dim of the value's shape is an int or a named symbolic dim."""
+    dims = _dims_of(value)
+    return dims is not None and all(isinstance(d, int) or _known(d) is not None for d in dims)
+
+
+_ONNX_DATA_PROPAGATION = frozenset({"Shape", "Size", "Cast", "Concat", "Gather", "Slice", "Squeeze", "Unsqueeze",
+                                    "Add", "Sub", "Mul", "Div", "Identity", "Reshape"})
+"""Ops through which ONNX shape inference carries the values of shape tensors
+(``PartialDataPropagationFunction`` in onnx/defs, with a margin: Div, Identity
+and Reshape are listed whether or not they propagate, which only makes
+:func:`_may_sharpen` more cautious). Where, Equal, Max, Min are not."""
+
+
+def _may_sharpen(constants: list[ir.Value], budget: int = 256) -> bool:
+    """Whether a new inference could tell more now that ``constants`` hold
+    what were computed shape values. A reader of a constant reads its value
+    (a Reshape target, say): it could, if some output of it has a shape that
+    is not fully known. A reader that ONNX's data propagation passes values
+    through may now have a known value too: its readers are asked the same.
+    (Inference may have known the folded values already, by its own data
+    propagation; this does not ask.) True as well past ``budget`` readers."""
+    seen: set[ir.Node] = set()
+    stack = list(constants)
+    while stack:
+        for node, _ in stack.pop().uses():
+            if node in seen:
+                continue
+            seen.add(node)
+            budget -= 1
+            if budget < 0:
+                return True
+            propagates = node.op_type in _ONNX_DATA_PROPAGATION and node.domain in ("", "ai.onnx")
+            for out in node.outputs:
+                if not _fully_known(out):
+                    return True
+                if propagates and out.dtype in _SHAPE_VALUE_TYPES:
+                    stack.append(out)
+    return False
+
+
 @register_pass("fold-shapes")
 class FoldShapes(Pass):
     """Fold Shape/Size computations whose dims are static; symbolic dims stay symbolic.
@@ -370,6 +421,12 @@ class FoldShapes(Pass):
     once (up to 4 rounds), rather than leaving that to the next round of the
     enclosing fixpoint, which would run every other pass again first.
 
+    It does not infer again when nothing changed that a new inference could
+    tell more from: the ``shapes-current`` analysis (see
+    ``graphopt.passes.cleanup.shapes``) survives ``dce`` and ``cse``'s
+    initializer merges, and this pass keeps it after folds whose readers
+    have fully known shapes already.
+
     Works in the main graph and If/Loop/Scan bodies (outer values visible).
     Prior art: onnxsim and onnxslim (shape folding with ONNX shape inference),
     onnxscript's optimizer (symbolic shape values in constant folding).
@@ -377,11 +434,12 @@ class FoldShapes(Pass):
 
     Options = FoldShapesOptions
     requires = frozenset({"topo-sorted"})
-    preserves = frozenset({"topo-sorted"})
+    preserves = frozenset({"topo-sorted", SHAPES_CURRENT})  # kept up to date by the pass itself
     establishes = frozenset({"shapes-inferred"})
 
     def run(self, model: ir.Model, ctx: object) -> PassResult:
         stats = {"folded": 0, "reshapes": 0, "wheres": 0, "inferred": 0}
+        current = shapes_current(ctx, model)
         # A bypassed Where (the exporters' guard in front of Expand) hands the
         # Expand a known shape, and a Reshape given a constant target may
         # tell more of its output's shape than inference found: only a new
@@ -391,39 +449,58 @@ class FoldShapes(Pass):
         for _ in range(_MAX_ROUNDS):
             graphs = ir.all_graphs(model)
             shape_ops = any(n.op_type in ("Shape", "Size") for g in graphs for n in g)
-            stats["inferred"] += self._infer_if_changed(model, graphs, shape_ops)
+            stats["inferred"] += self._infer_if_changed(model, graphs, shape_ops, current)
             if not shape_ops:
                 break
-            counts = self._fold(model, graphs)
+            counts, constants = self._fold(model, graphs)
             for key in ("folded", "reshapes", "wheres"):
                 stats[key] += counts[key]
-            if not (counts["wheres"] or counts["sharper"]):
-                break
+            if counts["wheres"] or counts["sharper"]:
+                if current is not None:
+                    current.ok = False
+                continue
+            # Folded values a new inference could learn from leave the shapes
+            # stale (the next run infers again); a Reshape target that is not
+            # sharper tells inference nothing new.
+            if current is not None and constants and current.ok:
+                current.ok = not _may_sharpen(constants)
+            break
         return PassResult(modified=stats["folded"] + stats["reshapes"] + stats["wheres"] > 0, stats=stats)
 
-    def _infer_if_changed(self, model: ir.Model, graphs: list[ir.Graph], shape_ops: bool) -> int:
-        """Re-infer shapes when the graph changed since this pass's last
-        inference; return 1 when it did. The pass establishes
-        "shapes-inferred" even with nothing to fold, so it re-infers when the
-        graph changed (another pass may have made a Reshape target constant).
-        Without Shape/Size to fold, that is only worth it when some value has
-        no shape yet: rewrites keep the shapes of the values they keep."""
+    def _infer_if_changed(self, model: ir.Model, graphs: list[ir.Graph], shape_ops: bool,
+                          current: ShapesCurrent | None) -> int:
+        """Re-infer shapes unless they are current; return 1 when it did.
+
+        The pass establishes "shapes-inferred" even with nothing to fold, so
+        it re-infers when the graph changed since its last inference (another
+        pass may have made a Reshape target constant): unless the
+        :data:`SHAPES_CURRENT` analysis survived the changes since (they
+        were made by passes that preserve it) or the graph is the one it
+        inferred last (the fingerprint in ``model.meta``). Without
+        Shape/Size to fold, that is only worth it when some value has no
+        shape yet: rewrites keep the shapes of the values they keep."""
         if not self.options.infer or not (shape_ops or any(
                 v.shape is None for g in graphs for n in g for v in n.outputs)):
+            return 0
+        if current is not None and current.ok:
             return 0
         fingerprint = _fingerprint(model, graphs)
         if model.meta.get(_META_KEY) == fingerprint:
             return 0
         _infer(model)
         model.meta[_META_KEY] = fingerprint
+        if current is not None:
+            current.ok = True
         return 1
 
-    def _fold(self, model: ir.Model, graphs: list[ir.Graph]) -> dict[str, int]:
+    def _fold(self, model: ir.Model, graphs: list[ir.Graph]) -> tuple[dict[str, int], list[ir.Value]]:
         """One walk over every graph: propagate shape values, fold the known
-        ones, give Reshapes constant targets, bypass decided Wheres."""
+        ones, give Reshapes constant targets, bypass decided Wheres. Returns
+        the counts and the constants that replaced folded values."""
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
         prop = _Propagator(opset)
         folded = reshapes = wheres = sharper = 0
+        constants: list[ir.Value] = []
         for graph in graphs:
             for node in list(graph):
                 sym = prop.visit(node)
@@ -448,9 +525,10 @@ class FoldShapes(Pass):
                 as_init = graph is model.graph or not out.is_graph_output()
                 new = install_constant(graph, node, out, ir.Tensor(array), as_initializer=as_init)
                 prop.values[new] = sym
+                constants.append(new)
                 graph.remove(node, safe=True)
                 folded += 1
-        return {"folded": folded, "reshapes": reshapes, "wheres": wheres, "sharper": sharper}
+        return {"folded": folded, "reshapes": reshapes, "wheres": wheres, "sharper": sharper}, constants
 
     @staticmethod
     def _where(graph: ir.Graph, node: ir.Node, prop: _Propagator) -> bool:

@@ -208,3 +208,62 @@ def test_reshape_target_that_tells_nothing_new_is_not_inferred_again():
       y = Reshape(x, t)
     }""")
     assert stats == {"folded": 0, "reshapes": 1, "wheres": 0, "inferred": 1}
+
+
+def _fold_shapes_runs(text: str, spec: str) -> list[dict]:
+    """The stats of every fold-shapes run of ``spec``."""
+    result = PassManager(spec, PassContext()).run(ir.from_text(HEAD.format(opset=17) + text))
+    return [r.stats for r in result.report.records if r.name == "fold-shapes"]
+
+
+# Shape(x) folds to [2, 3]; inference knew that value (it carries Shape values
+# through Reshape targets), so the Reshape's output is [2, 3] already. The
+# Shape of w (symbolic) stays: there is something for a later run to fold.
+_KNOWN = """g (float[2, 3] x, float[6] z, float[n] w) => (float[2, 3] y, int64[1] d) {
+  s = Shape(x)
+  y = Reshape(z, s)
+  d = Shape(w)
+  unused = Relu(z)
+}"""
+
+
+def test_shapes_stay_current_through_dce():
+    first, second = _fold_shapes_runs(_KNOWN, "fold-shapes,dce,fold-shapes")
+    assert (first["folded"], first["inferred"]) == (1, 1)
+    assert second["inferred"] == 0  # dce removed a dead node: nothing a new inference could tell
+
+
+def test_another_modifying_pass_makes_shapes_stale():
+    text = _KNOWN.replace("unused = Relu(z)", "unused = Relu(z)\n  i = Identity(z)\n  y2 = Neg(i)").replace(
+        "=> (float[2, 3] y, int64[1] d)", "=> (float[2, 3] y, int64[1] d, float[6] y2)")
+    first, second = _fold_shapes_runs(text, "fold-shapes,eliminate-identity,fold-shapes")
+    assert (first["inferred"], second["inferred"]) == (1, 1)
+
+
+def test_a_fold_inference_could_learn_from_makes_shapes_stale():
+    # Inference does not carry values through Max: the Reshape's output stays
+    # unknown until the folded target is a constant it reads.
+    runs = _fold_shapes_runs("""g (float[2, 3] x, float[6] z, float[n] w) => (float[2, 3] y, int64[1] d) {
+      s = Shape(x)
+      one = Constant<value = int64[2] {1, 1}>()
+      m = Max(s, one)
+      r = Reshape(z, m)
+      y = Relu(r)
+      d = Shape(w)
+    }""", "fold-shapes,dce,fold-shapes")
+    assert [(r["folded"], r["inferred"]) for r in runs] == [(2, 1), (0, 1)]
+
+
+def test_cse_keeps_shapes_current_unless_it_merges_nodes():
+    base = """g (float[2, 3] x, float[n] w) => (float[2, 3] y, int64[1] d, float[2, 3] y2) {
+      a = Constant<value = float[1] {2.0}>()
+      b = Constant<value = float[1] {2.0}>()
+      y = Mul(x, a)
+      y2 = Mul(x, b)
+      d = Shape(w)
+    }"""
+    spec = "fold-constants,fold-shapes,cse,fold-shapes"
+    assert [r["inferred"] for r in _fold_shapes_runs(base, spec)] == [1, 0]  # equal initializers merged
+    merged = base.replace("y2 = Mul(x, b)", "r1 = Relu(x)\n      r2 = Relu(x)\n      y2 = Add(r1, r2)").replace(
+        "y = Mul(x, a)", "y = Mul(x, a)\n      y0 = Mul(x, b)").replace("float[2, 3] y2)", "float[2, 3] y2, float[2, 3] y0)")
+    assert [r["inferred"] for r in _fold_shapes_runs(merged, spec)] == [1, 1]  # equal nodes merged

@@ -160,7 +160,11 @@ def make_inputs(path: Path, args: argparse.Namespace, shapes: dict[str, list[int
     if shapes:
         rng = np.random.default_rng(0)
         return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
-    return generate_inputs(proto, dims={"batch": args.batch, "sequence": args.sequence}, seed=0)
+    from graphopt.verify.inputs import model_dim_names
+
+    names = set(model_dim_names(proto))
+    dims = {k: v for k, v in {"batch": args.batch, "sequence": args.sequence}.items() if k in names}
+    return generate_inputs(proto, dims=dims, seed=0)
 
 
 def numerics(ref: Path, got: Path, inputs: dict[str, Any]) -> dict[str, Any]:

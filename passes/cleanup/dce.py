@@ -22,16 +22,23 @@ def is_dead(node: ir.Node) -> bool:
 
 
 def _sweep(container: ir.Graph | ir.Function) -> int:
-    """Remove dead nodes of one graph or function, sinks first; return the count."""
+    """Remove dead nodes of one graph or function, sinks first; return the count.
+
+    One walk from the last node to the first; a removed node's producers in
+    this container are checked again at once (they may have lost their last
+    reader), so dead chains go in one walk whatever the node order."""
+    owner = container._graph if isinstance(container, ir.Function) else container  # noqa: SLF001
     removed = 0
-    changed = True
-    while changed:
-        changed = False
-        for node in reversed(list(container)):
-            if is_dead(node):
-                container.remove(node, safe=True)
-                removed += 1
-                changed = True
+    for node in reversed(list(container)):
+        stack = [node]
+        while stack:
+            dead = stack.pop()
+            if dead.graph is not owner or not is_dead(dead):
+                continue  # alive, or removed already
+            producers = [v.producer() for v in dead.inputs if v is not None]
+            container.remove(dead, safe=True)
+            removed += 1
+            stack.extend(p for p in producers if p is not None and p.graph is owner)
     return removed
 
 
@@ -68,25 +75,31 @@ class DeadCodeElimination(Pass):
     def run(self, model: ir.Model, ctx: object) -> PassResult:
         stats = {"nodes": 0, "initializers": 0, "functions": 0, "opsets": 0}
         containers = [model.graph, *model.functions.values()]
-        # Sweep inner graphs first so outer values they no longer read become dead.
+        # Sweep inner graphs first so outer values they no longer read become
+        # dead; a second round catches inner readers of outer values that the
+        # first round's outer sweep removed (only where there are subgraphs).
         for _ in range(2):
+            nested = False
             for container in containers:
                 subs = list(ir.subgraphs(container))
+                nested = nested or bool(subs)
                 for sub in reversed(subs):
                     stats["nodes"] += _sweep(sub)
                 stats["nodes"] += _sweep(container)
+            if not nested:
+                break
         for graph in ir.all_graphs(model):
             for name, value in list(graph.initializers.items()):
                 if not value.uses() and not value.is_graph_output() and not value.is_graph_input():
                     del graph.initializers[name]
                     stats["initializers"] += 1
-        if self.options.functions:
+        if self.options.functions and model.functions:
             used = used_functions(model)
             for key in list(model.functions):
                 if key not in used:
                     del model.functions[key]
                     stats["functions"] += 1
-        if self.options.opsets:
+        if self.options.opsets and any(d not in ("", "ai.onnx") for d in model.opset_imports):
             domains = {n.domain for n in ir.all_nodes(model.graph)}
             for func in model.functions.values():
                 domains.add(func.domain)

@@ -172,23 +172,31 @@ def infer_shapes(model: ir.Model) -> ir.Model:
     except (onnx.shape_inference.InferenceError, RuntimeError) as e:
         logging.getLogger(__name__).warning("shape inference failed, shapes left as they were: %s", e)
         return model
-    types: dict[str, onnx.TypeProto] = {}
+    types: dict[str, bytes] = {}
     _collect_types(inferred.graph, types)
     cache = shape_io.cache_of(model)
-    old, new = cache.shapes, {}
+    old, new = cache.types_read, {}
     for graph in all_graphs(model):
         for node in graph:
             for value in node.outputs:
-                tp = types.get(value.name or "")
-                if tp is None or not tp.HasField("tensor_type"):
+                data = types.get(value.name or "")
+                if data is None:
                     continue
-                tensor_type = tp.tensor_type
-                dtype = tensor_type.elem_type
+                # equal TypeProtos (most of them, from one inference to the next) are read once
+                read = new.get(data) or old.get(data)
+                if read is None:
+                    read = shape_io.read_type(data, cache)
+                new[data] = read
+                dtype, shape = read
+                if dtype is None:
+                    continue  # not a tensor type
                 if dtype and value.dtype is None:
                     value.dtype = ir.DataType(dtype)
-                if tensor_type.HasField("shape"):
-                    value.shape = shape_io.shape_of(tensor_type.shape, old, new)
-    cache.shapes = new
+                if shape is not None:
+                    value.shape = shape
+    cache.types_read = new
+    if len(cache.shapes) > 4 * len(new) + 64:  # keep the shape cache to about what one inference uses
+        cache.shapes.clear()
     return model
 
 
@@ -233,9 +241,10 @@ def _strip_initializers(graph, names: set[str]) -> None:  # noqa: ANN001 - onnx.
 
 
 def _collect_types(graph, types: dict) -> None:  # noqa: ANN001 - onnx.GraphProto
-    """Name -> TypeProto of every value_info and output, subgraphs included."""
-    for vi in list(graph.value_info) + list(graph.output):
-        types[vi.name] = vi.type
+    """Name -> serialized TypeProto of every value_info and output, subgraphs included."""
+    for infos in (graph.value_info, graph.output):
+        for vi in infos:
+            types[vi.name] = vi.type.SerializeToString()
     for sub in _proto_subgraphs(graph):
         _collect_types(sub, types)
 

@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
 from graphopt.errors import LoadError
+from graphopt.ir.reader import deserialize_model as fast_deserialize
 from graphopt.ir.tensors import cached_tensor
 
 __all__ = ["load", "load_proto", "validate_model", "deserialize"]
@@ -308,7 +309,7 @@ def deserialize(proto: onnx.ModelProto, source: str = "model proto", validate: b
     old = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        model = ir.serde.deserialize_model(proto)
+        model = fast_deserialize(proto) or ir.serde.deserialize_model(proto)
     except Exception as e:  # onnx_ir raises plain exceptions on malformed protos
         raise LoadError(f"{source} could not be read into the IR: {e}; the model is malformed") from e
     finally:

@@ -50,7 +50,7 @@ _LENGTHS = [bytes((i,)) for i in range(128)]
 class Cache:
     """Bytes kept between shape-inference calls on one model."""
 
-    __slots__ = ("attrs", "nodes", "tensors", "types", "shapes")
+    __slots__ = ("attrs", "nodes", "tensors", "types", "shapes", "types_read")
 
     def __init__(self) -> None:
         self.attrs: dict[int, tuple] = {}
@@ -58,6 +58,7 @@ class Cache:
         self.tensors: dict[int, tuple] = {}
         self.types: dict[tuple, bytes] = {}
         self.shapes: dict[bytes, ir.Shape] = {}
+        self.types_read: dict[bytes, tuple] = {}  # inferred TypeProto bytes -> read_type(...)
 
 
 def cache_of(model: ir.Model) -> Cache:
@@ -323,6 +324,20 @@ def encode(model: ir.Model) -> bytes | None:
             setattr(shell, name, getattr(model, name))
     serde._serialize_opset_imports_into(shell.opset_import, model.opset_imports)  # noqa: SLF001
     return shell.SerializeToString() + _field(_T7, body)
+
+
+def read_type(data: bytes, cache: Cache) -> tuple[int | None, ir.Shape | None]:
+    """(elem_type, shape) of a serialized TypeProto of a tensor (shape None
+    when it has none; equal shapes share one frozen ``ir.Shape``, see
+    :func:`shape_of`), or (None, None) for other types."""
+    proto = _new("TypeProto")
+    proto.ParseFromString(data)
+    if not proto.HasField("tensor_type"):
+        return None, None
+    tensor_type = proto.tensor_type
+    if not tensor_type.HasField("shape"):
+        return tensor_type.elem_type, None
+    return tensor_type.elem_type, shape_of(tensor_type.shape, cache.shapes, cache.shapes)
 
 
 def shape_of(shape_proto, old: dict, new: dict) -> ir.Shape:  # noqa: ANN001 - onnx.TensorShapeProto

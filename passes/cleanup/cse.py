@@ -129,16 +129,20 @@ def _tensor_facts(model: ir.Model) -> tuple[dict, dict]:
 def _dedupe_initializers(graph: ir.Graph, old: dict | None = None, new: dict | None = None) -> int:
     """Merge equal initializers of one graph; return how many were removed.
 
-    Candidates are grouped by (dtype, shape); a weight alone in its group is
-    never read. Inside a group: SHA-256 of the first 64 KiB, then of all bytes,
-    then a byte comparison. Initializers that are graph inputs (overridable)
-    or graph outputs stay. ``old``/``new``: see :func:`_tensor_facts`.
+    Initializers of at most ``_SMALL`` bytes held in memory are keyed by
+    (dtype, shape, bytes). Others are grouped by (dtype, shape); a weight alone in its
+    group is never read. Inside a group: SHA-256 of the first 64 KiB, then
+    of all bytes, then a byte comparison. The first of equal initializers (in
+    graph order) stays. Initializers that are graph inputs (overridable) or
+    graph outputs stay. ``old``/``new``: see :func:`_tensor_facts`.
     """
     old = {} if old is None else old
     new = {} if new is None else new
     groups: dict[tuple, list[ir.Value]] = defaultdict(list)
     facts: dict[ir.Value, list] = {}
-    for value in graph.initializers.values():
+    small: dict[tuple, ir.Value] = {}  # (dtype, shape, nbytes, bytes) -> the first such initializer
+    removed = 0
+    for value in list(graph.initializers.values()):
         tensor = value.const_value
         if tensor is None or value.is_graph_input():
             continue
@@ -147,9 +151,18 @@ def _dedupe_initializers(graph: ir.Graph, old: dict | None = None, new: dict | N
         if entry is None or entry[0] is not tensor:
             entry = [tensor, (tensor.dtype, _shape_key(tensor), tensor.nbytes), None, None]
         new[key] = entry
+        if entry[1][2] <= _SMALL and ir.ExternalTensor not in type(tensor).__mro__:
+            # small and in memory: compared by their bytes directly, no hashing
+            if entry[3] is None:
+                entry[3] = b"".join(bytes(c) for c in _chunks(tensor))
+            twin = small.setdefault((entry[1], entry[3]), value)
+            if twin is not value and not value.is_graph_output():
+                value.replace_all_uses_with(twin)
+                del graph.initializers[value.name]
+                removed += 1
+            continue
         facts[value] = entry
         groups[entry[1]].append(value)
-    removed = 0
     for members in groups.values():
         if len(members) < 2:
             continue

@@ -78,6 +78,23 @@ def _constant_node_tensor(node: ir.Node) -> ir.TensorProtocol | None:
     return ir.constant_node_tensor(node)
 
 
+_SMALL_CONSTANT = 4096
+"""Constant nodes up to this many bytes are merged with an equal one (see ``_Folder._constant_node``)."""
+
+
+def _small_key(tensor: ir.TensorProtocol) -> tuple | None:
+    """(dtype, shape, bytes) of an in-memory numeric tensor of at most
+    ``_SMALL_CONSTANT`` bytes, else None."""
+    if type(tensor) not in (ir.ProtoTensor, ir.Tensor) or tensor.dtype == ir.DataType.STRING:
+        return None
+    try:
+        if tensor.nbytes > _SMALL_CONSTANT:
+            return None
+        return tensor.dtype, tuple(tensor.shape.numpy()), tensor.tobytes()
+    except (TypeError, ValueError):
+        return None
+
+
 def install_constant(container: ir.Graph | ir.Function, node: ir.Node, output: ir.Value,
                      tensor: ir.TensorProtocol, as_initializer: bool) -> ir.Value:
     """Replace every use of ``output`` (produced by ``node``) by a constant
@@ -123,6 +140,7 @@ class _Folder:
         self.cap = int(options.max_output_mb * MB)
         self.is_main = container is model.graph
         self.pending: set[ir.Value] = set()    # outputs of nodes waiting for the batch
+        self.constants: dict[tuple, ir.Value] = {}  # _small_key -> initializer made from a Constant node
         self.batch: list[ir.Node] = []
         self.batch_input_bytes = 0
 
@@ -181,7 +199,18 @@ class _Folder:
         tensor = _constant_node_tensor(node)
         if tensor is None or not _used(out):
             return
-        install_constant(self.container, node, out, ir.cached_tensor(tensor), as_initializer=True)
+        tensor = ir.cached_tensor(tensor)
+        # TorchScript exports write one Constant per use: equal small ones
+        # become one initializer here (what cse would merge them into later,
+        # the first in node order), rather than one each.
+        key = _small_key(tensor) if not out.is_graph_output() else None
+        twin = self.constants.get(key) if key is not None else None
+        if twin is not None:
+            out.replace_all_uses_with(twin)
+        else:
+            new = install_constant(self.container, node, out, tensor, as_initializer=True)
+            if key is not None:
+                self.constants[key] = new
         self.container.remove(node, safe=True)
         self.stats["constant_nodes"] += 1
 
@@ -281,7 +310,10 @@ class FoldConstants(Pass):
     foldable nodes are evaluated together in one onnxruntime session
     (``onnx.reference`` as fallback; see ``passes/folding/evaluate.py``).
     ``Constant`` nodes become initializers (in subgraphs too, except one that is
-    the subgraph's output).
+    the subgraph's output); equal ones of at most 4 KiB (dtype, shape and
+    bytes) become one, the first in node order, unless they are graph
+    outputs (``cse`` would merge them later; TorchScript exports write one
+    Constant per use).
 
     Never folded: non-deterministic ops (Random*, Bernoulli, Multinomial,
     Dropout), non-default domains, nodes with subgraph attributes (If with a

@@ -141,6 +141,24 @@ def test_constant_nodes_become_initializers_keeping_names():
     assert list(m.graph.initializers) == ["c"]
 
 
+def test_equal_constant_nodes_become_one_initializer():
+    m = fold("""g (float[2] x) => (float[2] y, float[2] c3) {
+      c1 = Constant<value = float[2] {1.0, 2.0}>()
+      a = Add(x, c1)
+      c2 = Constant<value = float[2] {1.0, 2.0}>()
+      b = Mul(a, c2)
+      e = Constant<value = float[2] {1.0, 3.0}>()
+      c3 = Constant<value = float[2] {1.0, 2.0}>()
+      y = Sub(b, e)
+    }""", spec="fold-constants")
+    assert ops(m) == ["Add", "Mul", "Sub"]
+    # c2 is c1's (same dtype, shape and bytes); e differs; c3 is a graph output
+    assert list(m.graph.initializers) == ["c1", "e", "c3"]
+    add, mul, _ = m.graph
+    assert mul.inputs[1] is add.inputs[1]
+    assert m.graph.outputs[1].name == "c3" and m.graph.outputs[1].is_initializer()
+
+
 def test_constant_graph_output_keeps_name_and_declared_shape():
     m = fold("""g (float[2] x) => (float[2] y, int64[2] s) {
       y = Relu(x)

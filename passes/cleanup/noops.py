@@ -6,6 +6,7 @@ from __future__ import annotations
 from graphopt import ir
 from graphopt.passes.cleanup.dce import is_dead
 from graphopt.passes.cleanup.noop_rules import RULES, Site, match
+from graphopt.passes.cleanup.shapes import SHAPES_CURRENT, mark_stale, same_shape
 from graphopt.passmanager import Pass, PassResult, register_pass
 
 _FAMILIES = ("identity", "dropout", "cast", "reshape", "transpose", "expand", "slice", "pad",
@@ -78,11 +79,12 @@ class EliminateNoops(Pass):
     """
 
     requires = frozenset({"shapes-inferred", "topo-sorted"})
-    preserves = frozenset({"topo-sorted", "shapes-inferred"})
+    preserves = frozenset({"topo-sorted", "shapes-inferred", SHAPES_CURRENT})  # cleared by the pass when due
 
     def run(self, model: ir.Model, ctx: object) -> PassResult:
         stats = dict.fromkeys(_FAMILIES, 0)
         stats["kept"] = 0
+        stats["stale"] = 0  # rewrites a new shape inference may tell more from (see SHAPES_CURRENT)
         default = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
         for container in ir.graphs_and_functions(model):
             imports = container.opset_imports if isinstance(container, ir.Function) else {}
@@ -92,6 +94,9 @@ class EliminateNoops(Pass):
                     continue
                 self._rewrite(container, node, site, stats)
         modified = any(stats[f] for f in _FAMILIES)
+        if stats["stale"]:
+            mark_stale(ctx, model)
+        del stats["stale"]
         return PassResult(modified=modified, stats=stats)
 
     @staticmethod
@@ -106,11 +111,14 @@ class EliminateNoops(Pass):
             if found.edit is not None:
                 found.edit()
                 stats[found.family] += 1
+                stats["stale"] += 1
                 _remove_if_dead(container, producer, owner)
                 continue
+            neutral = same_shape(node.outputs[0], found.source)
             if not ir.bypass(node, node.outputs[0], found.source):
                 stats["kept"] += 1
                 return
+            stats["stale"] += not neutral
             container.remove(node, safe=True)
             stats[found.family] += 1
             _remove_if_dead(container, producer, owner)

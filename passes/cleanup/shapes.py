@@ -5,17 +5,22 @@ from __future__ import annotations
 from graphopt import ir
 from graphopt.passmanager import Pass, PassResult, register_pass
 
-__all__ = ["InferShapes", "SHAPES_CURRENT", "ShapesCurrent", "shapes_current"]
+__all__ = ["InferShapes", "SHAPES_CURRENT", "ShapesCurrent", "mark_stale", "same_shape", "shapes_current"]
 
 SHAPES_CURRENT = "shapes-current"
 """Analysis (in ``ctx.analyses``): the values' shapes are what a new ONNX shape
 inference would give. ``fold-shapes`` sets it after inferring and reads it
 before inferring again. The pass manager drops it when a pass that does not
-list it in ``preserves`` modifies the model; the passes that list it change
-nothing a new inference could tell more from: ``dce`` (it removes dead nodes
-only) and ``cse`` (it merges equal initializers; merged nodes clear it: two
-equal nodes may carry two different unknown dims, ``unk__3`` and ``unk__4``,
-that one node would make one)."""
+list it in ``preserves`` modifies the model. The passes that list it clear it
+(:func:`mark_stale`) when they make a change a new inference could tell more
+from, and keep it otherwise: ``dce`` (it removes dead nodes only); ``cse``
+(merged initializers keep it; merged nodes clear it: two equal nodes may
+carry two different unknown dims, ``unk__3`` and ``unk__4``, that one node
+would make one); ``eliminate-noops``, ``fold-bias``, ``fold-batchnorm`` and
+``merge-sibling-matmuls`` keep it when every reader they rewire reads a
+value of the same dtype and dims as before (:func:`same_shape`, not a shape
+value whose contents inference might carry) and they create no node whose
+shape inference has not seen."""
 
 
 class ShapesCurrent:
@@ -26,6 +31,33 @@ class ShapesCurrent:
 
     def __init__(self) -> None:
         self.ok = False
+
+
+_SHAPE_VALUE_TYPES = frozenset({ir.DataType.INT64, ir.DataType.INT32})
+
+
+def _dims(value: ir.Value) -> tuple | None:
+    shape = value.shape
+    if shape is None:
+        return None
+    return tuple(d if isinstance(d, int) else getattr(d, "value", None) for d in shape)
+
+
+def same_shape(old: ir.Value, new: ir.Value) -> bool:
+    """Whether readers of ``old`` that now read ``new`` see to inference what
+    they saw: both have shapes, the same dims (ints, and symbolic dims by
+    name) and dtype, and they are not shape values (int tensors of rank 0
+    or 1, whose contents inference may carry further)."""
+    dims = _dims(old)
+    return (dims is not None and dims == _dims(new) and old.dtype == new.dtype
+            and not (old.dtype in _SHAPE_VALUE_TYPES and len(dims) <= 1))
+
+
+def mark_stale(ctx: object, model: ir.Model) -> None:
+    """Clear the :data:`SHAPES_CURRENT` analysis (a change a new inference may tell more from)."""
+    state = shapes_current(ctx, model)
+    if state is not None:
+        state.ok = False
 
 
 def shapes_current(ctx: object, model: ir.Model) -> ShapesCurrent | None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 
 from graphopt import ir
+from graphopt.passes.cleanup.shapes import SHAPES_CURRENT, mark_stale, same_shape
 from graphopt.passmanager import Pass, PassResult, register_pass
 
 __all__ = ["FoldBatchNorm", "FLOAT_TYPES", "GEMM_TYPES", "absorb", "bn_affine", "channel_axis_weights",
@@ -206,6 +207,7 @@ class _Folder:
     def __init__(self, graph: ir.Graph, opset: int, stats: dict[str, int]) -> None:
         self.graph, self.opset, self.stats = graph, opset, stats
         self.names: set[str] | None = None
+        self.stale = False  # a rewrite a new shape inference may tell more from (SHAPES_CURRENT)
 
     def initializer(self, array, name: str) -> ir.Value:  # noqa: ANN001 - ndarray
         """A new initializer of this graph (``ir.add_initializer`` with the
@@ -213,6 +215,13 @@ class _Folder:
         if self.names is None:
             self.names = ir.value_names(self.graph)
         return ir.add_initializer(self.graph, array, name, self.names)
+
+    def absorb(self, reader: ir.Node, producer: ir.Node, edit) -> bool:  # noqa: ANN001 - a callable
+        """:func:`absorb`, noting whether the reader's readers now see another shape."""
+        neutral = same_shape(reader.outputs[0], producer.outputs[0])
+        done = absorb(reader, producer, edit)
+        self.stale = self.stale or (done and not neutral)
+        return done
 
     def created(self, node: ir.Node) -> None:
         """Note the names of a node this run inserted (taken from now on)."""
@@ -273,7 +282,7 @@ class _Folder:
                 conv.resize_inputs(3)
             conv.replace_input_with(2, self.initializer(new_b, f"{w_value.name or 'w'}_bn_bias"))
 
-        if not absorb(bn, conv, edit):
+        if not self.absorb(bn, conv, edit):
             return f"the {conv.op_type} is in another graph"
         self.stats[conv.op_type.lower()] += 1
         return None
@@ -303,7 +312,7 @@ class _Folder:
             gemm.replace_input_with(2, self.initializer(new_c, f"{b_value.name or 'b'}_bn_bias"))
             gemm.attributes["beta"] = ir.Attr("beta", ir.AttributeType.FLOAT, 1.0)
 
-        if not absorb(bn, gemm, edit):
+        if not self.absorb(bn, gemm, edit):
             return "the Gemm is in another graph"
         self.stats["gemm"] += 1
         return None
@@ -321,6 +330,7 @@ class _Folder:
         name = w_value.name or "w"
         new_w = self.initializer(_cast(w * s[None, :], w_value), f"{name}_bn")
         new_c = self.initializer(_cast(t, w_value), f"{name}_bn_bias")
+        self.stale = True  # a new Gemm: inference has not seen it
         self.created(to_gemm(matmul, bn, new_w, new_c))
         self.graph.remove(matmul, safe=True)
         self.stats["matmul"] += 1
@@ -366,12 +376,15 @@ class FoldBatchNorm(Pass):
     """
 
     requires = frozenset({"topo-sorted"})
-    preserves = frozenset({"topo-sorted", "shapes-inferred"})
+    preserves = frozenset({"topo-sorted", "shapes-inferred", SHAPES_CURRENT})  # cleared by the pass when due
 
     def run(self, model: ir.Model, ctx: object) -> PassResult:
         stats = {"conv": 0, "convtranspose": 0, "gemm": 0, "matmul": 0, "kept": 0}
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
-        for graph in ir.all_graphs(model):
-            _Folder(graph, opset, stats).run()
+        folders = [_Folder(graph, opset, stats) for graph in ir.all_graphs(model)]
+        for folder in folders:
+            folder.run()
+        if any(folder.stale for folder in folders):
+            mark_stale(ctx, model)
         folded = stats["conv"] + stats["convtranspose"] + stats["gemm"] + stats["matmul"]
         return PassResult(modified=folded > 0, stats=stats)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from graphopt import ir
+from graphopt.passes.cleanup.shapes import SHAPES_CURRENT, mark_stale, same_shape
 from graphopt.passes.folding.batchnorm import (
     GEMM_TYPES, absorb, float_weight, out_channels, rank_of, sole_reader, std_op, to_gemm,
 )
@@ -65,6 +66,7 @@ class _Folder:
     def __init__(self, graph: ir.Graph, options: FoldBiasOptions, stats: dict[str, int]) -> None:
         self.graph, self.options, self.stats = graph, options, stats
         self.names: set[str] | None = None
+        self.stale = False  # a rewrite a new shape inference may tell more from (SHAPES_CURRENT)
 
     def initializer(self, array, name: str) -> ir.Value:  # noqa: ANN001 - ndarray
         """A new initializer of this graph (``ir.add_initializer`` with the
@@ -72,6 +74,13 @@ class _Folder:
         if self.names is None:
             self.names = ir.value_names(self.graph)
         return ir.add_initializer(self.graph, array, name, self.names)
+
+    def absorb(self, reader: ir.Node, producer: ir.Node, edit) -> bool:  # noqa: ANN001 - a callable
+        """:func:`absorb`, noting whether the reader's readers now see another shape."""
+        neutral = same_shape(reader.outputs[0], producer.outputs[0])
+        done = absorb(reader, producer, edit)
+        self.stale = self.stale or (done and not neutral)
+        return done
 
     def created(self, node: ir.Node) -> None:
         """Note the names of a node this run inserted (taken from now on)."""
@@ -120,7 +129,7 @@ class _Folder:
                 conv.resize_inputs(3)
             conv.replace_input_with(2, self._bias(w_value, b + vector, f"{w_value.name or 'w'}_bias"))
 
-        if not absorb(add, conv, edit):
+        if not self.absorb(add, conv, edit):
             return "the producer is in another graph"
         self.stats[conv.op_type.lower()] += 1
         return None
@@ -148,7 +157,7 @@ class _Folder:
             gemm.replace_input_with(2, self._bias(b_value, np.float64(beta) * old + row, f"{b_value.name or 'b'}_bias"))
             gemm.attributes["beta"] = ir.Attr("beta", ir.AttributeType.FLOAT, 1.0)
 
-        if not absorb(add, gemm, edit):
+        if not self.absorb(add, gemm, edit):
             return "the producer is in another graph"
         self.stats["gemm"] += 1
         return None
@@ -169,6 +178,7 @@ class _Folder:
         if matmul.graph is not add.graph:
             return "the producer is in another graph"
         bias = self._bias(b, row, "gemm_bias")
+        self.stale = True  # a new Gemm: inference has not seen it
         self.created(to_gemm(matmul, add, b, bias))
         self.graph.remove(matmul, safe=True)
         self.stats["matmul"] += 1
@@ -208,11 +218,14 @@ class FoldBias(Pass):
 
     Options = FoldBiasOptions
     requires = frozenset({"topo-sorted", "shapes-inferred"})
-    preserves = frozenset({"topo-sorted", "shapes-inferred"})
+    preserves = frozenset({"topo-sorted", "shapes-inferred", SHAPES_CURRENT})  # cleared by the pass when due
 
     def run(self, model: ir.Model, ctx: object) -> PassResult:
         stats = {"conv": 0, "convtranspose": 0, "gemm": 0, "matmul": 0, "kept": 0}
-        for graph in ir.all_graphs(model):
-            _Folder(graph, self.options, stats).run()
+        folders = [_Folder(graph, self.options, stats) for graph in ir.all_graphs(model)]
+        for folder in folders:
+            folder.run()
+        if any(folder.stale for folder in folders):
+            mark_stale(ctx, model)
         folded = stats["conv"] + stats["convtranspose"] + stats["gemm"] + stats["matmul"]
         return PassResult(modified=folded > 0, stats=stats)

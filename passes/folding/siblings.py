@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from graphopt import ir
+from graphopt.passes.cleanup.shapes import SHAPES_CURRENT, mark_stale
 from graphopt.passes.folding.batchnorm import rank_of, sole_reader, std_op
 from graphopt.passes.folding.bias import channel_bias
 from graphopt.passmanager import Pass, PassResult, register_pass
@@ -129,6 +130,7 @@ class _Merger:
     def __init__(self, graph: ir.Graph, opset: int, stats: dict[str, int]) -> None:
         self.graph, self.opset, self.stats = graph, opset, stats
         self.names: set[str] | None = None
+        self.stale = False  # a merge a new shape inference may tell more from (SHAPES_CURRENT)
 
     def initializer(self, array, name: str) -> ir.Value:  # noqa: ANN001 - ndarray
         """A new initializer of this graph (``ir.add_initializer`` with the
@@ -224,6 +226,11 @@ class _Merger:
         self.graph.insert_before(first.node, nodes)
         for node in nodes:
             self.created(node)
+        # The Split's outputs take the branches' shapes and the merged
+        # product's is a branch shape with the widths summed: what inference
+        # gives them when it gave the branches theirs (the readers see the
+        # same shapes as before). Without branch shapes, the new values have none.
+        self.stale = self.stale or any(b.last.outputs[0].shape is None for b in group)
         for branch, out in zip(group, nodes[-1].outputs):
             old = branch.last.outputs[0]
             out.type, out.shape = old.type, old.shape
@@ -307,7 +314,7 @@ class MergeSiblingMatMuls(Pass):
 
     Options = MergeSiblingMatMulsOptions
     requires = frozenset({"topo-sorted"})
-    preserves = frozenset({"topo-sorted", "shapes-inferred"})
+    preserves = frozenset({"topo-sorted", "shapes-inferred", SHAPES_CURRENT})  # cleared by the pass when due
 
     def run(self, model: ir.Model, ctx: object) -> PassResult:
         stats = {"groups": 0, "merged": 0, "biases": 0, "kept": 0}
@@ -322,4 +329,6 @@ class MergeSiblingMatMuls(Pass):
         for merger, groups in plans:
             for group in groups:
                 merger.apply(group)
+        if any(merger.stale for merger, _ in plans):
+            mark_stale(ctx, model)
         return PassResult(modified=stats["groups"] > 0, stats=stats)

@@ -267,3 +267,25 @@ def test_cse_keeps_shapes_current_unless_it_merges_nodes():
     merged = base.replace("y2 = Mul(x, b)", "r1 = Relu(x)\n      r2 = Relu(x)\n      y2 = Add(r1, r2)").replace(
         "y = Mul(x, a)", "y = Mul(x, a)\n      y0 = Mul(x, b)").replace("float[2, 3] y2)", "float[2, 3] y2, float[2, 3] y0)")
     assert [r["inferred"] for r in _fold_shapes_runs(merged, spec)] == [1, 1]  # equal nodes merged
+
+
+def test_noops_keep_shapes_current_when_readers_see_the_same_shape():
+    text = """g (float[2, 3] x, float[n] w) => (float[2, 3] y, int64[1] d) {
+      i = Identity(x)
+      y = Relu(i)
+      d = Shape(w)
+    }"""
+    assert [r["inferred"] for r in _fold_shapes_runs(text, "fold-shapes,eliminate-noops,fold-shapes")] == [1, 0]
+
+
+def test_noops_make_shapes_stale_when_they_rewire_a_shape_value():
+    # inference may carry the contents of a shape value (int64, rank 1) further than before
+    text = """g (float[2, 3] x, float[n] w) => (float[2, 3] y, int64[1] d) {
+      y = Relu(x)
+      s = Shape(w)
+      i = Identity(s)
+      one = Constant<value = int64[1] {1}>()
+      d = Add(i, one)
+    }"""
+    runs = _fold_shapes_runs(text, "fold-shapes,eliminate-noops,fold-shapes")
+    assert [r["inferred"] for r in runs] == [1, 1]

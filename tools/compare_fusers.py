@@ -4,13 +4,13 @@
 For each model this makes three optimized copies, each in its own process
 (peak RSS read with ``os.wait4``):
 
-- ``graphopt``: ``graphopt optimize IN -o OUT -p O2 --target ort --no-verify``
-  (numerics are checked here, on the benchmark's inputs);
+- ``graphopt``: ``graphopt.load`` -> ``graphopt.optimize(m, "O2", "ort")`` ->
+  ``graphopt.save`` (numerics are checked here, on the benchmark's inputs);
 - ``onnxscript``: ``onnxscript.rewriter.ort_fusions.optimize_for_ort``;
 - ``ort-transformers``: ``onnxruntime.transformers.optimizer.optimize_model``
   with the model type of the architecture (``bert`` for BERT, ``gpt2`` for
   GPT-2 and LLaMA, ``vit`` for ViT), its heads and hidden size
-  (:data:`HEADS`), ``opt_level=0``: fusions only.
+  (``tools/peer_tools.py``), ``opt_level=0``: fusions only.
 
 Then it counts the fused operators in each, compares each copy's outputs with
 the original's on the same inputs (onnxruntime, ORT_ENABLE_BASIC; the
@@ -33,15 +33,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("GRAPHOPT_CACHE") or Path.home() / ".cache" / "graphopt" / "corpus")
 
@@ -55,79 +54,23 @@ FUSED = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "LayerNormali
          "FusedMatMul", "RMSNormalization")
 
 
-HEADS = {"bert_base": (12, 768), "gpt2_small": (12, 768), "vit_base": (12, 768), "llama_gqa_600m": (12, 1536),
-         "llama_gqa_large": (12, 1536), "bert_tiny": (4, 64), "gpt2_tiny": (4, 64), "vit_tiny": (4, 64),
-         "llama_gqa_tiny": (4, 64)}
-"""(num_heads, hidden_size) by corpus model prefix, for the onnxruntime optimizer (0, 0 = let it detect)."""
-
-
-def heads_of(name: str) -> tuple[int, int]:
-    """The attention heads and hidden size of a corpus model (0, 0 when unknown)."""
-    return next((v for k, v in HEADS.items() if name.startswith(k)), (0, 0))
-
-
-def model_type(name: str) -> str:
-    """The onnxruntime transformers optimizer's model type for a corpus model."""
-    if name.startswith("bert"):
-        return "bert"
-    if name.startswith("vit"):
-        return "vit"
-    return "gpt2"
-
-
-def worker(tool: str, src: str, dst: str) -> int:
-    """Make one optimized copy (runs in a child process)."""
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    logging.disable(logging.WARNING)
-    big = Path(src + ".data").exists()
-    if tool == "graphopt":
-        from graphopt.cli.main import main
-
-        return main(["-q", "optimize", src, "-o", dst, "-p", "O2", "--target", "ort", "--no-verify"])
-    if tool == "onnxscript":
-        import onnx_ir as ir
-        from onnxscript.rewriter.ort_fusions import optimize_for_ort
-
-        model = ir.load(src)
-        result = optimize_for_ort(model)
-        model = result[0] if isinstance(result, tuple) else result
-        model.ir_version = 10
-        ir.save(model, dst, external_data=Path(dst).name + ".data" if big else None)
-        return 0
-    from onnxruntime.transformers import optimizer
-
-    heads, hidden = heads_of(Path(src).stem)
-    optimized = optimizer.optimize_model(src, model_type=model_type(Path(src).stem), num_heads=heads,
-                                         hidden_size=hidden, opt_level=0, use_gpu=False)
-    optimized.model.ir_version = 10
-    optimized.save_model_to_file(dst, use_external_data_format=big)
-    return 0
+#: compare_fusers' tool names -> the runners of ``tools/peer_tools.py``.
+RUNNER = {"graphopt": "graphopt-O2-ort", "onnxscript": "onnxscript-ort", "ort-transformers": "ort-transformers"}
 
 
 def spawn(tool: str, src: Path, dst: Path, timeout: float) -> dict[str, Any]:
-    """Run :func:`worker` in a child process; wall time (s) and peak RSS (MB,
-    the child's own ``ru_maxrss`` from ``os.wait4``)."""
-    start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen([sys.executable, __file__, "--worker", tool, str(src), str(dst)],
-                                stdout=log, stderr=subprocess.STDOUT, text=True)
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        log.seek(0)
-        out = log.read()
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0 or not dst.exists():
-        last = (out or "").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
-        return {"ok": False, "error": last[0][:300], "seconds": seconds}
-    return {"ok": True, "seconds": seconds, "rss_mb": usage.ru_maxrss / 1024}
+    """Make one optimized copy in a child process (``peer_tools.worker``):
+    wall time (s) and peak RSS (MB, the child's own, ``peer_spawn.spawn``)."""
+    from peer_spawn import spawn as spawn_child
+
+    big = Path(str(src) + ".data").exists()
+    cmd = [sys.executable, __file__, "--worker", RUNNER[tool], str(src), str(dst)] + (["--big"] if big else [])
+    with tempfile.TemporaryDirectory(prefix="graphopt-fusers-log-") as tmp:
+        row = spawn_child(cmd, dst, timeout, Path(tmp) / "log")
+    result = {"ok": bool(row.get("ok")), "seconds": row["wall_s"], "rss_mb": row.get("rss_mb")}
+    if not result["ok"]:
+        result["error"] = str(row.get("error", "failed")).splitlines()[0][:300]
+    return result
 
 
 def fused_counts(path: Path) -> tuple[dict[str, int], int]:
@@ -260,9 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, help="where optimized copies go (default: a temp dir)")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--worker", nargs=3, metavar=("TOOL", "SRC", "DST"), help=argparse.SUPPRESS)
+    p.add_argument("--big", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        return worker(*args.worker)
+        from peer_tools import worker
+
+        return worker(*args.worker, big=args.big)
     models = list(args.models)
     if args.corpus:
         models += [CACHE / f"{m}.onnx" for m in CORPUS] + [

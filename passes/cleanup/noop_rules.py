@@ -11,7 +11,7 @@ shapes inferred before the pass stay valid.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -55,6 +55,14 @@ class Site:
 
     opset: int
     initializers: bool = True
+    names: dict = field(default_factory=dict, compare=False)  # id(graph) -> (graph, ir.value_names(graph))
+
+    def initializer(self, graph: ir.Graph, array: np.ndarray, name: str) -> ir.Value:
+        """``ir.add_initializer`` with the graph's names collected once per run."""
+        entry = self.names.get(id(graph))
+        if entry is None or entry[0] is not graph:
+            entry = self.names[id(graph)] = (graph, ir.value_names(graph))
+        return ir.add_initializer(graph, array, name, entry[1])
 
 
 # ---------------------------------------------------------------- helpers
@@ -347,7 +355,7 @@ def _merge_unsqueezes(first: ir.Node, node: ir.Node, site: Site) -> Match | None
         if by_attr:
             node.attributes["axes"] = ir.Attr("axes", ir.AttributeType.INTS, merged)
         else:
-            axes = ir.add_initializer(node.graph, np.asarray(merged, dtype=np.int64), "unsqueeze_axes")
+            axes = site.initializer(node.graph, np.asarray(merged, dtype=np.int64), "unsqueeze_axes")
             node.replace_input_with(1, axes)
         node.replace_input_with(0, x)
 

@@ -4,7 +4,7 @@
 Usage::
 
     python tools/compare_peers.py CORPUS_DIR OUT_DIR [--also MODEL ...] [--tools a,b,...]
-        [--seconds 5] [--warmup 5] [--max-gb 2] [--previous OLD/report.json]
+        [--seconds 6] [--warmup 5] [--max-gb 2] [--previous OLD/report.json]
 
 For every ``.onnx`` in CORPUS_DIR (plus each ``--also`` model; models larger
 than ``--max-gb`` with their external data are listed as skipped):
@@ -64,8 +64,11 @@ from peer_spawn import spawn  # noqa: E402
 from peer_tools import MODULE, RUNNERS, worker  # noqa: E402
 from simplifier_checks import _short, check_output, count_nodes  # noqa: E402
 
-DEFAULT_TOOLS = ("graphopt", "graphopt-O2-ort", "graphopt-O2-onnx", "graphopt-O2-tensorrt", "onnxslim", "onnxsim",
-                 "onnxoptimizer", "onnxscript", "onnxscript-ort", "ort-transformers", "polygraphy")
+#: In the order they are timed, three to a group with the original: the
+#: fusers together, then the simplifiers, so that the ratios compared with
+#: each other come from the same interleaved run.
+DEFAULT_TOOLS = ("graphopt-O2-ort", "onnxscript-ort", "ort-transformers", "graphopt", "onnxslim", "onnxsim",
+                 "graphopt-O2-onnx", "graphopt-O2-tensorrt", "onnxscript", "onnxoptimizer", "polygraphy")
 PIP = {"onnxslim": "onnxslim", "onnxsim": "onnxsim", "onnxoptimizer": "onnxoptimizer", "onnxscript": "onnxscript",
        "polygraphy": "polygraphy"}
 GROUP = 3
@@ -281,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sequence", type=int, default=128)
     p.add_argument("--shape", action="append", metavar="NAME=D,D,...", help="input shape for every model")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seconds", type=float, default=5.0, help="timed seconds per benchmark group (default 5)")
+    p.add_argument("--seconds", type=float, default=6.0, help="timed seconds per benchmark group (default 6)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--min-runs", type=int, default=10)
     p.add_argument("--levels", default="all,disable", help="onnxruntime optimization levels timed")

@@ -58,6 +58,14 @@ class VerificationError(GraphoptError):
     exit_code = 1
 
 
+class CodegenError(GraphoptError):
+    """A backend could not compile the model: TensorRT's parser rejected
+    nodes (named in the message), or its builder failed (with TensorRT's own
+    error messages). Exits 2: the model or the build options must change."""
+
+    exit_code = 2
+
+
 class BackendUnavailableError(GraphoptError):
     """An optional backend (TensorRT, TensorRT for RTX) is not installed. The
     message gives the install line."""

@@ -13,8 +13,10 @@ import sys
 import tempfile
 import traceback
 
+from rich.markup import escape
+
 from graphopt import __version__
-from graphopt.cli import bench, explain, info, optimize
+from graphopt.cli import bench, engine, explain, info, optimize
 from graphopt.cli.common import console, setup_logging
 from graphopt.errors import GraphoptError, PassError
 
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_parsers(sub)
     bench.add_parsers(sub)
     explain.add_parsers(sub)
+    engine.add_parsers(sub)
     return parser
 
 
@@ -69,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"reproducer: {e.reproducer}")
         return 3
     except GraphoptError as e:
-        console.print(f"[red]error:[/] {e}")
+        console.print(f"[red]error:[/] {escape(str(e))}")  # a message may hold brackets: 'graphopt[trt-rtx]'
         return e.exit_code
     except KeyboardInterrupt:
         console.print("interrupted")

@@ -14,6 +14,7 @@ from rich.table import Table
 from graphopt import ir
 from graphopt.analysis import model_stats
 from graphopt.cli.common import Progress, add_dim_options, parse_dims, stdout, want_progress
+from graphopt.cli.engine import add_engine_options, build_options, report_build, warn_unsupported
 from graphopt.errors import InputError, VerificationError
 from graphopt.passmanager import (
     TARGETS, Bisect, DumpIR, ModelRunner, PassContext, PassManager, Pipeline, Reproducer, VerifyEach, get_pass,
@@ -99,6 +100,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     """Load, run the pipeline, save atomically (checked), verify, report."""
     start = time.perf_counter()
     pipeline = _pipeline(args)
+    engine_options = _engine_options(args)  # before the pipeline: a missing TensorRT fails fast
     model = ir.load(args.input)
     before = model_stats(model)
     runner = _runner(args, model)
@@ -133,6 +135,13 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             )
 
     saved = ir.save(result.model, args.output, check=True, validate=verify_output)
+    build = None
+    if engine_options is not None:
+        from graphopt.codegen.tensorrt import build_engine
+
+        build = build_engine(saved.path, args.engine, engine_options)
+    elif args.target == "tensorrt":
+        warn_unsupported(saved.path)
     seconds = time.perf_counter() - start
     verify = report_box.get("verify")
     if args.json:
@@ -142,12 +151,40 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             "passes": result.report.to_dict()["passes"],
             "rolled_back": [r.name for r in result.report.rolled_back],
             "verify": verify.to_dict() if verify is not None else None,
+            "engine": None if build is None else {"path": str(build.engine), "sidecar": str(build.sidecar),
+                                                  **build.info},
         }
         stdout.print_json(json.dumps(doc, default=str))
     elif not args.quiet:
         stdout.print(_report_table(before, after, result, verify, seconds))
         stdout.print(f"wrote {saved.path}" + (f" (+ {saved.data_path.name})" if saved.data_path else ""))
+        if build is not None:
+            stdout.print(report_build(build))
     return 0
+
+
+def _engine_options(args: argparse.Namespace) -> Any:
+    """The engine's build options when ``--engine`` is given (TensorRT
+    imported and ``--shapes`` parsed now), else None; engine options without
+    ``--engine`` are refused."""
+    if args.engine is None:
+        given = [f for f, v in (("--shapes", args.shapes), ("--fp16", args.fp16), ("--bf16", args.bf16),
+                                ("--workspace", args.workspace), ("--timing-cache", args.timing_cache),
+                                ("--compute-capability", args.compute_capability), ("--flavour", args.flavour),
+                                ("--no-decompose-attention", not args.decompose_attention)) if v]
+        if given:
+            raise InputError(f"{', '.join(given)} configure a TensorRT engine; add --engine OUT.engine")
+        return None
+    if args.target != "tensorrt":
+        raise InputError(f"--engine needs --target tensorrt (the {args.target} target may emit operators TensorRT "
+                         "cannot import)")
+    if Path(args.engine).resolve() in (Path(args.input).resolve(), Path(args.output).resolve()):
+        raise InputError(f"--engine {args.engine} is the input or the ONNX output; give the engine its own path")
+    from graphopt.codegen.tensorrt import load_backend
+
+    options = build_options(args)
+    load_backend(options.flavour)
+    return options
 
 
 def cmd_bisect(args: argparse.Namespace) -> int:
@@ -200,6 +237,10 @@ def add_parsers(sub: Any) -> None:
                    help="check after every pass; roll back a pass that breaks numerics")
     p.add_argument("--dump-dir", help="write the model after each pass as NNN_<pass>.onnx/.txt here")
     p.add_argument("--reproducer-dir", help="where to write a reproducer if a pass crashes (default: temp dir)")
+    p.add_argument("--engine", metavar="OUT.engine", help=(
+        "also build a TensorRT engine from the written model (needs --target tensorrt and TensorRT for RTX or "
+        "TensorRT; sidecar OUT.engine.json)"))
+    add_engine_options(p)
     p.set_defaults(func=cmd_optimize)
     b = sub.add_parser("bisect", help="find the first pass whose output diverges from the input model")
     _common(b)

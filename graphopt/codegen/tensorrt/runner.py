@@ -49,15 +49,18 @@ def cuda_runtime() -> Any:
         raise BackendUnavailableError(f"running an engine needs an NVIDIA GPU and driver; the CUDA driver could not "
                                       f"be loaded ({type(e).__name__}: {e}). Engines build on a CPU, but run only "
                                       "where a GPU is") from e
-    if err != cudart.cudaError_t.cudaSuccess or count == 0:
-        raise BackendUnavailableError(f"running an engine needs a CUDA device; cudaGetDeviceCount reported "
-                                      f"{getattr(err, 'name', err)} with {count} device(s)")
+    if err != cudart.cudaError_t.cudaSuccess or not count:
+        why = ("no device" if err == cudart.cudaError_t.cudaSuccess
+               else f"{getattr(err, 'name', err)}: no driver, or one older than the CUDA runtime"
+               if "InsufficientDriver" in str(err) else getattr(err, "name", str(err)))
+        raise BackendUnavailableError(f"running an engine needs an NVIDIA GPU and driver; cudaGetDeviceCount "
+                                      f"reports {why}. Engines build on a CPU, but run only where a GPU is")
     return cudart
 
 
 def _check(result: Any, what: str) -> Any:
     err, *rest = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
+    if int(getattr(err, "value", err)) != 0:  # cudaError_t.cudaSuccess is 0
         raise CodegenError(f"CUDA {what} failed: {getattr(err, 'name', err)}")
     return rest[0] if len(rest) == 1 else rest
 
@@ -135,7 +138,7 @@ class EngineRunner:
                 ptr = _check(cudart.cudaMalloc(max(results[name].nbytes, 1)), "cudaMalloc")
                 buffers.append(ptr)
                 self.context.set_tensor_address(name, ptr)
-            if not self.context.execute_async_v3(stream):
+            if not self.context.execute_async_v3(int(stream)):  # TensorRT takes the raw handle
                 raise CodegenError(f"TensorRT could not execute {self.path}: {'; '.join(self._logger.errors[-3:])}")
             _check(cudart.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
             for name, array in results.items():

@@ -123,3 +123,43 @@ def test_engine_path_over_the_model_is_refused(tmp_path):
         build_engine(path, path)
     with pytest.raises(InputError, match="does not exist"):
         build_engine(tmp_path / "missing.onnx", tmp_path / "m.engine")
+
+
+def _qdq_model(zero_point: onnx.TensorProto) -> onnx.ModelProto:
+    """``x: float[batch, 8]`` -> Q/DQ (per-tensor, scale 0.05) -> MatMul(W: 8x4)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.float32(0.05), "scale"), zero_point,
+             numpy_helper.from_array(np.arange(32, dtype=np.float32).reshape(8, 4) / 32, "w")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "scale", "zp"], ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", "scale", "zp"], ["xd"], name="dq"),
+             helper.make_node("MatMul", ["xd", "w"], ["y"], name="mm")]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+@pytest.mark.parametrize(("elem_type", "kind"), [(onnx.TensorProto.INT8, "int8"),
+                                                 (onnx.TensorProto.FLOAT8E4M3FN, "fp8")])
+def test_explicit_qdq_builds_strongly_typed(elem_type, kind, tmp_path):
+    """INT8 / FP8 through the model's own Q/DQ nodes: no flags in TensorRT for RTX."""
+    path = _write(tmp_path, _qdq_model(onnx.helper.make_tensor("zp", elem_type, [], [0])))
+    info = build_engine(path, tmp_path / "qdq.engine").info
+    assert info["precision"]["quantized"] == [kind] and info["precision"]["flags"] == []
+    assert info["profiles"][0]["x"] == {"min": [1, 8], "opt": [1, 8], "max": [8, 8], "origin": "derived"}
+
+
+def test_asymmetric_qdq_is_rejected_by_the_table(tmp_path):
+    import numpy as np
+    from onnx import numpy_helper
+
+    issues = check(_write(tmp_path, _qdq_model(numpy_helper.from_array(np.int8(3), "zp"))), backend=None).issues
+    assert [(i.node, i.reason) for i in issues] == [("q", "y_zero_point must be zero (symmetric quantization only)"),
+                                                    ("dq", "x_zero_point must be zero (symmetric quantization only)")]
+
+
+def _write(folder, model):  # noqa: ANN001, ANN202
+    path = folder / "m.onnx"
+    onnx.save(model, path)
+    return path

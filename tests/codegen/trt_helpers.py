@@ -66,8 +66,8 @@ def unsupported_model() -> onnx.ModelProto:
              helper.make_node("Gelu", ["r"], ["g"], name="msgelu", domain="com.microsoft")]
     graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("u", TensorProto.FLOAT, None),
                                                 helper.make_tensor_value_info("g", TensorProto.FLOAT, ["n"])])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
-                             ir_version=10)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=10)
 
 
 def sidecar(engine: Path) -> dict:

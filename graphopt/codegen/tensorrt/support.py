@@ -261,7 +261,8 @@ def _restrictions(node: onnx.NodeProto, g: _Graph, opset: int) -> Iterator[str]:
             yield "axis must be -2"
 
 
-def _nodes(graph: onnx.GraphProto, outer: _Graph | None, path: str) -> Iterator[tuple[onnx.NodeProto, int, _Graph, str]]:
+def _nodes(graph: onnx.GraphProto, outer: _Graph | None,
+           path: str) -> Iterator[tuple[onnx.NodeProto, int, _Graph, str]]:
     g = _Graph(graph, outer)
     for i, node in enumerate(graph.node):
         yield node, i, g, path

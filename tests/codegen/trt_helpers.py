@@ -7,7 +7,6 @@ name.)"""
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import json
 import logging
 import shutil
@@ -25,7 +24,11 @@ CORPUS = sorted(MODELS.glob("*.onnx"))
 VARIANTS = [(p, opset) for p in CORPUS for opset in (None, 23)]
 VARIANT_IDS = [f"{p.stem}-{'opset23' if opset else 'own-opset'}" for p, opset in VARIANTS]
 
-HAVE_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
+try:
+    import tensorrt_rtx  # noqa: F401
+    HAVE_RTX = True
+except ImportError:
+    HAVE_RTX = False
 needs_rtx = pytest.mark.skipif(not HAVE_RTX, reason="needs TensorRT for RTX (pip install 'graphopt[trt-rtx]'); "
                                                     "CI installs it")
 

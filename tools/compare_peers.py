@@ -4,7 +4,7 @@
 Usage::
 
     python tools/compare_peers.py CORPUS_DIR OUT_DIR [--also MODEL ...] [--tools a,b,...]
-        [--seconds 6] [--warmup 5] [--max-gb 2] [--previous OLD/report.json]
+        [--seconds 6] [--warmup 5] [--max-gb 2.5] [--previous OLD/report.json]
 
 For every ``.onnx`` in CORPUS_DIR (plus each ``--also`` model; models larger
 than ``--max-gb`` with their external data are listed as skipped):
@@ -289,8 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-runs", type=int, default=10)
     p.add_argument("--levels", default="all,disable", help="onnxruntime optimization levels timed")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per optimizer run (default 900)")
-    p.add_argument("--max-gb", type=float, default=2.0,
-                   help="skip models larger than this with their data (0: none; default 2)")
+    p.add_argument("--max-gb", type=float, default=2.5,
+                   help="skip models larger than this (GiB) with their data (0: none; default 2.5: the full-size corpus, "
+                        "not the >2 GB memory-test LLaMA)")
     p.add_argument("--previous", type=Path, help="an earlier report.json: report the spread of the ratios")
     p.add_argument("--roofline-n", type=int, default=2048, help="size of the GEMM measured for the roofline")
     p.add_argument("--keep", action="store_true", help="keep the optimized models under OUT_DIR/work")

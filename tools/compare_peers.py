@@ -295,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--previous", type=Path, help="an earlier report.json: report the spread of the ratios")
     p.add_argument("--roofline-n", type=int, default=2048, help="size of the GEMM measured for the roofline")
     p.add_argument("--keep", action="store_true", help="keep the optimized models under OUT_DIR/work")
+    p.add_argument("--publish", action="store_true",
+                   help="also write the report to BENCHMARKS.md at the repository root (chart and JSON under "
+                        "tools/benchmarks/)")
     args = p.parse_args(argv)
     args.levels = [lv.strip() for lv in args.levels.split(",") if lv.strip()]
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
@@ -344,8 +347,30 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     chart(doc, args.out / "latency.png")
     _write(args.out, doc)
+    if args.publish:
+        publish(args.out, doc)
     print(f"\nreport: {args.out / 'report.md'} ({doc['total_s'] / 60:.1f} min)")
     return 0
+
+
+def publish(out: Path, doc: dict[str, Any]) -> None:
+    """Copy the report to ``BENCHMARKS.md`` (the chart and JSON to
+    ``tools/benchmarks/``), with how to regenerate it."""
+    root = Path(__file__).resolve().parent.parent
+    folder = root / "tools" / "benchmarks"
+    folder.mkdir(exist_ok=True)
+    for name in ("latency.png", "report.json"):
+        if (out / name).is_file():
+            shutil.copyfile(out / name, folder / name)
+    text = report_markdown(doc).replace("](latency.png)", "](tools/benchmarks/latency.png)", 1)
+    title, _, rest = text.partition("\n")
+    intro = ("\n\nThe latest side-by-side run of graphopt and the peer optimizers on the full-size corpus "
+             "(`tools/make_corpus.py --full` makes it in `~/.cache/graphopt/corpus`), written by "
+             "`tools/compare_peers.py --publish` (the command below; add `--previous OLD/report.json` to report "
+             "the spread against an earlier run). The data: `tools/benchmarks/report.json`.\n")
+    tmp = root / ".BENCHMARKS.md.tmp"
+    tmp.write_text(title + intro + rest)
+    os.replace(tmp, root / "BENCHMARKS.md")
 
 
 def _write(out: Path, doc: dict[str, Any]) -> None:

@@ -93,12 +93,9 @@ import json
 import math
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -106,24 +103,14 @@ from typing import Any
 # tools/ is on sys.path when this runs as a script
 from simplifier_checks import ATOL, RTOL, _short, check_output, count_nodes
 from simplifier_tables import _f, model_table, summary_table
-from simplifier_worker import MODULE, RESULT_MARK, has_external_data, worker
+import peer_spawn
+from simplifier_worker import MODULE, has_external_data, worker
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("GRAPHOPT_CACHE", Path.home() / ".cache" / "graphopt" / "corpus"))
 TOOLS = ("graphopt", "graphopt-cli", "onnxslim", "onnxsim", "onnxscript")
 DEFAULT_TOOLS = ("graphopt", "onnxslim", "onnxsim", "onnxscript")
 PEERS = ("onnxslim", "onnxsim", "onnxscript")
-RUSAGE_MARK = "@@compare_simplifiers_rusage@@ "
-#: Run argv[1:], then print its wall time, exit code and peak RSS (KiB).
-_LAUNCHER = (
-    "import json, os, subprocess, sys, time\n"
-    "t = time.perf_counter()\n"
-    "p = subprocess.Popen(sys.argv[1:])\n"
-    "_, status, usage = os.wait4(p.pid, 0)\n"
-    "wall = time.perf_counter() - t\n"
-    f"print({RUSAGE_MARK!r} + json.dumps(dict(wall_s=wall, rc=os.waitstatus_to_exitcode(status), "
-    "maxrss_kb=usage.ru_maxrss)), flush=True)\n"
-)
 PROTOBUF_LIMIT = 2**31 - 1
 #: Input shapes for corpus models whose image dims are unnamed or named in a way
 #: that graphopt.verify's defaults would bind to 1 (see models/README.md);
@@ -168,7 +155,8 @@ def rotated(tools: list[str], rep: int) -> list[str]:
 
 def spawn(tool: str, src: Path, dst: Path, pipeline: str, timeout: float, log: Path, big: bool,
           check: bool = True, durable: bool = True) -> dict[str, Any]:
-    """Run one tool in a child process; wall time and peak RSS from ``os.wait4``."""
+    """Run one tool in a child process (``peer_spawn.spawn``: wall time and
+    the child's own peak RSS, from ``os.wait4``)."""
     if tool == "graphopt-cli":
         cmd = [str(Path(sys.executable).parent / "graphopt"), "-q", "optimize", str(src), "-o", str(dst),
                "-p", pipeline, "--no-verify"]
@@ -176,56 +164,7 @@ def spawn(tool: str, src: Path, dst: Path, pipeline: str, timeout: float, log: P
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", tool, str(src), str(dst),
                "--pipeline", pipeline] + (["--big"] if big else []) + ([] if check else ["--no-check"]) + (
                [] if durable else ["--no-durable"])
-    # Linux carries a process's peak RSS over exec (ru_maxrss of a child of this
-    # process starts at this process's high-water mark, hundreds of MB once a
-    # model is loaded), so the tool is run by a small launcher (a bare Python,
-    # ~10 MB) that forks it, waits for it with wait4 and prints its rusage.
-    cmd = [sys.executable, "-S", "-c", _LAUNCHER, *cmd]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    killed = threading.Event()
-    with open(log, "w") as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-        def kill() -> None:
-            killed.set()
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # the child's own process group
-            except ProcessLookupError:
-                pass
-
-        timer = threading.Timer(timeout, kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    text = log.read_text(errors="replace")
-    row: dict[str, Any] = {"wall_s": wall, "rss_mb": None, "rc": proc.returncode}
-    launched = [line for line in text.splitlines() if line.startswith(RUSAGE_MARK)]
-    if launched:  # the tool's own figures, from the launcher
-        info = json.loads(launched[-1][len(RUSAGE_MARK):])
-        row.update(wall_s=info["wall_s"], rss_mb=info["maxrss_kb"] / 1024, rc=info["rc"])
-        proc.returncode = info["rc"]
-    marks = [line for line in text.splitlines() if line.startswith(RESULT_MARK)]
-    if marks:
-        row.update(json.loads(marks[-1][len(RESULT_MARK):]))
-    if killed.is_set():
-        row.update(ok=False, error=f"timeout after {timeout:g} s (killed)")
-    elif proc.returncode < 0 or proc.returncode > 128:  # the shell reports a killed child as 128 + signal
-        number = -proc.returncode if proc.returncode < 0 else proc.returncode - 128
-        name = signal.Signals(number).name if number in signal.Signals._value2member_map_ else f"signal {number}"
-        row.update(ok=False, error=f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else ""))
-    elif not marks:
-        row["ok"] = proc.returncode == 0
-        if not row["ok"]:
-            tail = [line for line in text.strip().splitlines() if line.strip()][-3:]
-            row["error"] = f"exit {proc.returncode}: " + " | ".join(tail)[-600:]
-    if row.get("ok") and not dst.is_file():
-        row.update(ok=False, error="no output file written")
-    return row
+    return peer_spawn.spawn(cmd, dst, timeout, log)
 
 
 def _parse_shape(text: str) -> tuple[str, list[int]]:

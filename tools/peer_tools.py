@@ -69,7 +69,10 @@ def model_type(name: str) -> str:
     return "gpt2"
 
 
-def _graphopt(pipeline: str, target: str, opset: int | None) -> Callable[[Path, Path, bool], dict[str, float]]:
+def graphopt_runner(pipeline: str, target: str, opset: int | None) -> Callable[[Path, Path, bool], dict[str, float]]:
+    """The runner of graphopt's ``pipeline`` for ``target`` (``opset``: allow
+    ``upgrade-opset`` to it; None keeps the model's)."""
+
     def run(src: Path, dst: Path, big: bool) -> dict[str, float]:
         import graphopt
 
@@ -182,10 +185,10 @@ def _polygraphy(src: Path, dst: Path, big: bool) -> dict[str, float]:
 
 #: Tool name -> runner (see the module docs).
 RUNNERS: dict[str, Callable[[Path, Path, bool], dict[str, float]]] = {
-    "graphopt": _graphopt("O1", "ort", None),
-    "graphopt-O2-ort": _graphopt("O2", "ort", None),
-    "graphopt-O2-onnx": _graphopt("O2", "onnx", 23),
-    "graphopt-O2-tensorrt": _graphopt("O2", "tensorrt", 23),
+    "graphopt": graphopt_runner("O1", "ort", None),
+    "graphopt-O2-ort": graphopt_runner("O2", "ort", None),
+    "graphopt-O2-onnx": graphopt_runner("O2", "onnx", 23),
+    "graphopt-O2-tensorrt": graphopt_runner("O2", "tensorrt", 23),
     "onnxslim": _onnxslim,
     "onnxsim": _onnxsim,
     "onnxoptimizer": _onnxoptimizer,

@@ -4,7 +4,7 @@
 Usage::
 
     python tools/compare_peers.py CORPUS_DIR OUT_DIR [--also MODEL ...] [--tools a,b,...]
-        [--seconds 6] [--warmup 5] [--max-gb 2.5] [--previous OLD/report.json]
+        [--seconds 6] [--warmup 2] [--min-runs 5] [--max-gb 2.5] [--previous OLD/report.json]
 
 For every ``.onnx`` in CORPUS_DIR (plus each ``--also`` model; models larger
 than ``--max-gb`` with their external data are listed as skipped):
@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import os
 import platform
 import shutil
@@ -62,7 +61,7 @@ from compare_fusers import REAL, fused_counts, make_inputs, parse_shapes  # noqa
 from peer_report import chart, report_markdown, spread  # noqa: E402
 from peer_spawn import spawn  # noqa: E402
 from peer_tools import MODULE, RUNNERS, worker  # noqa: E402
-from simplifier_checks import _short, check_output, count_nodes  # noqa: E402
+from simplifier_checks import _short, check_output, count_nodes, json_safe  # noqa: E402
 
 #: In the order they are timed, three to a group with the original: the
 #: fusers together, then the simplifiers, so that the ratios compared with
@@ -285,8 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shape", action="append", metavar="NAME=D,D,...", help="input shape for every model")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seconds", type=float, default=6.0, help="timed seconds per benchmark group (default 6)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--min-runs", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs per model and group (default 2)")
+    p.add_argument("--min-runs", type=int, default=5,
+                   help="timed runs per model and group at least, past --seconds (default 5: a 1 s model then "
+                        "costs 20 s a group, and the full-size corpus fits in an hour on 2 cores)")
     p.add_argument("--levels", default="all,disable", help="onnxruntime optimization levels timed")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per optimizer run (default 900)")
     p.add_argument("--max-gb", type=float, default=2.5,
@@ -327,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     peak = gemm_peak(args.roofline_n, args.threads)
     doc: dict[str, Any] = {"machine": machine(), "versions": versions(), "tools": tools,
                            "command": "python tools/compare_peers.py " + " ".join(argv),
-                           "settings": {"seconds": args.seconds, "warmup": args.warmup, "threads": args.threads,
+                           "settings": {"seconds": args.seconds, "warmup": args.warmup, "min_runs": args.min_runs,
+                                        "threads": args.threads,
                                         "levels": args.levels, "batch": args.batch, "sequence": args.sequence},
                            "roofline": {"n": peak.n, "numpy_gflops": peak.numpy_gflops,
                                         "ort_gflops": peak.ort_gflops, "peak_gflops": peak.peak_gflops},
@@ -374,16 +376,7 @@ def publish(out: Path, doc: dict[str, Any]) -> None:
 
 
 def _write(out: Path, doc: dict[str, Any]) -> None:
-    def clean(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        if isinstance(value, float) and not math.isfinite(value):
-            return str(value)
-        return value
-
-    for name, text in (("report.json", json.dumps(clean(doc), indent=1, default=str)),
+    for name, text in (("report.json", json.dumps(json_safe(doc), indent=1, default=str)),
                        ("report.md", report_markdown(doc))):
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)

@@ -90,7 +90,6 @@ import argparse
 import importlib
 import importlib.util
 import json
-import math
 import os
 import shutil
 import statistics
@@ -101,7 +100,7 @@ from pathlib import Path
 from typing import Any
 
 # tools/ is on sys.path when this runs as a script
-from simplifier_checks import ATOL, RTOL, _short, check_output, count_nodes
+from simplifier_checks import ATOL, RTOL, _short, check_output, count_nodes, json_safe
 from simplifier_tables import _f, model_table, summary_table
 import peer_spawn
 from simplifier_worker import MODULE, has_external_data, worker
@@ -421,19 +420,10 @@ def _installed_mod(mod: str) -> bool:
 
 
 def _write_json(path: str, versions: dict[str, str], args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
-    def clean(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        if isinstance(value, float) and not math.isfinite(value):
-            return str(value)
-        return value
-
     doc = {"versions": versions, "pipeline": args.pipeline, "time_metric": args.time_metric, "repeat": args.repeat,
            "check": args.check, "durable": args.durable,
            "rtol": RTOL, "atol": ATOL, "dims": args.dim, "seed": args.seed, "results": results}
-    Path(path).write_text(json.dumps(clean(doc), indent=1, allow_nan=False))
+    Path(path).write_text(json.dumps(json_safe(doc), indent=1, allow_nan=False))
 
 
 if __name__ == "__main__":

@@ -120,7 +120,8 @@ def report_markdown(doc: dict[str, Any]) -> str:
              f"its median latency at ORT_ENABLE_ALL.", "",
              f"Latency: onnxruntime CPU, {s['threads']} intra-op threads, spinning off, batch {s['batch']}, "
              f"sequence {s['sequence']} (image models: fixed shapes), interleaved run by run in groups of the "
-             f"original + up to 3 variants, {s['seconds']:g} s timed per group after {s['warmup']} warm-up runs; "
+             f"original + up to 3 variants, {s['seconds']:g} s timed per group (at least {s.get('min_runs', '?')} runs of each model) after "
+             f"{s['warmup']} warm-up runs; "
              "ratio = median / the original's median in the same group (below 1 is faster; 0.97-1.03 is noise "
              "on this machine, BENCH.md). Optimize times: each tool in its own process; wall = spawn to exit "
              "(imports included), work = load + optimize + save. Scale rel err = max|a-b| / max|a| against the "

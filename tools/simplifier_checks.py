@@ -4,6 +4,7 @@ original's outputs (rtol 1e-5, atol 1e-6), output signature."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,18 @@ def count_nodes(model: Any) -> tuple[int, int]:
         return total
 
     return graph_nodes(model.graph), sum(graph_nodes(f) for f in model.functions)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats (inf, nan) as strings, so that the
+    JSON written is standard."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
 
 
 def _short(e: BaseException, n: int = 300) -> str:

@@ -361,10 +361,15 @@ def publish(out: Path, doc: dict[str, Any]) -> None:
     root = Path(__file__).resolve().parent.parent
     folder = root / "tools" / "benchmarks"
     folder.mkdir(exist_ok=True)
-    for name in ("latency.png", "report.json"):
-        if (out / name).is_file():
-            shutil.copyfile(out / name, folder / name)
-    text = report_markdown(doc).replace("](latency.png)", "](tools/benchmarks/latency.png)", 1)
+    if (out / "latency.png").is_file():
+        shutil.copyfile(out / "latency.png", folder / "latency.png")
+
+    def portable(text: str) -> str:  # no paths of this machine in the repository
+        return text.replace(str(out.resolve()), "OUT_DIR").replace(str(out), "OUT_DIR").replace(
+            str(Path.home()), "~").replace(str(root) + "/", "")
+
+    (folder / "report.json").write_text(portable(json.dumps(json_safe(doc), indent=1, default=str)))
+    text = portable(report_markdown(doc)).replace("](latency.png)", "](tools/benchmarks/latency.png)", 1)
     title, _, rest = text.partition("\n")
     intro = ("\n\nThe latest side-by-side run of graphopt and the peer optimizers on the full-size corpus "
              "(`tools/make_corpus.py --full` makes it in `~/.cache/graphopt/corpus`), written by "

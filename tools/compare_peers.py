@@ -35,7 +35,7 @@ than ``--max-gb`` with their external data are listed as skipped):
 
 Writes ``OUT_DIR/report.md`` (one table per model), ``OUT_DIR/report.json``
 and ``OUT_DIR/latency.png`` (ratios at ORT_ENABLE_ALL); the optimized models
-stay under ``OUT_DIR/work/`` with ``--keep``. ``--previous`` adds the spread of
+stay under ``OUT_DIR/outputs/`` with ``--keep``. ``--previous`` adds the spread of
 the latency ratios against an earlier run's ``report.json``.
 
 Peers are optional, not graphopt dependencies:
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                         "not the >2 GB memory-test LLaMA)")
     p.add_argument("--previous", type=Path, help="an earlier report.json: report the spread of the ratios")
     p.add_argument("--roofline-n", type=int, default=2048, help="size of the GEMM measured for the roofline")
-    p.add_argument("--keep", action="store_true", help="keep the optimized models under OUT_DIR/work")
+    p.add_argument("--keep", action="store_true", help="keep the optimized models under OUT_DIR/outputs")
     p.add_argument("--publish", action="store_true",
                    help="also write the report to BENCHMARKS.md at the repository root (chart and JSON under "
                         "tools/benchmarks/)")
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     if not models:
         p.error(f"no .onnx models in '{args.corpus}'")
     args.out.mkdir(parents=True, exist_ok=True)
-    work = args.out / "work"
+    work = args.out / "outputs"
     work.mkdir(exist_ok=True)
     from graphopt.bench import gemm_peak
 

@@ -16,7 +16,7 @@ import traceback
 from rich.markup import escape
 
 from graphopt import __version__
-from graphopt.cli import bench, engine, explain, info, optimize
+from graphopt.cli import bench, engine, explain, info, optimize, quantize
 from graphopt.cli.common import console, setup_logging
 from graphopt.errors import GraphoptError, PassError
 
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_parsers(sub)
     explain.add_parsers(sub)
     engine.add_parsers(sub)
+    quantize.add_parsers(sub)
     return parser
 
 

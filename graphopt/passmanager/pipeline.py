@@ -27,7 +27,7 @@ import yaml
 from graphopt.errors import PipelineSpecError
 from graphopt.passmanager.base import format_option_value, get_pass, parse_option_value
 
-__all__ = ["Step", "Fixpoint", "Named", "Pipeline", "NAMED_PIPELINES", "register_pipeline"]
+__all__ = ["Step", "Fixpoint", "Named", "Pipeline", "NAMED_PIPELINES", "register_pipeline", "INT8_FUSION"]
 
 NAMED_PIPELINES: dict[str, tuple[str, str]] = {}
 """Named pipeline -> (text spec, one-line description)."""
@@ -55,6 +55,28 @@ register_pipeline(
     "rotary), residual+norm, GELU (+bias), Conv/Gemm+activation; ops the target takes (onnx: standard ops at the "
     "model's opset, or the one --opset allows; ort: com.microsoft ops; tensorrt: what its ONNX parser takes), "
     "then O1 again to clean up",
+)
+
+INT8_FUSION = (
+    "O1,upgrade-opset,fixpoint{max-iters=4}(canonicalize-fusion,dce),fuse-norm,fuse-attention{packed=false},"
+    "fuse-rotary,fuse-skip-norm,fuse-gelu,fuse-bias-gelu,O1"
+)
+"""O2 without what keeps a runtime from quantizing: the Conv/Gemm+activation
+fusions (onnxruntime's QLinearConv takes a plain Conv; a Relu before a Q is
+dropped) and Attention's packed weight (onnxruntime quantizes the projection
+as a MatMul; MultiHeadAttention follows)."""
+
+register_pipeline(
+    "int8",
+    INT8_FUSION + ",qdq",
+    "O2 fusions that keep MatMul/Conv quantizable, then calibrated INT8 QDQ placed for the target "
+    "(needs calibration data: graphopt quantize --calib)",
+)
+
+register_pipeline(
+    "fp16",
+    "O2,convert-float16",
+    "O2, then float16 weights and compute with numerically sensitive ops kept in float32",
 )
 
 DEFAULT_FIXPOINT_ITERS = 8

@@ -25,9 +25,12 @@ NON_DETERMINISTIC = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLik
                                "Bernoulli", "Multinomial", "Dropout"})
 """Never folded: their value differs from run to run (Dropout: in training mode)."""
 
-NOT_FOLDED = NON_DETERMINISTIC | {"Identity", "Constant", "If", "Loop", "Scan", "SequenceMap"}
+NOT_FOLDED = NON_DETERMINISTIC | {"Identity", "Constant", "If", "Loop", "Scan", "SequenceMap", "DequantizeLinear"}
 """Identity of a constant is an alias, not a new tensor (eliminate-identity
-removes it without copying a weight); control flow is ``inline``'s job."""
+removes it without copying a weight); control flow is ``inline``'s job;
+DequantizeLinear of a quantized weight is the QDQ form runtimes fuse into
+integer kernels (folding it would store the float weight again; onnxruntime's
+constant folding skips it too)."""
 
 
 @dataclass(frozen=True)

@@ -209,7 +209,8 @@ class AttentionRule(Rule):
             if q.rotary is not None or nk != n:
                 op = "GroupQueryAttention"
             else:
-                op = "Attention" if _packed_projection(ctx, q, k, v) is not None else "MultiHeadAttention"
+                packed = getattr(ctx.options, "packed", True) and _packed_projection(ctx, q, k, v) is not None
+                op = "Attention" if packed else "MultiHeadAttention"
         else:
             ok = needs_opset(ctx, "Attention", 23)
             if not ok:
@@ -342,6 +343,16 @@ def _shape_source(op: Any, k3: ir.Value) -> tuple[ir.Value, int, int]:
     return k3, 0, 1
 
 
+@dataclass(frozen=True)
+class FuseAttentionOptions:
+    """Options of ``fuse-attention``."""
+
+    packed: bool = field(default=True, metadata={"doc": (
+        "target ort: com.microsoft Attention with the packed Q/K/V weight where the projections are one MatMul; "
+        "false keeps the projection a MatMul and emits MultiHeadAttention (the int8 pipeline: onnxruntime "
+        "quantizes a MatMul, not Attention's packed weight with an attention bias)")})
+
+
 @register_pass("fuse-attention")
 class FuseAttention(FusionPass):
     """Fuse scaled dot-product attention into GroupQueryAttention / Attention / MultiHeadAttention (ort) or ONNX Attention (23).
@@ -350,4 +361,5 @@ class FuseAttention(FusionPass):
     after ``canonicalize-fusion``.
     """
 
+    Options = FuseAttentionOptions
     rules = (AttentionRule(),)

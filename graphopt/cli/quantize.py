@@ -1,0 +1,242 @@
+"""``graphopt quantize``: INT8 (calibrated QDQ), INT4 weight-only, or FP16/BF16,
+with an accuracy report against the float model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import onnx
+from rich import filesize
+from rich.table import Table
+
+from graphopt import ir
+from graphopt.cli.common import Progress, parse_dims, stdout, want_progress
+from graphopt.errors import InputError, VerificationError
+from graphopt.passmanager import TARGETS, PassContext, PassManager, Pipeline, Reproducer
+from graphopt.passmanager.pipeline import INT8_FUSION
+
+__all__ = ["add_parsers", "build_spec", "parse_budget"]
+
+REPORT_BATCHES = 8
+"""Calibration batches the accuracy report compares on, at most."""
+
+
+def parse_budget(text: str | None) -> dict[str, float] | None:
+    """``"cosine=0.99"`` -> ``{"cosine": 0.99}``; ``argmax=VALUE`` is the top-1
+    agreement of class outputs (last axis).
+
+    Raises:
+        InputError: another metric, or a value outside (0, 1].
+    """
+    if not text:
+        return None
+    key, sep, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if key.strip() not in ("cosine", "argmax") or not sep or not 0.0 < number <= 1.0:
+        raise InputError(f"--budget expects cosine=VALUE or argmax=VALUE with 0 < VALUE <= 1 (e.g. --budget "
+                         f"cosine=0.99), got {text!r}; for a task metric use the Python API "
+                         "(accuracy_budget={'metric': fn, 'threshold': value})")
+    return {key.strip(): number}
+
+
+def _budget_score(report: Any, metric: str) -> float:
+    if metric == "cosine":
+        return report.cosine
+    agree = [o.argmax_agreement for o in report.outputs if o.argmax_agreement is not None]
+    return min(agree, default=1.0)
+
+
+def _opts(items: dict[str, Any]) -> str:
+    given = {k: v for k, v in items.items() if v not in (None, (), "")}
+    if not given:
+        return ""
+    text = ",".join(f"{k}={'|'.join(v) if isinstance(v, (list, tuple)) else str(v).lower() if isinstance(v, bool) else v}"
+                    for k, v in given.items())
+    return "{" + text + "}"
+
+
+def build_spec(args: argparse.Namespace) -> str:
+    """The pipeline text spec of the requested mode (or ``-p`` as given)."""
+    if args.pipeline:
+        return args.pipeline
+    if args.weights_only:
+        opts = {"block-size": args.block_size, "method": "gptq" if args.gptq else None,
+                "symmetric": False if args.asymmetric else None, "exclude": tuple(args.exclude_nodes or ())}
+        return "O2,quantize-weights-int4" + _opts(opts)
+    if args.float:
+        opts = {"dtype": "bfloat16" if args.float == "bf16" else "float16",
+                "block-ops": tuple(args.exclude_ops or ()), "block-nodes": tuple(args.exclude_nodes or ())}
+        return "O2,convert-float16" + _opts(opts)
+    opts = {"method": args.method, "activation-type": args.activation_type,
+            "per-channel": False if args.per_tensor else None,
+            "exclude-ops": tuple(args.exclude_ops or ()), "exclude-nodes": tuple(args.exclude_nodes or ())}
+    if args.method == "percentile" and args.percentile is not None:
+        opts["percentile"] = args.percentile
+    return f"{INT8_FUSION},qdq" + _opts(opts)
+
+
+def _needs_calibration(spec: str) -> bool:
+    """True when the spec runs ``qdq`` (itself or in the ``int8`` pipeline) or GPTQ."""
+    names = {part.split("{")[0].strip("() ") for part in spec.replace("(", ",").split(",")}
+    return bool(names & {"qdq", "int8"}) or "method=gptq" in spec
+
+
+def _calibration(args: argparse.Namespace, proto: onnx.ModelProto) -> Any:
+    from graphopt.passes.quantization.calibration import CalibrationData
+
+    if args.calib is None:
+        return None
+    if args.calib == "generate":
+        return CalibrationData.generated(proto, count=args.calib_count, seed=0, dims=parse_dims(args.dim))
+    return CalibrationData.from_path(args.calib, proto, batch_size=args.batch_size, limit=args.calib_limit)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """Load, calibrate, run the quantization pipeline, save atomically after the
+    accuracy check; exit 1 when the result misses ``--budget``."""
+    from graphopt.passes.quantization.report import accuracy_report
+
+    start = time.perf_counter()
+    budget = parse_budget(args.budget)
+    spec = build_spec(args)
+    pipeline = Pipeline.parse(spec)
+    if _needs_calibration(spec) and args.calib is None:
+        raise InputError("INT8 (and GPTQ) quantization needs calibration data: --calib PATH (an .npz file, a folder of "
+                         ".npz files or of input_N.pb tensors / test_data_set_N folders) or --calib generate "
+                         "(synthetic inputs, as graphopt verify makes them: ranges fit real data less well)")
+    proto = onnx.load(args.input, load_external_data=False)
+    calibration = _calibration(args, proto)
+    model = ir.load(args.input)
+    instruments: list[Any] = [Reproducer(args.reproducer_dir)]
+    if want_progress(args):
+        instruments.append(Progress())
+    config = {"quantize.progress": want_progress(args)}
+    # QDQ with per-channel axes needs opset 13: raise older models that far (upgrade-opset in the pipeline).
+    config["opset.upgrade"] = args.opset if args.opset is not None else 13
+    ctx = PassContext(target=args.target, config=config, calibration=calibration, accuracy_budget=budget,
+                      instruments=instruments)
+    result = PassManager(pipeline, ctx).run(model)
+    box: dict[str, Any] = {}
+    record = json.loads(result.model.metadata_props.get("graphopt.quantization", "{}"))
+
+    def check(path: Path) -> None:
+        batches = _report_batches(calibration, proto, args)
+        report = accuracy_report(args.input, path, batches)
+        report.sqnr_db = {k: float(v) for k, v in record.get("sqnr_db", {}).items()}
+        box["report"] = report
+        if not budget:
+            return
+        metric, threshold = next(iter(budget.items()))
+        # The budget holds on the data it was searched on: the calibration batches, now with the integer kernels.
+        held = report if not args.eval else accuracy_report(args.input, path, _first(calibration, REPORT_BATCHES))
+        score = _budget_score(held, metric)
+        box["budget"] = {"metric": metric, "threshold": threshold, "calibration": score,
+                         "evaluation": _budget_score(report, metric)}
+        if score < threshold:
+            raise VerificationError(f"output {metric} {score:.6f} is below the budget {threshold} on "
+                                    f"{held.batches} calibration batches with onnxruntime's integer kernels; nothing was "
+                                    "written. Exclude sensitive nodes (--exclude-nodes) or try --method entropy")
+
+    saved = ir.save(result.model, args.output, check=True, validate=check)
+    report = box["report"]
+    kept = record.get("kept_float", [])
+    seconds = time.perf_counter() - start
+    if args.json:
+        stdout.print_json(json.dumps({"input": args.input, "output": str(saved.path), "pipeline": spec,
+                                      "target": args.target, "seconds": seconds, "kept_float": kept,
+                                      "budget": box.get("budget"),
+                                      "passes": result.report.to_dict()["passes"], **report.to_dict()},
+                                     default=str))
+    elif not args.quiet:
+        stdout.print(_table(report, kept, seconds))
+        stdout.print(f"wrote {saved.path}" + (f" (+ {saved.data_path.name})" if saved.data_path else ""))
+    return 0
+
+
+def _report_batches(calibration: Any, proto: onnx.ModelProto, args: argparse.Namespace) -> list[dict]:
+    from graphopt.passes.quantization.calibration import CalibrationData
+
+    if args.eval:
+        data = CalibrationData.from_path(args.eval, proto, batch_size=args.batch_size)
+    elif calibration is not None:
+        data = calibration
+    else:
+        data = CalibrationData.generated(proto, count=2, seed=1000, dims=parse_dims(args.dim))
+    return _first(data, REPORT_BATCHES)
+
+
+def _first(data: Any, count: int) -> list[dict]:
+    batches = []
+    for batch in data:
+        batches.append(batch)
+        if len(batches) == count:
+            break
+    return batches
+
+
+def _table(report: Any, kept: list[str], seconds: float) -> Table:
+    outer = Table.grid(padding=1)
+    outputs = Table(title=f"accuracy vs the float model ({report.batches} batches)", show_edge=False)
+    for col in ("output", "max abs error", "cosine", "argmax agreement"):
+        outputs.add_column(col, justify="left" if col == "output" else "right")
+    for o in report.outputs:
+        agree = "" if o.argmax_agreement is None else f"{o.argmax_agreement:.4f}"
+        outputs.add_row(o.name, f"{o.max_abs:.4g}", f"{o.cosine:.6f}", agree)
+    outer.add_row(outputs)
+    ratio = report.bytes_after / report.bytes_before if report.bytes_before else 0.0
+    outer.add_row(f"size {filesize.decimal(report.bytes_before)} -> {filesize.decimal(report.bytes_after)} "
+                  f"({ratio:.3f}x); {len(report.sqnr_db)} quantized layers"
+                  + (f", kept float: {', '.join(kept)}" if kept else ""))
+    if report.sqnr_db:
+        worst = sorted(report.sqnr_db.items(), key=lambda kv: kv[1])[:5]
+        outer.add_row("lowest SQNR: " + ", ".join(f"{name} {db:.1f} dB" for name, db in worst))
+    outer.add_row(f"done in {seconds:.1f} s")
+    return outer
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``quantize``."""
+    p = sub.add_parser("quantize", help="quantize a model (INT8 QDQ, INT4 weight-only, FP16/BF16) and report accuracy")
+    p.add_argument("input", help="input float .onnx model (never modified)")
+    p.add_argument("-o", "--output", required=True, help="output .onnx path (written atomically)")
+    p.add_argument("--target", choices=sorted(TARGETS), default="ort", help="QDQ placement and ops (default: ort)")
+    p.add_argument("--calib", metavar="PATH|generate", help=(
+        "calibration data: an .npz file, a folder of .npz files, of input_N.pb tensors or of test_data_set_N "
+        "folders; 'generate' for synthetic inputs"))
+    p.add_argument("--calib-count", type=int, default=8, help="samples generated by --calib generate (default 8)")
+    p.add_argument("--calib-limit", type=int, help="use at most this many calibration samples")
+    p.add_argument("--batch-size", type=int, default=1, help="calibration samples per onnxruntime run (default 1)")
+    p.add_argument("--eval", metavar="PATH", help="held-out inputs for the accuracy report (default: calibration data)")
+    p.add_argument("--method", choices=("minmax", "percentile", "entropy", "mse"), default="minmax",
+                   help="activation range calibration (default minmax)")
+    p.add_argument("--percentile", type=float, help="percentile kept by --method percentile (default 99.999)")
+    p.add_argument("--activation-type", choices=("uint8", "int8"), help="INT8 activations (default uint8; "
+                   "tensorrt: symmetric int8)")
+    p.add_argument("--per-tensor", action="store_true", help="per-tensor weights instead of per-channel")
+    p.add_argument("--budget", metavar="METRIC=VALUE", help=(
+        "keep the most sensitive layers float until the outputs on the calibration data reach VALUE: cosine=0.99 "
+        "(worst output cosine) or argmax=0.99 (top-1 agreement along the last axis); exit 1 (nothing written) "
+        "when the final model misses it on the evaluation inputs"))
+    p.add_argument("--exclude-ops", nargs="+", metavar="OP", help="op types kept float")
+    p.add_argument("--exclude-nodes", nargs="+", metavar="GLOB", help="node-name glob patterns kept float")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--weights-only", choices=("int4",), help="block-wise INT4 weight-only MatMuls instead of INT8")
+    mode.add_argument("--float", choices=("fp16", "bf16"), help="convert to float16 / bfloat16 instead of INT8")
+    p.add_argument("--block-size", type=int, choices=(32, 64, 128), help="INT4 block size")
+    p.add_argument("--asymmetric", action="store_true", help="INT4 with zero points")
+    p.add_argument("--gptq", action="store_true", help="INT4 with GPTQ error compensation (needs --calib)")
+    p.add_argument("-p", "--pipeline", help="a full pipeline spec instead of the mode's (e.g. 'int8')")
+    p.add_argument("--opset", type=int, metavar="N", help="upgrade the default-domain opset to N (default 13, the "
+                   "least per-channel QDQ needs; models at a higher opset keep theirs)")
+    p.add_argument("--reproducer-dir", help="where to write a reproducer if a pass crashes")
+    p.add_argument("--dim", action="append", metavar="NAME=SIZE",
+                   help="bind a symbolic input dim of generated inputs (repeatable), e.g. --dim sequence=128")
+    p.add_argument("--json", action="store_true", help="print a machine-readable report on stdout")
+    p.set_defaults(func=cmd_quantize)

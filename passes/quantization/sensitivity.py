@@ -1,0 +1,229 @@
+"""Mixed precision under an accuracy budget: measure each site's sensitivity
+and keep the most sensitive sites in float until the budget holds.
+
+Sensitivity of a site = the output cosine on the calibration data when only
+that site is quantized (the "one layer at a time" analysis of Wu et al.,
+"Integer Quantization for Deep Learning Inference", NVIDIA 2020, section 6,
+and ModelOpt's/AIMET's per-layer sensitivity). All configurations run in one
+onnxruntime session of the *switched* model
+(:func:`~graphopt.passes.quantization.insert.insert_qdq` with
+``switches=True``): a boolean input per site picks its quantized or float
+inputs, so no model is rebuilt per configuration.
+
+The search is greedy: quantize every site; while the budget fails, return the
+most sensitive remaining site to float.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from graphopt import ir
+from graphopt.errors import InputError
+from graphopt.passes.quantization.insert import QuantConfig, insert_qdq
+from graphopt.passes.quantization.placement import Plan
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Metric", "METRICS", "argmax_agreement", "output_cosine", "Sensitivity", "site_sensitivity", "keep_float_for_budget", "plan_sites_like",
+           "layer_sqnr"]
+
+Metric = Callable[[Sequence[Mapping[str, np.ndarray]], Sequence[Mapping[str, np.ndarray]]], float]
+"""``metric(outputs, reference) -> score``, higher is better: each argument is a
+list (one entry per calibration batch) of ``{output name: array}``."""
+
+MAX_BATCHES = 8
+"""Calibration batches the sensitivity analysis uses at most."""
+
+
+def output_cosine(outputs: Sequence[Mapping[str, np.ndarray]], reference: Sequence[Mapping[str, np.ndarray]]) -> float:
+    """The worst (over outputs) cosine similarity between ``outputs`` and
+    ``reference``, each output's batches flattened into one vector; float
+    outputs only. 1.0 when both vectors are zero."""
+    worst = 1.0
+    for name in reference[0]:
+        ref = [np.asarray(r[name]) for r in reference]
+        if not np.issubdtype(ref[0].dtype, np.floating):
+            continue
+        x = np.concatenate([o[name].astype(np.float64).ravel() for o in outputs])
+        y = np.concatenate([r.astype(np.float64).ravel() for r in ref])
+        nx, ny = np.linalg.norm(x), np.linalg.norm(y)
+        cos = 1.0 if nx == 0 and ny == 0 else float(np.dot(x, y) / (nx * ny)) if nx and ny else 0.0
+        worst = min(worst, cos)
+    return worst
+
+
+def argmax_agreement(outputs: Sequence[Mapping[str, np.ndarray]], reference: Sequence[Mapping[str, np.ndarray]]
+                     ) -> float:
+    """The worst (over float outputs of rank >= 2) share of positions whose
+    argmax along the last axis (the class) agrees with ``reference``: top-1
+    agreement of classifiers and per-position recognizers (CTC heads). 1.0
+    when no output has classes."""
+    worst = 1.0
+    for name in reference[0]:
+        ref = [np.asarray(r[name]) for r in reference]
+        if not np.issubdtype(ref[0].dtype, np.floating) or ref[0].ndim < 2 or ref[0].shape[-1] < 2:
+            continue
+        hits = sum(int((r.argmax(-1) == np.asarray(o[name]).argmax(-1)).sum()) for r, o in zip(ref, outputs))
+        worst = min(worst, hits / sum(int(np.prod(r.shape[:-1])) for r in ref))
+    return worst
+
+
+METRICS: dict[str, Metric] = {"cosine": output_cosine, "argmax": argmax_agreement}
+"""Budget metrics by name (``--budget NAME=VALUE``)."""
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """One site's score when it alone is quantized (``metric`` of the outputs)."""
+
+    site: str
+    op_type: str
+    score: float
+
+
+class _Switched:
+    """The switched model of a plan and a session over it."""
+
+    def __init__(self, model: ir.Model, plan: Plan, ranges: Mapping[str, Any], config: QuantConfig,
+                 batches: list[Mapping[str, np.ndarray]], expose: Sequence[str] = ()) -> None:
+        import tempfile
+        from pathlib import Path
+
+        from graphopt.passes.quantization.activations import activation_session
+
+        copy = ir.clone(model)
+        copy_plan = plan_sites_like(copy, plan)
+        result = insert_qdq(copy, copy_plan, ranges, config, switches=True)
+        self.flags = [result.switches[f"site{i}"] for i in range(len(plan.sites))]
+        self._workdir = tempfile.TemporaryDirectory(prefix="graphopt-sensitivity-")
+        self.session, self.outputs = activation_session(copy, list(expose), Path(self._workdir.name), "basic")
+        self.batches = batches
+        names = {i.name for i in self.session.get_inputs()}
+        self.feeds = [{k: np.asarray(v) for k, v in b.items() if k in names} for b in batches]
+
+    def run(self, on: set[int]) -> list[dict[str, np.ndarray]]:
+        flags = {name: np.array(i in on) for i, name in enumerate(self.flags)}
+        return [dict(zip(self.outputs, self.session.run(self.outputs, {**feed, **flags}))) for feed in self.feeds]
+
+    def close(self) -> None:
+        self._workdir.cleanup()
+
+
+def plan_sites_like(model: ir.Model, plan: Plan) -> Plan:
+    """The same sites as ``plan`` (made on another copy of the model) in ``model``,
+    matched by position among the nodes of the main graph."""
+    nodes = list(model.graph)
+    positions = {id(n): i for i, n in enumerate(plan.sites[0].node.graph)} if plan.sites else {}
+    copy = Plan(skipped=plan.skipped.copy())
+    for site in plan.sites:
+        node = nodes[positions[id(site.node)]]
+        output = None
+        if site.output is not None:
+            producer = site.output.producer()
+            output = nodes[positions[id(producer)]].outputs[site.output.index()]
+        copy.sites.append(type(site)(node, site.activations, site.weight, site.bias, output))
+    copy.residuals = [(nodes[positions[id(add)]], idx) for add, idx in plan.residuals]
+    return copy
+
+
+def site_sensitivity(model: ir.Model, plan: Plan, ranges: Mapping[str, Any], config: QuantConfig,
+                     data: Iterable[Mapping[str, np.ndarray]], metric: Metric = output_cosine) -> list[Sensitivity]:
+    """Score every site of ``plan`` quantized alone, most sensitive (lowest score) first.
+
+    Args:
+        model: the float model (not modified).
+        plan, ranges, config: as for :func:`insert_qdq`.
+        data: calibration batches (the first :data:`MAX_BATCHES` are used).
+        metric: see :data:`Metric`; default :func:`output_cosine`.
+
+    Raises:
+        InputError: no calibration batches.
+    """
+    switched = _switched(model, plan, ranges, config, data)
+    try:
+        reference = switched.run(set())
+        scores = [Sensitivity(s.name, s.node.op_type, metric(switched.run({i}), reference))
+                  for i, s in enumerate(plan.sites)]
+    finally:
+        switched.close()
+    return sorted(scores, key=lambda s: s.score)
+
+
+def layer_sqnr(model: ir.Model, plan: Plan, ranges: Mapping[str, Any], config: QuantConfig,
+               data: Iterable[Mapping[str, np.ndarray]]) -> dict[str, float]:
+    """SQNR in dB of each site's output with every site quantized against the
+    float model, ``10 log10(sum x^2 / sum (x - x')^2)`` over the first
+    :data:`MAX_BATCHES` batches (``inf`` when equal). Keys: the sites' output names.
+
+    Raises:
+        InputError: no calibration batches.
+    """
+    names = [s.node.outputs[0].name for s in plan.sites]
+    switched = _switched(model, plan, ranges, config, data, names)
+    try:
+        ref, out = switched.run(set()), switched.run(set(range(len(plan.sites))))
+    finally:
+        switched.close()
+    sqnr = {}
+    for name in names:
+        signal = sum(float(np.sum(np.square(r[name], dtype=np.float64))) for r in ref)
+        noise = sum(float(np.sum(np.square(r[name].astype(np.float64) - o[name], dtype=np.float64)))
+                    for r, o in zip(ref, out))
+        sqnr[name] = 10.0 * np.log10(signal / noise) if noise > 0 and signal > 0 else float("inf")
+    return sqnr
+
+
+def _switched(model: ir.Model, plan: Plan, ranges: Mapping[str, Any], config: QuantConfig,
+              data: Iterable[Mapping[str, np.ndarray]], expose: Sequence[str] = ()) -> _Switched:
+    batches = []
+    for batch in data:
+        batches.append(batch)
+        if len(batches) == MAX_BATCHES:
+            break
+    if not batches:
+        raise InputError("the accuracy budget needs at least one calibration batch")
+    return _Switched(model, plan, ranges, config, batches, expose)
+
+
+def keep_float_for_budget(model: ir.Model, plan: Plan, ranges: Mapping[str, Any], config: QuantConfig,
+                          data: Iterable[Mapping[str, np.ndarray]], threshold: float,
+                          metric: Metric = output_cosine) -> list[str]:
+    """Remove from ``plan`` (in place) the fewest most-sensitive sites so that
+    ``metric`` of the quantized outputs is at least ``threshold``.
+
+    Returns:
+        The names of the sites kept float, most sensitive first (all sites when
+        even one quantized site breaks the budget).
+
+    Raises:
+        InputError: no calibration batches, or a threshold outside (0, 1] for
+            the cosine metric.
+    """
+    if metric in METRICS.values() and not 0.0 < threshold <= 1.0:
+        raise InputError(f"a cosine or argmax budget must be in (0, 1], not {threshold}")
+    switched = _switched(model, plan, ranges, config, data)
+    try:
+        reference = switched.run(set())
+        scores = sorted(((metric(switched.run({i}), reference), i) for i in range(len(plan.sites))))
+        on = set(range(len(plan.sites)))
+        kept: list[int] = []
+        score = metric(switched.run(on), reference)
+        log.info("qdq: all %d sites quantized: %.6f (budget %.6f)", len(on), score, threshold)
+        for _, i in scores:
+            if score >= threshold:
+                break
+            on.discard(i)
+            kept.append(i)
+            score = metric(switched.run(on), reference) if on else 1.0
+            log.info("qdq: %s kept float: %.6f", plan.sites[i].name, score)
+    finally:
+        switched.close()
+    names = [plan.sites[i].name for i in kept]
+    plan.sites[:] = [s for i, s in enumerate(plan.sites) if i not in set(kept)]
+    return names

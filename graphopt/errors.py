@@ -43,13 +43,18 @@ class SaveError(GraphoptError):
 
 
 class PassError(GraphoptError):
-    """A pass raised while running. Carries the pass name and, when the pass
-    manager wrote one, the path of a reproducer directory."""
+    """A pass raised while running. Carries the pass name, when the pass
+    manager wrote one the path of a reproducer directory, and the exit code:
+    3 for a crash, the cause's own code when the pass raised an expected
+    :class:`GraphoptError` (e.g. 2 for an :class:`InputError`)."""
 
-    def __init__(self, message: str, pass_name: str = "", reproducer: str | None = None):
+    exit_code = 3
+
+    def __init__(self, message: str, pass_name: str = "", reproducer: str | None = None, exit_code: int = 3):
         super().__init__(message)
         self.pass_name = pass_name
         self.reproducer = reproducer
+        self.exit_code = exit_code
 
 
 class VerificationError(GraphoptError):

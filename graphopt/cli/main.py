@@ -68,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except PassError as e:
-        console.print(f"[red]error:[/] {e}")
+        console.print(f"[red]error:[/] {escape(str(e))}")
         if e.reproducer:
             console.print(f"reproducer: {e.reproducer}")
-        return 3
+        return e.exit_code
     except GraphoptError as e:
         console.print(f"[red]error:[/] {escape(str(e))}")  # a message may hold brackets: 'graphopt[trt-rtx]'
         return e.exit_code

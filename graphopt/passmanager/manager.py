@@ -204,12 +204,16 @@ class PassManager:
         try:
             result = pass_.run(model, self.ctx)
         except Exception as exc:  # noqa: BLE001 - every pass failure becomes a PassError
+            if isinstance(exc, GraphoptError) and not isinstance(exc, PassError):
+                # An expected error (bad input, options, calibration data): the user's to fix, not a crash,
+                # so no reproducer; the CLI exits with the cause's code (2 for bad input).
+                raise PassError(f"pass '{pass_.name}' rejected the model: {exc}", pass_.name,
+                                exit_code=exc.exit_code) from exc
             path = None
             for inst in instruments:
                 path = inst.on_crash(pass_, spec, snapshot, exc, self.ctx) or path
             where = f"; reproducer written to {path}" if path else ""
-            kind = "rejected the model" if isinstance(exc, GraphoptError) else "crashed"
-            raise PassError(f"pass '{pass_.name}' {kind}: {exc}{where}", pass_.name, path) from exc
+            raise PassError(f"pass '{pass_.name}' crashed: {exc}{where}", pass_.name, path) from exc
         seconds = time.perf_counter() - start
         if not isinstance(result, PassResult):
             raise PassError(f"pass '{pass_.name}' returned {type(result).__name__}, not PassResult", pass_.name)

@@ -94,9 +94,12 @@ class _Builder:
         self.config = config
         self.taken = ir.value_names(self.graph)
         self.new_nodes: list[ir.Node] = []
+        self.created: set[str] = set()
 
     def const(self, array: np.ndarray, name: str) -> ir.Value:
-        return ir.add_initializer(self.graph, np.asarray(array), name, self.taken)
+        value = ir.add_initializer(self.graph, np.asarray(array), name, self.taken)
+        self.created.add(value.name)
+        return value
 
     def node(self, op: str, inputs: list[ir.Value | None], name: str, domain: str = "", **attrs: Any) -> ir.Node:
         attributes = [ir.Attr(k, _attr_type(v), v) for k, v in attrs.items()]
@@ -171,6 +174,8 @@ def insert_qdq(model: ir.Model, plan: Plan, ranges: Mapping[str, Any], config: Q
             zero = b.const(params.zero_point, f"{value.name}_zero_point")
             q = b.node("QuantizeLinear", [value, scale, zero], f"{value.name}_quantized")
             dq = b.node("DequantizeLinear", [q.outputs[0], scale, zero], f"{value.name}_dequantized")
+            _typed(q.outputs[0], zero.dtype, value.shape)
+            _typed(dq.outputs[0], value.dtype, value.shape)
             pairs[value.name] = (q, dq, params)
             origin[id(dq.outputs[0])] = value
             method = getattr(ranges[value.name], "method", "given")
@@ -189,6 +194,7 @@ def insert_qdq(model: ir.Model, plan: Plan, ranges: Mapping[str, Any], config: Q
             wz = b.const(params.zero_point, f"{value.name}_zero_point")
             attrs = {"axis": axis} if axis is not None else {}
             dq = b.node("DequantizeLinear", [wq, ws, wz], f"{value.name}_dequantized", **attrs)
+            _typed(dq.outputs[0], value.dtype, value.shape)
             weights[key] = (dq, params, wq)
             result.weights += 1
         return weights[key]
@@ -229,14 +235,43 @@ def insert_qdq(model: ir.Model, plan: Plan, ranges: Mapping[str, Any], config: Q
         value = add.inputs[idx]
         _, dq, _ = pair(value)
         add.replace_input_with(idx, dq.outputs[0])
-    for node in b.new_nodes:
+    for node in _used(b.new_nodes):
         model.graph.append(node)
+    _drop_unused_initializers(model.graph, b.created)
     for name, _ in weights:
         value = model.graph.initializers.get(name)
         if value is not None and not value.uses() and not value.is_graph_output():
             model.graph.initializers.pop(name)  # the float weight: only its quantized copy is read now
     model.graph.sort()
     return result
+
+
+def _typed(value: ir.Value, dtype: ir.DataType | None, shape: ir.Shape | None) -> None:
+    """Give a new Q/DQ output its dtype and shape (later passes read them before shapes are inferred again)."""
+    if dtype is not None:
+        value.type = ir.TensorType(dtype)
+    if shape is not None:
+        value.shape = ir.Shape(list(shape))
+
+
+def _used(nodes: list[ir.Node]) -> list[ir.Node]:
+    """``nodes`` without those whose outputs nothing reads (e.g. the DQ of an
+    input that QAttention reads quantized), dropping readers before producers."""
+    dropped: set[int] = set()
+    for node in reversed(nodes):
+        live = any(out.is_graph_output() or any(id(u.node) not in dropped for u in out.uses()) for out in node.outputs)
+        if not live:
+            dropped.add(id(node))
+            for i in range(len(node.inputs)):
+                node.replace_input_with(i, None)
+    return [n for n in nodes if id(n) not in dropped]
+
+
+def _drop_unused_initializers(graph: ir.Graph, names: set[str]) -> None:
+    for name in names:
+        value = graph.initializers.get(name)
+        if value is not None and not value.uses() and not value.is_graph_output():
+            graph.initializers.pop(name)
 
 
 def _switch(b: _Builder, model: ir.Model, result: InsertResult, index: int) -> ir.Value:
@@ -258,6 +293,8 @@ def _quantize_conv_bias(b: _Builder, node: ir.Node, idx: int, x: QuantParams, w:
     bs = b.const(scale, f"{original.name}_scale")
     dq = b.node("DequantizeLinear", [bq, bs], f"{original.name}_dequantized", axis=0)
     node.replace_input_with(idx, dq.outputs[0])
+    if original.name in b.graph.initializers and not original.uses() and not original.is_graph_output():
+        b.graph.initializers.pop(original.name)  # the float bias: only its int32 copy is read now
     result.biases += 1
 
 
@@ -280,9 +317,9 @@ def _to_qattention(b: _Builder, model: ir.Model, site: Site, pair, weight, resul
     out = node.outputs[0]
     qa.outputs[0].shape, qa.outputs[0].type = out.shape, out.type
     name = out.name
-    ir.convenience.replace_all_uses_with(out, qa.outputs[0])
     if out.is_graph_output():
         model.graph.outputs[[o is out for o in model.graph.outputs].index(True)] = qa.outputs[0]
+    ir.convenience.replace_all_uses_with(out, qa.outputs[0])
     model.graph.remove(node, safe=True)
     b.taken.discard(qa.outputs[0].name)
     qa.outputs[0].name = name

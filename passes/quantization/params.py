@@ -57,9 +57,11 @@ def params_from_range(rmin: float | np.ndarray, rmax: float | np.ndarray, qtype:
 
     Asymmetric: ``scale = (rmax - rmin) / (qmax - qmin)``,
     ``zero_point = round(qmin - rmin / scale)``. Symmetric (int8: zero point 0;
-    uint8: zero point 128): ``scale = max(|rmin|, |rmax|) / ((qmax - qmin) / 2)``,
-    as onnxruntime's ``compute_scale_zp`` and TensorRT's explicit quantization
-    (symmetric int8 only) do. A zero-width range gets scale 1 so that
+    uint8: zero point 128): ``scale = max(|rmin|, |rmax|) / 127`` for int8 (the
+    restricted range [-127, 127], so ``-max`` and ``+max`` are both exact) and
+    ``/ 127.5`` for uint8, as onnxruntime's ``compute_scale_zp`` (with
+    ``get_qmin_qmax_for_qType(symmetric=True)``) and TensorRT's explicit
+    quantization (symmetric int8 only) do. A zero-width range gets scale 1 so that
     dequantization stays finite.
 
     Args:
@@ -74,11 +76,11 @@ def params_from_range(rmin: float | np.ndarray, rmax: float | np.ndarray, qtype:
     dtype, qmin, qmax = _qtype(qtype)
     lo = np.minimum(np.asarray(rmin, dtype=np.float64), 0.0)
     hi = np.maximum(np.asarray(rmax, dtype=np.float64), 0.0)
-    if np.any(lo > hi) or not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+    if np.any(np.asarray(rmin) > np.asarray(rmax)) or not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
         raise InputError(f"quantization range [{rmin}, {rmax}] is empty or not finite")
     if symmetric:
         bound = np.maximum(-lo, hi)
-        scale = bound / ((qmax - qmin) / 2.0)
+        scale = bound / (float(qmax) if qtype == "int8" else (qmax - qmin) / 2.0)
         zero = np.full(scale.shape, 0 if qtype == "int8" else 128, dtype=np.float64)
     else:
         scale = (hi - lo) / float(qmax - qmin)

@@ -162,6 +162,8 @@ def _conv_site(node: ir.Node, target: str, skipped: Counter) -> Site | None:
         return None
     bias = 2 if len(node.inputs) > 2 and _is_const(node.inputs[2]) and target != "tensorrt" else None
     output = None if target == "tensorrt" else _conv_output(node)
+    if output is not None and not output.uses():
+        output = None  # only a graph output: a Q/DQ pair there would be dead (and stop no fusion)
     return Site(node, (0,), (1, 0), bias, output)
 
 
@@ -171,7 +173,7 @@ def _attention_site(node: ir.Node, skipped: Counter) -> Site | None:
     attrs = node.attributes
     more = any(out.uses() or out.is_graph_output() for out in node.outputs[1:])
     if not _is_const(weight) or extra or more or "qkv_hidden_sizes" in attrs or "do_rotary" in attrs:
-        skipped["Attention with past, packed sizes or rotary"] += 1
+        skipped["Attention with past, attention bias, packed sizes or rotary"] += 1
         return None
     return Site(node, (0,), (1, 1))
 

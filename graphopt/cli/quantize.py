@@ -68,7 +68,7 @@ def build_spec(args: argparse.Namespace) -> str:
         return args.pipeline
     if args.weights_only:
         opts = {"block-size": args.block_size, "method": "gptq" if args.gptq else None,
-                "symmetric": False if args.asymmetric else None, "exclude": tuple(args.exclude_nodes or ())}
+                "symmetric": True if args.symmetric else None, "exclude": tuple(args.exclude_nodes or ())}
         return "O2,quantize-weights-int4" + _opts(opts)
     if args.float:
         opts = {"dtype": "bfloat16" if args.float == "bf16" else "float16",
@@ -232,7 +232,8 @@ def add_parsers(sub: Any) -> None:
     mode.add_argument("--weights-only", choices=("int4",), help="block-wise INT4 weight-only MatMuls instead of INT8")
     mode.add_argument("--float", choices=("fp16", "bf16"), help="convert to float16 / bfloat16 instead of INT8")
     p.add_argument("--block-size", type=int, choices=(32, 64, 128), help="INT4 block size")
-    p.add_argument("--asymmetric", action="store_true", help="INT4 with zero points")
+    p.add_argument("--symmetric", action="store_true", help="INT4 without zero points (default: a uint4 zero "
+                   "point per block)")
     p.add_argument("--gptq", action="store_true", help="INT4 with GPTQ error compensation (needs --calib)")
     p.add_argument("-p", "--pipeline", help="a full pipeline spec instead of the mode's (e.g. 'int8')")
     p.add_argument("--opset", type=int, metavar="N", help="upgrade the default-domain opset to N (default 13, the "

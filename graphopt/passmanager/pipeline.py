@@ -82,6 +82,12 @@ register_pipeline(
     "O2, then float16 weights and compute with numerically sensitive ops kept in float32",
 )
 
+register_pipeline(
+    "int4",
+    "O2,quantize-weights-int4",
+    "O2, then block-wise INT4 weight-only MatMuls (MatMulNBits for ort, DequantizeLinear block_size for onnx)",
+)
+
 DEFAULT_FIXPOINT_ITERS = 8
 
 

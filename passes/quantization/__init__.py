@@ -2,6 +2,6 @@
 conversion (``convert-float16``) and INT4 weight-only quantization
 (``quantize-weights-int4``)."""
 
-from graphopt.passes.quantization import float16, qdq  # noqa: F401 - registers the passes
+from graphopt.passes.quantization import float16, int4, qdq  # noqa: F401 - registers the passes
 
-__all__ = ["float16", "qdq"]
+__all__ = ["float16", "int4", "qdq"]

@@ -12,6 +12,8 @@ Each quantizer runs in its own process (wall time, peak RSS):
 * ``ort-static``: ``quantize_static(QDQ, per_channel=True, QUInt8 activations,
   QInt8 weights, MinMax)`` on the calibration data;
 * ``graphopt``: ``graphopt quantize --target ort --calib DIR`` (INT8, MinMax);
+* ``graphopt-budget`` (with ``--tools``): the same with ``--budget`` (mixed
+  precision: the most sensitive layers stay float);
 
 then every output is timed with the float model in one interleaved run
 (``graphopt.bench.runner.benchmark``: onnxruntime ORT_ENABLE_ALL, 2 threads,
@@ -97,15 +99,17 @@ def worker(tool: str, src: str, dst: str, calib: str) -> None:
                     calibrate_method=CalibrationMethod.MinMax, use_external_data_format=big)
 
 
-def run_tool(tool: str, model: Path, out: Path, calib: Path, method: str, timeout: float) -> dict[str, Any]:
+def run_tool(tool: str, model: Path, out: Path, calib: Path, args: argparse.Namespace) -> dict[str, Any]:
     """Quantize ``model`` with ``tool`` into ``out``; wall time, RSS, errors."""
-    if tool == "graphopt":
+    if tool.startswith("graphopt"):
         exe = Path(sys.executable).parent / "graphopt"
         cmd = [str(exe), "quantize", str(model), "-o", str(out), "--calib", str(calib), "--target", "ort",
-               "--method", method, "--quiet"]
+               "--method", args.method, "--quiet"]
+        if tool == "graphopt-budget":
+            cmd += ["--budget", args.budget]
     else:
         cmd = [sys.executable, __file__, "--worker", tool, str(model), str(out), str(calib)]
-    return spawn(cmd, out, timeout, out.with_suffix(".log"))
+    return spawn(cmd, out, args.timeout, out.with_suffix(".log"))
 
 
 def accuracy(reference: Path, candidate: Path, evaluation: list[dict]) -> dict[str, Any]:
@@ -132,7 +136,7 @@ def compare_model(model: Path, out_dir: Path, args: argparse.Namespace) -> dict[
     rows: dict[str, dict[str, Any]] = {}
     for tool in args.tools.split(","):
         dst = work / f"{tool}.onnx"
-        row = run_tool(tool, model, dst, calib, args.method, args.timeout)
+        row = run_tool(tool, model, dst, calib, args)
         if row.get("ok"):
             try:
                 row.update(accuracy(model, dst, evaluation))
@@ -184,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, help="DIR/<model stem>/{calib,eval}/*.npz inputs")
     parser.add_argument("--tools", default=",".join(TOOLS))
     parser.add_argument("--method", default="minmax", help="graphopt's calibration method")
+    parser.add_argument("--budget", default="cosine=0.995",
+                        help="the accuracy budget of the graphopt-budget tool (mixed precision)")
     parser.add_argument("--calib-count", type=int, default=8)
     parser.add_argument("--dim", action="append", help="NAME=SIZE for generated inputs (default sequence=128)")
     parser.add_argument("--seconds", type=float, default=30.0)

@@ -42,6 +42,10 @@ class QuantConfig:
         weight_type: ``int8`` or ``uint8``.
         per_channel: weights per output channel (else per tensor).
         symmetric_weights: weight zero point 0 (int8).
+        fold_bias: a MatMul whose only reader adds a constant bias becomes
+            com.microsoft ``MatMulIntegerToFloat`` with the bias as its input
+            (target ort: onnxruntime's QDQ fusion leaves that Add a separate
+            node, and lets a following Gelu become the slower BiasGelu).
     """
 
     activation_type: str = "uint8"
@@ -49,6 +53,7 @@ class QuantConfig:
     weight_type: str = "int8"
     per_channel: bool = True
     symmetric_weights: bool = True
+    fold_bias: bool = False
 
 
 @dataclass
@@ -64,6 +69,7 @@ class InsertResult:
     activations: dict[str, dict[str, Any]] = field(default_factory=dict)
     weights: int = 0
     biases: int = 0
+    folded_biases: int = 0
     attention: int = 0
     switches: dict[str, str] = field(default_factory=dict)
 
@@ -225,6 +231,9 @@ def insert_qdq(model: ir.Model, plan: Plan, ranges: Mapping[str, Any], config: Q
             feed(i, node, idx, dq.outputs[0], original)
             if site.bias is not None and x_params is not None and not switches:
                 _quantize_conv_bias(b, node, site.bias, x_params, w_params, result)
+            if config.fold_bias and not switches and node.op_type == "MatMul" and _bias_add(node) is not None:
+                _matmul_integer_to_float(b, model, node, pair(node.inputs[0])[0],
+                                         weight(original, axis)[0], result)
         if site.output is not None:
             out = site.output
             readers = [(u.node, u.idx) for u in out.uses()]
@@ -272,6 +281,49 @@ def _drop_unused_initializers(graph: ir.Graph, names: set[str]) -> None:
         value = graph.initializers.get(name)
         if value is not None and not value.uses() and not value.is_graph_output():
             graph.initializers.pop(name)
+
+
+def _bias_add(matmul: ir.Node) -> tuple[ir.Node, ir.Value] | None:
+    """``(Add, bias)`` when the MatMul's only reader adds a constant ``[N]`` bias."""
+    out = matmul.outputs[0]
+    uses = out.uses()
+    if len(uses) != 1 or out.is_graph_output():
+        return None
+    add = uses[0].node
+    if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.inputs) != 2:
+        return None
+    bias = add.inputs[1 - uses[0].idx]
+    tensor = ir.const_tensor(bias)
+    n = matmul.inputs[1].shape[-1] if matmul.inputs[1].shape is not None else None
+    if tensor is None or tensor.dtype != ir.DataType.FLOAT:
+        return None
+    if int(np.prod(tensor.shape)) != n or any(int(d) != 1 for d in list(tensor.shape)[:-1]):
+        return None
+    return add, bias
+
+
+def _matmul_integer_to_float(b: _Builder, model: ir.Model, matmul: ir.Node, q: ir.Node, w_dq: ir.Node,
+                             result: InsertResult) -> None:
+    """``Add(MatMul(DQ(Q(x)), DQ(W)), bias)`` -> ``MatMulIntegerToFloat(Q(x), W, s_x, s_w, zp_x, zp_w, bias)``
+    (onnxruntime ContribOperators.md: MatMulIntegerToFloat; per-column ``b_scale``)."""
+    add, bias = _bias_add(matmul)
+    flat = np.asarray(ir.const_tensor(bias).numpy(), np.float32).reshape(-1)
+    bias_value = b.const(flat, f"{bias.name}_flat") if len(bias.shape) != 1 else bias
+    wq, ws, wz = w_dq.inputs
+    node = b.node("MatMulIntegerToFloat", [q.outputs[0], wq, q.inputs[1], ws, q.inputs[2], wz, bias_value],
+                  (matmul.name or "matmul") + "_integer", domain="com.microsoft")
+    out = add.outputs[0]
+    node.outputs[0].shape, node.outputs[0].type = out.shape, out.type
+    name = out.name
+    if out.is_graph_output():
+        model.graph.outputs[[o is out for o in model.graph.outputs].index(True)] = node.outputs[0]
+    ir.convenience.replace_all_uses_with(out, node.outputs[0])
+    model.graph.remove([add, matmul], safe=True)
+    b.taken.discard(node.outputs[0].name)
+    node.outputs[0].name = name
+    result.folded_biases += 1
+    if bias_value is not bias and bias.name in model.graph.initializers and not bias.uses():
+        model.graph.initializers.pop(bias.name)
 
 
 def _switch(b: _Builder, model: ir.Model, result: InsertResult, index: int) -> ir.Value:

@@ -64,7 +64,7 @@ def config_for(target: str, options: QDQOptions) -> QuantConfig:
         return QuantConfig("int8", True, "int8", options.per_channel, True)
     if options.activation_type not in ("uint8", "int8"):
         raise InputError(f"qdq: activation-type must be uint8 or int8, not {options.activation_type!r}")
-    return QuantConfig(options.activation_type, False, "int8", options.per_channel, True)
+    return QuantConfig(options.activation_type, False, "int8", options.per_channel, True, fold_bias=target == "ort")
 
 
 @register_pass("qdq")
@@ -135,6 +135,6 @@ class QDQ(Pass):
         }
         model.metadata_props[METADATA_KEY] = json.dumps(record, sort_keys=True)
         stats = {"sites": len(plan.sites), "weights": result.weights, "biases": result.biases,
-                 "qattention": result.attention, "activations": len(result.activations), "kept float": len(kept)}
+                 "qattention": result.attention, "bias into MatMulIntegerToFloat": result.folded_biases, "activations": len(result.activations), "kept float": len(kept)}
         stats.update({f"skipped {k}": v for k, v in sorted(plan.skipped.items())})
         return PassResult(True, stats)

@@ -103,7 +103,7 @@ def test_matmul_ort_exact_graph_and_matmul_integer_to_float(tmp_path):
     model, rec = run(ir.from_text(MATMUL), calib(x=X_RANGE))
     assert ir.to_text(model) == MATMUL_ORT
     assert rec.modified
-    assert rec.stats == {"sites": 1, "weights": 1, "biases": 0, "qattention": 0, "activations": 1, "kept float": 0}
+    assert rec.stats == {"sites": 1, "weights": 1, "biases": 0, "qattention": 0, "bias into MatMulIntegerToFloat": 0, "activations": 1, "kept float": 0}
     assert "w" not in model.graph.initializers  # the float weight is gone
     dq_w = next(n for n in model.graph if n.op_type == "DequantizeLinear" and n.inputs[0].dtype == ir.DataType.INT8)
     # symmetric per column: scale 0.75 / 127; -0.75 .. 0.75 in steps of 0.25 -> -127, -85, -42, 0, 42, 85, 127
@@ -175,7 +175,7 @@ graph {
 def test_conv_relu_conv_ort_exact_graph_and_qlinearconv(tmp_path):
     model, rec = run(ir.from_text(CONV_CHAIN), calib(x=X_CONV))
     assert ir.to_text(model) == CONV_ORT
-    assert rec.stats == {"sites": 2, "weights": 2, "biases": 2, "qattention": 0, "activations": 2, "kept float": 0}
+    assert rec.stats == {"sites": 2, "weights": 2, "biases": 2, "qattention": 0, "bias into MatMulIntegerToFloat": 0, "activations": 2, "kept float": 0}
     assert not {"w1", "b1", "w2", "b2"} & set(model.graph.initializers)  # float weights and biases gone
     r = record(model)["activations"]["r"]
     x = record(model)["activations"]["x"]
@@ -230,7 +230,7 @@ def test_tensorrt_symmetric_int8_no_conv_output_residual_add_input():
     x = np.linspace(-2.0, 1.0, 100, dtype=np.float32).reshape(1, 4, 5, 5)
     model, rec = run(ir.from_text(RESIDUAL), calib(x=x), target="tensorrt")
     assert ir.to_text(model) == RESIDUAL_TRT
-    assert rec.stats == {"sites": 1, "weights": 1, "biases": 0, "qattention": 0, "activations": 2, "kept float": 0}
+    assert rec.stats == {"sites": 1, "weights": 1, "biases": 0, "qattention": 0, "bias into MatMulIntegerToFloat": 0, "activations": 2, "kept float": 0}
     acts = record(model)["activations"]
     assert acts["x"] == {"dtype": "int8", "method": "minmax", "rmin": -2.0, "rmax": 1.0,
                          "scale": pytest.approx(2.0 / 127), "zero_point": 0}
@@ -333,12 +333,19 @@ def test_int8_pipeline_on_bert_tiny(bert):
     result = PassManager("int8", PassContext(target="ort", calibration=data)).run(ir.clone(model))
     counts = Counter(n.op_type for n in result.model.graph)
     assert counts["MultiHeadAttention"] == 2 and counts["Attention"] == 0
-    assert counts["QuantizeLinear"] == 9 and counts["DequantizeLinear"] == 18  # 8 MatMul + the pooler Gemm
+    # 8 MatMuls + the pooler Gemm; the 8 MatMuls with a bias Add become MatMulIntegerToFloat (bias inside), so
+    # only the Gemm keeps its DequantizeLinear pair (activation + weight) and no bias Add or BiasGelu is left
+    assert counts["QuantizeLinear"] == 9 and counts["DequantizeLinear"] == 2
+    assert counts["MatMulIntegerToFloat"] == 8 and counts["MatMul"] == 0 and counts["BiasGelu"] == 0
+    assert counts["Gelu"] == 2
     assert result.report.records[-1].stats == {"sites": 9, "weights": 9, "biases": 0, "qattention": 0,
-                                               "activations": 9, "kept float": 0}
+                                               "bias into MatMulIntegerToFloat": 8, "activations": 9,
+                                               "kept float": 0}
     for node in result.model.graph:
-        if node.op_type in ("MatMul", "Gemm"):
+        if node.op_type == "Gemm":
             assert node.inputs[1].producer().op_type == "DequantizeLinear", node.name
+        if node.op_type == "MatMulIntegerToFloat":
+            assert node.inputs[0].producer().op_type == "QuantizeLinear" and len(node.inputs) == 7
     feed = next(iter(CalibrationData.generated(proto, count=1, seed=7)))
     want = session(model).run(None, feed)
     got = session(result.model).run(None, feed)

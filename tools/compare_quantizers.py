@@ -19,7 +19,7 @@ then every output is timed with the float model in one interleaved run
 (``graphopt.bench.runner.benchmark``: onnxruntime ORT_ENABLE_ALL, 2 threads,
 the first evaluation input) and compared with the float model on all
 evaluation inputs (cosine, max abs error, argmax agreement). Prints a markdown
-table per model and writes ``OUT_DIR/quantizers.json``.
+table per model and writes ``OUT_DIR/report.md`` and ``OUT_DIR/quantizers.json``.
 
 Usage::
 
@@ -176,6 +176,22 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def header(args: argparse.Namespace) -> str:
+    """The report's first lines: machine, versions and the command (no paths of this machine)."""
+    import os
+    import platform
+
+    import onnxruntime
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    models = " ".join(m.name for m in args.models)
+    return (f"# INT8 quantizers\n\n{cpu}, {os.cpu_count()} cores; onnxruntime {onnxruntime.__version__} CPU, "
+            f"ORT_ENABLE_ALL, 2 threads; graphopt --method {args.method}; {args.calib_count} calibration inputs "
+            f"unless --data-dir.\n\n`python tools/compare_quantizers.py OUT {models} --tools {args.tools}"
+            f"{' --data-dir D' if args.data_dir else ''} --seconds {args.seconds:g}`\n\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point (see the module doc)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -206,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(compare_model(model, args.out_dir, args))
         print(markdown(results[-1]), flush=True)
         (args.out_dir / "quantizers.json").write_text(json.dumps(results, indent=1, default=str))
+        (args.out_dir / "report.md").write_text(header(args) + "\n".join(markdown(r) for r in results))
     return 0
 
 

@@ -197,33 +197,79 @@ def keep_float_for_budget(model: ir.Model, plan: Plan, ranges: Mapping[str, Any]
     """Remove from ``plan`` (in place) the fewest most-sensitive sites so that
     ``metric`` of the quantized outputs is at least ``threshold``.
 
+    The greedy search runs on the switched model (float compute on
+    dequantized values). Its answer is then checked on the model as it will be
+    written, under onnxruntime's ``ORT_ENABLE_ALL`` (integer kernels, whose
+    requantization rounds differently): while that misses the budget, the next
+    most sensitive site goes back to float too.
+
     Returns:
         The names of the sites kept float, most sensitive first (all sites when
         even one quantized site breaks the budget).
 
     Raises:
         InputError: no calibration batches, or a threshold outside (0, 1] for
-            the cosine metric.
+            the cosine or argmax metric.
     """
     if metric in METRICS.values() and not 0.0 < threshold <= 1.0:
         raise InputError(f"a cosine or argmax budget must be in (0, 1], not {threshold}")
     switched = _switched(model, plan, ranges, config, data)
     try:
         reference = switched.run(set())
-        scores = sorted(((metric(switched.run({i}), reference), i) for i in range(len(plan.sites))))
+        order = [i for _, i in sorted((metric(switched.run({i}), reference), i) for i in range(len(plan.sites)))]
         on = set(range(len(plan.sites)))
         kept: list[int] = []
         score = metric(switched.run(on), reference)
         log.info("qdq: all %d sites quantized: %.6f (budget %.6f)", len(on), score, threshold)
-        for _, i in scores:
+        for i in order:
             if score >= threshold:
                 break
             on.discard(i)
             kept.append(i)
             score = metric(switched.run(on), reference) if on else 1.0
             log.info("qdq: %s kept float: %.6f", plan.sites[i].name, score)
+        batches = switched.batches
     finally:
         switched.close()
+    real = _RealCheck(model, plan, ranges, config, batches)
+    remaining = [i for i in order if i in on]
+    while on:
+        score = metric(real.run(on), real.reference)
+        log.info("qdq: %d sites quantized, with onnxruntime's integer kernels: %.6f", len(on), score)
+        if score >= threshold:
+            break
+        i = remaining.pop(0)
+        on.discard(i)
+        kept.append(i)
     names = [plan.sites[i].name for i in kept]
     plan.sites[:] = [s for i, s in enumerate(plan.sites) if i not in set(kept)]
     return names
+
+
+class _RealCheck:
+    """Outputs of the float model and of quantized copies (a subset of the
+    sites) under ``ORT_ENABLE_ALL``, on fixed batches."""
+
+    def __init__(self, model: ir.Model, plan: Plan, ranges: Mapping[str, Any], config: QuantConfig,
+                 batches: list[Mapping[str, np.ndarray]]) -> None:
+        self.model, self.plan, self.ranges, self.config, self.batches = model, plan, ranges, config, batches
+        self.reference = self._run(model)
+
+    def _run(self, model: ir.Model) -> list[dict[str, np.ndarray]]:
+        import tempfile
+        from pathlib import Path
+
+        from graphopt.passes.quantization.activations import activation_session
+
+        with tempfile.TemporaryDirectory(prefix="graphopt-budget-") as folder:
+            session, outputs = activation_session(model, [], Path(folder), "all")
+            names = {i.name for i in session.get_inputs()}
+            return [dict(zip(outputs, session.run(outputs, {k: v for k, v in b.items() if k in names})))
+                    for b in self.batches]
+
+    def run(self, on: set[int]) -> list[dict[str, np.ndarray]]:
+        copy = ir.clone(self.model)
+        copy_plan = plan_sites_like(copy, self.plan)
+        copy_plan.sites = [s for i, s in enumerate(copy_plan.sites) if i in on]
+        insert_qdq(copy, copy_plan, self.ranges, self.config)
+        return self._run(copy)

@@ -1,8 +1,11 @@
-"""Helpers shared by the pass tests."""
+"""Helpers shared by the tests: pass results, numerics, and running the CLI."""
 
 from __future__ import annotations
 
+import logging
+
 import onnx
+import pytest
 from onnx import TensorProto, helper
 
 from graphopt import ir
@@ -48,3 +51,30 @@ def small_model(nodes, initializers=(), opset: int = 17, outputs=(("y", [4]),)) 
         initializer=list(initializers),
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """The CLI's main() installs a rich handler on the root logger; put the old
+    handlers and levels back. Import it into a test module to use it there."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    onnx_ir_level = logging.getLogger("onnx_ir").level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.getLogger("onnx_ir").setLevel(onnx_ir_level)
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:  # noqa: ANN001 - pytest's capsys
+    """``graphopt.cli.main.main(argv)``: (exit code, stdout, stderr)."""
+    from graphopt.cli.main import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def flat(text: str) -> str:
+    """The console wraps long messages at 80 columns: compare with single spaces."""
+    return " ".join(text.split())

@@ -312,18 +312,24 @@ def _matmul_integer_to_float(b: _Builder, model: ir.Model, matmul: ir.Node, q: i
     wq, ws, wz = w_dq.inputs
     node = b.node("MatMulIntegerToFloat", [q.outputs[0], wq, q.inputs[1], ws, q.inputs[2], wz, bias_value],
                   (matmul.name or "matmul") + "_integer", domain="com.microsoft")
-    out = add.outputs[0]
-    node.outputs[0].shape, node.outputs[0].type = out.shape, out.type
-    name = out.name
-    if out.is_graph_output():
-        model.graph.outputs[[o is out for o in model.graph.outputs].index(True)] = node.outputs[0]
-    ir.convenience.replace_all_uses_with(out, node.outputs[0])
-    model.graph.remove([add, matmul], safe=True)
-    b.taken.discard(node.outputs[0].name)
-    node.outputs[0].name = name
+    _take_over(b, model, add.outputs[0], node, [add, matmul])
     result.folded_biases += 1
     if bias_value is not bias and bias.name in model.graph.initializers and not bias.uses():
         model.graph.initializers.pop(bias.name)
+
+
+def _take_over(b: _Builder, model: ir.Model, out: ir.Value, node: ir.Node, remove: list[ir.Node]) -> None:
+    """``node``'s output replaces ``out`` everywhere (graph outputs too), with its
+    name, shape and type; the ``remove`` nodes go."""
+    new = node.outputs[0]
+    new.shape, new.type = out.shape, out.type
+    name = out.name
+    if out.is_graph_output():
+        model.graph.outputs[[o is out for o in model.graph.outputs].index(True)] = new
+    ir.convenience.replace_all_uses_with(out, new)
+    model.graph.remove(remove, safe=True)
+    b.taken.discard(new.name)
+    new.name = name
 
 
 def _switch(b: _Builder, model: ir.Model, result: InsertResult, index: int) -> ir.Value:
@@ -366,13 +372,5 @@ def _to_qattention(b: _Builder, model: ir.Model, site: Site, pair, weight, resul
     inputs = [q.outputs[0], wq, node.inputs[2], scale_x, w_scale, mask, zero_x, w_zero]
     attrs = {k: node.attributes[k].value for k in _ATTENTION_ATTRS if k in node.attributes}
     qa = b.node("QAttention", inputs, (node.name or "attention") + "_quantized", domain="com.microsoft", **attrs)
-    out = node.outputs[0]
-    qa.outputs[0].shape, qa.outputs[0].type = out.shape, out.type
-    name = out.name
-    if out.is_graph_output():
-        model.graph.outputs[[o is out for o in model.graph.outputs].index(True)] = qa.outputs[0]
-    ir.convenience.replace_all_uses_with(out, qa.outputs[0])
-    model.graph.remove(node, safe=True)
-    b.taken.discard(qa.outputs[0].name)
-    qa.outputs[0].name = name
+    _take_over(b, model, node.outputs[0], qa, [node])
     result.attention += 1

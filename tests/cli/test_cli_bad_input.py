@@ -5,7 +5,6 @@ output (not even a temp file), the input untouched. And the good path: exit 0,
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +15,11 @@ from onnx import external_data_helper, helper, numpy_helper
 
 from conftest import MODELS, sha256
 from graphopt.cli.main import main
-from helpers import small_model
+from helpers import flat as _flat, restore_logging, run_cli as _run, small_model  # noqa: F401 - autouse fixture
 
 WEIGHTS = np.arange(8, dtype=np.float32)  # 32 bytes
 LATEST = onnx.defs.onnx_opset_version()
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() installs a rich handler on the root logger; put the old ones back."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 _model = small_model
@@ -92,15 +82,6 @@ BAD_INPUTS = {
 }
 
 
-def _run(capsys, *argv: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def _flat(text: str) -> str:
-    """The console wraps long messages at 80 columns: compare with single spaces."""
-    return " ".join(text.split())
 
 
 def _hashes(folder: Path) -> dict[Path, str]:

@@ -4,7 +4,6 @@ run in-process so that passes registered here are visible to the CLI."""
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 from graphopt import ir
 from graphopt.cli.main import main
 from graphopt.passmanager import ModelRunner, Pass, PassResult, register_pass
-from helpers import relu_to_neg
+from helpers import relu_to_neg, restore_logging  # noqa: F401 - autouse fixture
 
 
 @register_pass("test-cli-wrong-relu")
@@ -41,17 +40,6 @@ g (float[2, 3] x) => (float[2, 3] y) {
   y = Add(b, x)
 }"""
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """The CLI replaces the root logger's handlers; put them back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    onnx_ir_level = logging.getLogger("onnx_ir").level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    logging.getLogger("onnx_ir").setLevel(onnx_ir_level)
 
 
 @pytest.fixture()

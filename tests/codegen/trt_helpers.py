@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from conftest import MODELS
+from helpers import restore_logging as _restore_logging  # noqa: F401 - re-exported autouse fixture
 from graphopt.cli.main import main
 
 CORPUS = sorted(MODELS.glob("*.onnx"))
@@ -32,15 +32,6 @@ except ImportError:
 needs_rtx = pytest.mark.skipif(not HAVE_RTX, reason="needs TensorRT for RTX (pip install 'graphopt[trt-rtx]'); "
                                                     "CI installs it")
 
-
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """main() installs a rich handler on the root logger; put the old ones back."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 _O2_DIR = Path(tempfile.mkdtemp(prefix="graphopt-o2-tensorrt-"))

@@ -114,7 +114,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     proto = onnx.load(args.input, load_external_data=False)
     calibration = _calibration(args, proto)
     if calibration is not None:
-        _first(calibration, 1)  # a first sample that does not fit the model: exit 2 here, not a failed pass (exit 3)
+        _first(calibration, 1)  # a first sample that does not fit the model fails now, before the pipeline runs
     model = ir.load(args.input)
     instruments: list[Any] = [Reproducer(args.reproducer_dir)]
     if want_progress(args):

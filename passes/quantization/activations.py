@@ -129,7 +129,6 @@ def stream_activations(
         ModelRunError: onnxruntime fails on a batch.
     """
     from graphopt.verify.runtime import ModelRunError
-    from graphopt.verify.inputs import check_inputs
 
     workdir = Path(tempfile.mkdtemp(prefix="graphopt-calib-"))
     try:

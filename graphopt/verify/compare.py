@@ -291,14 +291,15 @@ def _compare_arrays(
         reasons.append(f"{outside} elements outside |a-b| <= {t:g} + {r:g}*|a|")
     return OutputComparison(
         **base, max_abs_err=max_abs, max_rel_err=max_rel, scale_rel_err=scale_rel, tol_ratio=tol_ratio,
-        cosine=_cosine(x[finite], y[finite]), argmax_agreement=_argmax_agreement(a.dtype, x, y),
+        cosine=cosine(x[finite], y[finite]), argmax_agreement=_argmax_agreement(a.dtype, x, y),
         mismatched=outside + nonfinite, nonfinite_mismatch=nonfinite, ok=not reasons, reason="; ".join(reasons),
     )  # fmt: skip
 
 
-def _cosine(x: np.ndarray, y: np.ndarray) -> float | None:
+def cosine(x: np.ndarray, y: np.ndarray) -> float | None:
     """Cosine similarity of flattened ``x`` and ``y`` (|<x, y>| for complex),
-    scaled first so that the float64 sums cannot overflow."""
+    scaled first so that the float64 sums cannot overflow; 1.0 when both are
+    zero, 0.0 when one is, None when empty."""
     if x.size == 0:
         return None
     scale = max(float(np.abs(x).max()), float(np.abs(y).max()))
@@ -311,6 +312,7 @@ def _cosine(x: np.ndarray, y: np.ndarray) -> float | None:
     dot = np.vdot(x, y)
     value = abs(dot) if np.iscomplexobj(dot) else float(dot)
     return float(min(1.0, max(-1.0, value / (nx * ny))))
+
 
 
 def _argmax_agreement(dtype: np.dtype, x: np.ndarray, y: np.ndarray) -> float | None:

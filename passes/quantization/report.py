@@ -100,8 +100,9 @@ def _run(session: Any, batches: Sequence[Mapping[str, np.ndarray]], names: list[
 def _accuracy(name: str, ref: list[np.ndarray], out: list[np.ndarray]) -> OutputAccuracy:
     x = np.concatenate([r.astype(np.float64).ravel() for r in ref])
     y = np.concatenate([o.astype(np.float64).ravel() for o in out])
-    nx, ny = np.linalg.norm(x), np.linalg.norm(y)
-    cosine = 1.0 if nx == 0 and ny == 0 else float(x @ y / (nx * ny)) if nx and ny else 0.0
+    from graphopt.verify.compare import cosine as _cos
+
+    cosine = _cos(x, y) if x.size else 1.0
     agree = None
     if ref[0].ndim >= 2 and ref[0].shape[-1] > 1:
         hits = sum(int((r.argmax(-1) == o.argmax(-1)).sum()) for r, o in zip(ref, out))

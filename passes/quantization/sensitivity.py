@@ -25,6 +25,7 @@ import numpy as np
 
 from graphopt import ir
 from graphopt.errors import InputError
+from graphopt.verify.compare import cosine
 from graphopt.passes.quantization.insert import QuantConfig, insert_qdq
 from graphopt.passes.quantization.placement import Plan
 
@@ -52,9 +53,7 @@ def output_cosine(outputs: Sequence[Mapping[str, np.ndarray]], reference: Sequen
             continue
         x = np.concatenate([o[name].astype(np.float64).ravel() for o in outputs])
         y = np.concatenate([r.astype(np.float64).ravel() for r in ref])
-        nx, ny = np.linalg.norm(x), np.linalg.norm(y)
-        cos = 1.0 if nx == 0 and ny == 0 else float(np.dot(x, y) / (nx * ny)) if nx and ny else 0.0
-        worst = min(worst, cos)
+        worst = min(worst, cosine(x, y) if x.size else 1.0)
     return worst
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,35 +10,13 @@ import numpy as np
 from graphopt import ir
 from graphopt.passes.cleanup.shapes import SHAPES_CURRENT, ShapesCurrent, shapes_current
 from graphopt.passes.folding.constants import install_constant
+from graphopt.passes.folding.shape_values import Dim, Propagator, SymValue, dims_of, known_dim, node_attr
 from graphopt.passmanager import Pass, PassResult, register_pass
 
 __all__ = ["FoldShapes", "FoldShapesOptions"]
 
 log = logging.getLogger(__name__)
 
-Dim = int | str | None
-"""One element of a shape value: a known int, a symbolic dim's name, or unknown."""
-
-
-@dataclass(frozen=True)
-class SymValue:
-    """A small integer tensor (scalar or 1-D) known element by element.
-
-    Attributes:
-        dims: the elements: int when known, the dim_param's name when it is a
-            symbolic dim of some tensor, None when unknown.
-        scalar: True for a rank-0 tensor (then ``len(dims) == 1``).
-        boolean: True for a bool tensor (``Equal`` of shape values): the
-            elements are then True/False/None.
-    """
-
-    dims: tuple[Dim, ...]
-    scalar: bool = False
-    boolean: bool = False
-
-    @property
-    def known(self) -> bool:
-        return all(isinstance(d, int) for d in self.dims)
 
 
 @dataclass(frozen=True)
@@ -51,24 +28,13 @@ class FoldShapesOptions:
     reshape: bool = field(default=True, metadata={"doc": (
         "give Reshape a constant shape when its unknown entries are the input's own dims (0) "
         "or a single remaining dim (-1)")})
+    symbolic: bool = field(default=True, metadata={"doc": (
+        "take the dims ONNX shape inference leaves unknown (unk__N) from onnxruntime's symbolic shape "
+        "inference, run strictly (no dims merged that are not proved equal)")})
 
 
-_SMALL = 64
-_INT = (np.dtype(np.int64), np.dtype(np.int32))
 
 
-def _dims_of(value: ir.Value) -> tuple[Dim, ...] | None:
-    shape = value.shape
-    if shape is None:
-        return None
-    dims: list[Dim] = []
-    for d in shape:
-        if isinstance(d, int):
-            dims.append(d)
-        else:
-            name = getattr(d, "value", None)
-            dims.append(name if isinstance(name, str) and name else None)
-    return tuple(dims)
 
 
 _MAX_ROUNDS = 4
@@ -76,6 +42,46 @@ _MAX_ROUNDS = 4
 
 _META_KEY = "graphopt.fold_shapes.inferred"
 """``model.meta`` key: the graph fingerprint at this pass's last inference."""
+
+_STRICT_DIMS = "graphopt.fold_shapes.strict_dims"
+"""``Value.meta`` key: the value's dims from the strict symbolic inference,
+with the graph inputs' shapes they were inferred from."""
+
+
+class _StrictDims:
+    """``refine`` for :class:`Propagator`: a value's dims from onnxruntime's
+    symbolic shape inference in strict mode
+    (:class:`graphopt.analysis.shapes.SymbolicShapes`).
+
+    The inference runs at most once per fold, on the first value asked that
+    has no answer yet; answers are kept in the value's ``meta`` and reused by
+    later runs of the pass (an exact rewrite does not change what a value's
+    dims are), as long as the graph inputs' shapes are the same. Only ints
+    and the graph inputs' dim names are taken: the names the engine makes up
+    for other dims (``Range_0_o0__d0``) mean nothing outside one inference."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self._model = model
+        self._shapes: object = None
+        inputs = [dims_of(v) or () for v in model.graph.inputs]
+        self._inputs = tuple(inputs)
+        self._names = {d for dims in inputs for d in dims if isinstance(d, str)}
+        self.used = False
+
+    def __call__(self, value: ir.Value) -> tuple[Dim, ...] | None:
+        stored = value.meta.get(_STRICT_DIMS)
+        if stored is not None and stored[0] == self._inputs:
+            return stored[1]
+        if self._shapes is None:
+            from graphopt.analysis.shapes import SymbolicShapes
+
+            self._shapes = SymbolicShapes(self._model, strict=True)
+            self.used = True
+        dims = self._shapes.shape(value)  # type: ignore[attr-defined]
+        if dims is not None:
+            dims = tuple(d if isinstance(d, int) or d in self._names else None for d in dims)
+        value.meta[_STRICT_DIMS] = (self._inputs, dims)
+        return dims
 
 
 def _fingerprint(model: ir.Model, graphs: list[ir.Graph]) -> int:
@@ -115,195 +121,17 @@ def _infer(model: ir.Model) -> None:
             value.shape = shape
 
 
-def _normalize(i: int, n: int) -> int | None:
-    i = i + n if i < 0 else i
-    return i if 0 <= i < n else None
 
 
-def _attr(node: ir.Node, name: str, default: object = None) -> object:
-    attr = node.attributes.get(name)
-    return default if attr is None or attr.is_ref() else attr.value
-
-
-_VISITED = frozenset({"Shape", "Size", "Identity", "Cast", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice",
-                      "Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Where"})
-"""The ops :meth:`_Propagator.visit` gives a value for (every other op: None)."""
-
-
-class _Propagator:
-    """Symbolic values of shape tensors, node by node (one instance per model,
-    so subgraphs see the outer graph's values)."""
-
-    def __init__(self, opset: int) -> None:
-        self.opset = opset
-        self.values: dict[ir.Value, SymValue] = {}
-
-    def get(self, value: ir.Value | None) -> SymValue | None:
-        if value is None:
-            return None
-        if value in self.values:
-            return self.values[value]
-        tensor = ir.const_tensor(value)
-        if tensor is None or tensor.dtype not in (ir.DataType.INT64, ir.DataType.INT32):
-            return None
-        if len(tensor.shape) > 1 or math.prod(tensor.shape.numpy()) > _SMALL:
-            return None
-        array = tensor.numpy()
-        sym = SymValue(tuple(int(x) for x in array.reshape(-1)), array.ndim == 0)
-        self.values[value] = sym
-        return sym
-
-    def _ints(self, value: ir.Value | None) -> list[int] | None:
-        sym = self.get(value)
-        return list(sym.dims) if sym is not None and sym.known else None  # type: ignore[arg-type]
-
-    def visit(self, node: ir.Node) -> SymValue | None:  # noqa: C901 - one case per op
-        """The symbolic value of the node's first output, or None."""
-        op = node.op_type
-        if op not in _VISITED or node.domain not in ("", "ai.onnx") or not node.outputs:
-            return None
-        ins = node.inputs
-        if op == "Shape":
-            dims = _dims_of(ins[0])
-            if dims is None:
-                return None
-            start, end = _attr(node, "start", 0), _attr(node, "end", None)
-            return SymValue(dims[slice(start, end)])
-        if op == "Size":
-            dims = _dims_of(ins[0])
-            if dims is None or not all(isinstance(d, int) for d in dims):
-                return None
-            return SymValue((math.prod(dims),), scalar=True)  # type: ignore[arg-type]
-        if op in ("Identity", "Cast"):
-            if op == "Cast" and _attr(node, "to") not in (ir.DataType.INT64.value, ir.DataType.INT32.value):
-                return None
-            sym = self.get(ins[0])
-            if op == "Cast" and sym is not None and sym.boolean:  # bool -> int: True/False become 1/0
-                return SymValue(tuple(None if d is None else int(d) for d in sym.dims), sym.scalar)
-            return sym
-        data = self.get(ins[0]) if ins else None
-        if data is None:
-            return None
-        if op == "Gather" and _attr(node, "axis", 0) in (0, -1) and not data.scalar:
-            idx = self.get(ins[1])
-            if idx is None or not idx.known:
-                return None
-            picked = [_normalize(int(i), len(data.dims)) for i in idx.dims]  # type: ignore[arg-type]
-            if any(p is None for p in picked):
-                return None
-            return SymValue(tuple(data.dims[p] for p in picked), idx.scalar)  # type: ignore[index]
-        if op == "Unsqueeze" and data.scalar:
-            axes = _attr(node, "axes") if self.opset < 13 else self._ints(ins[1] if len(ins) > 1 else None)
-            return SymValue(data.dims) if axes is not None and list(axes) in ([0], [-1]) else None
-        if op == "Squeeze" and not data.scalar and len(data.dims) == 1:
-            return SymValue(data.dims, scalar=True)
-        if op == "Concat" and not data.scalar:
-            parts = [self.get(v) for v in ins]
-            if any(p is None or p.scalar for p in parts):
-                return None
-            return SymValue(tuple(d for p in parts for d in p.dims))  # type: ignore[union-attr]
-        if op == "Slice" and not data.scalar:
-            if self.opset >= 10:
-                starts, ends = self._ints(ins[1]), self._ints(ins[2])
-                axes = self._ints(ins[3]) if len(ins) > 3 and ins[3] is not None else [0]
-                steps = self._ints(ins[4]) if len(ins) > 4 and ins[4] is not None else [1]
-            else:  # opset 1-9: starts/ends/axes are attributes (older paddle2onnx exports)
-                starts, ends = _attr(node, "starts"), _attr(node, "ends")
-                axes, steps = _attr(node, "axes", [0]), [1]
-                starts, ends, axes = (None if a is None else list(a) for a in (starts, ends, axes))
-            if not starts or not ends or axes not in ([0], [-1]) or not steps or steps[0] == 0:
-                return None
-            return SymValue(tuple(data.dims[slice(*_py_slice(starts[0], ends[0], steps[0], len(data.dims)))]))
-        if op in ("Add", "Sub", "Mul", "Div", "Max", "Min") and len(ins) == 2 and not data.boolean:
-            return self._arith(op, data, self.get(ins[1]))
-        if op == "Equal" and len(ins) == 2 and not data.boolean:
-            return self._equal(data, self.get(ins[1]))
-        if op == "Where" and data.boolean and len(ins) == 3:
-            return self._where(data, self.get(ins[1]), self.get(ins[2]))
-        return None
-
-    @staticmethod
-    def _pairs(a: SymValue, b: SymValue) -> list[tuple[Dim, Dim]] | None:
-        """Elementwise pairs under 1-D broadcasting (a length-1 side repeats)."""
-        n = max(len(a.dims), len(b.dims))
-        if len(a.dims) not in (1, n) or len(b.dims) not in (1, n):
-            return None
-        return list(zip(a.dims * n if len(a.dims) == 1 else a.dims, b.dims * n if len(b.dims) == 1 else b.dims))
-
-    def _equal(self, a: SymValue, b: SymValue | None) -> SymValue | None:
-        """Equal of shape values: a dim is never negative, so ``Equal(dim, -1)``
-        is False even for a symbolic dim (the exporters' ``Where(Equal(shape,
-        -1), 1, shape)`` guard of Expand); the same symbol is equal to itself."""
-        pairs = None if b is None or b.boolean else self._pairs(a, b)
-        if pairs is None:
-            return None
-        out: list[Dim] = []
-        for x, y in pairs:
-            if isinstance(x, int) and isinstance(y, int):
-                out.append(x == y)
-            elif isinstance(x, int) and x < 0 or isinstance(y, int) and y < 0:
-                out.append(False)
-            elif isinstance(x, str) and x == y:
-                out.append(True)
-            else:
-                out.append(None)
-        return SymValue(tuple(out), a.scalar and b.scalar, boolean=True)  # type: ignore[union-attr]
-
-    def _where(self, c: SymValue, x: SymValue | None, y: SymValue | None) -> SymValue | None:
-        if x is None or y is None or x.boolean != y.boolean:
-            return None
-        xy = self._pairs(x, y)
-        if xy is None:
-            return None
-        cxy = self._pairs(c, SymValue(tuple(range(len(xy)))))
-        if cxy is None or len(cxy) != len(xy):
-            return None
-        out: list[Dim] = []
-        for (cond, i) in cxy:
-            a, b = xy[i]  # type: ignore[index]
-            out.append(a if cond is True else b if cond is False else a if a == b and a is not None else None)
-        return SymValue(tuple(out), c.scalar and x.scalar and y.scalar, boolean=x.boolean)
-
-    @staticmethod
-    def _arith(op: str, a: SymValue, b: SymValue | None) -> SymValue | None:
-        if b is None:
-            return None
-        n = max(len(a.dims), len(b.dims))
-        if len(a.dims) not in (1, n) or len(b.dims) not in (1, n):
-            return None
-        xs = a.dims * n if len(a.dims) == 1 else a.dims
-        ys = b.dims * n if len(b.dims) == 1 else b.dims
-        out: list[Dim] = []
-        for x, y in zip(xs, ys):
-            if not isinstance(x, int) or not isinstance(y, int) or (op == "Div" and y == 0):
-                out.append(x if op in ("Mul", "Div") and y == 1 or op in ("Add", "Sub") and y == 0 else None)
-                continue
-            if op == "Div":
-                q = abs(x) // abs(y)
-                out.append(q if (x < 0) == (y < 0) else -q)
-            else:
-                out.append({"Add": x + y, "Sub": x - y, "Mul": x * y, "Max": max(x, y), "Min": min(x, y)}[op])
-        return SymValue(tuple(out), a.scalar and b.scalar)
-
-
-def _py_slice(start: int, end: int, step: int, n: int) -> tuple[int, int | None, int]:
-    start = start + n if start < 0 else start
-    end = end + n if end < 0 else end
-    if step > 0:
-        return min(max(start, 0), n), min(max(end, 0), n), step
-    start, end = min(max(start, 0), n - 1), min(max(end, -1), n - 1)
-    return start, (None if end < 0 else end), step
-
-
-def _reshape_target(node: ir.Node, shape: SymValue) -> list[int] | None:
+def _reshape_target(node: ir.Node, shape: SymValue, data_dims: tuple[Dim, ...] | None) -> list[int] | None:
     """A constant shape for ``Reshape(data, shape)`` with the same meaning:
-    an entry equal to the data's own symbolic dim at that position becomes 0
-    (copy), and a single entry still unknown becomes -1. Literal entries keep
-    their meaning: 0 copies (``allowzero`` is off), a literal -1 takes the one
-    inferred slot, so no other entry may stay unknown."""
-    if _attr(node, "allowzero", 0) or shape.scalar:
+    an entry equal to the data's own symbolic dim at that position
+    (``data_dims``) becomes 0 (copy), and a single entry still unknown becomes
+    -1. Literal entries keep their meaning: 0 copies (``allowzero`` is off), a
+    literal -1 takes the one inferred slot, so no other entry may stay
+    unknown."""
+    if node_attr(node, "allowzero", 0) or shape.scalar:
         return None
-    data_dims = _dims_of(node.inputs[0])
     out: list[int | None] = []
     for i, d in enumerate(shape.dims):
         if isinstance(d, int):
@@ -322,18 +150,14 @@ def _reshape_target(node: ir.Node, shape: SymValue) -> list[int] | None:
     return out  # type: ignore[return-value]
 
 
-def _known(dim: Dim) -> Dim:
-    """A dim as inference knows it: ONNX shape inference names the dims it
-    cannot relate to anything ``unk__N``, which says no more than None."""
-    return None if isinstance(dim, str) and dim.startswith("unk__") else dim
 
 
 def _sharper(node: ir.Node, target: SymValue) -> bool:
     """Whether the Reshape's target (its symbolic value) tells more about the
     output's shape than the output has: a dim known as an int, or as a named
     symbolic dim, where the output's is unknown."""
-    out = _dims_of(node.outputs[0])
-    data = _dims_of(node.inputs[0])
+    out = dims_of(node.outputs[0])
+    data = dims_of(node.inputs[0])
     if out is None or len(out) != len(target.dims):
         return True
     for i, (have, want) in enumerate(zip(out, target.dims)):
@@ -341,7 +165,7 @@ def _sharper(node: ir.Node, target: SymValue) -> bool:
             want = data[i] if data is not None and i < len(data) else None
         elif isinstance(want, int) and want < 0:
             want = None
-        have, want = _known(have), _known(want)
+        have, want = known_dim(have), known_dim(want)
         if want is not None and not isinstance(have, int) and have != want:
             return True
     return False
@@ -350,10 +174,10 @@ def _sharper(node: ir.Node, target: SymValue) -> bool:
 _SHAPE_VALUE_TYPES = frozenset({ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL})
 
 
-def _fully_known(value: ir.Value) -> bool:
+def _fullyknown_dim(value: ir.Value) -> bool:
     """Whether every dim of the value's shape is an int or a named symbolic dim."""
-    dims = _dims_of(value)
-    return dims is not None and all(isinstance(d, int) or _known(d) is not None for d in dims)
+    dims = dims_of(value)
+    return dims is not None and all(isinstance(d, int) or known_dim(d) is not None for d in dims)
 
 
 _ONNX_DATA_PROPAGATION = frozenset({"Shape", "Size", "Cast", "Concat", "Gather", "Slice", "Squeeze", "Unsqueeze",
@@ -384,7 +208,7 @@ def _may_sharpen(constants: list[ir.Value], budget: int = 256) -> bool:
                 return True
             propagates = node.op_type in _ONNX_DATA_PROPAGATION and node.domain in ("", "ai.onnx")
             for out in node.outputs:
-                if not _fully_known(out):
+                if not _fullyknown_dim(out):
                     return True
                 if propagates and out.dtype in _SHAPE_VALUE_TYPES:
                     stack.append(out)
@@ -427,6 +251,16 @@ class FoldShapes(Pass):
     initializer merges, and this pass keeps it after folds whose readers
     have fully known shapes already.
 
+    With ``symbolic`` on, a dim ONNX inference leaves unknown (``unk__N``:
+    it does not carry dims through Range, nor broadcast a named dim against an
+    unknown one) in a value that a Shape/Size or a Reshape reads is taken from
+    onnxruntime's ``SymbolicShapeInference`` in strict mode (no dims merged
+    that are not proved equal; see ``graphopt.analysis.shapes``), which
+    follows shape values through such ops: the Q/K/V of a TorchScript SDPA
+    export are ``[batch, heads, sequence, 16]`` to it, and the Reshapes that
+    read their Shape get constant targets. It runs at most once per run of
+    the pass, only for values with no answer kept from an earlier run.
+
     Works in the main graph and If/Loop/Scan bodies (outer values visible).
     Prior art: onnxsim and onnxslim (shape folding with ONNX shape inference),
     onnxscript's optimizer (symbolic shape values in constant folding).
@@ -438,7 +272,7 @@ class FoldShapes(Pass):
     establishes = frozenset({"shapes-inferred"})
 
     def run(self, model: ir.Model, ctx: object) -> PassResult:
-        stats = {"folded": 0, "reshapes": 0, "wheres": 0, "inferred": 0}
+        stats = {"folded": 0, "reshapes": 0, "wheres": 0, "inferred": 0, "refined": 0}
         current = shapes_current(ctx, model)
         # A bypassed Where (the exporters' guard in front of Expand) hands the
         # Expand a known shape, and a Reshape given a constant target may
@@ -453,7 +287,7 @@ class FoldShapes(Pass):
             if not shape_ops:
                 break
             counts, constants = self._fold(model, graphs)
-            for key in ("folded", "reshapes", "wheres"):
+            for key in ("folded", "reshapes", "wheres", "refined"):
                 stats[key] += counts[key]
             if counts["wheres"] or counts["sharper"]:
                 if current is not None:
@@ -498,7 +332,8 @@ class FoldShapes(Pass):
         ones, give Reshapes constant targets, bypass decided Wheres. Returns
         the counts and the constants that replaced folded values."""
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
-        prop = _Propagator(opset)
+        strict = _StrictDims(model) if self.options.symbolic else None
+        prop = Propagator(opset, strict)
         folded = reshapes = wheres = sharper = 0
         constants: list[ir.Value] = []
         for graph in graphs:
@@ -528,10 +363,10 @@ class FoldShapes(Pass):
                 constants.append(new)
                 graph.remove(node, safe=True)
                 folded += 1
-        return {"folded": folded, "reshapes": reshapes, "wheres": wheres, "sharper": sharper}, constants
+        return {"refined": prop.refined, "folded": folded, "reshapes": reshapes, "wheres": wheres, "sharper": sharper}, constants
 
     @staticmethod
-    def _where(graph: ir.Graph, node: ir.Node, prop: _Propagator) -> bool:
+    def _where(graph: ir.Graph, node: ir.Node, prop: Propagator) -> bool:
         """Bypass a ``Where`` whose condition is known and picks one branch
         entirely, when that branch already has the output's length."""
         cond = prop.get(node.inputs[0])
@@ -547,7 +382,7 @@ class FoldShapes(Pass):
         return False
 
     @staticmethod
-    def _reshape(graph: ir.Graph, node: ir.Node, prop: _Propagator) -> int:
+    def _reshape(graph: ir.Graph, node: ir.Node, prop: Propagator) -> int:
         """Give the Reshape a constant target (see :func:`_reshape_target`).
         Returns 0 when it does not, 1 when it does, 2 when it does and the
         target tells more about the output's shape than it has now (a new
@@ -556,7 +391,7 @@ class FoldShapes(Pass):
         sym = prop.get(shape_value)
         if sym is None or sym.known or ir.is_constant(shape_value):
             return 0
-        target = _reshape_target(node, sym)
+        target = _reshape_target(node, sym, prop.dims(node.inputs[0]))
         if target is None:
             return 0
         sharper = _sharper(node, sym)

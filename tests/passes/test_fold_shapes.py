@@ -167,7 +167,7 @@ def test_bypassed_where_is_inferred_again_in_the_same_run():
       i1 = Constant<value = int64 {1}>()
       d = Gather(s2, i1)
     }""")
-    assert stats == {"folded": 2, "reshapes": 0, "wheres": 1, "inferred": 2}
+    assert stats == {"folded": 2, "reshapes": 0, "wheres": 1, "inferred": 2, "refined": 0}
     assert m.graph.outputs[1].const_value.numpy().tolist() == 8
     assert [str(d) for d in m.graph.outputs[0].shape] == ["batch", "8"]
 
@@ -190,7 +190,7 @@ def test_reshape_target_that_tells_more_is_inferred_again_in_the_same_run():
       i1 = Constant<value = int64 {1}>()
       d = Gather(s2, i1)
     }""")
-    assert stats == {"folded": 1, "reshapes": 1, "wheres": 0, "inferred": 2}
+    assert stats == {"folded": 1, "reshapes": 1, "wheres": 0, "inferred": 2, "refined": 0}
     assert m.graph.outputs[1].const_value.numpy().tolist() == 4
     reshape = next(n for n in m.graph if n.op_type == "Reshape")
     assert ir.const_array(reshape.inputs[1]).tolist() == [0, 4, 16]
@@ -207,7 +207,7 @@ def test_reshape_target_that_tells_nothing_new_is_not_inferred_again():
       t = Concat<axis = 0>(b, h, w)
       y = Reshape(x, t)
     }""")
-    assert stats == {"folded": 0, "reshapes": 1, "wheres": 0, "inferred": 1}
+    assert stats == {"folded": 0, "reshapes": 1, "wheres": 0, "inferred": 1, "refined": 0}
 
 
 def _fold_shapes_runs(text: str, spec: str) -> list[dict]:

@@ -1,0 +1,262 @@
+"""Symbolic values of small integer tensors (shape values), element by
+element, for ``fold-shapes``: each element a known int, a symbolic dim's
+name (``batch``) or unknown, propagated through the ops exporters build
+shape computations from (ONNX operator specs of Shape, Gather, Concat, ...)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from graphopt import ir
+
+__all__ = ["Dim", "SymValue", "Propagator", "dims_of", "known_dim", "node_attr"]
+
+Dim = int | str | None
+"""One element of a shape value: a known int, a symbolic dim's name, or unknown."""
+
+
+@dataclass(frozen=True)
+class SymValue:
+    """A small integer tensor (scalar or 1-D) known element by element.
+
+    Attributes:
+        dims: the elements: int when known, the dim_param's name when it is a
+            symbolic dim of some tensor, None when unknown.
+        scalar: True for a rank-0 tensor (then ``len(dims) == 1``).
+        boolean: True for a bool tensor (``Equal`` of shape values): the
+            elements are then True/False/None.
+    """
+
+    dims: tuple[Dim, ...]
+    scalar: bool = False
+    boolean: bool = False
+
+    @property
+    def known(self) -> bool:
+        return all(isinstance(d, int) for d in self.dims)
+
+
+_SMALL = 64
+
+
+def dims_of(value: ir.Value) -> tuple[Dim, ...] | None:
+    """The value's dims as the IR holds them: ints, dim names (``unk__N``
+    included), None for a dim without a name; None when the shape is unknown."""
+    shape = value.shape
+    if shape is None:
+        return None
+    dims: list[Dim] = []
+    for d in shape:
+        if isinstance(d, int):
+            dims.append(d)
+        else:
+            name = getattr(d, "value", None)
+            dims.append(name if isinstance(name, str) and name else None)
+    return tuple(dims)
+
+
+def known_dim(dim: Dim) -> Dim:
+    """A dim as inference knows it: ONNX shape inference names the dims it
+    cannot relate to anything ``unk__N``, which says no more than None."""
+    return None if isinstance(dim, str) and dim.startswith("unk__") else dim
+
+
+def _normalize(i: int, n: int) -> int | None:
+    i = i + n if i < 0 else i
+    return i if 0 <= i < n else None
+
+
+def node_attr(node: ir.Node, name: str, default: object = None) -> object:
+    """The value of the node's attribute ``name``, or ``default`` when it is
+    absent or a reference to a function attribute."""
+    attr = node.attributes.get(name)
+    return default if attr is None or attr.is_ref() else attr.value
+
+
+_VISITED = frozenset({"Shape", "Size", "Identity", "Cast", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice",
+                      "Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Where"})
+"""The ops :meth:`_Propagator.visit` gives a value for (every other op: None)."""
+
+
+class Propagator:
+    """Symbolic values of shape tensors, node by node (one instance per model,
+    so subgraphs see the outer graph's values)."""
+
+    def __init__(self, opset: int, refine: Callable[[ir.Value], tuple[Dim, ...] | None] | None = None) -> None:
+        self.opset = opset
+        self.values: dict[ir.Value, SymValue] = {}
+        self._refine = refine
+        self.refined = 0
+        """How many dims :meth:`dims` took from ``refine``."""
+
+    def dims(self, value: ir.Value) -> tuple[Dim, ...] | None:
+        """The value's dims as ONNX inference left them, with each dim it
+        could not name (None, ``unk__N``) taken from ``refine`` (the strict
+        symbolic inference) where that knows it."""
+        dims = dims_of(value)
+        if dims is None or self._refine is None or all(known_dim(d) is not None for d in dims):
+            return dims
+        better = self._refine(value)
+        if better is None or len(better) != len(dims):
+            return dims
+        out = tuple(d if known_dim(d) is not None or known_dim(b) is None else b for d, b in zip(dims, better))
+        self.refined += sum(a != b for a, b in zip(dims, out))
+        return out
+
+    def get(self, value: ir.Value | None) -> SymValue | None:
+        if value is None:
+            return None
+        if value in self.values:
+            return self.values[value]
+        tensor = ir.const_tensor(value)
+        if tensor is None or tensor.dtype not in (ir.DataType.INT64, ir.DataType.INT32):
+            return None
+        if len(tensor.shape) > 1 or math.prod(tensor.shape.numpy()) > _SMALL:
+            return None
+        array = tensor.numpy()
+        sym = SymValue(tuple(int(x) for x in array.reshape(-1)), array.ndim == 0)
+        self.values[value] = sym
+        return sym
+
+    def _ints(self, value: ir.Value | None) -> list[int] | None:
+        sym = self.get(value)
+        return list(sym.dims) if sym is not None and sym.known else None  # type: ignore[arg-type]
+
+    def visit(self, node: ir.Node) -> SymValue | None:  # noqa: C901 - one case per op
+        """The symbolic value of the node's first output, or None."""
+        op = node.op_type
+        if op not in _VISITED or node.domain not in ("", "ai.onnx") or not node.outputs:
+            return None
+        ins = node.inputs
+        if op == "Shape":
+            dims = self.dims(ins[0])
+            if dims is None:
+                return None
+            start, end = node_attr(node, "start", 0), node_attr(node, "end", None)
+            return SymValue(dims[slice(start, end)])
+        if op == "Size":
+            dims = self.dims(ins[0])
+            if dims is None or not all(isinstance(d, int) for d in dims):
+                return None
+            return SymValue((math.prod(dims),), scalar=True)  # type: ignore[arg-type]
+        if op in ("Identity", "Cast"):
+            if op == "Cast" and node_attr(node, "to") not in (ir.DataType.INT64.value, ir.DataType.INT32.value):
+                return None
+            sym = self.get(ins[0])
+            if op == "Cast" and sym is not None and sym.boolean:  # bool -> int: True/False become 1/0
+                return SymValue(tuple(None if d is None else int(d) for d in sym.dims), sym.scalar)
+            return sym
+        data = self.get(ins[0]) if ins else None
+        if data is None:
+            return None
+        if op == "Gather" and node_attr(node, "axis", 0) in (0, -1) and not data.scalar:
+            idx = self.get(ins[1])
+            if idx is None or not idx.known:
+                return None
+            picked = [_normalize(int(i), len(data.dims)) for i in idx.dims]  # type: ignore[arg-type]
+            if any(p is None for p in picked):
+                return None
+            return SymValue(tuple(data.dims[p] for p in picked), idx.scalar)  # type: ignore[index]
+        if op == "Unsqueeze" and data.scalar:
+            axes = node_attr(node, "axes") if self.opset < 13 else self._ints(ins[1] if len(ins) > 1 else None)
+            return SymValue(data.dims) if axes is not None and list(axes) in ([0], [-1]) else None
+        if op == "Squeeze" and not data.scalar and len(data.dims) == 1:
+            return SymValue(data.dims, scalar=True)
+        if op == "Concat" and not data.scalar:
+            parts = [self.get(v) for v in ins]
+            if any(p is None or p.scalar for p in parts):
+                return None
+            return SymValue(tuple(d for p in parts for d in p.dims))  # type: ignore[union-attr]
+        if op == "Slice" and not data.scalar:
+            if self.opset >= 10:
+                starts, ends = self._ints(ins[1]), self._ints(ins[2])
+                axes = self._ints(ins[3]) if len(ins) > 3 and ins[3] is not None else [0]
+                steps = self._ints(ins[4]) if len(ins) > 4 and ins[4] is not None else [1]
+            else:  # opset 1-9: starts/ends/axes are attributes (older paddle2onnx exports)
+                starts, ends = node_attr(node, "starts"), node_attr(node, "ends")
+                axes, steps = node_attr(node, "axes", [0]), [1]
+                starts, ends, axes = (None if a is None else list(a) for a in (starts, ends, axes))
+            if not starts or not ends or axes not in ([0], [-1]) or not steps or steps[0] == 0:
+                return None
+            return SymValue(tuple(data.dims[slice(*_py_slice(starts[0], ends[0], steps[0], len(data.dims)))]))
+        if op in ("Add", "Sub", "Mul", "Div", "Max", "Min") and len(ins) == 2 and not data.boolean:
+            return self._arith(op, data, self.get(ins[1]))
+        if op == "Equal" and len(ins) == 2 and not data.boolean:
+            return self._equal(data, self.get(ins[1]))
+        if op == "Where" and data.boolean and len(ins) == 3:
+            return self._where(data, self.get(ins[1]), self.get(ins[2]))
+        return None
+
+    @staticmethod
+    def _pairs(a: SymValue, b: SymValue) -> list[tuple[Dim, Dim]] | None:
+        """Elementwise pairs under 1-D broadcasting (a length-1 side repeats)."""
+        n = max(len(a.dims), len(b.dims))
+        if len(a.dims) not in (1, n) or len(b.dims) not in (1, n):
+            return None
+        return list(zip(a.dims * n if len(a.dims) == 1 else a.dims, b.dims * n if len(b.dims) == 1 else b.dims))
+
+    def _equal(self, a: SymValue, b: SymValue | None) -> SymValue | None:
+        """Equal of shape values: a dim is never negative, so ``Equal(dim, -1)``
+        is False even for a symbolic dim (the exporters' ``Where(Equal(shape,
+        -1), 1, shape)`` guard of Expand); the same symbol is equal to itself."""
+        pairs = None if b is None or b.boolean else self._pairs(a, b)
+        if pairs is None:
+            return None
+        out: list[Dim] = []
+        for x, y in pairs:
+            if isinstance(x, int) and isinstance(y, int):
+                out.append(x == y)
+            elif isinstance(x, int) and x < 0 or isinstance(y, int) and y < 0:
+                out.append(False)
+            elif isinstance(x, str) and x == y:
+                out.append(True)
+            else:
+                out.append(None)
+        return SymValue(tuple(out), a.scalar and b.scalar, boolean=True)  # type: ignore[union-attr]
+
+    def _where(self, c: SymValue, x: SymValue | None, y: SymValue | None) -> SymValue | None:
+        if x is None or y is None or x.boolean != y.boolean:
+            return None
+        xy = self._pairs(x, y)
+        if xy is None:
+            return None
+        cxy = self._pairs(c, SymValue(tuple(range(len(xy)))))
+        if cxy is None or len(cxy) != len(xy):
+            return None
+        out: list[Dim] = []
+        for (cond, i) in cxy:
+            a, b = xy[i]  # type: ignore[index]
+            out.append(a if cond is True else b if cond is False else a if a == b and a is not None else None)
+        return SymValue(tuple(out), c.scalar and x.scalar and y.scalar, boolean=x.boolean)
+
+    @staticmethod
+    def _arith(op: str, a: SymValue, b: SymValue | None) -> SymValue | None:
+        if b is None:
+            return None
+        n = max(len(a.dims), len(b.dims))
+        if len(a.dims) not in (1, n) or len(b.dims) not in (1, n):
+            return None
+        xs = a.dims * n if len(a.dims) == 1 else a.dims
+        ys = b.dims * n if len(b.dims) == 1 else b.dims
+        out: list[Dim] = []
+        for x, y in zip(xs, ys):
+            if not isinstance(x, int) or not isinstance(y, int) or (op == "Div" and y == 0):
+                out.append(x if op in ("Mul", "Div") and y == 1 or op in ("Add", "Sub") and y == 0 else None)
+                continue
+            if op == "Div":
+                q = abs(x) // abs(y)
+                out.append(q if (x < 0) == (y < 0) else -q)
+            else:
+                out.append({"Add": x + y, "Sub": x - y, "Mul": x * y, "Max": max(x, y), "Min": min(x, y)}[op])
+        return SymValue(tuple(out), a.scalar and b.scalar)
+
+
+def _py_slice(start: int, end: int, step: int, n: int) -> tuple[int, int | None, int]:
+    start = start + n if start < 0 else start
+    end = end + n if end < 0 else end
+    if step > 0:
+        return min(max(start, 0), n), min(max(end, 0), n), step
+    start, end = min(max(start, 0), n - 1), min(max(end, -1), n - 1)
+    return start, (None if end < 0 else end), step

@@ -59,21 +59,30 @@ def _write(folder: Path, samples: list[dict[str, np.ndarray]]) -> None:
         np.savez(folder / f"sample_{i:04d}.npz", **s)
 
 
-def prepare_data(model: Path, work: Path, data_dir: Path | None, count: int, dims: dict[str, int]) -> tuple[Path, Path]:
-    """The calibration and evaluation folders (``*.npz``) of ``model``."""
+def prepare_data(model: Path, work: Path, data_dir: Path | None, count: int,
+                 dims: dict[str, int]) -> tuple[Path, Path | None, Path]:
+    """The calibration, tuning and evaluation folders (``*.npz``) of ``model``.
+
+    The tuning inputs are what ``graphopt-budget`` searches its budget on
+    (``--eval``); the accuracy of every tool is then measured on the
+    evaluation inputs, which no tool has seen. None when ``data_dir`` has no
+    ``tune`` folder for the model (the budget is then searched on the
+    calibration inputs)."""
     import onnx
 
     from graphopt.verify.inputs import generate_inputs, model_dim_names
 
     if data_dir is not None and (data_dir / model.stem / "calib").is_dir():
-        return data_dir / model.stem / "calib", data_dir / model.stem / "eval"
+        tune = data_dir / model.stem / "tune"
+        return data_dir / model.stem / "calib", tune if tune.is_dir() else None, data_dir / model.stem / "eval"
     proto = onnx.load(str(model), load_external_data=False)
     names = set(model_dim_names(proto))
     dims = {k: v for k, v in dims.items() if k in names}
-    calib, evaluation = work / "calib", work / "eval"
+    calib, tune, evaluation = work / "calib", work / "tune", work / "eval"
     _write(calib, [generate_inputs(proto, dims=dims, seed=i) for i in range(count)])
+    _write(tune, [generate_inputs(proto, dims=dims, seed=2000 + i) for i in range(4)])
     _write(evaluation, [generate_inputs(proto, dims=dims, seed=1000 + i) for i in range(4)])
-    return calib, evaluation
+    return calib, tune, evaluation
 
 
 def worker(tool: str, src: str, dst: str, calib: str) -> None:
@@ -99,14 +108,15 @@ def worker(tool: str, src: str, dst: str, calib: str) -> None:
                     calibrate_method=CalibrationMethod.MinMax, use_external_data_format=big)
 
 
-def run_tool(tool: str, model: Path, out: Path, calib: Path, args: argparse.Namespace) -> dict[str, Any]:
+def run_tool(tool: str, model: Path, out: Path, calib: Path, tune: Path | None,
+             args: argparse.Namespace) -> dict[str, Any]:
     """Quantize ``model`` with ``tool`` into ``out``; wall time, RSS, errors."""
     if tool.startswith("graphopt"):
         exe = Path(sys.executable).parent / "graphopt"
         cmd = [str(exe), "quantize", str(model), "-o", str(out), "--calib", str(calib), "--target", "ort",
                "--method", args.method, "--quiet"]
         if tool == "graphopt-budget":
-            cmd += ["--budget", args.budget]
+            cmd += ["--budget", args.budget] + (["--eval", str(tune)] if tune is not None else [])
     else:
         cmd = [sys.executable, __file__, "--worker", tool, str(model), str(out), str(calib)]
     return spawn(cmd, out, args.timeout, out.with_suffix(".log"))
@@ -131,12 +141,12 @@ def compare_model(model: Path, out_dir: Path, args: argparse.Namespace) -> dict[
     work.mkdir(parents=True)
     dims = dict(item.split("=") for item in args.dim or [])
     dims = {k: int(v) for k, v in dims.items()}
-    calib, evaluation_dir = prepare_data(model, work, args.data_dir, args.calib_count, dims)
+    calib, tune, evaluation_dir = prepare_data(model, work, args.data_dir, args.calib_count, dims)
     evaluation = _samples(evaluation_dir)
     rows: dict[str, dict[str, Any]] = {}
     for tool in args.tools.split(","):
         dst = work / f"{tool}.onnx"
-        row = run_tool(tool, model, dst, calib, args)
+        row = run_tool(tool, model, dst, calib, tune, args)
         if row.get("ok"):
             try:
                 row.update(accuracy(model, dst, evaluation))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Real-looking inputs for the PaddleOCR models: text rendered with Pillow.
 
-Writes ``OUT_DIR/<model>/{calib,eval}/sample_NNNN.npz`` (input ``x``, float32
+Writes ``OUT_DIR/<model>/{calib,tune,eval}/sample_NNNN.npz`` (input ``x``, float32
 NCHW), preprocessed as rapidocr-onnxruntime feeds the models:
 
 * ``paddleocr_det``: a white page of several text lines, ``H x W`` (multiples
@@ -13,12 +13,13 @@ NCHW), preprocessed as rapidocr-onnxruntime feeds the models:
   degrees (the classifier's two classes).
 
 The text is random words over letters and digits, from a seeded generator, so
-every run writes the same files. Calibration and evaluation use different
-seeds.
+every run writes the same files. Calibration, tuning (what an accuracy
+budget is searched on: ``graphopt quantize --eval``) and evaluation use
+different seeds.
 
 Usage::
 
-    python tools/ocr_inputs.py OUT_DIR [--calib 16] [--eval 8]
+    python tools/ocr_inputs.py OUT_DIR [--calib 16] [--tune 8] [--eval 8]
 """
 
 from __future__ import annotations
@@ -97,11 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--calib", type=int, default=16, help="calibration samples per model")
+    parser.add_argument("--tune", type=int, default=8, help="tuning samples per model (accuracy budget search)")
     parser.add_argument("--eval", type=int, default=8, help="evaluation samples per model")
     args = parser.parse_args(argv)
     for model in ("paddleocr_det", "paddleocr_rec", "paddleocr_cls"):
         write(args.out_dir, model, "calib", 0, args.calib)
         write(args.out_dir, model, "eval", 1, args.eval)
+        write(args.out_dir, model, "tune", 2, args.tune)
     return 0
 
 

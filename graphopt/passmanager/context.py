@@ -79,6 +79,11 @@ class PassContext:
         calibration: calibration data for lossy passes (an iterable of input
             dicts), or None.
         accuracy_budget: e.g. ``{"cosine": 0.99}`` for lossy passes, or None.
+        evaluation: held-out input dicts the accuracy budget is checked on
+            (None: the calibration data). Ranges come from ``calibration``
+            only; the budget search and its final check run on these, as
+            Intel Neural Compressor's accuracy-aware tuning checks its
+            criterion on an evaluation dataloader, not the calibration one.
         instruments: :class:`~graphopt.passmanager.instruments.Instrument`
             objects called around each pass.
         analyses: the :class:`AnalysisCache`.
@@ -92,6 +97,7 @@ class PassContext:
     config: dict[str, Any] = field(default_factory=dict)
     calibration: Any = None
     accuracy_budget: dict[str, float] | None = None
+    evaluation: Any = None
     instruments: list[Any] = field(default_factory=list)
     analyses: AnalysisCache = field(default_factory=AnalysisCache)
 

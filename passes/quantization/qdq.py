@@ -54,7 +54,7 @@ class QDQOptions:
                                                              "quantized vs float, on the calibration data) into "
                                                              "the metadata record"})
     budget_cosine: float = field(default=0.0, metadata={"doc": "keep the most sensitive sites float until output "
-                                                               "cosine on the calibration data is at least this "
+                                                               "cosine on the evaluation (else calibration) data is at least this "
                                                                "(0: the context's budget, or none)"})
 
 
@@ -82,6 +82,9 @@ class QDQ(Pass):
     {"metric": fn, "threshold": t}`` uses a task metric instead, where
     ``fn(outputs, reference) -> float`` (higher is better) gets per-batch
     output dicts (see :data:`~graphopt.passes.quantization.sensitivity.Metric`).
+    The budget is measured on the context's ``evaluation`` data when it has
+    some (held-out inputs: ranges fitted to the calibration data score better
+    on it than on new inputs), else on the calibration data.
 
     Raises:
         InputError: no calibration data, calibration data that does not fit the
@@ -110,17 +113,18 @@ class QDQ(Pass):
                                 progress=bool(ctx.get("quantize.progress")))
         kept: list[str] = []
         budget = dict(ctx.accuracy_budget or {})
+        held_out = ctx.calibration if ctx.evaluation is None else ctx.evaluation
         if opts.budget_cosine:
             budget = {"cosine": opts.budget_cosine}
         if "metric" in budget:
             if "threshold" not in budget or not callable(budget["metric"]):
                 raise InputError("accuracy_budget with a metric needs {'metric': callable(outputs, reference) -> "
                                  "float, 'threshold': float}")
-            kept = keep_float_for_budget(model, plan, ranges, config, ctx.calibration, float(budget["threshold"]),
+            kept = keep_float_for_budget(model, plan, ranges, config, held_out, float(budget["threshold"]),
                                          budget["metric"])
         elif len(budget) == 1 and next(iter(budget)) in METRICS:
             name, threshold = next(iter(budget.items()))
-            kept = keep_float_for_budget(model, plan, ranges, config, ctx.calibration, float(threshold),
+            kept = keep_float_for_budget(model, plan, ranges, config, held_out, float(threshold),
                                          METRICS[name])
         elif budget:
             raise InputError(f"unknown accuracy budget {sorted(budget)}; give one of {{'cosine': 0.99}}, "

@@ -126,3 +126,34 @@ def test_missed_budget_exits_1_and_writes_nothing(tmp_path, capsys, monkeypatch)
     assert "is below the budget 0.999999 on 2 calibration batches with onnxruntime's integer kernels; nothing was " \
            "written" in err
     assert list(out.iterdir()) == []
+
+
+def test_budget_is_searched_and_checked_on_the_eval_inputs(tmp_path, capsys, monkeypatch):
+    """With --eval, the budget search gets the evaluation batches (not the
+    calibration ones) and the final check is reported on them."""
+    from graphopt.passes.quantization import sensitivity
+    from graphopt.verify.inputs import generate_inputs
+
+    seen = []
+
+    def search(model, plan, ranges, config, data, threshold, *rest, **kw):
+        seen.append([b["input_ids"].copy() for b in data])
+        return []
+
+    monkeypatch.setattr(sensitivity, "keep_float_for_budget", search)
+    evaluation = tmp_path / "eval"
+    evaluation.mkdir()
+    samples = [generate_inputs(str(BERT), seed=500 + i) for i in range(3)]
+    for i, s in enumerate(samples):
+        np.savez(evaluation / f"s{i}.npz", **s)
+    out = tmp_path / "q.onnx"
+    code, stdout, stderr = _run(capsys, "quantize", BERT, "-o", out, "--calib", "generate", "--calib-count", "2",
+                                "--eval", evaluation, "--budget", "cosine=0.5", "--json")
+    assert code == 0, stderr
+    assert len(seen) == 1 and len(seen[0]) == 3
+    for got, want in zip(seen[0], samples):
+        np.testing.assert_array_equal(got, want["input_ids"])
+    doc = json.loads(stdout)
+    assert doc["budget"]["data"] == "evaluation" and doc["budget"]["threshold"] == 0.5
+    assert doc["budget"]["score"] == min(o["cosine"] for o in doc["outputs"])
+    assert doc["batches"] == 3

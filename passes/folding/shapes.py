@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,20 +49,28 @@ _STRICT_DIMS = "graphopt.fold_shapes.strict_dims"
 with the graph inputs' shapes they were inferred from."""
 
 
+_CONSULTED = "graphopt.fold_shapes.consulted"
+"""``model.meta`` key: a weak reference to the pass context of the pipeline
+run that ran the strict symbolic inference."""
+
+
 class _StrictDims:
     """``refine`` for :class:`Propagator`: a value's dims from onnxruntime's
     symbolic shape inference in strict mode
     (:class:`graphopt.analysis.shapes.SymbolicShapes`).
 
-    The inference runs at most once per fold, on the first value asked that
-    has no answer yet; answers are kept in the value's ``meta`` and reused by
-    later runs of the pass (an exact rewrite does not change what a value's
-    dims are), as long as the graph inputs' shapes are the same. Only ints
+    The inference runs at most once per pipeline run (pass context), on the
+    first value asked that has no answer yet: it costs about as much as the
+    rest of O1 on a small model, and a second run in the fixpoint found
+    nothing the first had not (TorchScript LLaMA/GPT-2 exports). Answers are
+    kept in the value's ``meta`` and reused by later runs of the pass (an
+    exact rewrite does not change what a value's dims are), as long as the
+    graph inputs' shapes are the same. Only ints
     and the graph inputs' dim names are taken: the names the engine makes up
     for other dims (``Range_0_o0__d0``) mean nothing outside one inference."""
 
-    def __init__(self, model: ir.Model) -> None:
-        self._model = model
+    def __init__(self, model: ir.Model, ctx: object) -> None:
+        self._model, self._ctx = model, ctx
         self._shapes: object = None
         inputs = [dims_of(v) or () for v in model.graph.inputs]
         self._inputs = tuple(inputs)
@@ -75,8 +84,16 @@ class _StrictDims:
         if self._shapes is None:
             from graphopt.analysis.shapes import SymbolicShapes
 
-            self._shapes = SymbolicShapes(self._model, strict=True)
-            self.used = True
+            consulted = self._model.meta.get(_CONSULTED)
+            if self._ctx is not None and consulted is not None and consulted() is self._ctx:
+                self._shapes = False
+            else:
+                if self._ctx is not None:
+                    self._model.meta[_CONSULTED] = weakref.ref(self._ctx)
+                self._shapes = SymbolicShapes(self._model, strict=True)
+                self.used = True
+        if self._shapes is False:
+            return None
         dims = self._shapes.shape(value)  # type: ignore[attr-defined]
         if dims is not None:
             dims = tuple(d if isinstance(d, int) or d in self._names else None for d in dims)
@@ -286,7 +303,7 @@ class FoldShapes(Pass):
             stats["inferred"] += self._infer_if_changed(model, graphs, shape_ops, current)
             if not shape_ops:
                 break
-            counts, constants = self._fold(model, graphs)
+            counts, constants = self._fold(model, graphs, ctx)
             for key in ("folded", "reshapes", "wheres", "refined"):
                 stats[key] += counts[key]
             if counts["wheres"] or counts["sharper"]:
@@ -327,12 +344,12 @@ class FoldShapes(Pass):
             current.ok = True
         return 1
 
-    def _fold(self, model: ir.Model, graphs: list[ir.Graph]) -> tuple[dict[str, int], list[ir.Value]]:
+    def _fold(self, model: ir.Model, graphs: list[ir.Graph], ctx: object) -> tuple[dict[str, int], list[ir.Value]]:
         """One walk over every graph: propagate shape values, fold the known
         ones, give Reshapes constant targets, bypass decided Wheres. Returns
         the counts and the constants that replaced folded values."""
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
-        strict = _StrictDims(model) if self.options.symbolic else None
+        strict = _StrictDims(model, ctx) if self.options.symbolic else None
         prop = Propagator(opset, strict)
         folded = reshapes = wheres = sharper = 0
         constants: list[ir.Value] = []

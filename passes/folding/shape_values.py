@@ -88,8 +88,23 @@ class Propagator:
         self.opset = opset
         self.values: dict[ir.Value, SymValue] = {}
         self._refine = refine
+        self._lazy: dict[ir.Value, tuple[ir.Value, int, int | None]] = {}
         self.refined = 0
         """How many dims :meth:`dims` took from ``refine``."""
+
+    def _sharpened(self, value: ir.Value, sym: SymValue) -> SymValue:
+        """``sym`` (a Shape output's value with unknown elements) with the
+        dims ``refine`` knows. Asked only where an unknown element is read,
+        so that the symbolic inference runs only when it can matter."""
+        source = self._lazy.pop(value, None)
+        if source is None or all(known_dim(d) is not None for d in sym.dims):
+            return sym
+        dims = self.dims(source[0])
+        if dims is None:
+            return sym
+        sharp = SymValue(dims[slice(source[1], source[2])])
+        self.values[value] = sharp
+        return sharp
 
     def dims(self, value: ir.Value) -> tuple[Dim, ...] | None:
         """The value's dims as ONNX inference left them, with each dim it
@@ -120,6 +135,14 @@ class Propagator:
         self.values[value] = sym
         return sym
 
+    def _read(self, value: ir.Value | None) -> SymValue | None:
+        """:meth:`get`, sharpened (see :meth:`_sharpened`) when it is a Shape
+        output with unknown elements: the reader uses every element."""
+        sym = self.get(value)
+        if sym is not None and value in self._lazy:
+            sym = self._sharpened(value, sym)  # type: ignore[arg-type]
+        return sym
+
     def _ints(self, value: ir.Value | None) -> list[int] | None:
         sym = self.get(value)
         return list(sym.dims) if sym is not None and sym.known else None  # type: ignore[arg-type]
@@ -131,10 +154,12 @@ class Propagator:
             return None
         ins = node.inputs
         if op == "Shape":
-            dims = self.dims(ins[0])
+            dims = dims_of(ins[0])
             if dims is None:
                 return None
             start, end = node_attr(node, "start", 0), node_attr(node, "end", None)
+            if self._refine is not None and any(known_dim(d) is None for d in dims):
+                self._lazy[node.outputs[0]] = (ins[0], start, end)
             return SymValue(dims[slice(start, end)])
         if op == "Size":
             dims = self.dims(ins[0])
@@ -144,13 +169,15 @@ class Propagator:
         if op in ("Identity", "Cast"):
             if op == "Cast" and node_attr(node, "to") not in (ir.DataType.INT64.value, ir.DataType.INT32.value):
                 return None
-            sym = self.get(ins[0])
+            sym = self._read(ins[0])
             if op == "Cast" and sym is not None and sym.boolean:  # bool -> int: True/False become 1/0
                 return SymValue(tuple(None if d is None else int(d) for d in sym.dims), sym.scalar)
             return sym
         data = self.get(ins[0]) if ins else None
         if data is None:
             return None
+        if op not in ("Gather", "Slice") and ins[0] in self._lazy:
+            data = self._sharpened(ins[0], data)
         if op == "Gather" and node_attr(node, "axis", 0) in (0, -1) and not data.scalar:
             idx = self.get(ins[1])
             if idx is None or not idx.known:
@@ -158,6 +185,8 @@ class Propagator:
             picked = [_normalize(int(i), len(data.dims)) for i in idx.dims]  # type: ignore[arg-type]
             if any(p is None for p in picked):
                 return None
+            if ins[0] in self._lazy and any(known_dim(data.dims[p]) is None for p in picked):  # type: ignore[index]
+                data = self._sharpened(ins[0], data)
             return SymValue(tuple(data.dims[p] for p in picked), idx.scalar)  # type: ignore[index]
         if op == "Unsqueeze" and data.scalar:
             axes = node_attr(node, "axes") if self.opset < 13 else self._ints(ins[1] if len(ins) > 1 else None)
@@ -165,7 +194,7 @@ class Propagator:
         if op == "Squeeze" and not data.scalar and len(data.dims) == 1:
             return SymValue(data.dims, scalar=True)
         if op == "Concat" and not data.scalar:
-            parts = [self.get(v) for v in ins]
+            parts = [self._read(v) for v in ins]
             if any(p is None or p.scalar for p in parts):
                 return None
             return SymValue(tuple(d for p in parts for d in p.dims))  # type: ignore[union-attr]
@@ -180,13 +209,16 @@ class Propagator:
                 starts, ends, axes = (None if a is None else list(a) for a in (starts, ends, axes))
             if not starts or not ends or axes not in ([0], [-1]) or not steps or steps[0] == 0:
                 return None
-            return SymValue(tuple(data.dims[slice(*_py_slice(starts[0], ends[0], steps[0], len(data.dims)))]))
+            window = slice(*_py_slice(starts[0], ends[0], steps[0], len(data.dims)))
+            if ins[0] in self._lazy and any(known_dim(d) is None for d in data.dims[window]):
+                data = self._sharpened(ins[0], data)
+            return SymValue(tuple(data.dims[window]))
         if op in ("Add", "Sub", "Mul", "Div", "Max", "Min") and len(ins) == 2 and not data.boolean:
-            return self._arith(op, data, self.get(ins[1]))
+            return self._arith(op, data, self._read(ins[1]))
         if op == "Equal" and len(ins) == 2 and not data.boolean:
-            return self._equal(data, self.get(ins[1]))
+            return self._equal(data, self._read(ins[1]))
         if op == "Where" and data.boolean and len(ins) == 3:
-            return self._where(data, self.get(ins[1]), self.get(ins[2]))
+            return self._where(data, self._read(ins[1]), self._read(ins[2]))
         return None
 
     @staticmethod

@@ -169,6 +169,15 @@ def _reshape_target(node: ir.Node, shape: SymValue, data_dims: tuple[Dim, ...] |
 
 
 
+def _may_match(target: SymValue, data: tuple[Dim, ...] | None) -> bool:
+    """Whether a named entry of the Reshape target sits where the data's dim
+    is unknown (so that the data's dims from the strict symbolic inference
+    might make it a copy, 0)."""
+    return data is not None and any(
+        isinstance(t, str) and known_dim(t) is not None and i < len(data) and known_dim(data[i]) is None
+        for i, t in enumerate(target.dims))
+
+
 def _sharper(node: ir.Node, target: SymValue) -> bool:
     """Whether the Reshape's target (its symbolic value) tells more about the
     output's shape than the output has: a dim known as an int, or as a named
@@ -408,7 +417,10 @@ class FoldShapes(Pass):
         sym = prop.get(shape_value)
         if sym is None or sym.known or ir.is_constant(shape_value):
             return 0
-        target = _reshape_target(node, sym, prop.dims(node.inputs[0]))
+        data = node.inputs[0]
+        target = _reshape_target(node, sym, dims_of(data))
+        if target is None and _may_match(sym, dims_of(data)):
+            target = _reshape_target(node, sym, prop.dims(data))
         if target is None:
             return 0
         sharper = _sharper(node, sym)

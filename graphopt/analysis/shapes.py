@@ -36,7 +36,7 @@ import onnx
 
 from graphopt import ir
 
-__all__ = ["SymbolicShapes", "symbolic_shapes", "ANALYSIS"]
+__all__ = ["SymbolicShapes", "symbolic_shapes", "value_dims", "ANALYSIS"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -199,11 +199,10 @@ def _run_inference(cls: Any, proto: onnx.ModelProto, auto_merge: bool,
     return engine.out_mp_, complete
 
 
-def _ir_dims(value: ir.Value) -> tuple[Dim, ...] | None:
+def value_dims(value: ir.Value) -> tuple[Dim, ...] | None:
+    """The value's dims as the IR holds them: ints, dim names (``unk__N``
+    included), None for a dim without a name; None when the shape is unknown."""
     shape = value.shape
-    if shape is None:
-        tensor = ir.const_tensor(value)
-        shape = tensor.shape if tensor is not None else None
     if shape is None:
         return None
     dims: list[Dim] = []
@@ -212,8 +211,20 @@ def _ir_dims(value: ir.Value) -> tuple[Dim, ...] | None:
             dims.append(d)
         else:
             name = getattr(d, "value", None)
-            dims.append(name if isinstance(name, str) and name and not name.startswith("unk__") else None)
+            dims.append(name if isinstance(name, str) and name else None)
     return tuple(dims)
+
+
+def _ir_dims(value: ir.Value) -> tuple[Dim, ...] | None:
+    """:func:`value_dims` (a constant's shape when the value has none), with
+    the ``unk__N`` names of ONNX inference as None."""
+    dims = value_dims(value)
+    if dims is None:
+        tensor = ir.const_tensor(value)
+        dims = tuple(int(d) for d in tensor.shape) if tensor is not None else None
+    if dims is None:
+        return None
+    return tuple(None if isinstance(d, str) and d.startswith("unk__") else d for d in dims)
 
 
 def symbolic_shapes(model: ir.Model, ctx: Any = None) -> SymbolicShapes:

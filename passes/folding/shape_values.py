@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from graphopt import ir
+from graphopt.analysis.shapes import value_dims as dims_of
 
 __all__ = ["Dim", "SymValue", "Propagator", "dims_of", "known_dim", "node_attr"]
 
@@ -39,22 +40,6 @@ class SymValue:
 
 
 _SMALL = 64
-
-
-def dims_of(value: ir.Value) -> tuple[Dim, ...] | None:
-    """The value's dims as the IR holds them: ints, dim names (``unk__N``
-    included), None for a dim without a name; None when the shape is unknown."""
-    shape = value.shape
-    if shape is None:
-        return None
-    dims: list[Dim] = []
-    for d in shape:
-        if isinstance(d, int):
-            dims.append(d)
-        else:
-            name = getattr(d, "value", None)
-            dims.append(name if isinstance(name, str) and name else None)
-    return tuple(dims)
 
 
 def known_dim(dim: Dim) -> Dim:

@@ -245,7 +245,8 @@ def worker(tool: str, src: str, dst: str, big: bool,
     except BaseException as e:  # noqa: BLE001 - everything goes into the table
         result["ok"] = False
         result["error"] = f"{type(e).__name__}: {e}".strip()[:2000]
-        result["traceback"] = traceback.format_exc()[-4000:]
+        # Paths under this interpreter's prefix (site-packages) are written as <prefix>: the report is published.
+        result["traceback"] = traceback.format_exc()[-4000:].replace(sys.prefix, "<prefix>")
     sys.stdout.flush()
     print(RESULT_MARK + json.dumps(result), flush=True)
     return 0 if result["ok"] else 1

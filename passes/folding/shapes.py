@@ -19,7 +19,6 @@ __all__ = ["FoldShapes", "FoldShapesOptions"]
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class FoldShapesOptions:
     """Options of ``fold-shapes``."""
@@ -32,10 +31,6 @@ class FoldShapesOptions:
     symbolic: bool = field(default=True, metadata={"doc": (
         "take the dims ONNX shape inference leaves unknown (unk__N) from onnxruntime's symbolic shape "
         "inference, run strictly (no dims merged that are not proved equal)")})
-
-
-
-
 
 
 _MAX_ROUNDS = 4
@@ -75,7 +70,6 @@ class _StrictDims:
         inputs = [dims_of(v) or () for v in model.graph.inputs]
         self._inputs = tuple(inputs)
         self._names = {d for dims in inputs for d in dims if isinstance(d, str)}
-        self.used = False
 
     def __call__(self, value: ir.Value) -> tuple[Dim, ...] | None:
         stored = value.meta.get(_STRICT_DIMS)
@@ -91,7 +85,6 @@ class _StrictDims:
                 if self._ctx is not None:
                     self._model.meta[_CONSULTED] = weakref.ref(self._ctx)
                 self._shapes = SymbolicShapes(self._model, strict=True)
-                self.used = True
         if self._shapes is False:
             return None
         dims = self._shapes.shape(value)  # type: ignore[attr-defined]
@@ -138,8 +131,6 @@ def _infer(model: ir.Model) -> None:
             value.shape = shape
 
 
-
-
 def _reshape_target(node: ir.Node, shape: SymValue, data_dims: tuple[Dim, ...] | None) -> list[int] | None:
     """A constant shape for ``Reshape(data, shape)`` with the same meaning:
     an entry equal to the data's own symbolic dim at that position
@@ -165,8 +156,6 @@ def _reshape_target(node: ir.Node, shape: SymValue, data_dims: tuple[Dim, ...] |
     for i in unknown:
         out[i] = -1
     return out  # type: ignore[return-value]
-
-
 
 
 def _may_match(target: SymValue, data: tuple[Dim, ...] | None) -> bool:

@@ -19,12 +19,8 @@ fails, the IR's own shapes are used. (Its ``infer_shapes`` entry point is not
 called: on an incomplete inference it writes a debug model into the working
 directory.)
 
-``strict=True`` is for exact rewrites (``fold-shapes``): one run without
-``auto_merge`` and without the broadcast merges the engine makes even then
-(two different symbols broadcast against each other are taken to be equal,
-wrong when one is 1 at run time); dims are then only what follows from the
-inputs' dims through the operators' shape rules and the values of shape
-tensors, and an incomplete inference keeps what it inferred.
+Exact rewrites do not use it (it may merge dims; ``fold-shapes`` derives
+strict dims itself, ``graphopt.passes.folding.shape_dims``).
 """
 
 from __future__ import annotations
@@ -53,14 +49,10 @@ class SymbolicShapes:
 
     Args:
         model: the IR model; it is not changed.
-        strict: infer without merging dims that are not proved equal (see
-            the module docstring); ``method`` is then ``strict`` or
-            ``strict (partial)``.
     """
 
-    def __init__(self, model: ir.Model, strict: bool = False) -> None:
+    def __init__(self, model: ir.Model) -> None:
         self._model = model
-        self._strict = strict
         self._shapes: dict[str, tuple[str, tuple[Dim, ...]]] | None = None
         self._aliases: dict[int, tuple[ir.Value, ir.Value]] = {}
         self._records: dict[int, tuple[ir.Value, tuple[Dim, ...]]] = {}
@@ -75,13 +67,13 @@ class SymbolicShapes:
         proto = onnx.ModelProto.FromString(encoded) if encoded is not None else edit._serialize_for_inference(
             self._model)
         inferred = None
-        for merge in (False,) if self._strict else (False, True):
+        for merge in (False, True):
             try:
-                inferred, complete = _run_inference(SymbolicShapeInference, proto, merge, self._strict)
+                inferred, complete = _run_inference(SymbolicShapeInference, proto, merge)
             except Exception as e:  # noqa: BLE001 - the inference raises bare Exceptions
                 _LOG.debug("symbolic shape inference (auto_merge=%s) failed: %s", merge, e)
                 continue
-            kind = "strict" if self._strict else "auto-merge" if merge else "exact"
+            kind = "auto-merge" if merge else "exact"
             self.method = kind + ("" if complete else " (partial)")
             if complete:
                 break
@@ -170,27 +162,12 @@ def _engine() -> type:
     return module.SymbolicShapeInference
 
 
-def _run_inference(cls: Any, proto: onnx.ModelProto, auto_merge: bool,
-                   strict: bool = False) -> tuple[onnx.ModelProto, bool]:
+def _run_inference(cls: Any, proto: onnx.ModelProto, auto_merge: bool) -> tuple[onnx.ModelProto, bool]:
     """``SymbolicShapeInference.infer_shapes`` without its side effect: on an
     incomplete inference it saves ``sym_shape_infer_temp.onnx`` (and external
     data files) into the working directory and raises. The same steps are run
-    here and the partial result is returned with ``complete=False``.
-
-    ``strict``: the engine's ``_check_merged_dims`` ignores its broadcast
-    checks (``allow_broadcast=True``, the elementwise ops, Where, the batch
-    dims of MatMul), where it records that two different symbols are equal
-    although one may be 1; the checks of dims that must be equal (the
-    contracted dim of MatMul, the other axes of Concat) still merge."""
+    here and the partial result is returned with ``complete=False``."""
     engine = cls(2**31 - 1, auto_merge, False, 0)
-    if strict:
-        check = engine._check_merged_dims  # noqa: SLF001
-
-        def check_equal_only(dims: list, allow_broadcast: bool = True) -> None:
-            if not allow_broadcast:
-                check(dims, allow_broadcast=False)
-
-        engine._check_merged_dims = check_equal_only  # noqa: SLF001
     engine._preprocess(proto)  # noqa: SLF001 - the steps of infer_shapes, minus its debug save
     complete = False
     while engine.run_:

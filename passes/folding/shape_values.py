@@ -94,7 +94,7 @@ class Propagator:
     def dims(self, value: ir.Value) -> tuple[Dim, ...] | None:
         """The value's dims as ONNX inference left them, with each dim it
         could not name (None, ``unk__N``) taken from ``refine`` (the strict
-        symbolic inference) where that knows it."""
+        symbolic dims of ``shape_dims.NativeDims``) where that knows it."""
         dims = dims_of(value)
         if dims is None or self._refine is None or all(known_dim(d) is not None for d in dims):
             return dims
@@ -119,6 +119,15 @@ class Propagator:
         sym = SymValue(tuple(int(x) for x in array.reshape(-1)), array.ndim == 0)
         self.values[value] = sym
         return sym
+
+    def set_refine(self, refine: Callable[[ir.Value], tuple[Dim, ...] | None]) -> None:
+        """Set the ``refine`` callback (after construction, for one that reads this propagator)."""
+        self._refine = refine
+
+    def read(self, value: ir.Value | None) -> SymValue | None:
+        """The value's symbolic value, with a Shape output's unknown elements
+        sharpened by ``refine``."""
+        return self._read(value)
 
     def _read(self, value: ir.Value | None) -> SymValue | None:
         """:meth:`get`, sharpened (see :meth:`_sharpened`) when it is a Shape

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,6 +10,7 @@ import numpy as np
 from graphopt import ir
 from graphopt.passes.cleanup.shapes import SHAPES_CURRENT, ShapesCurrent, shapes_current
 from graphopt.passes.folding.constants import install_constant
+from graphopt.passes.folding.shape_dims import NativeDims
 from graphopt.passes.folding.shape_values import Dim, Propagator, SymValue, dims_of, known_dim, node_attr
 from graphopt.passmanager import Pass, PassResult, register_pass
 
@@ -29,8 +29,8 @@ class FoldShapesOptions:
         "give Reshape a constant shape when its unknown entries are the input's own dims (0) "
         "or a single remaining dim (-1)")})
     symbolic: bool = field(default=True, metadata={"doc": (
-        "take the dims ONNX shape inference leaves unknown (unk__N) from onnxruntime's symbolic shape "
-        "inference, run strictly (no dims merged that are not proved equal)")})
+        "rederive the dims ONNX shape inference leaves unknown (unk__N) from the producers' shape rules "
+        "and the values of shape tensors, strictly (no dims merged that are not proved equal)")})
 
 
 _MAX_ROUNDS = 4
@@ -38,61 +38,6 @@ _MAX_ROUNDS = 4
 
 _META_KEY = "graphopt.fold_shapes.inferred"
 """``model.meta`` key: the graph fingerprint at this pass's last inference."""
-
-_STRICT_DIMS = "graphopt.fold_shapes.strict_dims"
-"""``Value.meta`` key: the value's dims from the strict symbolic inference,
-with the graph inputs' shapes they were inferred from."""
-
-
-_CONSULTED = "graphopt.fold_shapes.consulted"
-"""``model.meta`` key: a weak reference to the pass context of the pipeline
-run that ran the strict symbolic inference."""
-
-
-class _StrictDims:
-    """``refine`` for :class:`Propagator`: a value's dims from onnxruntime's
-    symbolic shape inference in strict mode
-    (:class:`graphopt.analysis.shapes.SymbolicShapes`).
-
-    The inference runs at most once per pipeline run (pass context), on the
-    first value asked that has no answer yet: it costs about as much as the
-    rest of O1 on a small model, and a second run in the fixpoint found
-    nothing the first had not (TorchScript LLaMA/GPT-2 exports). Answers are
-    kept in the value's ``meta`` and reused by later runs of the pass (an
-    exact rewrite does not change what a value's dims are), as long as the
-    graph inputs' shapes are the same. Only ints
-    and the graph inputs' dim names are taken: the names the engine makes up
-    for other dims (``Range_0_o0__d0``) mean nothing outside one inference."""
-
-    def __init__(self, model: ir.Model, ctx: object) -> None:
-        self._model, self._ctx = model, ctx
-        self._shapes: object = None
-        inputs = [dims_of(v) or () for v in model.graph.inputs]
-        self._inputs = tuple(inputs)
-        self._names = {d for dims in inputs for d in dims if isinstance(d, str)}
-
-    def __call__(self, value: ir.Value) -> tuple[Dim, ...] | None:
-        stored = value.meta.get(_STRICT_DIMS)
-        if stored is not None and stored[0] == self._inputs:
-            return stored[1]
-        if self._shapes is None:
-            from graphopt.analysis.shapes import SymbolicShapes
-
-            consulted = self._model.meta.get(_CONSULTED)
-            if self._ctx is not None and consulted is not None and consulted() is self._ctx:
-                self._shapes = False
-            else:
-                if self._ctx is not None:
-                    self._model.meta[_CONSULTED] = weakref.ref(self._ctx)
-                self._shapes = SymbolicShapes(self._model, strict=True)
-        if self._shapes is False:
-            return None
-        dims = self._shapes.shape(value)  # type: ignore[attr-defined]
-        if dims is not None:
-            dims = tuple(d if isinstance(d, int) or d in self._names else None for d in dims)
-        value.meta[_STRICT_DIMS] = (self._inputs, dims)
-        return dims
-
 
 def _fingerprint(model: ir.Model, graphs: list[ir.Graph]) -> int:
     """A cheap fingerprint of what shape inference reads: the declared input
@@ -160,7 +105,7 @@ def _reshape_target(node: ir.Node, shape: SymValue, data_dims: tuple[Dim, ...] |
 
 def _may_match(target: SymValue, data: tuple[Dim, ...] | None) -> bool:
     """Whether a named entry of the Reshape target sits where the data's dim
-    is unknown (so that the data's dims from the strict symbolic inference
+    is unknown (so that the data's dims from the strict symbolic dims
     might make it a copy, 0)."""
     return data is not None and any(
         isinstance(t, str) and known_dim(t) is not None and i < len(data) and known_dim(data[i]) is None
@@ -268,13 +213,14 @@ class FoldShapes(Pass):
 
     With ``symbolic`` on, a dim ONNX inference leaves unknown (``unk__N``:
     it does not carry dims through Range, nor broadcast a named dim against an
-    unknown one) in a value that a Shape/Size or a Reshape reads is taken from
-    onnxruntime's ``SymbolicShapeInference`` in strict mode (no dims merged
-    that are not proved equal; see ``graphopt.analysis.shapes``), which
-    follows shape values through such ops: the Q/K/V of a TorchScript SDPA
-    export are ``[batch, heads, sequence, 16]`` to it, and the Reshapes that
-    read their Shape get constant targets. It runs at most once per run of
-    the pass, only for values with no answer kept from an earlier run.
+    unknown one, nor solve a computed Reshape target's -1) in a value that a
+    Shape/Size or a Reshape reads is rederived from its producer's shape rule
+    over its inputs' dims and the shape values this pass propagates
+    (:class:`~graphopt.passes.folding.shape_dims.NativeDims`), strictly: no
+    two dims are taken as equal unless the rules prove it. The Q/K/V of a
+    TorchScript SDPA export are then ``[batch, heads, sequence, 16]``, and
+    the Reshapes that read their Shape get constant targets. It is asked only
+    where an unknown element is read.
 
     Works in the main graph and If/Loop/Scan bodies (outer values visible).
     Prior art: onnxsim and onnxslim (shape folding with ONNX shape inference),
@@ -301,7 +247,7 @@ class FoldShapes(Pass):
             stats["inferred"] += self._infer_if_changed(model, graphs, shape_ops, current)
             if not shape_ops:
                 break
-            counts, constants = self._fold(model, graphs, ctx)
+            counts, constants = self._fold(model, graphs)
             for key in ("folded", "reshapes", "wheres", "refined"):
                 stats[key] += counts[key]
             if counts["wheres"] or counts["sharper"]:
@@ -342,13 +288,15 @@ class FoldShapes(Pass):
             current.ok = True
         return 1
 
-    def _fold(self, model: ir.Model, graphs: list[ir.Graph], ctx: object) -> tuple[dict[str, int], list[ir.Value]]:
+    def _fold(self, model: ir.Model, graphs: list[ir.Graph]) -> tuple[dict[str, int], list[ir.Value]]:
         """One walk over every graph: propagate shape values, fold the known
         ones, give Reshapes constant targets, bypass decided Wheres. Returns
         the counts and the constants that replaced folded values."""
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
-        strict = _StrictDims(model, ctx) if self.options.symbolic else None
-        prop = Propagator(opset, strict)
+        prop = Propagator(opset)
+        if self.options.symbolic:
+            names = {d for v in model.graph.inputs for d in (dims_of(v) or ()) if isinstance(d, str)}
+            prop.set_refine(NativeDims(opset, prop.read, names))
         folded = reshapes = wheres = sharper = 0
         constants: list[ir.Value] = []
         for graph in graphs:

@@ -1,0 +1,302 @@
+"""Strict symbolic dims for ``fold-shapes``: the dims ONNX shape inference
+leaves unknown (``unk__N``), rederived from the producer's shape rule (ONNX
+operator specs: broadcasting, Reshape, Expand, Range, Transpose, MatMul, ...)
+and the values of shape tensors that :class:`~.shape_values.Propagator`
+knows. No two dims are taken as equal unless the rules prove it: a named dim
+broadcast against an unknown one stays unknown (either may be 1)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+from graphopt import ir
+from graphopt.passes.folding.shape_values import Dim, SymValue, dims_of, known_dim, node_attr
+
+__all__ = ["NativeDims"]
+
+_SAME = frozenset({
+    "Identity", "Cast", "CastLike", "Relu", "Sigmoid", "Tanh", "Erf", "Sqrt", "Reciprocal", "Neg", "Exp", "Log",
+    "Abs", "Softmax", "LogSoftmax", "Dropout", "Not", "IsNaN", "IsInf", "Sin", "Cos", "Gelu", "LayerNormalization",
+    "RMSNormalization", "Clip", "LeakyRelu", "Elu", "HardSigmoid", "HardSwish", "Softplus", "Trilu", "Sign",
+    "Floor", "Ceil", "Round", "BatchNormalization", "InstanceNormalization", "Selu", "Mish", "Celu"})
+"""Ops whose first output has the first input's shape (ONNX operator specs)."""
+
+_BROADCAST = frozenset({
+    "Add", "Sub", "Mul", "Div", "Pow", "Where", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
+    "And", "Or", "Xor", "Max", "Min", "Mod", "PRelu", "Sum", "Mean", "BitShift"})
+"""Ops with multidirectional (numpy) broadcasting of all inputs."""
+
+
+def _broadcast_pair(a: Dim, b: Dim) -> Dim:
+    """One output dim of broadcasting ``a`` with ``b``, never assuming two
+    unrelated dims equal: 1 gives way to the other; an int > 1 wins (a valid
+    model has the other equal to it or 1); the same name is itself."""
+    if a == 1:
+        return b
+    if b == 1:
+        return a
+    if isinstance(a, int):
+        return a
+    if isinstance(b, int):
+        return b
+    return a if a is not None and a == b else None
+
+
+def _broadcast(shapes: list[tuple[Dim, ...]]) -> tuple[Dim, ...]:
+    n = max(len(s) for s in shapes)
+    out: list[Dim] = []
+    for i in range(n):
+        dim: Dim = 1
+        for s in shapes:
+            j = i - (n - len(s))
+            if j >= 0:
+                dim = _broadcast_pair(dim, s[j])
+        out.append(dim)
+    return tuple(out)
+
+
+def _product(dims: tuple[Dim, ...]) -> tuple[int, Counter] | None:
+    """The product of dims as (int factor, names), or None with an unknown dim."""
+    coef, names = 1, Counter()
+    for d in dims:
+        if isinstance(d, int):
+            coef *= d
+        elif d is None:
+            return None
+        else:
+            names[d] += 1
+    return coef, names
+
+
+def _as_dim(coef: int, names: Counter) -> Dim:
+    """A (factor, names) monomial as one dim: an int, a single name, or unknown."""
+    names = +names
+    if not names:
+        return coef
+    if coef == 1 and sum(names.values()) == 1:
+        return next(iter(names))
+    return None
+
+
+def _axes(node: ir.Node, opset: int, const: Callable[[ir.Value | None], list[int] | None],
+          since: int) -> list[int] | None:
+    """The ``axes`` of Squeeze/Unsqueeze/Reduce*: an attribute before
+    ``since``, the second input from it on."""
+    if opset < since:
+        value = node_attr(node, "axes")
+        return None if value is None else list(value)  # type: ignore[arg-type]
+    return const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+
+
+class NativeDims:
+    """``refine`` for :class:`~.shape_values.Propagator`: a value's dims,
+    each unknown one of ONNX inference's taken from the producer's shape
+    rule over its inputs' dims (recursively, memoized).
+
+    Args:
+        opset: the model's default-domain opset.
+        value_of: the symbolic value of a small integer tensor (the
+            propagator's), for Reshape/Expand targets and Range bounds.
+        names: the graph inputs' dim names, the only names kept (others,
+            such as ``unk__3``, mean nothing outside one inference).
+    """
+
+    def __init__(self, opset: int, value_of: Callable[[ir.Value | None], SymValue | None],
+                 names: set[str]) -> None:
+        self._opset = opset
+        self._value_of_raw = value_of
+        self._names = names
+        self._memo: dict[ir.Value, tuple[Dim, ...] | None] = {}
+
+    def __call__(self, value: ir.Value) -> tuple[Dim, ...] | None:
+        """The value's dims (int, a graph input's dim name, or None), or None
+        when not even its rank is known."""
+        if value in self._memo:
+            return self._memo[value]
+        ir_dims = dims_of(value)
+        have = None if ir_dims is None else tuple(
+            d if isinstance(d, int) or d in self._names else None for d in map(known_dim, ir_dims))
+        if have is not None and all(d is not None for d in have):
+            return have
+        self._memo[value] = have  # a cycle (it cannot happen in a DAG) reads the IR's dims
+        node = value.producer()
+        rule = None
+        if node is not None and node.domain in ("", "ai.onnx"):
+            try:
+                rule = self._rule(node, node.outputs.index(value))
+            except (IndexError, TypeError, ValueError, ZeroDivisionError):
+                rule = None
+        if rule is not None and (have is None or len(rule) == len(have)):
+            have = rule if have is None else tuple(h if h is not None else r for h, r in zip(have, rule))
+        self._memo[value] = have
+        return have
+
+    def _value_of(self, value: ir.Value | None) -> SymValue | None:
+        """The propagator's value, with names other than the graph inputs'
+        dims (``unk__N``) as unknown, as in the IR's dims."""
+        sym = self._value_of_raw(value)
+        if sym is None or sym.boolean or all(isinstance(d, int) or d in self._names for d in sym.dims):
+            return sym
+        return SymValue(tuple(d if isinstance(d, int) or d in self._names else None for d in sym.dims), sym.scalar)
+
+    def _ints(self, value: ir.Value | None) -> list[int] | None:
+        sym = self._value_of(value) if value is not None else None
+        return list(sym.dims) if sym is not None and sym.known else None  # type: ignore[arg-type]
+
+    def _scalar(self, value: ir.Value | None) -> Dim:
+        sym = self._value_of(value) if value is not None else None
+        return sym.dims[0] if sym is not None and len(sym.dims) == 1 else None
+
+    def _rule(self, node: ir.Node, index: int) -> tuple[Dim, ...] | None:  # noqa: C901 - one case per op
+        """The output's dims by the op's shape rule, or None."""
+        op, ins = node.op_type, node.inputs
+        d0 = self(ins[0]) if ins and ins[0] is not None else None
+        if op in _SAME:
+            return d0 if index == 0 else None
+        if op in _BROADCAST:
+            shapes = [self(v) for v in ins if v is not None]
+            return None if any(s is None for s in shapes) else _broadcast(shapes)  # type: ignore[arg-type]
+        if d0 is None:
+            return self._sources(op, node)
+        if op == "Transpose":
+            perm = node_attr(node, "perm") or list(range(len(d0)))[::-1]
+            return tuple(d0[p] for p in perm)  # type: ignore[union-attr]
+        if op == "MatMul":
+            d1 = self(ins[1])
+            if d1 is None or len(d0) < 2 or len(d1) < 2:
+                return None
+            return _broadcast([d0[:-2], d1[:-2]]) + (d0[-2], d1[-1])
+        if op == "Gemm":
+            d1 = self(ins[1])
+            if d1 is None:
+                return None
+            m = d0[1] if node_attr(node, "transA", 0) else d0[0]
+            n = d1[0] if node_attr(node, "transB", 0) else d1[1]
+            return (m, n)
+        if op == "Reshape":
+            return self._reshape(node, d0)
+        if op == "Expand":
+            shape = self._value_of(ins[1])
+            return None if shape is None else _broadcast([d0, shape.dims])
+        if op == "Unsqueeze":
+            axes = _axes(node, self._opset, self._ints, 13)
+            if axes is None:
+                return None
+            n = len(d0) + len(axes)
+            axes = sorted(a + n if a < 0 else a for a in axes)
+            out = list(d0)
+            for a in axes:
+                out.insert(a, 1)
+            return tuple(out)
+        if op == "Squeeze":
+            axes = _axes(node, self._opset, self._ints, 13)
+            if axes is None:
+                return None
+            drop = {a + len(d0) if a < 0 else a for a in axes}
+            return tuple(d for i, d in enumerate(d0) if i not in drop)
+        if op == "Gather":
+            d1 = self(ins[1])
+            axis = node_attr(node, "axis", 0)
+            axis = axis + len(d0) if axis < 0 else axis  # type: ignore[operator]
+            return None if d1 is None else d0[:axis] + d1 + d0[axis + 1:]  # type: ignore[index]
+        if op == "Concat":
+            parts = [self(v) for v in ins]
+            axis = node_attr(node, "axis", 0)
+            axis = axis + len(d0) if axis < 0 else axis  # type: ignore[operator]
+            if any(p is None or len(p) != len(d0) for p in parts):
+                return None
+            along = [p[axis] for p in parts]  # type: ignore[index]
+            nonzero = [p for p in along if p != 0]
+            size = sum(along) if all(isinstance(p, int) for p in along) else nonzero[0] if len(nonzero) == 1 else None
+            out = [next((p[i] for p in parts if p[i] is not None), None) for i in range(len(d0))]  # type: ignore[index]
+            out[axis] = size  # type: ignore[index]
+            return tuple(out)
+        if op == "Split":
+            return self._split(node, d0, index)
+        if op == "Slice":
+            return self._slice(node, d0)
+        if op == "Tile":
+            reps = self._ints(ins[1])
+            if reps is None or len(reps) != len(d0):
+                return None
+            return tuple(d if r == 1 else d * r if isinstance(d, int) else None for d, r in zip(d0, reps))
+        return self._sources(op, node)
+
+    def _sources(self, op: str, node: ir.Node) -> tuple[Dim, ...] | None:
+        """Ops whose output shape is an input's value: Range, ConstantOfShape, Shape."""
+        ins = node.inputs
+        if op == "ConstantOfShape":
+            shape = self._value_of(ins[0])
+            return None if shape is None else shape.dims
+        if op == "Range":
+            start, limit, delta = (self._scalar(v) for v in ins[:3])
+            if isinstance(start, int) and isinstance(limit, int) and isinstance(delta, int) and delta:
+                return (max(0, -(-(limit - start) // delta)),)
+            if start == 0 and delta == 1 and isinstance(limit, str):
+                return (limit,)
+            return None
+        if op == "Shape":
+            d0 = self(ins[0])
+            if d0 is None:
+                return None
+            start, end = node_attr(node, "start", 0), node_attr(node, "end", None)
+            return (len(d0[slice(start, end)]),)
+        return None
+
+    def _reshape(self, node: ir.Node, data: tuple[Dim, ...]) -> tuple[Dim, ...] | None:
+        """Reshape's output: 0 copies the data's dim (``allowzero`` off), -1 is
+        the data's size over the other entries' product, solved when both are
+        monomials of ints and names."""
+        target = self._value_of(node.inputs[1])
+        if target is None or target.scalar:
+            return None
+        allowzero = node_attr(node, "allowzero", 0)
+        out = [data[i] if t == 0 and not allowzero and i < len(data) else t for i, t in enumerate(target.dims)]
+        if -1 not in out:
+            return tuple(d if d is None or isinstance(d, str) or d >= 0 else None for d in out)
+        total = _product(data)
+        rest = _product(tuple(d for d in out if d != -1))
+        at = out.index(-1)
+        out[at] = None
+        if total is not None and rest is not None and rest[0] and total[0] % rest[0] == 0 \
+                and not rest[1] - total[1]:
+            out[at] = _as_dim(total[0] // rest[0], total[1] - rest[1])
+        return tuple(out)
+
+    def _split(self, node: ir.Node, data: tuple[Dim, ...], index: int) -> tuple[Dim, ...] | None:
+        axis = node_attr(node, "axis", 0)
+        axis = axis + len(data) if axis < 0 else axis  # type: ignore[operator]
+        sizes = node_attr(node, "split")
+        if sizes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
+            sizes = self._ints(node.inputs[1])
+        if sizes is None and isinstance(data[axis], int):  # type: ignore[index]
+            n = len(node.outputs)
+            if data[axis] % n == 0:  # type: ignore[index,operator]
+                sizes = [data[axis] // n] * n  # type: ignore[index,operator]
+        out = list(data)
+        out[axis] = sizes[index] if sizes is not None and index < len(sizes) else None  # type: ignore[index]
+        return tuple(out)
+
+    def _slice(self, node: ir.Node, data: tuple[Dim, ...]) -> tuple[Dim, ...] | None:
+        if self._opset < 10:
+            return None
+        ins = node.inputs
+        starts, ends = self._ints(ins[1]), self._ints(ins[2])
+        axes = self._ints(ins[3]) if len(ins) > 3 and ins[3] is not None else None
+        steps = self._ints(ins[4]) if len(ins) > 4 and ins[4] is not None else None
+        if starts is None or ends is None:
+            return None
+        axes = axes if axes is not None else list(range(len(starts)))
+        steps = steps if steps is not None else [1] * len(starts)
+        out = list(data)
+        for s, e, a, st in zip(starts, ends, axes, steps):
+            a = a + len(data) if a < 0 else a
+            d = data[a]
+            if isinstance(d, int):
+                out[a] = len(range(d)[slice(s, e, st)])
+            elif s == 0 and st == 1 and e >= 2**31 - 1:
+                out[a] = d
+            else:
+                out[a] = None
+        return tuple(out)

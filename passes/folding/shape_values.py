@@ -69,10 +69,10 @@ class Propagator:
     """Symbolic values of shape tensors, node by node (one instance per model,
     so subgraphs see the outer graph's values)."""
 
-    def __init__(self, opset: int, refine: Callable[[ir.Value], tuple[Dim, ...] | None] | None = None) -> None:
+    def __init__(self, opset: int) -> None:
         self.opset = opset
         self.values: dict[ir.Value, SymValue] = {}
-        self._refine = refine
+        self._refine: Callable[[ir.Value], tuple[Dim, ...] | None] | None = None
         self._lazy: dict[ir.Value, tuple[ir.Value, int, int | None]] = {}
         self.refined = 0
         """How many dims :meth:`dims` took from ``refine``."""
@@ -121,7 +121,9 @@ class Propagator:
         return sym
 
     def set_refine(self, refine: Callable[[ir.Value], tuple[Dim, ...] | None]) -> None:
-        """Set the ``refine`` callback (after construction, for one that reads this propagator)."""
+        """Set ``refine``: the dims of a value whose IR dims have unknowns (a
+        tuple as long as the rank, None elements where it does not know
+        either), asked when a Shape output's unknown element is read."""
         self._refine = refine
 
     def read(self, value: ir.Value | None) -> SymValue | None:

@@ -105,8 +105,8 @@ def _reshape_target(node: ir.Node, shape: SymValue, data_dims: tuple[Dim, ...] |
 
 def _may_match(target: SymValue, data: tuple[Dim, ...] | None) -> bool:
     """Whether a named entry of the Reshape target sits where the data's dim
-    is unknown (so that the data's dims from the strict symbolic dims
-    might make it a copy, 0)."""
+    is unknown (so that the data's strict symbolic dims, from
+    :class:`NativeDims`, might make it a copy, 0)."""
     return data is not None and any(
         isinstance(t, str) and known_dim(t) is not None and i < len(data) and known_dim(data[i]) is None
         for i, t in enumerate(target.dims))

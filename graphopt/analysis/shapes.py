@@ -138,8 +138,8 @@ def _engine() -> type:
     (``onnxruntime/tools/symbolic_shape_infer.py``) needs only onnx, numpy
     and sympy, so unless onnxruntime is imported already it is loaded from
     its file: importing it as ``onnxruntime.tools...`` would first load
-    onnxruntime's native library (about 40 ms), a third of what ``O1`` takes
-    on a small model."""
+    onnxruntime's native library (about 40 ms), which a pipeline that
+    does not run onnxruntime need not pay."""
     import importlib.util
     import sys
 

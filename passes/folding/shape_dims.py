@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from graphopt import ir
-from graphopt.passes.folding.shape_values import Dim, SymValue, dims_of, known_dim, node_attr
+from graphopt.passes.folding.shape_values import Dim, SymValue, dims_of, node_attr
 
 __all__ = ["NativeDims"]
 
@@ -115,8 +115,7 @@ class NativeDims:
         if value in self._memo:
             return self._memo[value]
         ir_dims = dims_of(value)
-        have = None if ir_dims is None else tuple(
-            d if isinstance(d, int) or d in self._names else None for d in map(known_dim, ir_dims))
+        have = None if ir_dims is None else tuple(map(self._named, ir_dims))
         if have is not None and all(d is not None for d in have):
             return have
         self._memo[value] = have  # a cycle (it cannot happen in a DAG) reads the IR's dims
@@ -136,9 +135,14 @@ class NativeDims:
         """The propagator's value, with names other than the graph inputs'
         dims (``unk__N``) as unknown, as in the IR's dims."""
         sym = self._value_of_raw(value)
-        if sym is None or sym.boolean or all(isinstance(d, int) or d in self._names for d in sym.dims):
+        if sym is None or sym.boolean:
             return sym
-        return SymValue(tuple(d if isinstance(d, int) or d in self._names else None for d in sym.dims), sym.scalar)
+        dims = tuple(map(self._named, sym.dims))
+        return sym if dims == sym.dims else SymValue(dims, sym.scalar)
+
+    def _named(self, dim: Dim) -> Dim:
+        """``dim`` when it is an int or a graph input's dim name, else None."""
+        return dim if isinstance(dim, int) or dim in self._names else None
 
     def _ints(self, value: ir.Value | None) -> list[int] | None:
         sym = self._value_of(value) if value is not None else None

@@ -127,11 +127,6 @@ class Propagator:
         self._refine = refine
 
     def read(self, value: ir.Value | None) -> SymValue | None:
-        """The value's symbolic value, with a Shape output's unknown elements
-        sharpened by ``refine``."""
-        return self._read(value)
-
-    def _read(self, value: ir.Value | None) -> SymValue | None:
         """:meth:`get`, sharpened (see :meth:`_sharpened`) when it is a Shape
         output with unknown elements: the reader uses every element."""
         sym = self.get(value)
@@ -165,7 +160,7 @@ class Propagator:
         if op in ("Identity", "Cast"):
             if op == "Cast" and node_attr(node, "to") not in (ir.DataType.INT64.value, ir.DataType.INT32.value):
                 return None
-            sym = self._read(ins[0])
+            sym = self.read(ins[0])
             if op == "Cast" and sym is not None and sym.boolean:  # bool -> int: True/False become 1/0
                 return SymValue(tuple(None if d is None else int(d) for d in sym.dims), sym.scalar)
             return sym
@@ -190,7 +185,7 @@ class Propagator:
         if op == "Squeeze" and not data.scalar and len(data.dims) == 1:
             return SymValue(data.dims, scalar=True)
         if op == "Concat" and not data.scalar:
-            parts = [self._read(v) for v in ins]
+            parts = [self.read(v) for v in ins]
             if any(p is None or p.scalar for p in parts):
                 return None
             return SymValue(tuple(d for p in parts for d in p.dims))  # type: ignore[union-attr]
@@ -210,11 +205,11 @@ class Propagator:
                 data = self._sharpened(ins[0], data)
             return SymValue(tuple(data.dims[window]))
         if op in ("Add", "Sub", "Mul", "Div", "Max", "Min") and len(ins) == 2 and not data.boolean:
-            return self._arith(op, data, self._read(ins[1]))
+            return self._arith(op, data, self.read(ins[1]))
         if op == "Equal" and len(ins) == 2 and not data.boolean:
-            return self._equal(data, self._read(ins[1]))
+            return self._equal(data, self.read(ins[1]))
         if op == "Where" and data.boolean and len(ins) == 3:
-            return self._where(data, self._read(ins[1]), self._read(ins[2]))
+            return self._where(data, self.read(ins[1]), self.read(ins[2]))
         return None
 
     @staticmethod

@@ -7,6 +7,7 @@ from graphopt import ir
 from graphopt.passes.cleanup.dce import is_dead
 from graphopt.passes.cleanup.noop_rules import RULES, Site, match
 from graphopt.passes.cleanup.shapes import SHAPES_CURRENT, mark_stale, same_shape
+from graphopt.passes.cleanup.unify_dims import DimEqualities
 from graphopt.passmanager import Pass, PassResult, register_pass
 
 _FAMILIES = ("identity", "dropout", "cast", "reshape", "transpose", "expand", "slice", "pad",
@@ -86,13 +87,16 @@ class EliminateNoops(Pass):
         stats["kept"] = 0
         stats["stale"] = 0  # rewrites a new shape inference may tell more from (see SHAPES_CURRENT)
         default = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
-        for container in ir.graphs_and_functions(model):
+        equal = DimEqualities()
+        containers = ir.graphs_and_functions(model)
+        for container in containers:
             imports = container.opset_imports if isinstance(container, ir.Function) else {}
             site = Site(imports.get("", imports.get("ai.onnx", default)), not isinstance(container, ir.Function))
             for node in list(container):
                 if node.op_type not in RULES or node.graph is None:
                     continue
-                self._rewrite(container, node, site, stats)
+                self._rewrite(container, node, site, stats, equal)
+        equal.apply(containers)
         modified = any(stats[f] for f in _FAMILIES)
         if stats["stale"]:
             mark_stale(ctx, model)
@@ -100,8 +104,11 @@ class EliminateNoops(Pass):
         return PassResult(modified=modified, stats=stats)
 
     @staticmethod
-    def _rewrite(container: ir.Graph | ir.Function, node: ir.Node, site: Site, stats: dict[str, int]) -> None:
-        """Apply rules to ``node`` until none matches or it is removed."""
+    def _rewrite(container: ir.Graph | ir.Function, node: ir.Node, site: Site, stats: dict[str, int],
+                 equal: DimEqualities) -> None:
+        """Apply rules to ``node`` until none matches or it is removed. A
+        bypass records the dims it proves equal in ``equal``: it is neutral
+        to shape inference when the readers see the same dims up to them."""
         owner = node.graph
         for _ in range(_MAX_EDITS_PER_NODE):
             found = match(node, site)
@@ -114,7 +121,8 @@ class EliminateNoops(Pass):
                 stats["stale"] += 1
                 _remove_if_dead(container, producer, owner)
                 continue
-            neutral = same_shape(node.outputs[0], found.source)
+            old = node.outputs[0]
+            neutral = equal.equate(old, found.source) and same_shape(old, found.source, equal.find)
             if not ir.bypass(node, node.outputs[0], found.source):
                 stats["kept"] += 1
                 return

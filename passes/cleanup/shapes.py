@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 from graphopt import ir
 from graphopt.passmanager import Pass, PassResult, register_pass
 
@@ -20,7 +22,11 @@ would make one); ``eliminate-noops``, ``fold-bias``, ``fold-batchnorm`` and
 ``merge-sibling-matmuls`` keep it when every reader they rewire reads a
 value of the same dtype and dims as before (:func:`same_shape`, not a shape
 value whose contents inference might carry) and they create no node whose
-shape inference has not seen."""
+shape inference has not seen. ``eliminate-noops`` compares the dims after
+writing the equalities its bypasses prove into the shapes (a fresh
+``unk__30`` on a no-op's output renamed to its input's ``unk__26``, see
+``unify_dims.DimEqualities``): the readers then see what a new inference
+would give them."""
 
 
 class ShapesCurrent:
@@ -43,13 +49,17 @@ def _dims(value: ir.Value) -> tuple | None:
     return tuple(d if isinstance(d, int) else getattr(d, "value", None) for d in shape)
 
 
-def same_shape(old: ir.Value, new: ir.Value) -> bool:
+def same_shape(old: ir.Value, new: ir.Value, rename: Callable[[object], object] | None = None) -> bool:
     """Whether readers of ``old`` that now read ``new`` see to inference what
     they saw: both have shapes, the same dims (ints, and symbolic dims by
-    name) and dtype, and they are not shape values (int tensors of rank 0
-    or 1, whose contents inference may carry further)."""
-    dims = _dims(old)
-    return (dims is not None and dims == _dims(new) and old.dtype == new.dtype
+    name, each name mapped by ``rename`` first when given: the equalities a
+    rewrite proved, see ``unify_dims.DimEqualities``) and dtype, and they are
+    not shape values (int tensors of rank 0 or 1, whose contents inference
+    may carry further)."""
+    dims, other = _dims(old), _dims(new)
+    if rename is not None and dims is not None and other is not None:
+        dims, other = tuple(map(rename, dims)), tuple(map(rename, other))
+    return (dims is not None and dims == other and old.dtype == new.dtype
             and not (old.dtype in _SHAPE_VALUE_TYPES and len(dims) <= 1))
 
 

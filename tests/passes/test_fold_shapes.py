@@ -289,3 +289,27 @@ def test_noops_make_shapes_stale_when_they_rewire_a_shape_value():
     }"""
     runs = _fold_shapes_runs(text, "fold-shapes,eliminate-noops,fold-shapes")
     assert [r["inferred"] for r in runs] == [1, 1]
+
+
+# A Reshape to its input's own shape ([-1, 6] of [k, 6]): inference names
+# the -1 dim of its output with a fresh symbol (unk__0) and of everything
+# after it. Bypassing it proves unk__0 == k.
+_RESHAPE_SAME = """g (float[k, 6] x, float[n] w) => (float[a, 6] y, int64[1] d) {
+  t = Relu(x)
+  c = Constant<value = int64[2] {-1, 6}>()
+  r = Reshape(t, c)
+  u = Relu(r)
+  y = Neg(u)
+  d = Shape(w)
+}"""
+
+
+def test_noops_write_the_dims_a_bypass_proves_equal_and_keep_shapes_current():
+    model = ir.from_text(HEAD.format(opset=17) + _RESHAPE_SAME)
+    result = PassManager("fold-shapes,eliminate-noops,fold-shapes", PassContext()).run(model)
+    runs = [r.stats for r in result.report.records if r.name == "fold-shapes"]
+    assert [r["inferred"] for r in runs] == [1, 0]
+    u = next(n for n in result.model.graph if n.op_type == "Neg").inputs[0]
+    assert str(u.shape) == "[k,6]"  # was [unk__0,6]: renamed, not inferred again
+    assert str(result.model.graph.outputs[0].shape) == "[a,6]"  # a declared output shape is the user's
+

@@ -18,6 +18,11 @@ shape. That is sound (the dims are equal at run time) and it is what a new
 inference gives the rewired readers. Named dims (graph-input dims such as
 ``batch``) are never renamed and ints never replace them, so dynamic dims stay
 symbolic; graph inputs, outputs and initializers keep their declared shapes.
+
+Technique: union-find over dim symbols, the way onnxruntime's symbolic shape
+inference merges the symbols it proves equal (``_add_suggested_merge`` and
+``_apply_suggested_merge`` in ``symbolic_shape_infer.py``), applied here
+only to equalities a removed no-op proves.
 """
 
 from __future__ import annotations

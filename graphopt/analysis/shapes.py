@@ -32,7 +32,7 @@ import onnx
 
 from graphopt import ir
 
-__all__ = ["SymbolicShapes", "symbolic_shapes", "value_dims", "ANALYSIS"]
+__all__ = ["SymbolicShapes", "symbolic_shapes", "value_dims", "known_dim", "ANALYSIS"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -192,6 +192,12 @@ def value_dims(value: ir.Value) -> tuple[Dim, ...] | None:
     return tuple(dims)
 
 
+def known_dim(dim: Dim) -> Dim:
+    """A dim as inference knows it: ONNX shape inference names the dims it
+    cannot relate to anything ``unk__N``, which says no more than None."""
+    return None if isinstance(dim, str) and dim.startswith("unk__") else dim
+
+
 def _ir_dims(value: ir.Value) -> tuple[Dim, ...] | None:
     """:func:`value_dims` (a constant's shape when the value has none), with
     the ``unk__N`` names of ONNX inference as None."""
@@ -201,7 +207,7 @@ def _ir_dims(value: ir.Value) -> tuple[Dim, ...] | None:
         dims = tuple(int(d) for d in tensor.shape) if tensor is not None else None
     if dims is None:
         return None
-    return tuple(None if isinstance(d, str) and d.startswith("unk__") else d for d in dims)
+    return tuple(map(known_dim, dims))
 
 
 def symbolic_shapes(model: ir.Model, ctx: Any = None) -> SymbolicShapes:

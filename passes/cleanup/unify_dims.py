@@ -28,25 +28,19 @@ only to equalities a removed no-op proves.
 from __future__ import annotations
 
 from graphopt import ir
+from graphopt.analysis.shapes import known_dim, value_dims
 
 __all__ = ["DimEqualities"]
 
 
 def _is_unk(dim: object) -> bool:
     """A fresh symbol of ONNX shape inference (``unk__N``)."""
-    return isinstance(dim, str) and dim.startswith("unk__")
+    return dim is not None and known_dim(dim) is None
 
 
 def _rank(dim: object) -> int:
     """Representative preference: an int (0), a named dim (1), ``unk__N`` (2)."""
     return 0 if isinstance(dim, int) else 2 if _is_unk(dim) else 1
-
-
-def _raw(value: ir.Value) -> list | None:
-    """The dims as ints, symbol names, or None (anonymous unknown)."""
-    if value.shape is None:
-        return None
-    return [d if isinstance(d, int) else getattr(d, "value", None) for d in value.shape]
 
 
 def _own(value: ir.Value) -> bool:
@@ -84,7 +78,7 @@ class DimEqualities:
             False when ranks or shapes are missing, two different ints or
             names meet, or ``new`` knows a dim that ``old`` did not name.
         """
-        have, want = _raw(new), _raw(old)
+        have, want = value_dims(new), value_dims(old)
         if have is None or want is None or len(have) != len(want):
             return False
         same = True

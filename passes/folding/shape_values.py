@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from graphopt import ir
+from graphopt.analysis.shapes import known_dim
 from graphopt.analysis.shapes import value_dims as dims_of
 
 __all__ = ["Dim", "SymValue", "Propagator", "dims_of", "known_dim", "node_attr"]
@@ -40,12 +41,6 @@ class SymValue:
 
 
 _SMALL = 64
-
-
-def known_dim(dim: Dim) -> Dim:
-    """A dim as inference knows it: ONNX shape inference names the dims it
-    cannot relate to anything ``unk__N``, which says no more than None."""
-    return None if isinstance(dim, str) and dim.startswith("unk__") else dim
 
 
 def _normalize(i: int, n: int) -> int | None:

@@ -45,6 +45,8 @@ CASES: list[tuple[str, str, str, str]] = [
     ("rmsnorm_llama_dynamo", "llama_gqa_tiny_dynamo", "O1", "rmsnorm"),
     ("skip_layernorm_bert_ts", "bert_tiny_ts", "O1,fuse-norm", "skip-layernorm"),
     ("skip_layernorm_gpt2_dynamo", "gpt2_tiny_dynamo", "O1,fuse-norm", "skip-layernorm"),
+    ("residual_sum_vit_dynamo", "vit_tiny_dynamo", "O1,fuse-norm", "residual-sum"),
+    ("residual_sum_bert_ts", "bert_tiny_ts", "O1,fuse-norm", "residual-sum"),
     ("skip_rmsnorm_llama_ts", "llama_gqa_tiny_ts", "O1,fuse-norm", "skip-rmsnorm"),
     ("skip_rmsnorm_llama_dynamo", "llama_gqa_tiny_dynamo", "O1,fuse-norm", "skip-rmsnorm"),
     ("gelu_erf_bert_ts", "bert_tiny_ts", "O1", "gelu-erf"),
@@ -74,6 +76,10 @@ CASES: list[tuple[str, str, str, str]] = [
 ]
 
 CACHE_MODELS = {"paddleocr_rec"}
+
+RULE_OPTIONS = {"skip-layernorm": {"for_provider": "cuda"}}
+"""Options of the rule's pass where its defaults keep the rule from firing
+(``skip-layernorm`` fires for the CUDA execution provider only)."""
 
 
 def _model_path(name: str) -> Path:
@@ -128,10 +134,14 @@ def extract(case: str, model_name: str, prefix: str, rule_name: str, out_dir: Pa
     from graphopt.passmanager import PassContext, PassManager
     from graphopt.pattern import RuleEnv, find_rule
 
+    from graphopt.passmanager import get_pass
+
     pass_name, rule = find_rule(rule_name)
     model = ir.load(_model_path(model_name))
     model = PassManager(prefix + ",infer-shapes", PassContext(target="ort")).run(model).model
-    env = RuleEnv(model, "ort", shapes=symbolic_shapes(model))
+    pass_cls = get_pass(pass_name)
+    options = pass_cls.Options(**RULE_OPTIONS.get(rule_name, {}))
+    env = RuleEnv(model, "ort", options, shapes=symbolic_shapes(model))
     for graph in ir.all_graphs(model):
         for node in reversed(list(graph)):
             match, _ = rule.try_match(node, env)
@@ -143,7 +153,8 @@ def extract(case: str, model_name: str, prefix: str, rule_name: str, out_dir: Pa
     else:
         raise SystemExit(f"{case}: rule {rule_name} fires nowhere in {model_name} after {prefix}")
     inputs = boundary(rule_name, match, env)
-    outputs = [v for v in match.outputs if v.uses() or v.is_graph_output()] or match.outputs[:1]
+    # The outputs the model reads beyond the match (the norm, and the residual sum where the next layer reads it).
+    outputs = [v for i, v in enumerate(match.outputs) if match.used_outside(i)] or match.outputs[:1]
     proto = ir.to_proto(model)
     declared = {}
     for value in inputs:

@@ -143,6 +143,13 @@ class Match:
         keyword arguments of a rule's ``check`` and ``rewrite``."""
         return {**self.values, **self.attrs, **self.labels}
 
+    def used_outside(self, index: int) -> bool:
+        """Whether pattern output ``index`` is read outside the match (or is a
+        graph output): a rewrite may then have to produce it."""
+        value = self.outputs[index]
+        inside = {id(n) for n in self.nodes}
+        return value.is_graph_output() or any(id(u.node) not in inside for u in value.uses())
+
 
 class _State:
     """One partial assignment (copied when it branches)."""

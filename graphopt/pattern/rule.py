@@ -222,9 +222,7 @@ class RewriteBuilder:
     def used_outside(self, index: int) -> bool:
         """Whether pattern output ``index`` is read outside the match (or is a
         graph output): a rewrite may then have to produce it."""
-        value = self.match.outputs[index]
-        inside = {id(n) for n in self.match.nodes}
-        return value.is_graph_output() or any(id(u.node) not in inside for u in value.uses())
+        return self.match.used_outside(index)
 
     def initializer(self, array: np.ndarray, name: str) -> ir.Value:
         """A new initializer in the match's graph (name made unique)."""
@@ -332,10 +330,9 @@ def _replace(match: Match, rule: Rule, new: Any, env: RuleEnv, created: Sequence
     if len(new_values) != len(match.outputs):
         raise ValueError(f"rule '{rule.name}' returned {len(new_values)} values for {len(match.outputs)} outputs")
     resort = False
-    inside = {id(n) for n in match.nodes}
     for i, (old, value) in enumerate(zip(match.outputs, new_values)):
         if value is None:
-            if old.is_graph_output() or any(id(u.node) not in inside for u in old.uses()):
+            if match.used_outside(i):
                 raise ValueError(f"rule '{rule.name}' returned no value for output {i}, which is still read")
             continue
         if value.producer() in created:

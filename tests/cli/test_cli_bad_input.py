@@ -171,6 +171,16 @@ def test_unknown_pass_lists_candidates(tmp_path, capsys):
     assert not (tmp_path / "opt.onnx").exists()
 
 
+def test_bad_provider_option_exits_2(tmp_path, capsys):
+    src = _save(tmp_path, _good_model())
+    code, stdout, stderr = _run(capsys, "optimize", src, "-o", tmp_path / "opt.onnx", "-p",
+                                "fuse-skip-norm{for-provider=gpu}")
+    assert code == 2
+    assert "Traceback" not in stderr
+    assert "fuse-skip-norm: for-provider must be one of auto, cpu, cuda, got 'gpu'" in _flat(stderr)
+    assert not (tmp_path / "opt.onnx").exists()
+
+
 @pytest.mark.parametrize("dim", ["batch=0", "batch", "batch=x", "=3"])
 def test_bad_dim_exits_2(dim, tmp_path, capsys):
     src = _save(tmp_path, _good_model())

@@ -15,13 +15,14 @@ import pytest
 
 from conftest import MODELS
 from graphopt.cli.main import main
+from graphopt.passmanager import Pipeline
 from graphopt.verify import compare, signature_differences
 
 LAYERS = 2  # every tiny transformer in models/ has two layers
-ORT_FUSED = {
-    "bert": {"Attention": LAYERS, "SkipLayerNormalization": 2 * LAYERS + 1, "BiasGelu": LAYERS},
-    "vit": {"Attention": LAYERS, "SkipLayerNormalization": 2 * LAYERS + 1, "BiasGelu": LAYERS},
-    "gpt2": {"Attention": LAYERS, "SkipLayerNormalization": 2 * LAYERS + 1, "FastGelu": LAYERS},
+ORT_FUSED = {  # for onnxruntime's CPU execution provider (fuse-skip-norm's default): LayerNorm's residual as Sum
+    "bert": {"Attention": LAYERS, "LayerNormalization": 2 * LAYERS + 1, "Sum": 2 * LAYERS + 1, "BiasGelu": LAYERS},
+    "vit": {"Attention": LAYERS, "LayerNormalization": 2 * LAYERS + 1, "Sum": 1, "BiasGelu": LAYERS},
+    "gpt2": {"Attention": LAYERS, "LayerNormalization": 2 * LAYERS + 1, "Sum": 1, "FastGelu": LAYERS},
     "llama": {"GroupQueryAttention": LAYERS, "SkipSimplifiedLayerNormalization": 2 * LAYERS,
               "SimplifiedLayerNormalization": 1},
 }
@@ -62,10 +63,21 @@ def test_o2_ort_fuses_every_block(path: Path, tmp_path: Path, capsys):
     optimize(path, out, capsys, "--target", "ort")
     ops = op_counts(out)
     assert {op: ops[op] for op in ORT_FUSED[family(path)]} == ORT_FUSED[family(path)]
-    assert ops["Softmax"] == 0 and ops["LayerNormalization"] == 0 and ops["Erf"] == 0 and ops["Tanh"] <= 1
+    assert ops["Softmax"] == 0 and ops["ReduceMean"] == 0 and ops["Erf"] == 0 and ops["Tanh"] <= 1
+    assert ops["SkipLayerNormalization"] == 0
     assert signature_differences(onnx.load(str(path)), onnx.load(str(out))) == []
     result = compare(path, out, rtol=1e-4, atol=1e-6, atol_scale=1e-4, seed=7, dims=dims(path))
     assert result.ok, result.summary()
+
+
+def test_o2_ort_for_cuda_fuses_skip_layernorm(tmp_path: Path, capsys):
+    """For the CUDA execution provider every residual Add + LayerNorm becomes SkipLayerNormalization."""
+    spec = Pipeline.parse("O2").expanded().to_spec().replace("fuse-skip-norm", "fuse-skip-norm{for-provider=cuda}")
+    out = tmp_path / "o2.onnx"
+    code = main(["-q", "optimize", str(MODELS / "bert_tiny_ts.onnx"), "-o", str(out), "-p", spec, "--json"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["rolled_back"] == []
+    ops = op_counts(out)
+    assert (ops["SkipLayerNormalization"], ops["LayerNormalization"], ops["Sum"]) == (2 * LAYERS + 1, 0, 0)
 
 
 @pytest.mark.parametrize("path", TRANSFORMERS, ids=[p.stem for p in TRANSFORMERS])

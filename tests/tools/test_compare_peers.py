@@ -60,7 +60,7 @@ def test_report_rows_and_numbers(run):
         assert row["rss_mb"] > 0 and row["wall_s"] >= row["work_s"] > 0
         assert set(row) >= {"ratio_all", "ratio_disable", "median_all_ms", "p90_all_ms", "gflops"}
     assert rows["graphopt"]["scale_rel_err"] <= 1e-5 and rows["graphopt"]["outputs_ok"]
-    assert rows["graphopt-O2-ort"]["fused"] == {"Attention": 2, "SkipLayerNormalization": 5, "FastGelu": 2}
+    assert rows["graphopt-O2-ort"]["fused"] == {"Attention": 2, "LayerNormalization": 5, "FastGelu": 2}
     assert rows["graphopt-O2-ort"]["scale_rel_err"] <= 1e-4
     assert rows["onnxslim"] == {"ok": False, "error": "not installed (pip install onnxslim)"}
     # GFLOP/s: the original's MatMul/Gemm FLOPs over each median
@@ -74,7 +74,7 @@ def test_report_markdown_and_chart(run):
     assert text == peer_report.report_markdown(doc)
     assert "### gpt2_tiny_ts" in text and "**Roofline**: fp32 GEMM 128×128×128" in text
     assert "| onnxslim | - | | - | failed: not installed (pip install onnxslim) |" in text
-    assert "| graphopt-O2-ort |" in text and "Attention 2, SkipLayerNormalization 5, FastGelu 2" in text
+    assert "| graphopt-O2-ort |" in text and "Attention 2, LayerNormalization 5, FastGelu 2" in text
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

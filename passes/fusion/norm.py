@@ -234,6 +234,10 @@ class _SkipBase(Rule):
     variants = ("with_bias", "plain")
 
     def _check(self, ctx: CheckContext, x: ir.Value, skip: ir.Value, bias: Any, norm: ir.Node) -> CheckResult:
+        """The shapes, dtypes and constants every Skip rule needs (the Add's
+        operand with the norm's shape is the input, the other the skip)."""
+        if ctx.shape(x) != ctx.shape(norm.outputs[0]) and ctx.shape(skip) == ctx.shape(norm.outputs[0]):
+            x, skip = skip, x
         axis = norm.attributes["axis"].as_int() if "axis" in norm.attributes else -1
         if not last_axis(ctx, x, axis):
             return ctx.fail(f"the norm is over axis {axis}, not the last axis", at=norm)
@@ -284,8 +288,6 @@ class SkipLayerNormRule(_SkipBase):
         if provider(ctx.options) == "cpu":
             return ctx.fail("for-provider=cpu: onnxruntime's CPU SkipLayerNormalization is slower than Add + "
                             "LayerNormalization (rule residual-sum applies instead)", at=norm)
-        if ctx.shape(x) != ctx.shape(norm.outputs[0]) and ctx.shape(skip) == ctx.shape(norm.outputs[0]):
-            x, skip = skip, x
         return self._check(ctx, x, skip, bias, norm)
 
     def rewrite(self, op: Any, x: ir.Value, skip: ir.Value, norm: ir.Node, bias: Any = None,
@@ -326,8 +328,6 @@ class SkipRMSNormRule(_SkipBase):
 
     def check(self, ctx: CheckContext, x: ir.Value, skip: ir.Value, norm: ir.Node, bias: Any = None,
               **_: Any) -> CheckResult:
-        if ctx.shape(x) != ctx.shape(norm.outputs[0]) and ctx.shape(skip) == ctx.shape(norm.outputs[0]):
-            x, skip = skip, x
         return self._check(ctx, x, skip, bias, norm)
 
     def rewrite(self, op: Any, x: ir.Value, skip: ir.Value, norm: ir.Node, bias: Any = None, **_: Any) -> Any:
@@ -368,8 +368,6 @@ class ResidualSumRule(SkipLayerNormRule):
         if ctx.match.used_outside(1):
             return ctx.fail("the residual sum is read elsewhere too, so onnxruntime keeps the Add and "
                             "LayerNormalization apart as they are", at=norm)
-        if ctx.shape(x) != ctx.shape(norm.outputs[0]) and ctx.shape(skip) == ctx.shape(norm.outputs[0]):
-            x, skip = skip, x
         return self._check(ctx, x, skip, bias, norm)
 
     def rewrite(self, op: Any, x: ir.Value, skip: ir.Value, norm: ir.Node, bias: Any = None, **_: Any) -> Any:

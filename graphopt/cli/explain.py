@@ -10,7 +10,7 @@ from rich.table import Table
 
 from graphopt import ir
 from graphopt.cli.common import stdout
-from graphopt.passmanager import TARGETS, PassContext, PassManager, Pipeline, Step
+from graphopt.passmanager import PROVIDERS, TARGETS, PassContext, PassManager, Pipeline, Step
 
 __all__ = ["add_parsers", "prefix_pipeline"]
 
@@ -35,12 +35,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     pass_name, rule = find_rule(args.rule)
     model = ir.load(args.input)
-    config = {"opset.upgrade": args.opset} if args.opset else {}
+    config: dict[str, Any] = {"opset.upgrade": args.opset} if args.opset else {}
+    if args.provider is not None:
+        config["ort.provider"] = args.provider
     ctx = PassContext(target=args.target, config=config)
     prefix = prefix_pipeline(pass_name, args.pipeline)
     if prefix is not None:
         model = PassManager(prefix, ctx).run(model).model
-    options = Step(pass_name).build().options
+    built = Step(pass_name).build()
+    options = built.rule_options(ctx) if hasattr(built, "rule_options") else built.options  # as the pass runs them
     env = RuleEnv(model, args.target, options, shapes=symbolic_shapes(model), pass_ctx=ctx)
     result = explain(env, rule, pass_name)
     if args.json:
@@ -74,5 +77,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("-p", "--pipeline", help=(
         "pipeline to run first (default: O2 up to the rule's pass; 'none' for the model as it is)"))
     p.add_argument("--opset", type=int, metavar="N", help="allow an opset upgrade to N, as graphopt optimize --opset")
+    p.add_argument("--provider", choices=PROVIDERS, help="the onnxruntime execution provider, as graphopt optimize "
+                   "--provider (default cpu)")
     p.add_argument("--json", action="store_true", help="print a machine-readable report on stdout")
     p.set_defaults(func=cmd_explain)

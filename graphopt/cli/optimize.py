@@ -17,7 +17,8 @@ from graphopt.cli.common import Progress, add_dim_options, parse_dims, stdout, w
 from graphopt.cli.engine import add_engine_options, build_options, report_build, warn_unsupported
 from graphopt.errors import InputError, VerificationError
 from graphopt.passmanager import (
-    TARGETS, Bisect, DumpIR, ModelRunner, PassContext, PassManager, Pipeline, Reproducer, VerifyEach, get_pass,
+    PROVIDERS, TARGETS, Bisect, DumpIR, ModelRunner, PassContext, PassManager, Pipeline, Reproducer, VerifyEach,
+    get_pass,
 )
 
 __all__ = ["add_parsers"]
@@ -47,6 +48,8 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         config["verify.rtol"] = args.rtol
     if args.opset is not None:
         config["opset.upgrade"] = args.opset
+    if args.provider is not None:
+        config["ort.provider"] = args.provider
     return config
 
 
@@ -222,6 +225,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         "allow upgrading the model's default-domain opset to N (e.g. 23) so fusions for --target onnx/tensorrt "
         "can use Gelu (20), RMSNormalization, Attention, RotaryEmbedding (23); default: keep the model's opset"))
     add_dim_options(p)
+    p.add_argument("--provider", choices=PROVIDERS, help=(
+        "the onnxruntime execution provider the model is for (default cpu): cuda fuses SkipLayerNormalization, "
+        "whose CPU kernel is slower than Add + LayerNormalization"))
     p.add_argument("--json", action="store_true", help="print a machine-readable report on stdout")
 
 

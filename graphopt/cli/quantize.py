@@ -16,7 +16,7 @@ from rich.table import Table
 from graphopt import ir
 from graphopt.cli.common import Progress, parse_dims, stdout, want_progress
 from graphopt.errors import InputError, VerificationError
-from graphopt.passmanager import TARGETS, PassContext, PassManager, Pipeline, Reproducer
+from graphopt.passmanager import PROVIDERS, TARGETS, PassContext, PassManager, Pipeline, Reproducer
 from graphopt.passmanager.pipeline import INT8_FUSION
 
 __all__ = ["add_parsers", "build_spec", "parse_budget"]
@@ -122,6 +122,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     config = {"quantize.progress": want_progress(args)}
     # QDQ with per-channel axes needs opset 13: raise older models that far (upgrade-opset in the pipeline).
     config["opset.upgrade"] = args.opset if args.opset is not None else 13
+    if args.provider is not None:
+        config["ort.provider"] = args.provider
     evaluation = _evaluation(args, proto) if budget else None
     ctx = PassContext(target=args.target, config=config, calibration=calibration, accuracy_budget=budget,
                       evaluation=evaluation, instruments=instruments)
@@ -220,6 +222,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("input", help="input float .onnx model (never modified)")
     p.add_argument("-o", "--output", required=True, help="output .onnx path (written atomically)")
     p.add_argument("--target", choices=sorted(TARGETS), default="ort", help="QDQ placement and ops (default: ort)")
+    p.add_argument("--provider", choices=PROVIDERS, help=(
+        "the onnxruntime execution provider the model is for (default cpu; --float: cpu keeps compute in float32)"))
     p.add_argument("--calib", metavar="PATH|generate", help=(
         "calibration data: an .npz file, a folder of .npz files, of input_N.pb tensors or of test_data_set_N "
         "folders; 'generate' for synthetic inputs"))

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from graphopt.errors import InputError
 
-__all__ = ["PassContext", "TARGETS", "CONFIG_KEYS", "register_config"]
+__all__ = ["PassContext", "TARGETS", "CONFIG_KEYS", "PROVIDERS", "register_config", "for_provider"]
 
 TARGETS: dict[str, str] = {
     "onnx": "standard-domain ONNX operators only",
@@ -33,6 +33,34 @@ register_config("verify.seed", int, 0, "seed of generated verification inputs")
 register_config("fixpoint.warn", bool, True, "warn when a fixpoint group hits max-iters while still changing")
 register_config("opset.upgrade", int, 0, "default-domain opset upgrade-opset may raise the model to "
                 "(graphopt optimize --opset N; 0: keep the model's opset)")
+register_config("ort.provider", str, "cpu", "the onnxruntime execution provider the model is for, cpu or cuda "
+                "(graphopt optimize --provider): what for-provider=auto means to fuse-skip-norm and "
+                "convert-float16 for targets onnx and ort")
+
+PROVIDERS = ("cpu", "cuda")
+"""The onnxruntime execution providers passes rewrite for (``for-provider``)."""
+
+
+def for_provider(ctx: Any, option: str, pass_name: str) -> str:
+    """The execution provider a pass with a ``for-provider`` option rewrites
+    for: the option when it names one; for ``auto``, ``cuda`` under target
+    tensorrt (TensorRT runs on the GPU) and the ``ort.provider`` config key
+    (default ``cpu``) otherwise.
+
+    Raises:
+        InputError: the option is not auto, cpu or cuda, or ``ort.provider``
+            is neither cpu nor cuda.
+    """
+    if option not in ("auto", *PROVIDERS):
+        raise InputError(f"{pass_name}: for-provider must be auto, cpu or cuda, got '{option}'")
+    if option != "auto":
+        return option
+    if getattr(ctx, "target", "ort") == "tensorrt":
+        return "cuda"
+    value = ctx.get("ort.provider") if isinstance(ctx, PassContext) else "cpu"
+    if value not in PROVIDERS:
+        raise InputError(f"config ort.provider must be cpu or cuda, got '{value}'")
+    return value
 
 
 class AnalysisCache:

@@ -39,8 +39,13 @@ class FusionPass(Pass):
     requires = frozenset({"topo-sorted", "shapes-inferred"})
     preserves = frozenset({"topo-sorted", "shapes-inferred", ANALYSIS})
 
+    def rule_options(self, ctx: Any) -> Any:
+        """The options the rules see (``ctx.options`` in their ``check``);
+        the pass's own unless a pass resolves some from the context."""
+        return self.options
+
     def run(self, model: ir.Model, ctx: Any) -> PassResult:
-        env = RuleEnv(model, getattr(ctx, "target", "ort"), self.options, pass_ctx=ctx)
+        env = RuleEnv(model, getattr(ctx, "target", "ort"), self.rule_options(ctx), pass_ctx=ctx)
         fired = apply_rules(env, self.rules)
         return PassResult(modified=sum(fired.values()) > 0, stats={r.name: fired[r.name] for r in self.rules})
 

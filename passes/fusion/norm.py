@@ -35,18 +35,17 @@ Sources of the decomposed forms:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from graphopt import ir
-from graphopt.errors import InputError
 from graphopt.pattern import CheckContext, CheckResult, Rule
 from graphopt.passes.fusion.common import (
     FLOAT_TYPES, ORT_DOMAIN, FusionPass, last_axis, last_dim, needs_opset, vector,
 )
-from graphopt.passmanager import register_pass
+from graphopt.passmanager import for_provider, register_pass
 
 __all__ = ["LayerNormRule", "RMSNormRule", "SkipLayerNormRule", "SkipRMSNormRule", "ResidualSumRule", "FuseNorm",
            "FuseSkipNorm", "FuseSkipNormOptions"]
@@ -214,13 +213,10 @@ def _flat(op: Any, value: ir.Value) -> ir.Value:
     return op.initializer(array.reshape(-1), f"{value.name or 'vector'}_1d")
 
 
-PROVIDERS = ("auto", "cpu", "cuda")
-"""Values of ``fuse-skip-norm``'s ``for-provider`` option."""
-
-
 def provider(options: Any) -> str:
-    """The onnxruntime execution provider ``fuse-skip-norm`` rewrites for:
-    ``cpu`` or ``cuda`` (``auto``, the default, is ``cpu``)."""
+    """The onnxruntime execution provider ``fuse-skip-norm``'s rules rewrite
+    for: ``cpu`` or ``cuda`` (the pass resolves ``auto`` from the context
+    before its rules run; outside a pass, ``auto`` is ``cpu``)."""
     value = getattr(options, "for_provider", "auto")
     return "cpu" if value == "auto" else value
 
@@ -394,9 +390,10 @@ class FuseSkipNormOptions:
     """Options of ``fuse-skip-norm``."""
 
     for_provider: str = field(default="auto", metadata={"doc": (
-        "the onnxruntime execution provider the model is for: cuda fuses SkipLayerNormalization; cpu (auto) keeps "
+        "the onnxruntime execution provider the model is for: cuda fuses SkipLayerNormalization; cpu keeps "
         "the faster Add + LayerNormalization kernels, the residual Add written as Sum so that onnxruntime's own "
-        "SkipLayerNormFusion leaves it (SkipSimplifiedLayerNormalization is fused for both)")})
+        "SkipLayerNormFusion leaves it (SkipSimplifiedLayerNormalization is fused for both); auto: the "
+        "ort.provider config (graphopt --provider; default cpu)")})
 
 
 @register_pass("fuse-skip-norm")
@@ -406,20 +403,21 @@ class FuseSkipNorm(FusionPass):
     Rule ``skip-rmsnorm`` fuses into com.microsoft
     SkipSimplifiedLayerNormalization. ``for-provider=cuda``: rule
     ``skip-layernorm`` fuses into SkipLayerNormalization.
-    ``for-provider=cpu`` (the default): rule ``residual-sum`` writes the Add
+    ``for-provider=cpu`` (what ``auto`` means unless the context's
+    ``ort.provider`` says cuda): rule ``residual-sum`` writes the Add
     read only by a LayerNormalization as ``Sum`` instead (see
     :class:`ResidualSumRule`; on BERT-base 0.974 of the fused model's
     latency). Run after ``fuse-norm``. A no-op for targets onnx and tensorrt.
 
     Raises:
-        InputError: ``for-provider`` is not auto, cpu or cuda.
+        InputError: ``for-provider`` is not auto, cpu or cuda (or
+            ``ort.provider`` not cpu or cuda).
     """
 
     Options = FuseSkipNormOptions
     rules = (SkipLayerNormRule(), SkipRMSNormRule(), ResidualSumRule())
 
-    def run(self, model: ir.Model, ctx: Any) -> Any:
-        if self.options.for_provider not in PROVIDERS:
-            raise InputError(f"fuse-skip-norm: for-provider must be one of {', '.join(PROVIDERS)}, "
-                             f"got '{self.options.for_provider}'")
-        return super().run(model, ctx)
+    def rule_options(self, ctx: Any) -> FuseSkipNormOptions:
+        """The options with ``for-provider`` resolved (``auto``: the context's
+        ``ort.provider``, see :func:`graphopt.passmanager.for_provider`)."""
+        return replace(self.options, for_provider=for_provider(ctx, self.options.for_provider, self.name))

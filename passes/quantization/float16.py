@@ -15,7 +15,7 @@ from graphopt.errors import InputError
 from graphopt.passes.quantization.float16_ops import (
     CPU_KERNELS, DEFAULT_BLOCK_OPS, ELEMENTWISE_OPS, FOLLOW_OPS, FREE_INPUTS, NEVER_CONVERT, Group, type_groups,
 )
-from graphopt.passmanager import Pass, PassResult, register_pass
+from graphopt.passmanager import Pass, PassResult, for_provider, register_pass
 
 __all__ = ["ConvertFloat16", "ConvertFloat16Options", "to_low_precision", "CAST_WEIGHT_MIN_ELEMENTS"]
 
@@ -45,7 +45,7 @@ class ConvertFloat16Options:
     for_provider: str = field(default="auto", metadata={"doc": (
         "cpu: convert only ops with an onnxruntime CPU kernel in the dtype (in practice: weights are stored "
         "in the dtype and compute stays float32); cuda: convert every op not blocked; auto: cuda for "
-        "target tensorrt, else cpu")})
+        "target tensorrt, else the ort.provider config (graphopt --provider; default cpu)")})
     cast_weights: bool = field(default=True, metadata={"doc": (
         f"store float32 weights (>= {CAST_WEIGHT_MIN_ELEMENTS} elements) read by float32 nodes in the dtype too, "
         "with one Cast to float32 (halves the file; onnxruntime folds the Cast when loading)")})
@@ -463,17 +463,13 @@ class ConvertFloat16(Pass):
         o = self.options
         if o.dtype not in ("float16", "bfloat16"):
             raise InputError(f"convert-float16: dtype must be float16 or bfloat16, got '{o.dtype}'")
-        if o.for_provider not in ("auto", "cpu", "cuda"):
-            raise InputError(f"convert-float16: for-provider must be auto, cpu or cuda, got '{o.for_provider}'")
         if o.overflow not in ("keep", "clip"):
             raise InputError(f"convert-float16: overflow must be keep or clip, got '{o.overflow}'")
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
         if o.dtype == "bfloat16" and opset < 13:
             raise InputError(f"convert-float16: bfloat16 needs default-domain opset >= 13 (Cast and Constant take "
                              f"bfloat16 from 13), the model has {opset}; run upgrade-opset first")
-        provider = o.for_provider
-        if provider == "auto":
-            provider = "cuda" if getattr(ctx, "target", "ort") == "tensorrt" else "cpu"
+        provider = for_provider(ctx, o.for_provider, "convert-float16")
         stats: dict = {k: 0 for k in ("converted", "blocked", "overflow_kept", "casts_inserted", "casts_removed",
                                       "weights_converted", "weights_duplicated", "clipped", "tiny")}
         stats["bytes_before"] = _weight_bytes(model)

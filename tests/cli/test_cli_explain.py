@@ -41,6 +41,19 @@ def test_rule_that_does_not_apply_to_the_target_says_so(capsys):
     assert doc["fires"] == 0
 
 
+def test_provider_decides_between_skip_layernorm_and_residual_sum(capsys):
+    path = str(MODELS / "bert_tiny_ts.onnx")
+    cpu = explain_json(capsys, "skip-layernorm", path)
+    assert cpu["fires"] == 0 and len(cpu["sites"]) == 5
+    assert all(s["reason"].startswith("for-provider=cpu: onnxruntime's CPU SkipLayerNormalization is slower")
+               for s in cpu["sites"])
+    assert explain_json(capsys, "residual-sum", path)["fires"] == 5
+    assert explain_json(capsys, "skip-layernorm", path, "--provider", "cuda")["fires"] == 5
+    cuda = explain_json(capsys, "residual-sum", path, "--provider", "cuda")
+    assert cuda["fires"] == 0
+    assert {s["reason"] for s in cuda["sites"]} == {"for-provider=cuda: rule skip-layernorm fuses the residual Add"}
+
+
 def test_opset_gate_and_upgrade(capsys):
     model = str(MODELS / "llama_gqa_tiny_dynamo.onnx")
     doc = explain_json(capsys, "rmsnorm", model, "--target", "onnx", "-p", "O1")

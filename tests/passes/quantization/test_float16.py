@@ -12,7 +12,7 @@ import pytest
 
 import graphopt.passes.quantization.float16  # noqa: F401 - registers convert-float16
 from graphopt import ir
-from graphopt.errors import InputError
+from graphopt.errors import InputError, PassError
 from graphopt.ir.check import check_model_file
 from graphopt.passes.quantization.float16 import ConvertFloat16, ConvertFloat16Options
 from graphopt.passmanager import ModelRunner, PassContext, PassManager
@@ -231,6 +231,12 @@ g (float[1, 1024] x) => (float[1, 1] y) {{
         "converted": 0, "blocked": 2, "weights_converted": 1}
     _, record = run(text, "convert-float16", target="tensorrt")
     assert record.stats["provider"] == "cuda"
+    model = ir.from_text(text)
+    cuda = PassContext(target="ort", config={"ort.provider": "cuda"})  # graphopt optimize --provider cuda
+    record = PassManager("fold-constants,convert-float16", cuda).run(model).report.records[-1]
+    assert record.stats["provider"] == "cuda"
+    with pytest.raises(PassError, match="config ort.provider must be cpu or cuda, got .rocm."):
+        PassManager("convert-float16", PassContext(config={"ort.provider": "rocm"})).run(ir.from_text(text))
 
 
 def test_mixed_typed_inputs_and_range():

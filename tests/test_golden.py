@@ -41,13 +41,14 @@ def test_golden(case, request):
     # Asserted explain reasons (the "nothing changes" cases say why).
     for rule_name, text in case.reasons:
         pass_name, rule = find_rule(rule_name)
-        result = explain(RuleEnv(again.model, case.target, _options(case.pipeline, pass_name)), rule, pass_name)
+        options = _options(case.pipeline, pass_name, PassContext(target=case.target))
+        result = explain(RuleEnv(again.model, case.target, options), rule, pass_name)
         found = [s.reason for s in result.sites] + [result.inapplicable]
         assert any(text in r for r in found), f"no site of {rule_name} says {text!r}; reasons: {found}"
 
 
-def _options(pipeline: str, pass_name: str):  # noqa: ANN202 - the pass's options dataclass
-    """The options ``pass_name`` runs with in ``pipeline`` (its first top-level
-    step; the defaults when the pipeline does not name it)."""
+def _options(pipeline: str, pass_name: str, ctx: PassContext):  # noqa: ANN202 - the pass's options dataclass
+    """The options ``pass_name``'s rules see in ``pipeline`` (its first
+    top-level step; the defaults when the pipeline does not name it)."""
     steps = [i for i in Pipeline.parse(pipeline).expanded().items if isinstance(i, Step) and i.name == pass_name]
-    return (steps[0] if steps else Step(pass_name)).build().options
+    return (steps[0] if steps else Step(pass_name)).build().rule_options(ctx)

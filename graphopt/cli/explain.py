@@ -42,8 +42,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     prefix = prefix_pipeline(pass_name, args.pipeline)
     if prefix is not None:
         model = PassManager(prefix, ctx).run(model).model
-    built = Step(pass_name).build()
-    options = built.rule_options(ctx) if hasattr(built, "rule_options") else built.options  # as the pass runs them
+    options = Step(pass_name).build().rule_options(ctx)  # as the pass hands them to its rules
     env = RuleEnv(model, args.target, options, shapes=symbolic_shapes(model), pass_ctx=ctx)
     result = explain(env, rule, pass_name)
     if args.json:

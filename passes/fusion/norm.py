@@ -226,7 +226,6 @@ class _SkipBase(Rule):
 
     targets = frozenset({"ort"})
     labels = frozenset({"fusion", "normalization", "residual"})
-    norm_op = ""
     variants = ("with_bias", "plain")
 
     def _check(self, ctx: CheckContext, x: ir.Value, skip: ir.Value, bias: Any, norm: ir.Node) -> CheckResult:

@@ -10,7 +10,8 @@ from collections.abc import Hashable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 
 from graphopt import ir
-from graphopt.passes.cleanup.shapes import SHAPES_CURRENT, shapes_current
+from graphopt.passes.cleanup.shapes import SHAPES_CURRENT, mark_stale, same_shape
+from graphopt.passes.cleanup.unify_dims import DimEqualities
 from graphopt.passmanager import Pass, PassResult, register_pass
 
 _LOG = logging.getLogger(__name__)
@@ -264,21 +265,25 @@ def _confirmed(node: ir.Node, twin: ir.Node) -> bool:
                for a, b in zip(_tensor_attrs(node), _tensor_attrs(twin)))
 
 
-def _merge(node: ir.Node, twin: ir.Node) -> bool:
+def _merge(node: ir.Node, twin: ir.Node, equal: DimEqualities) -> tuple[bool, bool]:
     """Rewire the readers of ``node``'s outputs to ``twin``'s (an equal node
     earlier in topological order). A graph output keeps its name: when only
     ``node``'s output is one, the twin's value takes its place (``ir.bypass``);
-    when both are, ``node`` stays for that output. Returns True when ``node``
-    has no reader left and can be removed."""
-    removable = True
+    when both are, ``node`` stays for that output. Returns (removable:
+    ``node`` has no reader left, neutral: the readers see to shape inference
+    what they saw, the dims each pair of outputs proves equal recorded in
+    ``equal``; the contents of shape values are the same, computed by equal
+    nodes from the same inputs)."""
+    removable = neutral = True
     for out, source in zip(node.outputs, twin.outputs):
+        neutral = equal.equate(out, source) and same_shape(out, source, equal.find, carried=True) and neutral
         if not out.is_graph_output():
             out.replace_all_uses_with(source)
         elif not ir.bypass(node, out, source):
             for user, index in list(out.uses()):  # other readers; the graph output stays
                 user.replace_input_with(index, source)
             removable = False
-    return removable
+    return removable, neutral
 
 
 def _non_deterministic_functions(model: ir.Model) -> set[tuple[str, str, str]]:
@@ -308,6 +313,8 @@ class _NodeCse:
     def __init__(self, random_functions: set[tuple[str, str, str]]) -> None:
         self.random_functions = random_functions
         self.removed = 0
+        self.stale = False  # a merge a new shape inference may tell more from (SHAPES_CURRENT)
+        self.equal = DimEqualities()
 
     def run(self, container: ir.Graph | ir.Function, table: Table) -> None:
         for node in list(container):
@@ -327,7 +334,9 @@ class _NodeCse:
             if twin is None or not _confirmed(node, twin):
                 table.setdefault(key, node)
                 continue
-            if _merge(node, twin):
+            removable, neutral = _merge(node, twin, self.equal)
+            self.stale = self.stale or not neutral
+            if removable:
                 container.remove(node, safe=True)
                 self.removed += 1
 
@@ -393,8 +402,8 @@ class CommonSubexpressionElimination(Pass):
             for container in [model.graph, *model.functions.values()]:
                 cse.run(container, {})
             stats["nodes"] = cse.removed
-            state = shapes_current(ctx, model) if cse.removed else None
-            if state is not None:
-                state.ok = False  # see SHAPES_CURRENT: merged nodes may unify unknown dims
+            cse.equal.apply(ir.graphs_and_functions(model))
+            if cse.stale:
+                mark_stale(ctx, model)  # see SHAPES_CURRENT: the merged dims were not equal up to renaming
         _LOG.debug("cse: %s", stats)
         return PassResult(modified=any(stats.values()), stats=stats)

@@ -41,11 +41,19 @@ class Match:
         family: the stats key (``cast``, ``transpose``, ...).
         source: the value the node's first output equals; the pass bypasses the node.
         edit: an in-place rewrite of the node (used when ``source`` is None).
+        neutral: the edit's new form gives the node's output the dims (and,
+            for a shape value, the contents) ONNX shape inference gave it
+            before: Cast(Cast(x)) -> Cast(x), two Unsqueezes -> one, two
+            Transposes -> one (inference carries dims and data through
+            them); Reshape(Reshape(x)) -> Reshape(x) only when x has a
+            symbolic dim or the output is static (else its -1 may be solved
+            from x where it was not from the middle tensor).
     """
 
     family: str
     source: ir.Value | None = None
     edit: Callable[[], None] | None = None
+    neutral: bool = False
 
 
 @dataclass(frozen=True)
@@ -198,7 +206,7 @@ def cast(node: ir.Node, site: Site) -> Match | None:
     if c == a:
         return Match("cast", src)
     if lossless_cast(a, c) or _integral(c) or (_integral(a) and _integral(b)):
-        return Match("cast", edit=lambda: node.replace_input_with(0, src))
+        return Match("cast", edit=lambda: node.replace_input_with(0, src), neutral=True)
     return None
 
 
@@ -328,7 +336,13 @@ def reshape_pair(node: ir.Node, site: Site) -> Match | None:
             copied = first_target is not None and i < len(first_target) and first_target[i] == 0
             if not copied and not (i < len(xd) and i < len(md) and _same_dim(xd[i], md[i])):
                 return None
-    return Match("reshape", edit=lambda: node.replace_input_with(0, x))
+    # Inference solves a -1 from the data's size only when all its dims are
+    # ints: with a symbolic one in x (or no unknown left in the output) the
+    # new form infers the same dims.
+    out_dims, x_dims = _dims(node.outputs[0]), _dims(x)
+    neutral = x_dims is not None and out_dims is not None and (
+        not all(isinstance(d, int) for d in x_dims) or all(isinstance(d, int) for d in out_dims))
+    return Match("reshape", edit=lambda: node.replace_input_with(0, x), neutral=neutral)
 
 
 def _merge_unsqueezes(first: ir.Node, node: ir.Node, site: Site) -> Match | None:
@@ -359,7 +373,7 @@ def _merge_unsqueezes(first: ir.Node, node: ir.Node, site: Site) -> Match | None
             node.replace_input_with(1, axes)
         node.replace_input_with(0, x)
 
-    return Match("reshape", edit=fuse)
+    return Match("reshape", edit=fuse, neutral=True)
 
 
 def _perm(node: ir.Node) -> list[int] | None:
@@ -393,7 +407,7 @@ def transpose(node: ir.Node, site: Site) -> Match | None:
         node.attributes["perm"] = ir.Attr("perm", ir.AttributeType.INTS, composed)
         node.replace_input_with(0, x)
 
-    return Match("transpose", edit=fuse)
+    return Match("transpose", edit=fuse, neutral=True)
 
 
 def expand(node: ir.Node, site: Site) -> Match | None:

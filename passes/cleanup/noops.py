@@ -6,7 +6,7 @@ from __future__ import annotations
 from graphopt import ir
 from graphopt.passes.cleanup.dce import is_dead
 from graphopt.passes.cleanup.noop_rules import RULES, Site, match
-from graphopt.passes.cleanup.shapes import SHAPES_CURRENT, mark_stale, same_shape
+from graphopt.passes.cleanup.shapes import DATA_CARRIED, SHAPES_CURRENT, mark_stale, same_shape
 from graphopt.passes.cleanup.unify_dims import DimEqualities
 from graphopt.passmanager import Pass, PassResult, register_pass
 
@@ -116,13 +116,20 @@ class EliminateNoops(Pass):
                 return
             producer = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
             if found.edit is not None:
+                out = node.outputs[0]
+                # An edit keeps the node's output; it tells inference nothing
+                # new when the rule says the new form gives the same dims and
+                # contents and the shapes it read were inferred.
+                neutral = found.neutral and out.shape is not None and all(
+                    v is None or v.shape is not None for v in (*node.inputs, producer and producer.inputs[0]))
                 found.edit()
                 stats[found.family] += 1
-                stats["stale"] += 1
+                stats["stale"] += not neutral
                 _remove_if_dead(container, producer, owner)
                 continue
             old = node.outputs[0]
-            neutral = equal.equate(old, found.source) and same_shape(old, found.source, equal.find)
+            neutral = equal.equate(old, found.source) and same_shape(
+                old, found.source, equal.find, carried=node.op_type in DATA_CARRIED)
             if not ir.bypass(node, node.outputs[0], found.source):
                 stats["kept"] += 1
                 return

@@ -7,7 +7,7 @@ from typing import Callable
 from graphopt import ir
 from graphopt.passmanager import Pass, PassResult, register_pass
 
-__all__ = ["InferShapes", "SHAPES_CURRENT", "ShapesCurrent", "mark_stale", "same_shape", "shapes_current"]
+__all__ = ["DATA_CARRIED", "InferShapes", "SHAPES_CURRENT", "ShapesCurrent", "mark_stale", "same_shape", "shapes_current"]
 
 SHAPES_CURRENT = "shapes-current"
 """Analysis (in ``ctx.analyses``): the values' shapes are what a new ONNX shape
@@ -49,18 +49,29 @@ def _dims(value: ir.Value) -> tuple | None:
     return tuple(d if isinstance(d, int) else getattr(d, "value", None) for d in shape)
 
 
-def same_shape(old: ir.Value, new: ir.Value, rename: Callable[[object], object] | None = None) -> bool:
+DATA_CARRIED = frozenset({"Cast", "Concat", "Slice", "Squeeze", "Unsqueeze", "Add", "Sub", "Mul"})
+"""Ops through which ONNX shape inference's data propagation carries a shape
+value's contents to its output (checked on onnx 1.23: ``Shape(x) -> op ->
+Reshape(x, .)`` infers the Reshape's output for these; not for Identity,
+Reshape, Expand or Where). Bypassing such a no-op on a shape value shows its
+readers contents inference gave them already."""
+
+
+def same_shape(old: ir.Value, new: ir.Value, rename: Callable[[object], object] | None = None,
+               carried: bool = False) -> bool:
     """Whether readers of ``old`` that now read ``new`` see to inference what
     they saw: both have shapes, the same dims (ints, and symbolic dims by
     name, each name mapped by ``rename`` first when given: the equalities a
     rewrite proved, see ``unify_dims.DimEqualities``) and dtype, and they are
     not shape values (int tensors of rank 0 or 1, whose contents inference
-    may carry further)."""
+    may carry further) unless ``carried``: inference gave ``old`` the
+    contents of ``new`` already (``old`` is the output of a no-op in
+    :data:`DATA_CARRIED` reading ``new``, or of a node equal to ``new``'s)."""
     dims, other = _dims(old), _dims(new)
     if rename is not None and dims is not None and other is not None:
         dims, other = tuple(map(rename, dims)), tuple(map(rename, other))
     return (dims is not None and dims == other and old.dtype == new.dtype
-            and not (old.dtype in _SHAPE_VALUE_TYPES and len(dims) <= 1))
+            and (carried or not (old.dtype in _SHAPE_VALUE_TYPES and len(dims) <= 1)))
 
 
 def mark_stale(ctx: object, model: ir.Model) -> None:

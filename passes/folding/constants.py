@@ -15,7 +15,7 @@ from graphopt.passes.folding.numpy_ops import (
 )
 from graphopt.passmanager import Pass, PassResult, register_pass
 
-__all__ = ["FoldConstants", "FoldConstantsOptions", "install_constant"]
+__all__ = ["FoldConstants", "FoldConstantsOptions", "SmallFolder", "install_constant"]
 
 log = logging.getLogger(__name__)
 
@@ -275,30 +275,88 @@ class _Folder:
             self._install(node, {v: results.get(v) for v in node.outputs if _used(v)}, in_bytes)
         self.batch, self.pending = [], set()
 
-    def _install(self, node: ir.Node, results: dict[ir.Value, np.ndarray | None], in_bytes: int) -> None:
-        """Replace the node's used outputs by their folded values and remove it."""
+    def _install(self, node: ir.Node, results: dict[ir.Value, np.ndarray | None],
+                 in_bytes: int) -> list[ir.Value] | None:
+        """Replace the node's used outputs by their folded values and remove
+        it; the new constant values, or None when it is kept."""
         used = [v for v in node.outputs if _used(v)]
         for value in used:
             array = results.get(value)
             if array is None or not isinstance(array, np.ndarray) or array.dtype.kind in "OUS":
-                return
+                return None
             if value.dtype is not None and ir.DataType.from_numpy(array.dtype) != value.dtype:
                 log.debug("fold-constants: %s gave %s, graph says %s; not folded", node.op_type, array.dtype, value.dtype)
                 self.stats["skipped_dtype"] += 1
-                return
+                return None
             if self._too_big(array.nbytes, in_bytes):
                 self.stats["skipped_size"] += 1
-                return
+                return None
             if value.is_graph_output() and value.shape is not None and (
                     len(value.shape) != array.ndim or any(isinstance(d, int) and d != s
                                                           for d, s in zip(value.shape, array.shape))):
-                return  # the declared output shape disagrees: keep the node
-        for value in used:
-            install_constant(self.container, node, value, ir.Tensor(np.ascontiguousarray(results[value])),
-                             as_initializer=self._as_initializer(value))
+                return None  # the declared output shape disagrees: keep the node
+        new = [install_constant(self.container, node, value, ir.Tensor(np.ascontiguousarray(results[value])),
+                                as_initializer=self._as_initializer(value)) for value in used]
         if all(not _used(v) for v in node.outputs):
             self.container.remove(node, safe=True)
         self.stats["folded"] += 1
+        return new
+
+
+class SmallFolder:
+    """Folds single nodes with small constant outputs, for a pass whose own
+    folds make new constants in the middle of its walk (``fold-shapes``: the
+    exporters' ``ConstantOfShape(Shape(x)) -> Mul -> Equal -> Where`` guard
+    reads a shape value it folds). The node is evaluated by its numpy kernel
+    (``passes/folding/numpy_ops.py``, the same as ``fold-constants``) when
+    every input is a constant and its output has at most ``max_elements``
+    elements (predicted before evaluation); no onnxruntime session, no size
+    cap beyond that. Nodes ``fold-constants`` never folds are not folded.
+
+    Args:
+        model: the model (its default-domain opset picks the kernels' semantics).
+        container: the graph whose nodes are folded (results become initializers
+            in the main graph, ``Constant`` nodes where an initializer cannot be).
+        max_elements: the largest output folded.
+    """
+
+    def __init__(self, model: ir.Model, container: ir.Graph, max_elements: int = 64) -> None:
+        self.stats = {"folded": 0, "constant_nodes": 0, "batched": 0, "skipped_size": 0, "skipped_dtype": 0}
+        self._folder = _Folder(model, container, FoldConstantsOptions(onnxruntime=False), self.stats, False)
+        self._max = max_elements
+
+    def fold(self, node: ir.Node) -> list[ir.Value] | None:
+        """Fold ``node`` when it qualifies; the constants that replaced its
+        outputs (the node is removed), else None (nothing changed).
+
+        Raises nothing: a kernel that declines (``Unsupported``) or fails on
+        inconsistent inputs leaves the node as it is.
+        """
+        kernel = KERNELS.get(node.op_type)
+        if kernel is None or node.op_type in NOT_FOLDED or node.domain not in ("", "ai.onnx"):
+            return None
+        if _has_ref_or_graph_attr(node) or not any(_used(v) for v in node.outputs):
+            return None
+        tensors = []
+        for value in node.inputs:
+            tensor = None if value is None else ir.const_tensor(value)
+            if value is not None and tensor is None:
+                return None
+            tensors.append(tensor)
+        if not (all(t is None or t.dtype.numpy() in NUMERIC_DTYPES for t in tensors)
+                or node.op_type in ANY_DTYPE_OPS):
+            return None
+        attrs = {k: a.value for k, a in node.attributes.items() if not a.is_ref()}
+        try:
+            elements = predict_elements(node.op_type, tensors, attrs)
+            if elements is None or elements > self._max:
+                return None
+            arrays = [None if t is None else t.numpy() for t in tensors]
+            with np.errstate(all="ignore"):
+                results = kernel(node, arrays, self._folder.opset)
+        except (Unsupported, ValueError, TypeError, IndexError):
+            return None
+        return self._folder._install(node, dict(zip(node.outputs, results)), 0)  # noqa: SLF001 - same module
 
 
 @register_pass("fold-constants")

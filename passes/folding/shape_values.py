@@ -56,7 +56,7 @@ def node_attr(node: ir.Node, name: str, default: object = None) -> object:
 
 
 _VISITED = frozenset({"Shape", "Size", "Identity", "Cast", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice",
-                      "Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Where"})
+                      "Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Where", "Reshape"})
 """The ops :meth:`_Propagator.visit` gives a value for (every other op: None)."""
 
 
@@ -205,6 +205,22 @@ class Propagator:
             return self._equal(data, self.read(ins[1]))
         if op == "Where" and data.boolean and len(ins) == 3:
             return self._where(data, self.read(ins[1]), self.read(ins[2]))
+        if op == "Reshape" and len(ins) == 2:
+            return self._reshape(data, self._ints(ins[1]))
+        return None
+
+    @staticmethod
+    def _reshape(data: SymValue, target: list[int] | None) -> SymValue | None:
+        """Reshape of a shape value to 1-D (``[-1]`` or its length; the
+        exporters' ``Reshape(Concat(...), [-1])`` in front of Expand's guard)
+        or of a one-element value to a scalar (``[]``)."""
+        if target is None:
+            return None
+        n = len(data.dims)
+        if target in ([-1], [n]):
+            return SymValue(data.dims, boolean=data.boolean)
+        if target == [] and n == 1:
+            return SymValue(data.dims, scalar=True, boolean=data.boolean)
         return None
 
     @staticmethod

@@ -9,7 +9,7 @@ import numpy as np
 
 from graphopt import ir
 from graphopt.passes.cleanup.shapes import SHAPES_CURRENT, ShapesCurrent, shapes_current
-from graphopt.passes.folding.constants import install_constant
+from graphopt.passes.folding.constants import SmallFolder, install_constant
 from graphopt.passes.folding.shape_dims import NativeDims
 from graphopt.passes.folding.shape_values import Dim, Propagator, SymValue, dims_of, known_dim, node_attr
 from graphopt.passmanager import Pass, PassResult, register_pass
@@ -35,6 +35,10 @@ class FoldShapesOptions:
 
 _MAX_ROUNDS = 4
 """Inference + folding rounds in one run of the pass (see ``FoldShapes.run``)."""
+
+_SMALL_FOLD = 64
+"""The largest output (elements) of a node evaluated in the walk because this
+walk's folds made its inputs constant (see ``FoldShapes._fold``)."""
 
 _META_KEY = "graphopt.fold_shapes.inferred"
 """``model.meta`` key: the graph fingerprint at this pass's last inference."""
@@ -233,7 +237,7 @@ class FoldShapes(Pass):
     establishes = frozenset({"shapes-inferred"})
 
     def run(self, model: ir.Model, ctx: object) -> PassResult:
-        stats = {"folded": 0, "reshapes": 0, "wheres": 0, "inferred": 0, "refined": 0}
+        stats = {"folded": 0, "reshapes": 0, "wheres": 0, "bypassed": 0, "inferred": 0, "refined": 0}
         current = shapes_current(ctx, model)
         # A bypassed Where (the exporters' guard in front of Expand) hands the
         # Expand a known shape, and a Reshape given a constant target may
@@ -248,9 +252,9 @@ class FoldShapes(Pass):
             if not shape_ops:
                 break
             counts, constants = self._fold(model, graphs)
-            for key in ("folded", "reshapes", "wheres", "refined"):
+            for key in ("folded", "reshapes", "wheres", "bypassed", "refined"):
                 stats[key] += counts[key]
-            if counts["wheres"] or counts["sharper"]:
+            if counts["wheres"] or counts["bypassed"] or counts["sharper"]:
                 if current is not None:
                     current.ok = False
                 continue
@@ -260,7 +264,8 @@ class FoldShapes(Pass):
             if current is not None and constants and current.ok:
                 current.ok = not _may_sharpen(constants)
             break
-        return PassResult(modified=stats["folded"] + stats["reshapes"] + stats["wheres"] > 0, stats=stats)
+        return PassResult(modified=stats["folded"] + stats["reshapes"] + stats["wheres"] + stats["bypassed"] > 0,
+                          stats=stats)
 
     def _infer_if_changed(self, model: ir.Model, graphs: list[ir.Graph], shape_ops: bool,
                           current: ShapesCurrent | None) -> int:
@@ -297,14 +302,30 @@ class FoldShapes(Pass):
         if self.options.symbolic:
             names = {d for v in model.graph.inputs for d in (dims_of(v) or ()) if isinstance(d, str)}
             prop.set_refine(NativeDims(opset, prop.read, names))
-        folded = reshapes = wheres = sharper = 0
+        folded = reshapes = wheres = bypassed = sharper = 0
         constants: list[ir.Value] = []
+        made: set[ir.Value] = set()  # the constants of this walk
         for graph in graphs:
+            small = None
             for node in list(graph):
                 sym = prop.visit(node)
+                if sym is None and made and any(v in made for v in node.inputs):
+                    # A node this walk's folds made constant (the exporters'
+                    # ConstantOfShape(shape) -> Mul -> Equal -> Where guard):
+                    # evaluated now, so that what reads it folds in this walk.
+                    small = small or SmallFolder(model, graph, _SMALL_FOLD)
+                    new_values = small.fold(node)
+                    if new_values:
+                        constants.extend(new_values)
+                        made.update(new_values)
+                        folded += 1
+                        continue
                 out = node.outputs[0] if node.outputs else None
                 if sym is not None:
                     prop.values[out] = sym
+                if node.op_type == "Reshape" and sym is not None and self._flat(graph, node, prop):
+                    bypassed += 1
+                    continue
                 if node.op_type == "Reshape" and self.options.reshape and len(node.inputs) == 2:
                     done = self._reshape(graph, node, prop)
                     reshapes += done > 0
@@ -324,9 +345,27 @@ class FoldShapes(Pass):
                 new = install_constant(graph, node, out, ir.Tensor(array), as_initializer=as_init)
                 prop.values[new] = sym
                 constants.append(new)
+                made.add(new)
                 graph.remove(node, safe=True)
                 folded += 1
-        return {"refined": prop.refined, "folded": folded, "reshapes": reshapes, "wheres": wheres, "sharper": sharper}, constants
+        return {"refined": prop.refined, "folded": folded, "reshapes": reshapes, "wheres": wheres, "bypassed": bypassed,
+                "sharper": sharper}, constants
+
+    @staticmethod
+    def _flat(graph: ir.Graph, node: ir.Node, prop: Propagator) -> bool:
+        """Bypass a ``Reshape`` of a 1-D shape value to its own length (the
+        exporters' ``Reshape(Concat(...), [-1])`` in front of Expand's guard):
+        ONNX inference carries no contents through Reshape, so its readers
+        (the Expand) learn them from the new inference only without it."""
+        data = prop.get(node.inputs[0])
+        out = prop.get(node.outputs[0])
+        dims = dims_of(node.inputs[0])
+        if data is None or out is None or data.scalar or out.scalar or dims is None or len(dims) != 1:
+            return False
+        if ir.bypass(node, node.outputs[0], node.inputs[0]):
+            graph.remove(node, safe=True)
+            return True
+        return False
 
     @staticmethod
     def _where(graph: ir.Graph, node: ir.Node, prop: Propagator) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from graphopt import ir
 from graphopt.passmanager import PassContext, PassManager
@@ -167,7 +168,7 @@ def test_bypassed_where_is_inferred_again_in_the_same_run():
       i1 = Constant<value = int64 {1}>()
       d = Gather(s2, i1)
     }""")
-    assert stats == {"folded": 2, "reshapes": 0, "wheres": 1, "inferred": 2, "refined": 0}
+    assert stats == {"folded": 2, "reshapes": 0, "wheres": 1, "bypassed": 0, "inferred": 2, "refined": 0}
     assert m.graph.outputs[1].const_value.numpy().tolist() == 8
     assert [str(d) for d in m.graph.outputs[0].shape] == ["batch", "8"]
 
@@ -190,7 +191,7 @@ def test_reshape_target_that_tells_more_is_inferred_again_in_the_same_run():
       i1 = Constant<value = int64 {1}>()
       d = Gather(s2, i1)
     }""")
-    assert stats == {"folded": 1, "reshapes": 1, "wheres": 0, "inferred": 2, "refined": 0}
+    assert stats == {"folded": 1, "reshapes": 1, "wheres": 0, "bypassed": 0, "inferred": 2, "refined": 0}
     assert m.graph.outputs[1].const_value.numpy().tolist() == 4
     reshape = next(n for n in m.graph if n.op_type == "Reshape")
     assert ir.const_array(reshape.inputs[1]).tolist() == [0, 4, 16]
@@ -207,7 +208,7 @@ def test_reshape_target_that_tells_nothing_new_is_not_inferred_again():
       t = Concat<axis = 0>(b, h, w)
       y = Reshape(x, t)
     }""")
-    assert stats == {"folded": 0, "reshapes": 1, "wheres": 0, "inferred": 1, "refined": 0}
+    assert stats == {"folded": 0, "reshapes": 1, "wheres": 0, "bypassed": 0, "inferred": 1, "refined": 0}
 
 
 def _fold_shapes_runs(text: str, spec: str) -> list[dict]:
@@ -254,7 +255,7 @@ def test_a_fold_inference_could_learn_from_makes_shapes_stale():
     assert [(r["folded"], r["inferred"]) for r in runs] == [(2, 1), (0, 1)]
 
 
-def test_cse_keeps_shapes_current_unless_it_merges_nodes():
+def test_cse_keeps_shapes_current_unless_a_merge_meets_a_value_without_shape():
     base = """g (float[2, 3] x, float[n] w) => (float[2, 3] y, int64[1] d, float[2, 3] y2) {
       a = Constant<value = float[1] {2.0}>()
       b = Constant<value = float[1] {2.0}>()
@@ -266,7 +267,31 @@ def test_cse_keeps_shapes_current_unless_it_merges_nodes():
     assert [r["inferred"] for r in _fold_shapes_runs(base, spec)] == [1, 0]  # equal initializers merged
     merged = base.replace("y2 = Mul(x, b)", "r1 = Relu(x)\n      r2 = Relu(x)\n      y2 = Add(r1, r2)").replace(
         "y = Mul(x, a)", "y = Mul(x, a)\n      y0 = Mul(x, b)").replace("float[2, 3] y2)", "float[2, 3] y2, float[2, 3] y0)")
-    assert [r["inferred"] for r in _fold_shapes_runs(merged, spec)] == [1, 1]  # equal nodes merged
+    assert [r["inferred"] for r in _fold_shapes_runs(merged, spec)] == [1, 0]  # equal nodes, equal shapes
+    # Outputs of an op inference does not know have no shape: a merge there may tell it more.
+    unknown = merged.replace("r1 = Relu(x)\n      r2 = Relu(x)", "c = custom.Foo(x)\n      r1 = Relu(c)\n      r2 = Relu(c)")
+    assert [r["inferred"] for r in _fold_shapes_runs(unknown, spec)] == [1, 1]
+
+
+def test_cse_renames_the_unknown_dims_a_merge_proves_equal():
+    # Inference gives each NonZero its own unknown dim (unk__0, unk__1); once
+    # one NonZero is left, its reader's dims name one symbol, and the shapes
+    # stay current: no new inference.
+    text = """g (float[4] x, float[n] w) => (int64[1] d, float[?, ?] y) {
+      z1 = NonZero(x)
+      z2 = NonZero(x)
+      c1 = Cast<to = 1>(z1)
+      c2 = Cast<to = 1>(z2)
+      e = Exp(c2)
+      y = Add(c1, e)
+      d = Shape(w)
+    }"""
+    model = ir.from_text(HEAD.format(opset=17) + text)
+    result = PassManager("fold-shapes,cse,fold-shapes", PassContext()).run(model)
+    assert [r.stats["inferred"] for r in result.report.records if r.name == "fold-shapes"] == [1, 0]
+    assert [n.op_type for n in model.graph] == ["NonZero", "Cast", "Exp", "Add", "Shape"]
+    cast, exp = model.graph.node(1), model.graph.node(2)
+    assert str(cast.outputs[0].shape) == str(exp.outputs[0].shape) == "[1,unk__0]"
 
 
 def test_noops_keep_shapes_current_when_readers_see_the_same_shape():
@@ -313,3 +338,78 @@ def test_noops_write_the_dims_a_bypass_proves_equal_and_keep_shapes_current():
     assert str(u.shape) == "[k,6]"  # was [unk__0,6]: renamed, not inferred again
     assert str(result.model.graph.outputs[0].shape) == "[a,6]"  # a declared output shape is the user's
 
+
+
+def test_noops_keep_shapes_current_when_inference_carried_the_shape_value():
+    # Inference carries a shape value's contents through Cast (not through
+    # Identity, see above): its readers saw Shape(w) already.
+    text = """g (float[2, 3] x, float[n] w) => (float[2, 3] y, int64[1] d) {
+      y = Relu(x)
+      s = Shape(w)
+      i = Cast<to = 7>(s)
+      one = Constant<value = int64[1] {1}>()
+      d = Add(i, one)
+    }"""
+    runs = _fold_shapes_runs(text, "fold-shapes,eliminate-noops,fold-shapes")
+    assert [r["inferred"] for r in runs] == [1, 0]
+
+
+@pytest.mark.parametrize(("text", "inferred"), [
+    # Unsqueeze(Unsqueeze(x)) -> one Unsqueeze: the same dims, [n, 1, 1]
+    ("""g (float[n] x, float[m] w) => (float[n, 1, 1] y, int64[1] d) {
+      a0 = Constant<value = int64[1] {1}>()
+      u = Unsqueeze(x, a0)
+      a1 = Constant<value = int64[1] {2}>()
+      v = Unsqueeze(u, a1)
+      y = Relu(v)
+      d = Shape(w)
+    }""", [1, 0]),
+    # Reshape(Reshape(x, [6, 2]), [-1, 3]): the output is static already
+    ("""g (float[3, 4] x, float[m] w) => (float[?, 3] y, int64[1] d) {
+      t0 = Constant<value = int64[2] {6, 2}>()
+      r0 = Reshape(x, t0)
+      t1 = Constant<value = int64[2] {-1, 3}>()
+      r1 = Reshape(r0, t1)
+      y = Relu(r1)
+      d = Shape(w)
+    }""", [1, 0]),
+    # Reshape(Reshape(x, t0), [-1, 3]) with t0 an input: inference knew no
+    # dim of the middle tensor; from the static x it solves the -1 (4)
+    ("""g (float[3, 4] x, int64[2] t0, float[m] w) => (float[?, 3] y, int64[1] d) {
+      r0 = Reshape(x, t0)
+      t1 = Constant<value = int64[2] {-1, 3}>()
+      r1 = Reshape(r0, t1)
+      y = Relu(r1)
+      d = Shape(w)
+    }""", [1, 1]),
+])
+def test_noops_edits_keep_shapes_current_when_inference_would_give_the_same(text, inferred):
+    runs = _fold_shapes_runs(text, "fold-shapes,eliminate-noops,fold-shapes")
+    assert [r["inferred"] for r in runs] == inferred
+
+
+def test_shape_guard_chain_folds_in_one_run():
+    # TorchScript's Expand guard: Where(Equal(Reshape(Concat(..), [-1]) * C, -1), 1, ..)
+    # where C = ConstantOfShape(Shape(..)) * -1 is computed from a folded
+    # shape value: evaluated in the walk, the guard and the flat Reshape are
+    # bypassed at once, and the Expand's output is inferred again in the same run.
+    m, stats = _fold_shapes_once("""g (float[batch, 1] x, float[batch, 8] z) => (float[batch, 8] y, int64 d) {
+      s = Shape(z)
+      k = Shape(s)
+      c = ConstantOfShape<value = int64[1] {1}>(k)
+      m1 = Constant<value = int64 {-1}>()
+      neg = Mul(c, m1)
+      flat = Constant<value = int64[1] {-1}>()
+      r = Reshape(s, flat)
+      e = Equal(r, neg)
+      one = Constant<value = int64[2] {1, 1}>()
+      t = Where(e, one, r)
+      y = Expand(x, t)
+      s2 = Shape(y)
+      i1 = Constant<value = int64 {1}>()
+      d = Gather(s2, i1)
+    }""")
+    # folded: Shape(s), ConstantOfShape, Mul, Equal (a dim is never -1), Gather(Shape(y), 1)
+    assert stats == {"folded": 5, "reshapes": 0, "wheres": 1, "bypassed": 1, "inferred": 2, "refined": 0}
+    assert m.graph.outputs[1].const_value.numpy().tolist() == 8
+    assert [n.op_type for n in m.graph if n.op_type in ("ConstantOfShape", "Mul", "Reshape", "Where")] == []

@@ -80,6 +80,31 @@ def _infer(model: ir.Model) -> None:
             value.shape = shape
 
 
+def _fill_missing(model: ir.Model, missing: list[ir.Value]) -> bool:
+    """Give the values without a shape (``missing``, in topological order)
+    their dims by the producers' shape rules (:class:`NativeDims`: ints and
+    the graph inputs' dim names, strictly), when that names every dim of
+    every one and each has a dtype; else change nothing and return False.
+
+    With no Shape/Size left to fold, a new ONNX inference would only give
+    shapes to the values a rewrite made after the last one (a Reshape whose
+    target was folded, a Gemm that replaced MatMul + Add): where the rules
+    name them all, they are what inference would give."""
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+    prop = Propagator(opset)
+    names = {d for v in model.graph.inputs for d in (dims_of(v) or ()) if isinstance(d, str)}
+    native = NativeDims(opset, prop.read, names)
+    shapes = []
+    for value in missing:
+        dims = native(value) if value.dtype is not None else None
+        if dims is None or any(d is None for d in dims):
+            return False
+        shapes.append(dims)
+    for value, dims in zip(missing, shapes):
+        value.shape = ir.Shape(list(dims))
+    return True
+
+
 def _reshape_target(node: ir.Node, shape: SymValue, data_dims: tuple[Dim, ...] | None) -> list[int] | None:
     """A constant shape for ``Reshape(data, shape)`` with the same meaning:
     an entry equal to the data's own symbolic dim at that position
@@ -279,9 +304,12 @@ class FoldShapes(Pass):
         inferred last (the fingerprint in ``model.meta``). Without
         Shape/Size to fold, that is only worth it when some value has no
         shape yet: rewrites keep the shapes of the values they keep."""
-        if not self.options.infer or not (shape_ops or any(
-                v.shape is None for g in graphs for n in g for v in n.outputs)):
+        if not self.options.infer:
             return 0
+        if not shape_ops:
+            missing = [v for g in graphs for n in g for v in n.outputs if v.shape is None]
+            if not missing or (self.options.symbolic and _fill_missing(model, missing)):
+                return 0
         if current is not None and current.ok:
             return 0
         fingerprint = _fingerprint(model, graphs)

@@ -413,3 +413,43 @@ def test_shape_guard_chain_folds_in_one_run():
     assert stats == {"folded": 5, "reshapes": 0, "wheres": 1, "bypassed": 1, "inferred": 2, "refined": 0}
     assert m.graph.outputs[1].const_value.numpy().tolist() == 8
     assert [n.op_type for n in m.graph if n.op_type in ("ConstantOfShape", "Mul", "Reshape", "Where")] == []
+
+
+_UNSHAPED = """g (float[2, 3] x, float[6] z) => (float[?, ?] y) {
+  s = Shape(x)
+  one = Constant<value = int64[2] {1, 1}>()
+  m = Max(s, one)
+  r = Reshape(z, m)
+  y = Relu(r)
+  dead = Neg(z)
+}"""
+
+
+def _unshaped_runs(text: str) -> tuple[ir.Model, list[dict]]:
+    """fold-shapes, then the values after the Reshape lose their shapes (as
+    when a rewrite made them after the last inference), then dce and
+    fold-shapes in a new context (dce changes the graph)."""
+    model = ir.from_text(HEAD.format(opset=17) + text)
+    first = PassManager("fold-shapes", PassContext()).run(model).report.records[-1].stats
+    for node in model.graph:
+        if node.op_type not in ("Shape", "Max", "Neg"):
+            for value in node.outputs:
+                value.shape = None
+    second = PassManager("dce,fold-shapes", PassContext()).run(model).report.records[-1].stats
+    return model, [first, second]
+
+
+def test_values_without_shape_get_them_from_the_shape_rules():
+    # No Shape left to fold: the Reshape's and the Relu's shapes come from
+    # their shape rules over the folded target, not from a new inference.
+    model, runs = _unshaped_runs(_UNSHAPED)
+    assert [(r["folded"], r["inferred"]) for r in runs] == [(2, 1), (0, 0)]
+    assert [(n.op_type, str(n.outputs[0].shape)) for n in model.graph] == [("Reshape", "[2,3]"), ("Relu", "[2,3]")]
+
+
+def test_a_value_the_shape_rules_cannot_name_is_inferred():
+    # TopK is not a rule of NativeDims: inference runs.
+    text = _UNSHAPED.replace("y = Relu(r)", "k = Constant<value = int64[1] {2}>()\n  y, i = TopK(r, k)")
+    model, runs = _unshaped_runs(text)
+    assert [(r["folded"], r["inferred"]) for r in runs] == [(2, 1), (0, 1)]
+    assert [str(v.shape) for n in model.graph if n.op_type == "TopK" for v in n.outputs] == ["[2,2]", "[2,2]"]

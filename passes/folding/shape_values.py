@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from graphopt import ir
 from graphopt.analysis.shapes import known_dim
 from graphopt.analysis.shapes import value_dims as dims_of
+from graphopt.passes.cleanup.shapes import DATA_CARRIED
 
 __all__ = ["Dim", "SymValue", "Propagator", "dims_of", "known_dim", "node_attr"]
 
@@ -59,6 +60,11 @@ _VISITED = frozenset({"Shape", "Size", "Identity", "Cast", "Gather", "Unsqueeze"
                       "Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Where", "Reshape"})
 """The ops :meth:`_Propagator.visit` gives a value for (every other op: None)."""
 
+_ONNX_CARRIED = DATA_CARRIED | {"Shape", "Gather"}
+"""Ops through which ONNX inference's data propagation carries shape values
+(``DATA_CARRIED``, checked on onnx 1.23 as there; Shape with start/end and
+Gather too; not Size, Div, Max, Min, Equal, Where, Identity or Reshape)."""
+
 
 class Propagator:
     """Symbolic values of shape tensors, node by node (one instance per model,
@@ -71,6 +77,8 @@ class Propagator:
         self._lazy: dict[ir.Value, tuple[ir.Value, int, int | None]] = {}
         self.refined = 0
         """How many dims :meth:`dims` took from ``refine``."""
+        self.unseen: set[ir.Value] = set()
+        """Values whose contents ONNX inference's data propagation did not have (see :meth:`visit`)."""
 
     def _sharpened(self, value: ir.Value, sym: SymValue) -> SymValue:
         """``sym`` (a Shape output's value with unknown elements) with the
@@ -84,6 +92,8 @@ class Propagator:
             return sym
         sharp = SymValue(dims[slice(source[1], source[2])])
         self.values[value] = sharp
+        if sharp != sym:
+            self.unseen.add(value)
         return sharp
 
     def dims(self, value: ir.Value) -> tuple[Dim, ...] | None:
@@ -133,8 +143,19 @@ class Propagator:
         sym = self.get(value)
         return list(sym.dims) if sym is not None and sym.known else None  # type: ignore[arg-type]
 
-    def visit(self, node: ir.Node) -> SymValue | None:  # noqa: C901 - one case per op
-        """The symbolic value of the node's first output, or None."""
+    def visit(self, node: ir.Node) -> SymValue | None:
+        """The symbolic value of the node's first output, or None. The output
+        goes into :attr:`unseen` when ONNX inference's data propagation did
+        not have that value: the op is not one it carries values through
+        (``DATA_CARRIED``, Shape and Gather), or an input is unseen (a
+        Shape output whose dims ``refine`` sharpened is)."""
+        sym = self._visit(node)
+        if sym is not None and (node.op_type not in _ONNX_CARRIED
+                                or any(v in self.unseen for v in node.inputs if v is not None)):
+            self.unseen.add(node.outputs[0])
+        return sym
+
+    def _visit(self, node: ir.Node) -> SymValue | None:  # noqa: C901 - one case per op
         op = node.op_type
         if op not in _VISITED or node.domain not in ("", "ai.onnx") or not node.outputs:
             return None

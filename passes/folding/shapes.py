@@ -370,9 +370,11 @@ class FoldShapes(Pass):
                 if out.dtype is not None and out.dtype != ir.DataType.from_numpy(array.dtype):
                     continue
                 as_init = graph is model.graph or not out.is_graph_output()
+                unseen = out in prop.unseen
                 new = install_constant(graph, node, out, ir.Tensor(array), as_initializer=as_init)
                 prop.values[new] = sym
-                constants.append(new)
+                if unseen:  # inference had this value: its readers cannot learn from the constant
+                    constants.append(new)
                 made.add(new)
                 graph.remove(node, safe=True)
                 folded += 1

@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from onnx_ir import DataType, Shape, serde
 
 __all__ = ["ProtoTensor", "cached_tensor"]
+
+_KEEP_BYTES = 1 << 16
+"""A numpy copy of a tensor (data not in ``raw_data``, or converted) is kept up to this size."""
 
 
 class ProtoTensor(serde.TensorProtoTensor):  # pylint: disable=too-many-ancestors
@@ -28,13 +32,28 @@ class ProtoTensor(serde.TensorProtoTensor):  # pylint: disable=too-many-ancestor
         proto: the ``onnx.TensorProto`` (not copied; data read lazily, as onnx-ir does).
     """
 
-    __slots__ = ("_shape", "_dtype", "_nbytes")
+    __slots__ = ("_shape", "_dtype", "_nbytes", "_array")
 
     def __init__(self, proto) -> None:  # noqa: ANN001 - onnx.TensorProto
         super().__init__(proto)
         self._shape = Shape(proto.dims, frozen=True)
         self._dtype = DataType(proto.data_type)
         self._nbytes = math.ceil(self._dtype.itemsize * math.prod(self._shape.numpy()))
+        self._array = None
+
+    def numpy(self) -> np.ndarray:
+        """The tensor as a read-only numpy array (``serde.TensorProtoTensor.numpy``),
+        kept after the first call when it is a view of the proto's bytes or
+        at most ``_KEEP_BYTES`` (a fold reads a BatchNormalization's or a
+        Conv's parameters several times)."""
+        array = self._array
+        if array is None:
+            array = super().numpy()
+            if array.flags.writeable:
+                array.flags.writeable = False  # shared from now on: nobody may write into it
+            if not array.flags.owndata or array.nbytes <= _KEEP_BYTES:
+                self._array = array
+        return array
 
     @property
     def shape(self) -> Shape:

@@ -28,9 +28,18 @@ __all__ = ["load", "load_proto", "validate_model", "deserialize"]
 _LOG = logging.getLogger(__name__)
 
 
+_A = onnx.AttributeProto
+_TENSOR_KINDS = frozenset({_A.TENSOR, _A.TENSORS, _A.GRAPH, _A.GRAPHS})
+"""Attribute types that hold tensors, directly or in a subgraph."""
+
+
 def _node_tensors(node: onnx.NodeProto) -> Iterator[onnx.TensorProto]:
-    """Yield the tensors held in a node's attributes, recursing into subgraphs."""
+    """Yield the tensors held in a node's attributes, recursing into subgraphs
+    (by attribute type; a malformed attribute of another type holding one
+    too is looked at as well)."""
     for attr in node.attribute:
+        if attr.type not in _TENSOR_KINDS and attr.type != _A.UNDEFINED:
+            continue
         if attr.HasField("t"):
             yield attr.t
         yield from attr.tensors
@@ -79,8 +88,9 @@ def _check_external_data(model: onnx.ModelProto, base_dir: Path) -> bool:
     """
     base = base_dir.resolve()
     sizes: dict[Path, int] = {}
+    external = onnx.TensorProto.EXTERNAL
     for tensor in _iter_tensors(model):
-        if not external_data_helper.uses_external_data(tensor):
+        if tensor.data_location != external:  # external_data_helper.uses_external_data, without HasField
             continue
         info = external_data_helper.ExternalDataInfo(tensor)
         location = info.location

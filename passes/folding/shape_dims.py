@@ -28,6 +28,22 @@ _BROADCAST = frozenset({
 """Ops with multidirectional (numpy) broadcasting of all inputs."""
 
 
+_REDUCE = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+                     "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"})
+"""Reductions (ONNX operator specs: axes, keepdims, noop_with_empty_axes)."""
+
+_COVERED = _SAME | _BROADCAST | _REDUCE | frozenset({
+    "Transpose", "MatMul", "Gemm", "Reshape", "Expand", "Unsqueeze", "Squeeze", "Gather", "Concat", "Split",
+    "Slice", "Tile", "Flatten", "ConstantOfShape", "Range", "Shape"})
+"""The ops :meth:`NativeDims._rule` has a shape rule for."""
+
+
+def _product_dim(dims: tuple[Dim, ...]) -> Dim:
+    """The product of dims as one dim (an int, a single name), else None."""
+    product = _product(dims)
+    return None if product is None else _as_dim(*product)
+
+
 def _broadcast_pair(a: Dim, b: Dim) -> Dim:
     """One output dim of broadcasting ``a`` with ``b``, never assuming two
     unrelated dims equal: 1 gives way to the other; an int > 1 wins (a valid
@@ -131,6 +147,18 @@ class NativeDims:
         self._memo[value] = have
         return have
 
+    def by_rule(self, value: ir.Value) -> tuple[Dim, ...] | None:
+        """The value's dims by its producer's shape rule alone (over its
+        inputs' dims as :meth:`__call__` gives them): None when the op has
+        no rule here or the rule cannot tell the rank."""
+        node = value.producer()
+        if node is None or node.domain not in ("", "ai.onnx"):
+            return None
+        try:
+            return self._rule(node, node.outputs.index(value))
+        except (IndexError, TypeError, ValueError, ZeroDivisionError):
+            return None
+
     def _value_of(self, value: ir.Value | None) -> SymValue | None:
         """The propagator's value, with names other than the graph inputs'
         dims (``unk__N``) as unknown, as in the IR's dims."""
@@ -225,7 +253,34 @@ class NativeDims:
             if reps is None or len(reps) != len(d0):
                 return None
             return tuple(d if r == 1 else d * r if isinstance(d, int) else None for d, r in zip(d0, reps))
+        if op == "Flatten":
+            axis = node_attr(node, "axis", 1)
+            axis = axis + len(d0) if axis < 0 else axis  # type: ignore[operator]
+            return tuple(_product_dim(part) for part in (d0[:axis], d0[axis:]))  # type: ignore[index]
+        if op in _REDUCE:
+            return self._reduce(node, d0)
         return self._sources(op, node)
+
+    def _reduce(self, node: ir.Node, data: tuple[Dim, ...]) -> tuple[Dim, ...] | None:
+        """Reduce*: ``axes`` (attribute, or input since opset 18, ReduceSum 13)
+        reduced to 1 (``keepdims``, default 1) or dropped; no axes reduce all
+        of them unless ``noop_with_empty_axes``."""
+        since = 13 if node.op_type == "ReduceSum" else 18
+        axes = _axes(node, self._opset, self._ints, since)
+        if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None and self._opset >= since:
+            return None  # computed axes
+        if not axes:
+            if node_attr(node, "noop_with_empty_axes", 0):
+                return data
+            axes = list(range(len(data)))
+        drop = {a + len(data) if a < 0 else a for a in axes}
+        if node_attr(node, "keepdims", 1):
+            return tuple(1 if i in drop else d for i, d in enumerate(data))
+        return tuple(d for i, d in enumerate(data) if i not in drop)
+
+    def covers(self, node: ir.Node) -> bool:
+        """Whether ``node``'s op has a shape rule here (default domain)."""
+        return node.domain in ("", "ai.onnx") and node.op_type in _COVERED
 
     def _sources(self, op: str, node: ir.Node) -> tuple[Dim, ...] | None:
         """Ops whose output shape is an input's value: Range, ConstantOfShape, Shape."""

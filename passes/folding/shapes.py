@@ -11,6 +11,7 @@ from graphopt import ir
 from graphopt.passes.cleanup.shapes import SHAPES_CURRENT, ShapesCurrent, shapes_current
 from graphopt.passes.folding.constants import SmallFolder, install_constant
 from graphopt.passes.folding.shape_dims import NativeDims
+from graphopt.passes.folding.shape_sharpen import sharpen_downstream
 from graphopt.passes.folding.shape_values import Dim, Propagator, SymValue, dims_of, known_dim, node_attr
 from graphopt.passmanager import Pass, PassResult, register_pass
 
@@ -262,7 +263,7 @@ class FoldShapes(Pass):
     establishes = frozenset({"shapes-inferred"})
 
     def run(self, model: ir.Model, ctx: object) -> PassResult:
-        stats = {"folded": 0, "reshapes": 0, "wheres": 0, "bypassed": 0, "inferred": 0, "refined": 0}
+        stats = {"folded": 0, "reshapes": 0, "wheres": 0, "bypassed": 0, "inferred": 0, "sharpened": 0, "refined": 0}
         current = shapes_current(ctx, model)
         # A bypassed Where (the exporters' guard in front of Expand) hands the
         # Expand a known shape, and a Reshape given a constant target may
@@ -276,11 +277,18 @@ class FoldShapes(Pass):
             stats["inferred"] += self._infer_if_changed(model, graphs, shape_ops, current)
             if not shape_ops:
                 break
-            counts, constants = self._fold(model, graphs)
+            counts, constants, touched = self._fold(model, graphs)
             for key in ("folded", "reshapes", "wheres", "bypassed", "refined"):
                 stats[key] += counts[key]
             if counts["wheres"] or counts["bypassed"] or counts["sharper"]:
-                if current is not None:
+                if self.options.symbolic and sharpen_downstream(model, graphs, touched):
+                    # the shape rules carried what the walk made knowable: as
+                    # good as a new inference for this pass's next walk
+                    stats["sharpened"] += 1
+                    model.meta[_META_KEY] = _fingerprint(model, graphs)
+                    if current is not None:
+                        current.ok = True
+                elif current is not None:
                     current.ok = False
                 continue
             # Folded values a new inference could learn from leave the shapes
@@ -321,10 +329,12 @@ class FoldShapes(Pass):
             current.ok = True
         return 1
 
-    def _fold(self, model: ir.Model, graphs: list[ir.Graph]) -> tuple[dict[str, int], list[ir.Value]]:
+    def _fold(self, model: ir.Model, graphs: list[ir.Graph]) -> tuple[dict[str, int], list[ir.Value], set[ir.Value]]:
         """One walk over every graph: propagate shape values, fold the known
         ones, give Reshapes constant targets, bypass decided Wheres. Returns
-        the counts and the constants that replaced folded values."""
+        the counts, the constants that replaced folded values inference did
+        not have, and the values whose readers changed (see
+        ``sharpen_downstream``)."""
         opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
         prop = Propagator(opset)
         if self.options.symbolic:
@@ -333,6 +343,7 @@ class FoldShapes(Pass):
         folded = reshapes = wheres = bypassed = sharper = 0
         constants: list[ir.Value] = []
         made: set[ir.Value] = set()  # the constants of this walk
+        touched: set[ir.Value] = set()  # values whose readers this walk changed
         for graph in graphs:
             small = None
             for node in list(graph):
@@ -346,20 +357,26 @@ class FoldShapes(Pass):
                     if new_values:
                         constants.extend(new_values)
                         made.update(new_values)
+                        touched.update(new_values)
                         folded += 1
                         continue
                 out = node.outputs[0] if node.outputs else None
                 if sym is not None:
                     prop.values[out] = sym
+                operands = [v for v in node.inputs if v is not None]  # a removed node has none
                 if node.op_type == "Reshape" and sym is not None and self._flat(graph, node, prop):
                     bypassed += 1
+                    touched.update(operands)
                     continue
                 if node.op_type == "Reshape" and self.options.reshape and len(node.inputs) == 2:
                     done = self._reshape(graph, node, prop)
                     reshapes += done > 0
                     sharper += done == 2
+                    if done:
+                        touched.add(node.inputs[1])
                 if node.op_type == "Where" and sym is not None and not sym.known and self._where(graph, node, prop):
                     wheres += 1
+                    touched.update(operands)
                     continue
                 if sym is None or not sym.known or ir.is_constant(out) or len(node.outputs) != 1:
                     continue
@@ -376,10 +393,11 @@ class FoldShapes(Pass):
                 if unseen:  # inference had this value: its readers cannot learn from the constant
                     constants.append(new)
                 made.add(new)
+                touched.add(new)
                 graph.remove(node, safe=True)
                 folded += 1
         return {"refined": prop.refined, "folded": folded, "reshapes": reshapes, "wheres": wheres, "bypassed": bypassed,
-                "sharper": sharper}, constants
+                "sharper": sharper}, constants, touched
 
     @staticmethod
     def _flat(graph: ir.Graph, node: ir.Node, prop: Propagator) -> bool:

@@ -154,9 +154,10 @@ def _fold_shapes_once(text: str):  # noqa: ANN202 - (model, stats)
     return result.model, result.report.records[-1].stats
 
 
-def test_bypassed_where_is_inferred_again_in_the_same_run():
-    # Only after the Where guard is gone does inference know Expand's output
-    # is [batch, 8]; the Shape below it folds in the same run of the pass.
+def test_bypassed_where_is_carried_by_the_shape_rules_in_the_same_run():
+    # Only after the Where guard is gone is Expand's output known to be
+    # [batch, 8]: the shape rules carry that (no second inference) and the
+    # Shape below it folds in the same run of the pass.
     m, stats = _fold_shapes_once("""g (float[batch, 1] x, float[batch, 8] z) => (float[batch, 8] y, int64 d) {
       s = Shape(z)
       m1 = Constant<value = int64[2] {-1, -1}>()
@@ -168,14 +169,16 @@ def test_bypassed_where_is_inferred_again_in_the_same_run():
       i1 = Constant<value = int64 {1}>()
       d = Gather(s2, i1)
     }""")
-    assert stats == {"folded": 2, "reshapes": 0, "wheres": 1, "bypassed": 0, "inferred": 2, "refined": 0}
+    assert stats == {"folded": 2, "reshapes": 0, "wheres": 1, "bypassed": 0, "inferred": 1, "sharpened": 1,
+                     "refined": 0}
     assert m.graph.outputs[1].const_value.numpy().tolist() == 8
     assert [str(d) for d in m.graph.outputs[0].shape] == ["batch", "8"]
 
 
-def test_reshape_target_that_tells_more_is_inferred_again_in_the_same_run():
+def test_reshape_target_that_tells_more_is_carried_in_the_same_run():
     # Inference does not see through Div of a shape value, so r is [?, 4, 16]
-    # until the target is the constant [0, 4, 16]; then Shape(Relu(r))[1] folds.
+    # until the target is the constant [0, 4, 16]; the shape rules carry
+    # [batch, 4, 16] to Relu(r), and Shape(Relu(r))[1] folds.
     m, stats = _fold_shapes_once("""g (float[batch, 64] x) => (float[batch, 4, 16] y, int64 d) {
       s = Shape(x)
       i0 = Constant<value = int64[1] {0}>()
@@ -191,7 +194,8 @@ def test_reshape_target_that_tells_more_is_inferred_again_in_the_same_run():
       i1 = Constant<value = int64 {1}>()
       d = Gather(s2, i1)
     }""")
-    assert stats == {"folded": 1, "reshapes": 1, "wheres": 0, "bypassed": 0, "inferred": 2, "refined": 0}
+    assert stats == {"folded": 1, "reshapes": 1, "wheres": 0, "bypassed": 0, "inferred": 1, "sharpened": 1,
+                     "refined": 0}
     assert m.graph.outputs[1].const_value.numpy().tolist() == 4
     reshape = next(n for n in m.graph if n.op_type == "Reshape")
     assert ir.const_array(reshape.inputs[1]).tolist() == [0, 4, 16]
@@ -208,7 +212,32 @@ def test_reshape_target_that_tells_nothing_new_is_not_inferred_again():
       t = Concat<axis = 0>(b, h, w)
       y = Reshape(x, t)
     }""")
-    assert stats == {"folded": 0, "reshapes": 1, "wheres": 0, "bypassed": 0, "inferred": 1, "refined": 0}
+    assert stats == {"folded": 0, "reshapes": 1, "wheres": 0, "bypassed": 0, "inferred": 1, "sharpened": 0,
+                     "refined": 0}
+
+
+def test_an_op_without_a_shape_rule_below_a_bypass_is_inferred_again():
+    # As above, with a TopK (no shape rule) reading the Expand: inference
+    # decides its output, in a second inference of the same run.
+    m, stats = _fold_shapes_once("""g (float[batch, 1] x, float[batch, 8] z) => (float[batch, 2] w, int64 d) {
+      s = Shape(z)
+      m1 = Constant<value = int64[2] {-1, -1}>()
+      e = Equal(s, m1)
+      one = Constant<value = int64[2] {1, 1}>()
+      t = Where(e, one, s)
+      y = Expand(x, t)
+      k = Constant<value = int64[1] {2}>()
+      v, i = TopK(y, k)
+      w = Relu(v)
+      s2 = Shape(v)
+      i1 = Constant<value = int64 {1}>()
+      d = Gather(s2, i1)
+    }""")
+    # folded: Equal (a dim is never -1), and Shape(v)[1] once inference told TopK's output
+    assert stats == {"folded": 2, "reshapes": 0, "wheres": 1, "bypassed": 0, "inferred": 2, "sharpened": 0,
+                     "refined": 0}
+    assert m.graph.outputs[1].const_value.numpy().tolist() == 2
+    assert str(next(n for n in m.graph if n.op_type == "TopK").outputs[0].shape) == "[batch,2]"
 
 
 def _fold_shapes_runs(text: str, spec: str) -> list[dict]:
@@ -392,7 +421,7 @@ def test_shape_guard_chain_folds_in_one_run():
     # TorchScript's Expand guard: Where(Equal(Reshape(Concat(..), [-1]) * C, -1), 1, ..)
     # where C = ConstantOfShape(Shape(..)) * -1 is computed from a folded
     # shape value: evaluated in the walk, the guard and the flat Reshape are
-    # bypassed at once, and the Expand's output is inferred again in the same run.
+    # bypassed at once, and the shape rules carry the Expand's output in the same run.
     m, stats = _fold_shapes_once("""g (float[batch, 1] x, float[batch, 8] z) => (float[batch, 8] y, int64 d) {
       s = Shape(z)
       k = Shape(s)
@@ -410,7 +439,8 @@ def test_shape_guard_chain_folds_in_one_run():
       d = Gather(s2, i1)
     }""")
     # folded: Shape(s), ConstantOfShape, Mul, Equal (a dim is never -1), Gather(Shape(y), 1)
-    assert stats == {"folded": 5, "reshapes": 0, "wheres": 1, "bypassed": 1, "inferred": 2, "refined": 0}
+    assert stats == {"folded": 5, "reshapes": 0, "wheres": 1, "bypassed": 1, "inferred": 1, "sharpened": 1,
+                     "refined": 0}
     assert m.graph.outputs[1].const_value.numpy().tolist() == 8
     assert [n.op_type for n in m.graph if n.op_type in ("ConstantOfShape", "Mul", "Reshape", "Where")] == []
 

@@ -160,3 +160,51 @@ def test_broadcast_keeps_a_named_dim_against_an_unknown_one_unknown():
     ir.infer_shapes(model)
     z = next(n for n in model.graph if n.op_type == "Add").outputs[0]
     assert _native(model)(z) == (None,)
+
+
+# Flatten and the reductions, over a Range whose length only the rules name
+# (seq): ONNX inference gives each of these outputs an unknown dim there.
+_FLAT_REDUCE = HEAD.replace('"" : 17', '"" : 18') + """g (float[batch, seq] x, float[batch, 4, 8] z) => (int64[?] y) {
+  s = Shape(x)
+  i1 = Constant<value = int64 {1}>()
+  n = Gather(s, i1)
+  zero = Constant<value = int64 {0}>()
+  one = Constant<value = int64 {1}>()
+  r = Range(zero, n, one)
+  four = Constant<value = int64[2] {4, 1}>()
+  u = Unsqueeze(r, zero)
+  e = Expand(u, four)
+  f = Flatten<axis = 1>(e)
+  f0 = Flatten<axis = 0>(e)
+  ax = Constant<value = int64[1] {1}>()
+  m = ReduceMax(e, ax)
+  m0 = ReduceMax<keepdims = 0>(e, ax)
+  mall = ReduceSum<keepdims = 0>(e)
+  zs = ReduceMean<keepdims = 1>(z, ax)
+  y = Shape(f)
+}"""
+
+
+def _dims18(text: str, name: str) -> tuple:
+    model = ir.from_text(text)
+    ir.infer_shapes(model)
+    value = next(v for n in model.graph for v in n.outputs if v.name == name)
+    names = {d.value for v in model.graph.inputs for d in v.shape if not isinstance(d, int)}
+    prop = Propagator(18)
+    dims = NativeDims(18, prop.read, names)
+    prop.set_refine(dims)
+    for node in model.graph:
+        sym = prop.visit(node)
+        if sym is not None:
+            prop.values[node.outputs[0]] = sym
+    return dims(value)
+
+
+def test_flatten_and_reduce_rules():
+    assert _dims18(_FLAT_REDUCE, "e") == (4, "seq")
+    assert _dims18(_FLAT_REDUCE, "f") == (4, "seq")
+    assert _dims18(_FLAT_REDUCE, "f0") == (1, None)  # 4 * seq is no single name
+    assert _dims18(_FLAT_REDUCE, "m") == (4, 1)
+    assert _dims18(_FLAT_REDUCE, "m0") == (4,)
+    assert _dims18(_FLAT_REDUCE, "mall") == ()
+    assert _dims18(_FLAT_REDUCE, "zs") == ("batch", 1, 8)

@@ -51,6 +51,7 @@ def sharpen_downstream(model: ir.Model, graphs: list[ir.Graph], touched: set[ir.
     prop.set_refine(native)
     cone = set(touched)
     saved: list[tuple[ir.Value, ir.Shape | None]] = []
+    shapes: dict[tuple, ir.Shape] = {}
     for graph in graphs:
         for node in graph:
             sym = prop.visit(node)
@@ -73,7 +74,10 @@ def sharpen_downstream(model: ir.Model, graphs: list[ir.Graph], touched: set[ir.
                     return _undo(saved)  # a rule contradicts inference: leave it to inference
                 if merged != have:
                     saved.append((value, value.shape))
-                    value.shape = ir.Shape(list(merged))  # read by the rules of the nodes below
+                    shape = shapes.get(merged)
+                    if shape is None:  # frozen and shared, as inferred shapes are
+                        shape = shapes[merged] = ir.Shape(list(merged), frozen=True)
+                    value.shape = shape  # read by the rules of the nodes below
     return True
 
 

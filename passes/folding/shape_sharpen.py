@@ -27,7 +27,7 @@ from graphopt.passes.folding.shape_values import Propagator, dims_of, known_dim
 __all__ = ["sharpen_downstream"]
 
 
-def sharpen_downstream(model: ir.Model, graphs: list[ir.Graph], touched: set[ir.Value]) -> bool:
+def sharpen_downstream(model: ir.Model, graphs: list[ir.Graph], touched: set[ir.Value]) -> set[ir.Value] | None:
     """Carry sharper dims downstream of ``touched`` by the shape rules.
 
     Args:
@@ -39,9 +39,9 @@ def sharpen_downstream(model: ir.Model, graphs: list[ir.Graph], touched: set[ir.
             readers, new Reshape targets.
 
     Returns:
-        True when every value downstream of ``touched`` whose dims are not
-        all known got its dims from a rule (sharper ones are written);
-        False when one did not, or a rule contradicts an inferred dim
+        The values given sharper dims, when every value downstream of
+        ``touched`` whose dims are not all known got its dims from a rule;
+        None when one did not, or a rule contradicts an inferred dim
         (nothing is written: the caller infers again).
     """
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
@@ -78,14 +78,13 @@ def sharpen_downstream(model: ir.Model, graphs: list[ir.Graph], touched: set[ir.
                     if shape is None:  # frozen and shared, as inferred shapes are
                         shape = shapes[merged] = ir.Shape(list(merged), frozen=True)
                     value.shape = shape  # read by the rules of the nodes below
-    return True
+    return {value for value, _ in saved}
 
 
-def _undo(saved: list[tuple[ir.Value, ir.Shape | None]]) -> bool:
-    """Give the values their shapes back; False (for the caller to return)."""
+def _undo(saved: list[tuple[ir.Value, ir.Shape | None]]) -> None:
+    """Give the values their shapes back; None (for the caller to return)."""
     for value, shape in reversed(saved):
         value.shape = shape
-    return False
 
 
 def _merge(have: tuple | None, rule: tuple) -> tuple | None:

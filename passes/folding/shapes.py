@@ -106,6 +106,14 @@ def _fill_missing(model: ir.Model, missing: list[ir.Value]) -> bool:
     return True
 
 
+def _walk_reads(node: ir.Node) -> bool:
+    """Whether a walk of this pass reads ``node``'s input dims: a Shape, a
+    Size, or a Reshape whose target is not a constant yet."""
+    if node.op_type in ("Shape", "Size"):
+        return True
+    return node.op_type == "Reshape" and len(node.inputs) > 1 and not ir.is_constant(node.inputs[1])
+
+
 def _reshape_target(node: ir.Node, shape: SymValue, data_dims: tuple[Dim, ...] | None) -> list[int] | None:
     """A constant shape for ``Reshape(data, shape)`` with the same meaning:
     an entry equal to the data's own symbolic dim at that position
@@ -281,16 +289,22 @@ class FoldShapes(Pass):
             for key in ("folded", "reshapes", "wheres", "bypassed", "refined"):
                 stats[key] += counts[key]
             if counts["wheres"] or counts["bypassed"] or counts["sharper"]:
-                if self.options.symbolic and sharpen_downstream(model, graphs, touched):
-                    # the shape rules carried what the walk made knowable: as
-                    # good as a new inference for this pass's next walk
-                    stats["sharpened"] += 1
-                    model.meta[_META_KEY] = _fingerprint(model, graphs)
+                sharpened = sharpen_downstream(model, graphs, touched) if self.options.symbolic else None
+                if sharpened is None:
                     if current is not None:
-                        current.ok = True
-                elif current is not None:
-                    current.ok = False
-                continue
+                        current.ok = False
+                    continue  # infer again and walk again
+                # The shape rules carried what the walk made knowable: as good
+                # as a new inference. Another walk can only fold more where a
+                # Shape or a Size reads a value they sharpened, or a Reshape
+                # with a computed target does.
+                stats["sharpened"] += 1
+                model.meta[_META_KEY] = _fingerprint(model, graphs)
+                if current is not None:
+                    current.ok = True
+                if any(_walk_reads(u) for v in sharpened for u, _ in v.uses()):
+                    continue
+                break
             # Folded values a new inference could learn from leave the shapes
             # stale (the next run infers again); a Reshape target that is not
             # sharper tells inference nothing new.

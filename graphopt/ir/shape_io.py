@@ -241,7 +241,8 @@ def _initializer(value: ir.Value, tensor: ir.TensorProtocol, old: dict, new: dic
     key = id(tensor)
     entry = old.get(key)
     if entry is None or entry[0] is not tensor:
-        big = tensor.nbytes > _SMALL_BYTES and not isinstance(tensor, ir.StringTensor)
+        # (``type(...).__mro__``: isinstance() through typing's Protocol metaclass is slow)
+        big = tensor.nbytes > _SMALL_BYTES and ir.StringTensor not in type(tensor).__mro__
         if big:
             dims = b"".join(_field(_T1, b"\x08" + _varint(int(d))) for d in tensor.shape.numpy())
             entry = (tensor, True, _field(_T2, _field(_T1, b"\x08" + _varint(tensor.dtype.value) + _field(_T2, dims))))
@@ -252,9 +253,14 @@ def _initializer(value: ir.Value, tensor: ir.TensorProtocol, old: dict, new: dic
         return True, _text(_T1, value.name) + entry[2]
     tensor.name = value.name  # as serialize_graph_into does
     if entry[2] != value.name:
-        proto = _new("TensorProto")
-        serde.serialize_tensor_into(proto, from_=tensor)
-        entry = (tensor, False, value.name, proto.SerializeToString())
+        if serde.TensorProtoTensor in type(tensor).__mro__ and not tensor.metadata_props:
+            tensor._validate_float6_data()  # noqa: SLF001 - as serialize_tensor_into does
+            data = tensor.raw.SerializeToString()  # what serialize_tensor_into copies, without the copy
+        else:
+            proto = _new("TensorProto")
+            serde.serialize_tensor_into(proto, from_=tensor)
+            data = proto.SerializeToString()
+        entry = (tensor, False, value.name, data)
     new[key] = entry
     return False, entry[3]
 

@@ -32,7 +32,7 @@ class ProtoTensor(serde.TensorProtoTensor):  # pylint: disable=too-many-ancestor
         proto: the ``onnx.TensorProto`` (not copied; data read lazily, as onnx-ir does).
     """
 
-    __slots__ = ("_shape", "_dtype", "_nbytes", "_array")
+    __slots__ = ("_shape", "_dtype", "_nbytes", "_array", "_bytes")
 
     def __init__(self, proto) -> None:  # noqa: ANN001 - onnx.TensorProto
         super().__init__(proto)
@@ -40,6 +40,7 @@ class ProtoTensor(serde.TensorProtoTensor):  # pylint: disable=too-many-ancestor
         self._dtype = DataType(proto.data_type)
         self._nbytes = math.ceil(self._dtype.itemsize * math.prod(self._shape.numpy()))
         self._array = None
+        self._bytes = None
 
     def numpy(self) -> np.ndarray:
         """The tensor as a read-only numpy array (``serde.TensorProtoTensor.numpy``),
@@ -54,6 +55,17 @@ class ProtoTensor(serde.TensorProtoTensor):  # pylint: disable=too-many-ancestor
             if not array.flags.owndata or array.nbytes <= _KEEP_BYTES:
                 self._array = array
         return array
+
+    def tobytes(self) -> bytes:
+        """The little-endian bytes (``serde.TensorProtoTensor.tobytes``), kept
+        after the first call up to ``_KEEP_BYTES`` (``raw_data`` is returned
+        as it is, without a copy; other fields are converted)."""
+        data = self._bytes
+        if data is None:
+            data = super().tobytes()
+            if len(data) <= _KEEP_BYTES:
+                self._bytes = data
+        return data
 
     @property
     def shape(self) -> Shape:

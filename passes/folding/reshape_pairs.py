@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 
 from graphopt import ir
+from graphopt.passes.cleanup.shapes import SHAPES_CURRENT, mark_stale, same_shape
+from graphopt.passes.cleanup.unify_dims import DimEqualities
 from graphopt.passes.folding.batchnorm import std_op
 from graphopt.passmanager import Pass, PassResult, register_pass
 
@@ -86,18 +88,22 @@ def _region(r2: ir.Node) -> tuple[ir.Node, list[ir.Node]] | None:
     return r1, nodes
 
 
-def _rewrite(r2: ir.Node) -> bool:
+def _rewrite(r2: ir.Node, equal: DimEqualities) -> bool | None:
+    """Remove the pair around ``r2``'s region: None when it stays, else
+    whether the rewrite is neutral to shape inference (``r2``'s readers see
+    the dims they saw, up to the equalities recorded in ``equal``)."""
     if len(r2.inputs) < 2 or r2.graph is None:
-        return False
+        return None
     found = _region(r2)
     if found is None:
-        return False
+        return None
     r1, nodes = found
     x = r1.inputs[0]
     if x is None or x.shape is None or len(x.shape) < 1 or not _restores(_target(r2), x.shape):
-        return False
-    if not ir.bypass(r2, r2.outputs[0], r2.inputs[0]):
-        return False
+        return None
+    old, source = r2.outputs[0], r2.inputs[0]
+    if not ir.bypass(r2, old, source):
+        return None
     graph = r2.graph
     graph.remove(r2, safe=True)
     region = set(nodes)
@@ -105,10 +111,11 @@ def _rewrite(r2: ir.Node) -> bool:
         if use.node in region:
             use.node.replace_input_with(use.idx, x)
     for node in nodes:
-        node.outputs[0].shape = ir.Shape(list(x.shape))
+        node.outputs[0].shape = x.shape if x.shape.frozen else ir.Shape(list(x.shape))
     if not r1.outputs[0].uses() and not r1.outputs[0].is_graph_output():
         graph.remove(r1, safe=True)
-    return True
+    # r2's readers read the region's output, now of x's shape: what r2's output was, up to its unknown dims
+    return equal.equate(old, source) and same_shape(old, source, equal.find)
 
 
 @register_pass("eliminate-reshape-pairs")
@@ -127,7 +134,11 @@ class EliminateReshapePairs(Pass):
     every other position (``[-1, 256]`` after ``[batch, seq, 256]`` of a
     ``[batch*seq, 256]`` Gemm output, as dynamo exports write a GPT-2 MLP).
     The region then reads ``x`` and takes its shape; the second Reshape is
-    removed, the first too when nothing else reads it. Exact: no value
+    removed, the first too when nothing else reads it. The second
+    Reshape's readers then see x's dims where they saw its output's: the
+    unknown dims of that output are renamed to x's (``DimEqualities``),
+    and the ``shapes-current`` analysis survives when nothing else differs.
+    Exact: no value
     changes. A value of the region read outside it, or a region output that
     is a graph output which cannot take the name, keeps everything.
     Prior art: onnxsim's output on dynamo GPT-2 exports (the same pair
@@ -136,12 +147,21 @@ class EliminateReshapePairs(Pass):
     """
 
     requires = frozenset({"topo-sorted", "shapes-inferred"})
-    preserves = frozenset({"topo-sorted", "shapes-inferred"})
+    preserves = frozenset({"topo-sorted", "shapes-inferred", SHAPES_CURRENT})  # cleared by the pass when due
 
     def run(self, model: ir.Model, ctx: object) -> PassResult:
         removed = 0
-        for graph in ir.all_graphs(model):
+        stale = False
+        equal = DimEqualities()
+        graphs = ir.all_graphs(model)
+        for graph in graphs:
             for node in list(graph):
-                if std_op(node, "Reshape") and node.graph is graph and _rewrite(node):
-                    removed += 1
+                if std_op(node, "Reshape") and node.graph is graph:
+                    neutral = _rewrite(node, equal)
+                    if neutral is not None:
+                        removed += 1
+                        stale = stale or not neutral
+        equal.apply(graphs)
+        if stale:
+            mark_stale(ctx, model)
         return PassResult(modified=removed > 0, stats={"pairs": removed})

@@ -45,3 +45,25 @@ def test_gpt2_dynamo_mlp_reshapes_go_under_o1():
     assert pairs == 2  # one per layer
     assert len(list(result.model.graph.all_nodes())) <= 102
     check_numerics(before, result.model)
+
+
+def test_the_readers_of_the_removed_pair_keep_shapes_current():
+    # Inference names the second Reshape's -1 dim unk__N; its reader reads the
+    # region's output once the pair goes, of x's shape [batch, 3, 4]: unk__N
+    # is renamed batch and fold-shapes does not infer again.
+    model = ir.from_text(HEAD + """
+g (float[batch, 3, 4] x, float[n] w) => (float[batch, 3, 4] y, int64[1] d) {
+  s1 = Constant<value = int64[2] {-1, 4}>()
+  r = Reshape(x, s1)
+  a = Sigmoid(r)
+  s2 = Constant<value = int64[3] {-1, 3, 4}>()
+  b = Reshape(a, s2)
+  c = Neg(b)
+  y = Relu(c)
+  d = Shape(w)
+}""")
+    result = run(model, "fold-shapes,eliminate-reshape-pairs,fold-shapes")
+    assert [r.stats["inferred"] for r in result.report.records if r.name == "fold-shapes"] == [1, 0]
+    assert ops(result.model) == ["Sigmoid", "Neg", "Relu", "Shape"]
+    shapes = {n.op_type: str(n.outputs[0].shape) for n in result.model.graph}
+    assert (shapes["Sigmoid"], shapes["Neg"]) == ("[batch,3,4]", "[batch,3,4]")

@@ -16,17 +16,21 @@ before inferring again. The pass manager drops it when a pass that does not
 list it in ``preserves`` modifies the model. The passes that list it clear it
 (:func:`mark_stale`) when they make a change a new inference could tell more
 from, and keep it otherwise: ``dce`` (it removes dead nodes only); ``cse``
-(merged initializers keep it; merged nodes clear it: two equal nodes may
-carry two different unknown dims, ``unk__3`` and ``unk__4``, that one node
-would make one); ``eliminate-noops``, ``fold-bias``, ``fold-batchnorm`` and
-``merge-sibling-matmuls`` keep it when every reader they rewire reads a
-value of the same dtype and dims as before (:func:`same_shape`, not a shape
-value whose contents inference might carry) and they create no node whose
-shape inference has not seen. ``eliminate-noops`` compares the dims after
-writing the equalities its bypasses prove into the shapes (a fresh
-``unk__30`` on a no-op's output renamed to its input's ``unk__26``, see
+(merged initializers keep it; merged nodes keep it when the two outputs
+have the same dims up to their unknown ones, ``unk__3`` and ``unk__4``,
+which it renames to one); ``eliminate-noops``, ``eliminate-reshape-pairs``,
+``fold-bias``, ``fold-batchnorm`` and ``merge-sibling-matmuls`` keep it
+when every reader they rewire reads a value of the same dtype and dims as
+before (:func:`same_shape`, not a shape value whose contents inference
+might carry further, unless it carried them already: a no-op in
+:data:`DATA_CARRIED`) and they create no node whose shape inference has
+not seen (an edit in place that inference would see the same, such as two
+Unsqueezes made one, keeps it). ``eliminate-noops``, ``cse`` and
+``eliminate-reshape-pairs`` compare the dims after writing the equalities
+their rewrites prove into the shapes (a fresh ``unk__30`` on a no-op's
+output renamed to its input's ``unk__26``, see
 ``unify_dims.DimEqualities``): the readers then see what a new inference
-would give them."""
+would give them, up to relations between unknown dims it would name anew."""
 
 
 class ShapesCurrent:

@@ -262,18 +262,22 @@ class _Folder:
     def conv(self, bn: ir.Node, conv: ir.Node, s: np.ndarray, t: np.ndarray) -> str | None:
         """``Conv(x, W, b)`` then BN is ``Conv(x, W * s, b * s + t)`` per output channel."""
         w_value = conv.inputs[1]
-        w = float_weight(w_value)
-        if w is None or w.ndim < 3:
+        w_tensor = ir.const_tensor(w_value)
+        if w_tensor is None or w_tensor.dtype not in FLOAT_TYPES or len(w_tensor.shape) < 3:
             return "the weight is not a float constant of rank >= 3"
+        channels = out_channels(conv, tuple(int(d) for d in w_tensor.shape))
         b_value = conv.inputs[2] if len(conv.inputs) > 2 else None
-        b = float_weight(b_value) if b_value is not None else np.zeros(out_channels(conv, w.shape))
-        if b is None or b.shape != (out_channels(conv, w.shape),) or s.shape != b.shape:
+        b_tensor = ir.const_tensor(b_value) if b_value is not None else None
+        if b_value is not None and (b_tensor is None or b_tensor.dtype not in FLOAT_TYPES):
+            return "the bias is not constant or the channel counts differ"
+        if (b_tensor is not None and tuple(b_tensor.shape) != (channels,)) or s.shape != (channels,):
             return "the bias is not constant or the channel counts differ"
         same = _ort_float32_fold(bn, conv)
         if same is not None:
             new_w, new_b = same
         else:
-            new_w = _cast(channel_axis_weights(conv, w, s), w_value)
+            b = float_weight(b_value) if b_value is not None else np.zeros(channels)
+            new_w = _cast(channel_axis_weights(conv, float_weight(w_value), s), w_value)
             new_b = _cast(b * s + t, w_value)
 
         def edit() -> None:

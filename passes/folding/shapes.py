@@ -221,12 +221,18 @@ class FoldShapes(Pass):
     declared shapes, then propagates the value of every small integer tensor
     element by element - each a known int, a symbolic dim name (``batch``) or
     unknown - through Shape (``start``/``end`` of opset 15), Size, Gather,
-    Slice, Concat, Unsqueeze/Squeeze of scalars, Cast/Identity and integer
-    Add/Sub/Mul/Div/Max/Min. A value whose elements are all known ints, and
+    Slice, Concat, Unsqueeze/Squeeze of scalars, Cast/Identity, integer
+    Add/Sub/Mul/Div/Max/Min and Reshape of a 1-D value to 1-D or of one
+    element to a scalar. A value whose elements are all known ints, and
     that is not constant yet, becomes an initializer: ``Shape(x)`` with ``x:
     [batch, 128, 64]`` followed by ``Gather(1)`` folds to 128 while
     ``Gather(0)`` stays. A dim is folded only when inference proves it static,
-    so dynamic input dims are never frozen.
+    so dynamic input dims are never frozen. A node whose inputs this walk's
+    folds made constant is evaluated at once when its output has at most 64
+    elements (``fold-constants``' numpy kernels, see
+    :class:`~graphopt.passes.folding.constants.SmallFolder`): the
+    ``ConstantOfShape(Shape(x)) * -1`` of the exporters' Expand guard then
+    folds in the same walk as the Shape it reads.
 
     With ``reshape`` on, a ``Reshape`` whose shape input is partly symbolic gets
     a constant shape when each unknown entry is the data's own dim at that
@@ -236,18 +242,28 @@ class FoldShapes(Pass):
     shape value with a negative constant is False even for a symbolic dim
     (dims are never negative), and a ``Where`` whose known condition picks one
     branch entirely is bypassed: the exporters' ``Where(Equal(shape, -1), 1,
-    shape)`` guard in front of ``Expand`` disappears.
+    shape)`` guard in front of ``Expand`` disappears, and so does a
+    ``Reshape(shape, [-1])`` of a 1-D shape value (ONNX inference carries no
+    values through Reshape).
 
-    When a run bypassed a Where or gave a Reshape a target that tells more of
-    its output's shape than inference found, it infers and folds again at
-    once (up to 4 rounds), rather than leaving that to the next round of the
-    enclosing fixpoint, which would run every other pass again first.
+    When a walk bypassed a Where or a Reshape, or gave a Reshape a target
+    that tells more of its output's shape than inference found, the dims
+    that became knowable are carried downstream by the shape rules
+    (:func:`~graphopt.passes.folding.shape_sharpen.sharpen_downstream`) and
+    the pass walks again where a Shape, Size or Reshape reads a sharper
+    value, all in the same run (up to 4 walks), rather than in the next
+    round of the enclosing fixpoint. Where that cone reaches an op without
+    a shape rule, ONNX inference runs again instead.
 
     It does not infer again when nothing changed that a new inference could
     tell more from: the ``shapes-current`` analysis (see
-    ``graphopt.passes.cleanup.shapes``) survives ``dce`` and ``cse``'s
-    initializer merges, and this pass keeps it after folds whose readers
-    have fully known shapes already.
+    ``graphopt.passes.cleanup.shapes``) survives ``dce``, ``cse``,
+    ``eliminate-noops`` and the folds whose rewrites inference would see the
+    same, and this pass keeps it after folds of values inference had
+    already (carried through Shape, Gather, Concat, Slice, ...) or whose
+    readers have fully known shapes. With no Shape or Size left, values a
+    rewrite left without a shape get it from the shape rules when they
+    name every dim, else from a new inference.
 
     With ``symbolic`` on, a dim ONNX inference leaves unknown (``unk__N``:
     it does not carry dims through Range, nor broadcast a named dim against an

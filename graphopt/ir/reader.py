@@ -25,6 +25,7 @@ __all__ = ["deserialize_model"]
 _ATTRIBUTE_TYPES = {t.value: t for t in ir.AttributeType}
 _DATA_TYPES = {t.value: t for t in ir.DataType}
 _GRAPH_KINDS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+_UNDEFINED = onnx.AttributeProto.UNDEFINED  # an attribute without its type: look at its fields
 _EXTERNAL = onnx.TensorProto.EXTERNAL
 _STRING = onnx.TensorProto.STRING
 
@@ -123,11 +124,13 @@ def _covered(proto: onnx.ModelProto) -> bool:
         return False
     if getattr(proto, "configuration", None) or (len(proto.functions) and proto.ir_version < 10):
         return False
+    configurable = "device_configurations" in onnx.NodeProto.DESCRIPTOR.fields_by_name
     for node in graph.node:
-        if getattr(node, "device_configurations", None):
+        if configurable and len(node.device_configurations):
             return False
         for attr in node.attribute:
-            if attr.type in _GRAPH_KINDS or attr.HasField("g") or len(attr.graphs):
+            kind = attr.type
+            if kind in _GRAPH_KINDS or (kind == _UNDEFINED and (attr.HasField("g") or len(attr.graphs))):
                 return False
     return True
 

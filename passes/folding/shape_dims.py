@@ -34,7 +34,8 @@ _REDUCE = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "Reduc
 
 _COVERED = _SAME | _BROADCAST | _REDUCE | frozenset({
     "Transpose", "MatMul", "Gemm", "Reshape", "Expand", "Unsqueeze", "Squeeze", "Gather", "Concat", "Split",
-    "Slice", "Tile", "Flatten", "ConstantOfShape", "Range", "Shape"})
+    "Slice", "Tile", "Flatten", "ConstantOfShape", "Range", "Shape", "Conv", "MaxPool", "AveragePool", "LpPool",
+    "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
 """The ops :meth:`NativeDims._rule` has a shape rule for."""
 
 
@@ -259,7 +260,55 @@ class NativeDims:
             return tuple(_product_dim(part) for part in (d0[:axis], d0[axis:]))  # type: ignore[index]
         if op in _REDUCE:
             return self._reduce(node, d0)
+        if op in ("Conv", "MaxPool", "AveragePool", "LpPool"):
+            return self._window(node, d0, index)
+        if op in ("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"):
+            return d0[:2] + (1,) * (len(d0) - 2)
         return self._sources(op, node)
+
+    def _window(self, node: ir.Node, data: tuple[Dim, ...], index: int) -> tuple[Dim, ...] | None:
+        """Conv and the pools: ``[N, C_out, O...]`` with, per spatial dim
+        ``D``, ``O = floor((D + pads - ((k - 1) * dilation + 1)) / stride) + 1``
+        (``ceil`` with ``ceil_mode``), ``ceil(D / stride)`` for ``auto_pad``
+        SAME_UPPER/SAME_LOWER, the padding 0 for VALID (ONNX operator specs).
+        A symbolic ``D`` passes through only where the window keeps every
+        position (one-element kernel, stride 1, no padding; or SAME with
+        stride 1)."""
+        if index != 0 and node.op_type != "MaxPool" or len(data) < 3:
+            return None
+        spatial = len(data) - 2
+        if node.op_type == "Conv":
+            w = self(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+            if w is None or len(w) != len(data):
+                return None
+            channels, kernel = w[0], node_attr(node, "kernel_shape") or w[2:]
+        else:
+            channels, kernel = data[1], node_attr(node, "kernel_shape")
+        if kernel is None or len(kernel) != spatial or not all(isinstance(k, int) for k in kernel):
+            return None
+        strides = node_attr(node, "strides") or [1] * spatial
+        dilations = node_attr(node, "dilations") or [1] * spatial
+        pads = node_attr(node, "pads") or [0] * (2 * spatial)
+        auto_pad = node_attr(node, "auto_pad", "NOTSET")
+        ceil_mode = node_attr(node, "ceil_mode", 0)
+        if len(strides) != spatial or len(dilations) != spatial or len(pads) != 2 * spatial:
+            return None
+        out: list[Dim] = [data[0], channels]
+        for i, d in enumerate(data[2:]):
+            window = (kernel[i] - 1) * dilations[i] + 1
+            s = strides[i]
+            if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+                out.append(-(-d // s) if isinstance(d, int) else d if s == 1 else None)
+                continue
+            pad = 0 if auto_pad == "VALID" else pads[i] + pads[i + spatial]
+            if not isinstance(d, int):
+                out.append(d if window == 1 and s == 1 and pad == 0 else None)
+                continue
+            span = d + pad - window
+            if span < 0:
+                return None
+            out.append((-(-span // s) if ceil_mode else span // s) + 1)
+        return tuple(out)
 
     def _reduce(self, node: ir.Node, data: tuple[Dim, ...]) -> tuple[Dim, ...] | None:
         """Reduce*: ``axes`` (attribute, or input since opset 18, ReduceSum 13)

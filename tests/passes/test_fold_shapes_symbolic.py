@@ -6,6 +6,7 @@ are equal."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import onnxruntime as ort
 
 from graphopt import ir
@@ -208,3 +209,41 @@ def test_flatten_and_reduce_rules():
     assert _dims18(_FLAT_REDUCE, "m0") == (4,)
     assert _dims18(_FLAT_REDUCE, "mall") == ()
     assert _dims18(_FLAT_REDUCE, "zs") == ("batch", 1, 8)
+
+
+def _window_case(op: str, attrs: str, x: str, w: str | None) -> str:
+    inputs = f"float{x} x" + (f", float{w} w" if w else "")
+    args = "x, w" if w else "x"
+    return HEAD + f"""g ({inputs}) => (float[?, ?, ?, ?] y) {{
+  y = {op}{attrs}({args})
+}}"""
+
+
+@pytest.mark.parametrize(("op", "attrs", "w"), [
+    ("Conv", "", "[8, 3, 3, 3]"),
+    ("Conv", "<pads = [1, 1, 1, 1]>", "[8, 3, 3, 3]"),
+    ("Conv", "<strides = [2, 2], pads = [1, 0, 1, 0]>", "[8, 3, 3, 3]"),
+    ("Conv", "<dilations = [2, 2], strides = [3, 1]>", "[8, 3, 3, 2]"),
+    ("Conv", "<auto_pad = \"SAME_UPPER\", strides = [2, 2]>", "[8, 3, 3, 3]"),
+    ("Conv", "<auto_pad = \"VALID\", strides = [2, 3]>", "[8, 3, 2, 2]"),
+    ("Conv", "<group = 3>", "[6, 1, 1, 1]"),
+    ("MaxPool", "<kernel_shape = [3, 3], strides = [2, 2]>", None),
+    ("MaxPool", "<kernel_shape = [3, 3], strides = [2, 2], ceil_mode = 1>", None),
+    ("AveragePool", "<kernel_shape = [2, 4], pads = [0, 1, 0, 1], strides = [2, 2]>", None),
+    ("GlobalAveragePool", "", None),
+])
+def test_window_rules_agree_with_onnx_inference(op, attrs, w):
+    # static input: the rule's dims are exactly what ONNX inference gives
+    text = _window_case(op, attrs, "[2, 3, 17, 10]", w)
+    model = ir.from_text(text)
+    ir.infer_shapes(model)
+    inferred = tuple(model.graph.node(0).outputs[0].shape)
+    model.graph.node(0).outputs[0].shape = None
+    assert _native(model)(model.graph.node(0).outputs[0]) == inferred
+
+
+def test_window_rule_passes_a_symbolic_dim_only_where_every_position_is_kept():
+    model = ir.from_text(_window_case("Conv", "", "[batch, 3, h, 10]", "[8, 3, 1, 3]"))
+    assert _native(model)(model.graph.node(0).outputs[0]) == ("batch", 8, "h", 8)
+    model = ir.from_text(_window_case("Conv", "<strides = [2, 1]>", "[batch, 3, h, 10]", "[8, 3, 1, 3]"))
+    assert _native(model)(model.graph.node(0).outputs[0]) == ("batch", 8, None, 8)

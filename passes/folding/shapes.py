@@ -102,7 +102,7 @@ def _fill_missing(model: ir.Model, missing: list[ir.Value]) -> bool:
             return False
         shapes.append(dims)
     for value, dims in zip(missing, shapes):
-        value.shape = ir.Shape(list(dims))
+        value.shape = ir.Shape(list(dims), frozen=True)
     return True
 
 
@@ -291,10 +291,11 @@ class FoldShapes(Pass):
         current = shapes_current(ctx, model)
         # A bypassed Where (the exporters' guard in front of Expand) hands the
         # Expand a known shape, and a Reshape given a constant target may
-        # tell more of its output's shape than inference found: only a new
-        # inference passes that on to the Reshapes and Shapes below. Infer
-        # and fold again at once rather than in the next round of the
-        # fixpoint (which would run every other pass once more first).
+        # tell more of its output's shape than inference found: the shape
+        # rules carry that to the Reshapes and Shapes below (a new inference
+        # where they cannot), and the pass walks again at once rather than in
+        # the next round of the fixpoint (which would run every other pass
+        # once more first).
         for _ in range(_MAX_ROUNDS):
             graphs = ir.all_graphs(model)
             shape_ops = any(n.op_type in ("Shape", "Size") for g in graphs for n in g)

@@ -101,15 +101,25 @@ def test_symbolic_dims_of_inputs_stay_symbolic():
     assert [str(d) for d in result.model.graph.inputs[0].shape] == ["batch", "sequence"]
 
 
+# The exporters' guard in front of Expand: Where(Equal(shape, -1), 1, shape).
+_GUARD = """g (float[batch, 1] x, float[batch, 8] z) => (float[batch, 8] y, int64 d) {
+  s = Shape(z)
+  m1 = Constant<value = int64[2] {-1, -1}>()
+  e = Equal(s, m1)
+  one = Constant<value = int64[2] {1, 1}>()
+  t = Where(e, one, s)
+  y = Expand(x, t)
+  s2 = Shape(y)
+  i1 = Constant<value = int64 {1}>()
+  d = Gather(s2, i1)
+}"""
+
+
 def test_expand_guard_where_equal_minus_one_is_bypassed():
-    m = run("""g (float[batch, 1] x, float[batch, 8] z) => (float[batch, 8] y) {
-      s = Shape(z)
-      m1 = Constant<value = int64[2] {-1, -1}>()
-      e = Equal(s, m1)
-      one = Constant<value = int64[2] {1, 1}>()
-      t = Where(e, one, s)
-      y = Expand(x, t)
-    }""")
+    m = run(_GUARD.replace(", int64 d)", ")").replace("""  s2 = Shape(y)
+  i1 = Constant<value = int64 {1}>()
+  d = Gather(s2, i1)
+""", ""))
     assert ops(m) == ["Shape", "Expand"]
 
 
@@ -154,21 +164,14 @@ def _fold_shapes_once(text: str):  # noqa: ANN202 - (model, stats)
     return result.model, result.report.records[-1].stats
 
 
+
+
+
 def test_bypassed_where_is_carried_by_the_shape_rules_in_the_same_run():
     # Only after the Where guard is gone is Expand's output known to be
     # [batch, 8]: the shape rules carry that (no second inference) and the
     # Shape below it folds in the same run of the pass.
-    m, stats = _fold_shapes_once("""g (float[batch, 1] x, float[batch, 8] z) => (float[batch, 8] y, int64 d) {
-      s = Shape(z)
-      m1 = Constant<value = int64[2] {-1, -1}>()
-      e = Equal(s, m1)
-      one = Constant<value = int64[2] {1, 1}>()
-      t = Where(e, one, s)
-      y = Expand(x, t)
-      s2 = Shape(y)
-      i1 = Constant<value = int64 {1}>()
-      d = Gather(s2, i1)
-    }""")
+    m, stats = _fold_shapes_once(_GUARD)
     assert stats == {"folded": 2, "reshapes": 0, "wheres": 1, "bypassed": 0, "inferred": 1, "sharpened": 1,
                      "refined": 0}
     assert m.graph.outputs[1].const_value.numpy().tolist() == 8
@@ -219,20 +222,8 @@ def test_reshape_target_that_tells_nothing_new_is_not_inferred_again():
 def test_an_op_without_a_shape_rule_below_a_bypass_is_inferred_again():
     # As above, with a TopK (no shape rule) reading the Expand: inference
     # decides its output, in a second inference of the same run.
-    m, stats = _fold_shapes_once("""g (float[batch, 1] x, float[batch, 8] z) => (float[batch, 2] w, int64 d) {
-      s = Shape(z)
-      m1 = Constant<value = int64[2] {-1, -1}>()
-      e = Equal(s, m1)
-      one = Constant<value = int64[2] {1, 1}>()
-      t = Where(e, one, s)
-      y = Expand(x, t)
-      k = Constant<value = int64[1] {2}>()
-      v, i = TopK(y, k)
-      w = Relu(v)
-      s2 = Shape(v)
-      i1 = Constant<value = int64 {1}>()
-      d = Gather(s2, i1)
-    }""")
+    m, stats = _fold_shapes_once(_GUARD.replace("float[batch, 8] y,", "float[batch, 2] w,").replace(
+        "s2 = Shape(y)", "k = Constant<value = int64[1] {2}>()\n  v, i = TopK(y, k)\n  w = Relu(v)\n  s2 = Shape(v)"))
     # folded: Equal (a dim is never -1), and Shape(v)[1] once inference told TopK's output
     assert stats == {"folded": 2, "reshapes": 0, "wheres": 1, "bypassed": 0, "inferred": 2, "sharpened": 0,
                      "refined": 0}
@@ -270,17 +261,20 @@ def test_another_modifying_pass_makes_shapes_stale():
     assert (first["inferred"], second["inferred"]) == (1, 1)
 
 
+# Inference does not carry values through Max: the Reshape's output stays
+# unknown until the folded target is a constant it reads.
+_MAX_TARGET = """  s = Shape(x)
+  one = Constant<value = int64[2] {1, 1}>()
+  m = Max(s, one)
+  r = Reshape(z, m)
+  y = Relu(r)
+"""
+
+
 def test_a_fold_inference_could_learn_from_makes_shapes_stale():
-    # Inference does not carry values through Max: the Reshape's output stays
-    # unknown until the folded target is a constant it reads.
     runs = _fold_shapes_runs("""g (float[2, 3] x, float[6] z, float[n] w) => (float[2, 3] y, int64[1] d) {
-      s = Shape(x)
-      one = Constant<value = int64[2] {1, 1}>()
-      m = Max(s, one)
-      r = Reshape(z, m)
-      y = Relu(r)
-      d = Shape(w)
-    }""", "fold-shapes,dce,fold-shapes")
+""" + _MAX_TARGET + """  d = Shape(w)
+}""", "fold-shapes,dce,fold-shapes")
     assert [(r["folded"], r["inferred"]) for r in runs] == [(2, 1), (0, 1)]
 
 
@@ -383,6 +377,16 @@ def test_noops_keep_shapes_current_when_inference_carried_the_shape_value():
     assert [r["inferred"] for r in runs] == [1, 0]
 
 
+_RESHAPE_TWICE = """g (float[3, 4] x{t0}, float[m] w) => (float[?, 3] y, int64[1] d) {{
+  {first}
+  r0 = Reshape(x, t0)
+  t1 = Constant<value = int64[2] {{-1, 3}}>()
+  r1 = Reshape(r0, t1)
+  y = Relu(r1)
+  d = Shape(w)
+}}"""
+
+
 @pytest.mark.parametrize(("text", "inferred"), [
     # Unsqueeze(Unsqueeze(x)) -> one Unsqueeze: the same dims, [n, 1, 1]
     ("""g (float[n] x, float[m] w) => (float[n, 1, 1] y, int64[1] d) {
@@ -394,23 +398,10 @@ def test_noops_keep_shapes_current_when_inference_carried_the_shape_value():
       d = Shape(w)
     }""", [1, 0]),
     # Reshape(Reshape(x, [6, 2]), [-1, 3]): the output is static already
-    ("""g (float[3, 4] x, float[m] w) => (float[?, 3] y, int64[1] d) {
-      t0 = Constant<value = int64[2] {6, 2}>()
-      r0 = Reshape(x, t0)
-      t1 = Constant<value = int64[2] {-1, 3}>()
-      r1 = Reshape(r0, t1)
-      y = Relu(r1)
-      d = Shape(w)
-    }""", [1, 0]),
+    (_RESHAPE_TWICE.format(t0="", first="t0 = Constant<value = int64[2] {6, 2}>()"), [1, 0]),
     # Reshape(Reshape(x, t0), [-1, 3]) with t0 an input: inference knew no
     # dim of the middle tensor; from the static x it solves the -1 (4)
-    ("""g (float[3, 4] x, int64[2] t0, float[m] w) => (float[?, 3] y, int64[1] d) {
-      r0 = Reshape(x, t0)
-      t1 = Constant<value = int64[2] {-1, 3}>()
-      r1 = Reshape(r0, t1)
-      y = Relu(r1)
-      d = Shape(w)
-    }""", [1, 1]),
+    (_RESHAPE_TWICE.format(t0=", int64[2] t0", first=""), [1, 1]),
 ])
 def test_noops_edits_keep_shapes_current_when_inference_would_give_the_same(text, inferred):
     runs = _fold_shapes_runs(text, "fold-shapes,eliminate-noops,fold-shapes")
@@ -422,22 +413,14 @@ def test_shape_guard_chain_folds_in_one_run():
     # where C = ConstantOfShape(Shape(..)) * -1 is computed from a folded
     # shape value: evaluated in the walk, the guard and the flat Reshape are
     # bypassed at once, and the shape rules carry the Expand's output in the same run.
-    m, stats = _fold_shapes_once("""g (float[batch, 1] x, float[batch, 8] z) => (float[batch, 8] y, int64 d) {
-      s = Shape(z)
-      k = Shape(s)
-      c = ConstantOfShape<value = int64[1] {1}>(k)
-      m1 = Constant<value = int64 {-1}>()
-      neg = Mul(c, m1)
-      flat = Constant<value = int64[1] {-1}>()
-      r = Reshape(s, flat)
-      e = Equal(r, neg)
-      one = Constant<value = int64[2] {1, 1}>()
-      t = Where(e, one, r)
-      y = Expand(x, t)
-      s2 = Shape(y)
-      i1 = Constant<value = int64 {1}>()
-      d = Gather(s2, i1)
-    }""")
+    m, stats = _fold_shapes_once(_GUARD.replace("""  m1 = Constant<value = int64[2] {-1, -1}>()
+  e = Equal(s, m1)""", """  k = Shape(s)
+  c = ConstantOfShape<value = int64[1] {1}>(k)
+  m1 = Constant<value = int64 {-1}>()
+  neg = Mul(c, m1)
+  flat = Constant<value = int64[1] {-1}>()
+  r = Reshape(s, flat)
+  e = Equal(r, neg)""").replace("t = Where(e, one, s)", "t = Where(e, one, r)"))
     # folded: Shape(s), ConstantOfShape, Mul, Equal (a dim is never -1), Gather(Shape(y), 1)
     assert stats == {"folded": 5, "reshapes": 0, "wheres": 1, "bypassed": 1, "inferred": 1, "sharpened": 1,
                      "refined": 0}
@@ -446,12 +429,7 @@ def test_shape_guard_chain_folds_in_one_run():
 
 
 _UNSHAPED = """g (float[2, 3] x, float[6] z) => (float[?, ?] y) {
-  s = Shape(x)
-  one = Constant<value = int64[2] {1, 1}>()
-  m = Max(s, one)
-  r = Reshape(z, m)
-  y = Relu(r)
-  dead = Neg(z)
+""" + _MAX_TARGET + """  dead = Neg(z)
 }"""
 
 

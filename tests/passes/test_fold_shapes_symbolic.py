@@ -19,25 +19,26 @@ HEAD = '<ir_version: 10, opset_import: ["" : 17]>'
 # ONNX inference gives Range's output the dim unk__0; the symbolic inference
 # knows it is seq (Range(0, Shape(x)[1], 1)), so the Reshape target
 # Concat(-1, Shape(r)) is [-1, seq]: its second entry is the data's own dim.
-_RANGE = HEAD + """g (float[batch, seq] x) => (float[batch, seq] y) {
-  s = Shape(x)
+_SEQ_RANGE = """  s = Shape(x)
   i1 = Constant<value = int64 {1}>()
   n = Gather(s, i1)
   zero = Constant<value = int64 {0}>()
   one = Constant<value = int64 {1}>()
   r = Range(zero, n, one)
-  rs = Shape(r)
+"""
+_RANGE = HEAD + """g (float[batch, seq] x) => (float[batch, seq] y) {
+""" + _SEQ_RANGE + """  rs = Shape(r)
   m1 = Constant<value = int64[1] {-1}>()
   t = Concat<axis = 0>(m1, rs)
   y = Reshape(x, t)
 }"""
 
 
-def _native(model: ir.Model) -> NativeDims:
+def _native(model: ir.Model, opset: int = 17) -> NativeDims:
     """NativeDims over a propagator that has visited every node of the graph."""
     names = {d.value for v in model.graph.inputs for d in v.shape if not isinstance(d, int)}
-    prop = Propagator(17)
-    dims = NativeDims(17, prop.read, names)
+    prop = Propagator(opset)
+    dims = NativeDims(opset, prop.read, names)
     prop.set_refine(dims)
     for node in model.graph:
         sym = prop.visit(node)
@@ -46,11 +47,11 @@ def _native(model: ir.Model) -> NativeDims:
     return dims
 
 
-def _dims(text: str, name: str) -> tuple:
+def _dims(text: str, name: str, opset: int = 17) -> tuple:
     model = ir.from_text(text)
     ir.infer_shapes(model)
     value = next(v for n in model.graph for v in n.outputs if v.name == name)
-    return _native(model)(value)
+    return _native(model, opset)(value)
 
 
 def _run(text: str, spec: str) -> tuple[ir.Model, list[dict]]:
@@ -166,13 +167,7 @@ def test_broadcast_keeps_a_named_dim_against_an_unknown_one_unknown():
 # Flatten and the reductions, over a Range whose length only the rules name
 # (seq): ONNX inference gives each of these outputs an unknown dim there.
 _FLAT_REDUCE = HEAD.replace('"" : 17', '"" : 18') + """g (float[batch, seq] x, float[batch, 4, 8] z) => (int64[?] y) {
-  s = Shape(x)
-  i1 = Constant<value = int64 {1}>()
-  n = Gather(s, i1)
-  zero = Constant<value = int64 {0}>()
-  one = Constant<value = int64 {1}>()
-  r = Range(zero, n, one)
-  four = Constant<value = int64[2] {4, 1}>()
+""" + _SEQ_RANGE + """  four = Constant<value = int64[2] {4, 1}>()
   u = Unsqueeze(r, zero)
   e = Expand(u, four)
   f = Flatten<axis = 1>(e)
@@ -186,29 +181,14 @@ _FLAT_REDUCE = HEAD.replace('"" : 17', '"" : 18') + """g (float[batch, seq] x, f
 }"""
 
 
-def _dims18(text: str, name: str) -> tuple:
-    model = ir.from_text(text)
-    ir.infer_shapes(model)
-    value = next(v for n in model.graph for v in n.outputs if v.name == name)
-    names = {d.value for v in model.graph.inputs for d in v.shape if not isinstance(d, int)}
-    prop = Propagator(18)
-    dims = NativeDims(18, prop.read, names)
-    prop.set_refine(dims)
-    for node in model.graph:
-        sym = prop.visit(node)
-        if sym is not None:
-            prop.values[node.outputs[0]] = sym
-    return dims(value)
-
-
 def test_flatten_and_reduce_rules():
-    assert _dims18(_FLAT_REDUCE, "e") == (4, "seq")
-    assert _dims18(_FLAT_REDUCE, "f") == (4, "seq")
-    assert _dims18(_FLAT_REDUCE, "f0") == (1, None)  # 4 * seq is no single name
-    assert _dims18(_FLAT_REDUCE, "m") == (4, 1)
-    assert _dims18(_FLAT_REDUCE, "m0") == (4,)
-    assert _dims18(_FLAT_REDUCE, "mall") == ()
-    assert _dims18(_FLAT_REDUCE, "zs") == ("batch", 1, 8)
+    assert _dims(_FLAT_REDUCE, "e", 18) == (4, "seq")
+    assert _dims(_FLAT_REDUCE, "f", 18) == (4, "seq")
+    assert _dims(_FLAT_REDUCE, "f0", 18) == (1, None)  # 4 * seq is no single name
+    assert _dims(_FLAT_REDUCE, "m", 18) == (4, 1)
+    assert _dims(_FLAT_REDUCE, "m0", 18) == (4,)
+    assert _dims(_FLAT_REDUCE, "mall", 18) == ()
+    assert _dims(_FLAT_REDUCE, "zs", 18) == ("batch", 1, 8)
 
 
 def _window_case(op: str, attrs: str, x: str, w: str | None) -> str:

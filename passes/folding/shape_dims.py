@@ -11,9 +11,9 @@ from collections import Counter
 from collections.abc import Callable
 
 from graphopt import ir
-from graphopt.passes.folding.shape_values import Dim, SymValue, dims_of, node_attr
+from graphopt.passes.folding.shape_values import Dim, Propagator, SymValue, dims_of, node_attr
 
-__all__ = ["NativeDims"]
+__all__ = ["NativeDims", "model_dims"]
 
 _SAME = frozenset({
     "Identity", "Cast", "CastLike", "Relu", "Sigmoid", "Tanh", "Erf", "Sqrt", "Reciprocal", "Neg", "Exp", "Log",
@@ -408,3 +408,14 @@ class NativeDims:
             else:
                 out[a] = None
         return tuple(out)
+
+
+def model_dims(model: ir.Model) -> tuple[Propagator, NativeDims]:
+    """A fresh :class:`Propagator` for ``model``'s default-domain opset and
+    the :class:`NativeDims` over it (names: the graph inputs' dim names).
+    The propagator's ``refine`` is not set: callers that want Shape values
+    sharpened set it to the returned NativeDims."""
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
+    prop = Propagator(opset)
+    names = {d for v in model.graph.inputs for d in (dims_of(v) or ()) if isinstance(d, str)}
+    return prop, NativeDims(opset, prop.read, names)

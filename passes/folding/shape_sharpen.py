@@ -21,8 +21,8 @@ which the rules do not track.
 from __future__ import annotations
 
 from graphopt import ir
-from graphopt.passes.folding.shape_dims import NativeDims
-from graphopt.passes.folding.shape_values import Propagator, dims_of, known_dim
+from graphopt.passes.folding.shape_dims import model_dims
+from graphopt.passes.folding.shape_values import dims_of, known_dim
 
 __all__ = ["sharpen_downstream"]
 
@@ -44,10 +44,7 @@ def sharpen_downstream(model: ir.Model, graphs: list[ir.Graph], touched: set[ir.
         None when one did not, or a rule contradicts an inferred dim
         (nothing is written: the caller infers again).
     """
-    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
-    prop = Propagator(opset)
-    names = {d for v in model.graph.inputs for d in (dims_of(v) or ()) if isinstance(d, str)}
-    native = NativeDims(opset, prop.read, names)
+    prop, native = model_dims(model)
     prop.set_refine(native)
     cone = set(touched)
     saved: list[tuple[ir.Value, ir.Shape | None]] = []

@@ -10,7 +10,7 @@ import numpy as np
 from graphopt import ir
 from graphopt.passes.cleanup.shapes import SHAPES_CURRENT, ShapesCurrent, shapes_current
 from graphopt.passes.folding.constants import SmallFolder, install_constant
-from graphopt.passes.folding.shape_dims import NativeDims
+from graphopt.passes.folding.shape_dims import model_dims
 from graphopt.passes.folding.shape_sharpen import sharpen_downstream
 from graphopt.passes.folding.shape_values import Dim, Propagator, SymValue, dims_of, known_dim, node_attr
 from graphopt.passmanager import Pass, PassResult, register_pass
@@ -91,10 +91,7 @@ def _fill_missing(model: ir.Model, missing: list[ir.Value]) -> bool:
     shapes to the values a rewrite made after the last one (a Reshape whose
     target was folded, a Gemm that replaced MatMul + Add): where the rules
     name them all, they are what inference would give."""
-    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
-    prop = Propagator(opset)
-    names = {d for v in model.graph.inputs for d in (dims_of(v) or ()) if isinstance(d, str)}
-    native = NativeDims(opset, prop.read, names)
+    _, native = model_dims(model)
     shapes = []
     for value in missing:
         dims = native(value) if value.dtype is not None else None
@@ -366,11 +363,9 @@ class FoldShapes(Pass):
         the counts, the constants that replaced folded values inference did
         not have, and the values whose readers changed (see
         ``sharpen_downstream``)."""
-        opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
-        prop = Propagator(opset)
+        prop, native = model_dims(model)
         if self.options.symbolic:
-            names = {d for v in model.graph.inputs for d in (dims_of(v) or ()) if isinstance(d, str)}
-            prop.set_refine(NativeDims(opset, prop.read, names))
+            prop.set_refine(native)
         folded = reshapes = wheres = bypassed = sharper = 0
         constants: list[ir.Value] = []
         made: set[ir.Value] = set()  # the constants of this walk

@@ -50,6 +50,8 @@ def _config(args: argparse.Namespace) -> dict[str, Any]:
         config["opset.upgrade"] = args.opset
     if args.provider is not None:
         config["ort.provider"] = args.provider
+    if getattr(args, "keep_initializer_inputs", False):
+        config["ir.keep_initializer_inputs"] = True
     return config
 
 
@@ -242,6 +244,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--verify-each", action="store_true",
                    help="check after every pass; roll back a pass that breaks numerics")
     p.add_argument("--dump-dir", help="write the model after each pass as NNN_<pass>.onnx/.txt here")
+    p.add_argument("--keep-initializer-inputs", action="store_true", help="IR-3 models: keep the initializers listed among the graph inputs there (overridable, but neither graphopt nor onnxruntime folds them); by default they are dropped and the model is written as IR 4")
     p.add_argument("--reproducer-dir", help="where to write a reproducer if a pass crashes (default: temp dir)")
     p.add_argument("--engine", metavar="OUT.engine", help=(
         "also build a TensorRT engine from the written model (needs --target tensorrt and TensorRT for RTX or "

@@ -23,7 +23,7 @@ from graphopt.errors import LoadError
 from graphopt.ir.reader import deserialize_model as fast_deserialize
 from graphopt.ir.tensors import cached_tensor
 
-__all__ = ["load", "load_proto", "validate_model", "deserialize"]
+__all__ = ["load", "load_proto", "validate_model", "structure_problem", "deserialize", "drop_initializer_inputs"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -216,56 +216,152 @@ def _load_proto(path: str | os.PathLike, external_data: bool) -> tuple[onnx.Mode
     return proto, has_external
 
 
-def validate_model(model: ir.Model, source: str = "model") -> None:
-    """Check that every graph (main graph, subgraphs, functions) of ``model`` is
-    acyclic and that every value a node reads is produced somewhere in scope.
+def structure_problem(model: ir.Model) -> tuple[str, str] | None:
+    """The first structural defect of ``model``, or None when it has none.
 
-    Raises:
-        LoadError: a value read but never produced (naming the node and value), or
-            a cycle (naming the nodes on it).
+    Checked in every graph (main graph, subgraphs, functions), in one walk over
+    the nodes and their inputs (O(nodes + edges)):
+
+    * SSA: no two values of a graph share a name (graph inputs, initializers
+      and node outputs; ONNX IR spec, "Names within a graph");
+    * every value a node reads is produced by a node that is still in a graph,
+      or is a graph input or initializer in scope;
+    * every graph output is produced (by a node of that graph or as a value in
+      scope);
+    * acyclic: nodes listed producers-first need no more work; otherwise
+      Kahn's algorithm (Kahn 1962) over the graph's own edges, and a cycle is
+      named from the nodes left over.
+
+    Returns:
+        ``(kind, message)``: kind is ``"ssa"``, ``"undefined"``, ``"output"``
+        or ``"cycle"``; the message names the graph, the node (as
+        ``Op[name] -> outputs``) and the value.
     """
     graphs: list[tuple[str, object]] = [("main graph", model.graph)]
     graphs += [(f"subgraph '{g.name}'", g) for g in subgraphs(model.graph)]
     graphs += [(f"function '{f.name}'", f) for f in model.functions.values()]
     for where, graph in graphs:
-        edges: list[tuple[int, int]] = []
-        seen: set[int] = set()
-        in_order = True  # producers listed before consumers: acyclic without more work
-        for node in graph:
-            seen.add(id(node))
-            for value in node.inputs:
-                if value is None:
-                    continue
-                producer = value.producer()
-                if producer is not None:
-                    if producer.graph is node.graph:
-                        edges.append((id(producer), id(node)))
-                        in_order = in_order and id(producer) in seen
-                    continue
-                if value.is_graph_input() or value.is_initializer() or value.graph is not None:
-                    continue
-                if isinstance(graph, ir.Function) and value in graph.inputs:
-                    continue
-                raise LoadError(
-                    f"{source}: node {_describe(node)} in the {where} reads value "
-                    f"'{value.name}', which no node, graph input or initializer produces; "
-                    "the model is malformed: re-export it"
-                )
-        if in_order:
-            continue
-        import networkx as nx
+        problem = _graph_problem(where, graph)
+        if problem is not None:
+            return problem
+    return None
 
-        dag = nx.DiGraph()
-        dag.add_nodes_from(id(n) for n in graph)
-        dag.add_edges_from(edges)
-        if not nx.is_directed_acyclic_graph(dag):
-            by_id = {id(n): n for n in graph}
-            cycle = nx.find_cycle(dag)
-            names = " -> ".join(_describe(by_id[a]) for a, _ in cycle)
-            raise LoadError(
-                f"{source}: the {where} has a cycle ({names}); ONNX graphs must be acyclic: "
-                "re-export the model"
-            )
+
+def _graph_problem(where: str, graph) -> tuple[str, str] | None:  # noqa: ANN001 - ir.Graph or ir.Function
+    is_function = isinstance(graph, ir.Function)
+    inner = graph.graph if is_function else graph
+    defined: dict[str, ir.Value] = {}
+
+    def define(value: ir.Value, what: str) -> tuple[str, str] | None:
+        name = value.name
+        if not name:
+            return None
+        other = defined.setdefault(name, value)
+        if other is not value:
+            return ("ssa", f"the {where} defines value '{name}' twice ({what}); a graph must be in SSA form, "
+                           "each value produced once")
+        return None
+
+    for value in graph.inputs:
+        problem = define(value, "as a graph input")
+        if problem:
+            return problem
+    if not is_function:
+        for value in graph.initializers.values():
+            problem = define(value, "as an initializer")
+            if problem:
+                return problem
+    edges: list[tuple[int, int]] = []
+    seen: set[int] = set()
+    in_order = True  # producers listed before consumers: acyclic without more work
+    for node in graph:
+        seen.add(id(node))
+        for value in node.inputs:
+            if value is None:
+                continue
+            producer = value.producer()
+            if producer is not None and producer.graph is not None:
+                if producer.graph is node.graph:
+                    edges.append((id(producer), id(node)))
+                    in_order = in_order and id(producer) in seen
+                continue
+            if producer is None and (value.is_graph_input() or value.is_initializer() or value.graph is not None):
+                continue
+            if is_function and value in graph.inputs:
+                continue
+            return ("undefined", f"node {_describe(node)} in the {where} reads value '{value.name}', which no node, "
+                                 "graph input or initializer produces")
+        for value in node.outputs:
+            problem = define(value, f"also as an output of node {_describe(node)}")
+            if problem:
+                return problem
+    for value in graph.outputs:
+        producer = value.producer()
+        if producer is not None:
+            if producer.graph is inner:
+                continue
+        elif value.is_graph_input() or value.is_initializer() or value.graph is not None:
+            continue
+        return ("output", f"the {where}'s output '{value.name}' is not produced by any node, graph input or "
+                          "initializer of it")
+    if in_order:
+        return None
+    cycle = _cycle(graph, edges)
+    if cycle:
+        return ("cycle", f"the {where} has a cycle ({' -> '.join(_describe(n) for n in cycle)})")
+    return None
+
+
+def _cycle(graph, edges: list[tuple[int, int]]) -> list[ir.Node]:  # noqa: ANN001 - ir.Graph or ir.Function
+    """Nodes on one cycle of ``graph`` (empty when acyclic): Kahn's algorithm
+    removes every node not on or behind a cycle; from a node left over, walking
+    predecessors that are also left over must revisit a node."""
+    by_id = {id(n): n for n in graph}
+    indegree = dict.fromkeys(by_id, 0)
+    successors: dict[int, list[int]] = {}
+    predecessors: dict[int, list[int]] = {}
+    for a, b in edges:
+        indegree[b] += 1
+        successors.setdefault(a, []).append(b)
+        predecessors.setdefault(b, []).append(a)
+    ready = [n for n, d in indegree.items() if d == 0]
+    while ready:
+        n = ready.pop()
+        for m in successors.get(n, ()):
+            indegree[m] -= 1
+            if indegree[m] == 0:
+                ready.append(m)
+    left = {n for n, d in indegree.items() if d > 0}
+    if not left:
+        return []
+    path: list[int] = []
+    position: dict[int, int] = {}
+    n = next(iter(left))
+    while n not in position:
+        position[n] = len(path)
+        path.append(n)
+        n = next(p for p in predecessors[n] if p in left)
+    loop = path[position[n]:]
+    loop.reverse()  # producers first
+    return [by_id[i] for i in loop]
+
+
+def validate_model(model: ir.Model, source: str = "model") -> None:
+    """Check that every graph (main graph, subgraphs, functions) of ``model`` is
+    in SSA form, acyclic, that every value a node reads is produced somewhere
+    in scope and every graph output is produced (:func:`structure_problem`).
+
+    Raises:
+        LoadError: the first problem found, naming the node and value (or the
+            nodes on a cycle) and saying to re-export the model.
+    """
+    problem = structure_problem(model)
+    if problem is None:
+        return
+    kind, message = problem
+    advice = "ONNX graphs must be acyclic: re-export the model" if kind == "cycle" else \
+        "the model is malformed: re-export it"
+    raise LoadError(f"{source}: {message}; {advice}")
 
 
 def _describe(node: ir.Node) -> str:
@@ -331,3 +427,37 @@ def deserialize(proto: onnx.ModelProto, source: str = "model proto", validate: b
     if validate:
         validate_model(model, source=source)
     return model
+
+
+def drop_initializer_inputs(model: ir.Model) -> list[str]:
+    """Take the initializers of an IR-version-3 model out of its graph inputs
+    and raise its ``ir_version`` to 4.
+
+    IR 3 required every initializer to be listed among the graph inputs; from
+    IR 4 on, an initializer that is also a graph input is a default that a
+    caller may override, so onnxruntime neither folds it nor fuses through it
+    ("Initializer ... appears in graph inputs and will not be treated as
+    constant value/weight"), and graphopt's passes treat it as not constant
+    (:func:`graphopt.ir.const_tensor`). graphopt writes IR >= 4, so the
+    inputs go, as onnxruntime's ``remove_initializer_from_input`` tool does.
+    The main graph only (subgraph inputs are formal parameters). Models at
+    IR 4 or newer are left alone: there, an initializer input was made
+    overridable on purpose.
+
+    Args:
+        model: changed in place.
+
+    Returns:
+        The names of the inputs dropped (empty when none, or IR >= 4).
+    """
+    if model.ir_version >= 4:
+        return []
+    graph = model.graph
+    dropped = [v for v in graph.inputs if v.is_initializer()]
+    if not dropped:
+        return []
+    keep = [v for v in graph.inputs if not v.is_initializer()]
+    graph.inputs.clear()
+    graph.inputs.extend(keep)
+    model.ir_version = 4
+    return [v.name for v in dropped]

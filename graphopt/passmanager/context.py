@@ -33,6 +33,10 @@ register_config("verify.seed", int, 0, "seed of generated verification inputs")
 register_config("fixpoint.warn", bool, True, "warn when a fixpoint group hits max-iters while still changing")
 register_config("opset.upgrade", int, 0, "default-domain opset upgrade-opset may raise the model to "
                 "(graphopt optimize --opset N; 0: keep the model's opset)")
+register_config("ir.keep_initializer_inputs", bool, False, "keep the initializers an IR-3 model lists among its "
+                "graph inputs there (overridable, so neither graphopt nor onnxruntime folds them); by default the "
+                "pass manager drops them from the inputs and raises the model to IR 4 "
+                "(graphopt optimize --keep-initializer-inputs)")
 register_config("ort.provider", str, "cpu", "the onnxruntime execution provider the model is for, cpu or cuda "
                 "(graphopt optimize --provider): what for-provider=auto means to fuse-skip-norm and "
                 "convert-float16 for targets onnx and ort")

@@ -25,6 +25,7 @@ import onnx
 from graphopt import ir
 from graphopt.errors import GraphoptError
 from graphopt.ir.check import check_model_proto
+from graphopt.ir.load import structure_problem
 
 __all__ = ["Instrument", "VerifyEach", "DumpIR", "Reproducer", "Bisect", "ModelRunner"]
 
@@ -98,8 +99,8 @@ class ModelRunner:
 
 
 class VerifyEach(Instrument):
-    """After each modifying pass: check the structure (acyclic, every value
-    defined, ``onnx.checker``) and compare outputs with the input model's in
+    """After each modifying pass: check the structure (SSA, acyclic, every
+    value defined, graph outputs produced, ``onnx.checker``) and compare outputs with the input model's in
     onnxruntime at ``ctx`` tolerance (``verify.rtol``, ``verify.atol``; a
     pass's own ``tolerance`` when larger, as fusions declare, which then also
     sets the absolute floor relative to each output's scale). A pass
@@ -124,8 +125,10 @@ class VerifyEach(Instrument):
         """The reason the model is wrong after ``pass_``, or None."""
         from graphopt.verify import compare_outputs
 
+        problem = structure_problem(model)
+        if problem is not None:
+            return f"structural check failed: pass '{pass_.name}' broke the graph: {problem[1]}"
         try:
-            ir.validate_model(model, source=f"after pass '{pass_.name}'")
             check_model_proto(ir.to_proto(model, inline_external=False))
         except (GraphoptError, onnx.checker.ValidationError) as e:
             return f"structural check failed: {e}"

@@ -6,6 +6,23 @@ times it, rolls it back when an instrument rejects its result, and on a crash
 raises :class:`~graphopt.errors.PassError` with the reproducer an instrument
 wrote. Invariants a modifying pass does not ``preserve`` are dropped and cached
 analyses invalidated (MLIR's pass manager is the model).
+
+Three rules hold for every pipeline, whatever its passes:
+
+* **Structure.** After each modifying pass the graph is checked (SSA, every
+  value read is produced, graph outputs produced, acyclic:
+  :func:`graphopt.ir.load.structure_problem`, as MLIR runs its verifier
+  after each pass). A pass that breaks it is a graphopt defect: a
+  :class:`PassError` with exit code 3 and the reproducer (the model as the
+  pass received it), unless an instrument (``VerifyEach``) already rolled
+  the pass back.
+* **Signature.** The declared types and shapes of the main graph's inputs
+  and outputs are captured before the first pass and put back after the
+  last: passes may sharpen internal values (shape inference turns a
+  declared ``Concat461_dim_1`` into 384), never the model's contract.
+* **IR 3.** An IR-3 model's initializers are taken out of its graph inputs
+  before the first pass (:func:`graphopt.ir.load.drop_initializer_inputs`),
+  unless the ``ir.keep_initializer_inputs`` config key is set.
 """
 
 from __future__ import annotations
@@ -17,12 +34,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from graphopt.errors import GraphoptError, PassError
-from graphopt.ir import Model, all_graphs, clone
+from graphopt.ir import Model, Shape, Value, all_graphs, clone
+from graphopt.ir.load import drop_initializer_inputs, structure_problem
 from graphopt.passmanager.base import INVARIANTS, Pass, PassResult, get_pass
 from graphopt.passmanager.context import PassContext
 from graphopt.passmanager.pipeline import Fixpoint, Item, Named, Pipeline, Step
 
-__all__ = ["PassManager", "PassRecord", "RunReport", "RunResult", "StopPipeline", "count_nodes"]
+__all__ = ["PassManager", "PassRecord", "RunReport", "RunResult", "StopPipeline", "count_nodes",
+           "declared_signature", "restore_signature"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -133,6 +152,12 @@ class PassManager:
         self._clean: dict[int, tuple[Step, int]] = {}  # step id -> (step, self._changes when it last found nothing)
         self._report = RunReport(self.pipeline.to_spec())
         start = time.perf_counter()
+        if not self.ctx.get("ir.keep_initializer_inputs"):
+            dropped = drop_initializer_inputs(model)
+            if dropped:
+                _LOG.info("IR-3 model: %d initializers taken out of the graph inputs (now IR 4): %s",
+                          len(dropped), ", ".join(dropped[:8]) + (", ..." if len(dropped) > 8 else ""))
+        declared = declared_signature(model)
         for inst in self.ctx.instruments:
             inst.before_pipeline(model, self.ctx, self.pipeline)
         # The IR is a web of small objects with reference cycles; the cyclic
@@ -147,6 +172,7 @@ class PassManager:
         finally:
             if gc_was_enabled:
                 gc.enable()
+        restore_signature(model, declared)
         self._report.seconds = time.perf_counter() - start
         for inst in self.ctx.instruments:
             inst.after_pipeline(model, self.ctx, self._report)
@@ -228,6 +254,8 @@ class PassManager:
                 record.rolled_back = True
                 record.modified = False
                 record.nodes_after = count_nodes(model)
+        if record.modified:
+            self._check_structure(pass_, spec, model, snapshot)
         self._nodes = record.nodes_after
         for inst in instruments:
             inst.committed(pass_, model, record, self.ctx)
@@ -238,3 +266,93 @@ class PassManager:
         elif not record.rolled_back:
             self._valid |= set(pass_.establishes)
         return model, record.modified
+
+    def _check_structure(self, pass_: Pass, spec: str, model: Model, snapshot: Model | None) -> None:
+        """Raise :class:`PassError` (exit 3, with the instruments' reproducer)
+        when ``pass_`` left ``model`` structurally broken."""
+        problem = structure_problem(model)
+        if problem is None:
+            return
+        error = PassError(f"pass '{pass_.name}' broke the graph: {problem[1]}", pass_.name)
+        path = None
+        for inst in self.ctx.instruments:
+            path = inst.on_crash(pass_, spec, snapshot, error, self.ctx) or path
+        where = (f"; reproducer (the model as the pass received it, and the pass) written to {path}" if path
+                 else "; no reproducer was written (none of the instruments writes one)")
+        raise PassError(f"pass '{pass_.name}' broke the graph: {problem[1]}. This is a graphopt defect, not a "
+                        f"problem of the input model{where}; please report it. --verify-each rolls such a pass "
+                        "back and continues", pass_.name, path)
+
+
+Signature = list[tuple[str, str, object, Shape | None]]
+"""(``input``/``output``, name, type, shape copy) of each declared graph input and output."""
+
+
+def declared_signature(model: Model) -> Signature:
+    """The declared types and shapes of ``model``'s main-graph inputs and
+    outputs, shapes copied (a pass may edit a shape in place)."""
+
+    def copy(shape: Shape | None) -> Shape | None:
+        if shape is None:
+            return None
+        return Shape(list(shape.dims), denotations=[shape.get_denotation(i) for i in range(len(shape.dims))])
+
+    graph = model.graph
+    return ([("input", v.name, v.type, copy(v.shape)) for v in graph.inputs]
+            + [("output", v.name, v.type, copy(v.shape)) for v in graph.outputs])
+
+
+def _compatible(declared: Shape | None, current: Shape | None) -> bool:
+    """Whether ``declared`` may replace ``current``: same rank, and no axis
+    where both give a number and the numbers differ (that would be a pass
+    changing the model, which verification must see, not a sharpening)."""
+    if declared is None or current is None:
+        return True
+    if len(declared) != len(current):
+        return False
+    return all(not (isinstance(a, int) and isinstance(b, int)) or a == b for a, b in zip(declared.dims, current.dims))
+
+
+def restore_signature(model: Model, declared: Signature) -> list[str]:
+    """Put the declared types and shapes back on ``model``'s main-graph inputs
+    and outputs (matched by name and kind).
+
+    A shape is put back when it is compatible with the current one (same
+    rank; static dims equal): a symbolic or unknown dim that a pass sharpened
+    to a number, or renamed, is declared again. A dtype or static-dim change
+    is left as it is, for verification to report (a lossy pass may change an
+    output's dtype on purpose). The type is put back only where the value
+    lost it.
+
+    Returns:
+        ``"<kind> '<name>'"`` for each input or output whose shape was put back.
+    """
+    by_key: dict[tuple[str, str], tuple[object, Shape | None]] = {
+        (kind, name): (vtype, shape) for kind, name, vtype, shape in declared}
+    restored: list[str] = []
+    graph = model.graph
+    values: list[tuple[str, Value]] = ([("input", v) for v in graph.inputs]
+                                       + [("output", v) for v in graph.outputs])
+    for kind, value in values:
+        entry = by_key.get((kind, value.name or ""))
+        if entry is None:
+            continue
+        vtype, shape = entry
+        if value.type is None and vtype is not None:
+            value.type = vtype
+        if vtype is not None and value.type is not None and value.type != vtype:
+            continue
+        if _same_shape(shape, value.shape) or not _compatible(shape, value.shape):
+            continue
+        value.shape = None if shape is None else Shape(
+            list(shape.dims), denotations=[shape.get_denotation(i) for i in range(len(shape.dims))])
+        restored.append(f"{kind} '{value.name}'")
+    if restored:
+        _LOG.debug("declared shapes put back on %s", ", ".join(restored))
+    return restored
+
+
+def _same_shape(a: Shape | None, b: Shape | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return [d if isinstance(d, int) else d.value for d in a.dims] == [d if isinstance(d, int) else d.value for d in b.dims]

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from graphopt import ir
 from graphopt.cli.common import Progress, parse_dims, stdout, want_progress
-from graphopt.errors import InputError, VerificationError
+from graphopt.errors import InputError, PassError, SaveError, VerificationError
 from graphopt.passmanager import PROVIDERS, TARGETS, PassContext, PassManager, Pipeline, Reproducer
 from graphopt.passmanager.pipeline import INT8_FUSION
 
@@ -100,7 +100,9 @@ def _calibration(args: argparse.Namespace, proto: onnx.ModelProto) -> Any:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     """Load, calibrate, run the quantization pipeline, save atomically after the
-    accuracy check; exit 1 when the result misses ``--budget``."""
+    output passes onnx.checker, loads and runs in onnxruntime, and the accuracy
+    check; exit 1 when the result misses ``--budget``, exit 3 (with a reproducer
+    folder) when the output fails onnx.checker or onnxruntime refuses it."""
     from graphopt.passes.quantization.report import accuracy_report
 
     start = time.perf_counter()
@@ -150,7 +152,23 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                                     "onnxruntime's integer kernels; nothing was written. Exclude sensitive nodes "
                                     "(--exclude-nodes) or try --method entropy")
 
-    saved = ir.save(result.model, args.output, check=True, validate=check)
+    def validated(path: Path) -> None:
+        # The output must load (and run) in onnxruntime like any other output before it is moved into place; a
+        # model that does not is graphopt's defect (exit 3), never the user's input (exit 2).
+        first = _report_batches(calibration, proto, args)[:1]  # bad --eval data stays the user's error (exit 2)
+        try:
+            _load_and_run(path, first)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types; LoadError wraps them
+            raise _defect("onnxruntime refuses the quantized model", e, args, spec, path) from e
+        check(path)
+
+    try:
+        saved = ir.save(result.model, args.output, check=True, validate=validated)
+    except SaveError as e:
+        if not isinstance(e.__cause__, (onnx.checker.ValidationError, onnx.shape_inference.InferenceError)):
+            raise
+        raise _defect("the quantized model fails onnx.checker", e.__cause__, args, spec, None,
+                      result.model) from e
     report = box["report"]
     kept = record.get("kept_float", [])
     seconds = time.perf_counter() - start
@@ -164,6 +182,54 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         stdout.print(_table(report, kept, seconds))
         stdout.print(f"wrote {saved.path}" + (f" (+ {saved.data_path.name})" if saved.data_path else ""))
     return 0
+
+
+def _load_and_run(path: Path, batches: list[dict]) -> None:
+    """Load the written (temporary) output in onnxruntime with every graph optimization on, as a user's session
+    would (fused integer kernels are built at load), and run it on ``batches`` (one, from the report's data).
+
+    Raises:
+        LoadError: onnxruntime refuses the model. Exceptions of onnxruntime's own when a kernel fails to run.
+    """
+    from graphopt.verify.runtime import make_session, resolve_model
+
+    session = make_session(resolve_model(str(path)), optimization_level="all")
+    feeds = {i.name for i in session.get_inputs()}
+    for inputs in batches:
+        session.run(None, {k: v for k, v in inputs.items() if k in feeds})
+
+
+def _defect(what: str, error: BaseException, args: argparse.Namespace, spec: str, path: Path | None,
+            model: ir.Model | None = None) -> PassError:
+    """The exit-3 error for an output graphopt made that does not load: a reproducer folder (the rejected model
+    as ``rejected.onnx``, ``pipeline.txt``, ``README.txt`` with the command) under ``--reproducer-dir`` (default:
+    the temp folder), and a message that names it. Nothing is written at ``-o``."""
+    import shlex
+    import shutil
+    import tempfile
+
+    base = Path(args.reproducer_dir) if args.reproducer_dir else Path(tempfile.gettempdir())
+    folder: Path | None = None
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix="graphopt-quantize-", dir=base))
+        if path is not None and path.exists():
+            shutil.copyfile(path, folder / "rejected.onnx")
+            data = [p for p in path.parent.iterdir() if p != path]
+            for extra in data:  # its external-data file, when there is one
+                shutil.copyfile(extra, folder / extra.name)
+        elif model is not None:
+            ir.save(model, folder / "rejected.onnx")
+        (folder / "pipeline.txt").write_text(spec + "\n")
+        command = (f"graphopt quantize {shlex.quote(str(Path(args.input).resolve()))} -o {shlex.quote(str(folder / 'out.onnx'))} "
+                   f"-p {shlex.quote(spec)} --target {args.target} --calib {shlex.quote(str(args.calib))}")
+        (folder / "README.txt").write_text(f"{what}: {type(error).__name__}: {error}\n\nreproduce with:\n  {command}\n")
+    except Exception:  # noqa: BLE001 - the reproducer must never hide the defect
+        folder = None
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return PassError(f"{what} ({first}); this is a graphopt defect, nothing was written; please report it"
+                     + (f" with the reproducer in {folder}" if folder else ""),
+                     pass_name="quantize", reproducer=str(folder) if folder else None, exit_code=3)
 
 
 def _report_batches(calibration: Any, proto: onnx.ModelProto, args: argparse.Namespace) -> list[dict]:

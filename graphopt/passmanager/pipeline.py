@@ -40,9 +40,9 @@ def register_pipeline(name: str, spec: str, doc: str) -> None:
 
 register_pipeline(
     "O1",
-    "topological-sort,fixpoint{max-iters=8}(inline,fold-constants,fold-shapes,eliminate-noops,"
+    "topological-sort,fixpoint{max-iters=8}(inline,canonicalize-einsum,fold-constants,fold-shapes,eliminate-noops,"
     "eliminate-reshape-pairs,fold-bias,fold-batchnorm,merge-sibling-matmuls,cse,dce)",
-    "simplify: inline functions and constant Ifs, fold constants and shape computations, remove no-ops and "
+    "simplify: inline functions and constant Ifs, rewrite Einsums that are matrix products as MatMul, fold constants and shape computations, remove no-ops and "
     "reshape pairs around elementwise ops, fold bias Adds and BatchNormalization into Conv/Gemm, "
     "merge sibling MatMuls sharing their input, merge common subexpressions, remove dead code, to a fixpoint",
 )

@@ -1,7 +1,7 @@
 """Cleanup passes: topological sort, dead-code elimination, Identity and
 inference-Dropout removal, no-op elimination, common-subexpression
-elimination, function inlining, shape inference."""
+elimination, function inlining, shape inference, Einsum-as-MatMul canonicalization."""
 
-from graphopt.passes.cleanup import cse, dce, dropout, identity, inline, noops, shapes, toposort  # noqa: F401
+from graphopt.passes.cleanup import cse, dce, dropout, einsum, identity, inline, noops, shapes, toposort  # noqa: F401
 
-__all__ = ["cse", "dce", "dropout", "identity", "inline", "noops", "shapes", "toposort"]
+__all__ = ["cse", "dce", "dropout", "einsum", "identity", "inline", "noops", "shapes", "toposort"]

@@ -312,6 +312,9 @@ def _matmul_integer_to_float(b: _Builder, model: ir.Model, matmul: ir.Node, q: i
     wq, ws, wz = w_dq.inputs
     node = b.node("MatMulIntegerToFloat", [q.outputs[0], wq, q.inputs[1], ws, q.inputs[2], wz, bias_value],
                   (matmul.name or "matmul") + "_integer", domain="com.microsoft")
+    # A model without any com.microsoft node yet (a plain float classifier) lacks the import: without it
+    # onnx.checker and onnxruntime refuse the node ("No opset import for domain 'com.microsoft'").
+    model.opset_imports.setdefault("com.microsoft", 1)
     _take_over(b, model, add.outputs[0], node, [add, matmul])
     result.folded_biases += 1
     if bias_value is not bias and bias.name in model.graph.initializers and not bias.uses():
@@ -372,5 +375,6 @@ def _to_qattention(b: _Builder, model: ir.Model, site: Site, pair, weight, resul
     inputs = [q.outputs[0], wq, node.inputs[2], scale_x, w_scale, mask, zero_x, w_zero]
     attrs = {k: node.attributes[k].value for k in _ATTENTION_ATTRS if k in node.attributes}
     qa = b.node("QAttention", inputs, (node.name or "attention") + "_quantized", domain="com.microsoft", **attrs)
+    model.opset_imports.setdefault("com.microsoft", 1)
     _take_over(b, model, node.outputs[0], qa, [node])
     result.attention += 1

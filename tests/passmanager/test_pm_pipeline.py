@@ -85,7 +85,7 @@ def test_named_pipeline_expansion_round_trips(name: str) -> None:
 
 def test_o1_expansion() -> None:
     assert Pipeline.parse("O1").expanded().to_spec() == \
-        "topological-sort,fixpoint{max-iters=8}(inline,fold-constants,fold-shapes,eliminate-noops," \
+        "topological-sort,fixpoint{max-iters=8}(inline,canonicalize-einsum,fold-constants,fold-shapes,eliminate-noops," \
         "eliminate-reshape-pairs,fold-bias,fold-batchnorm,merge-sibling-matmuls,cse,dce)"
 
 
@@ -93,7 +93,7 @@ def test_expanded_replaces_nested_references() -> None:
     p = Pipeline.parse("fixpoint{max-iters=2}(O1),dce")
     assert p.expanded().to_spec() == (
         "fixpoint{max-iters=2}(topological-sort,fixpoint{max-iters=8}"
-        "(inline,fold-constants,fold-shapes,eliminate-noops,eliminate-reshape-pairs,fold-bias,fold-batchnorm,"
+        "(inline,canonicalize-einsum,fold-constants,fold-shapes,eliminate-noops,eliminate-reshape-pairs,fold-bias,fold-batchnorm,"
         "merge-sibling-matmuls,cse,dce)),dce"
     )
     assert p.to_spec() == "fixpoint{max-iters=2}(O1),dce"  # the original keeps its reference

@@ -53,15 +53,19 @@ def _concat_model(path: Path) -> Path:
 
 
 def _lstm_model(path: Path) -> Path:
-    """An LSTM over x: float[5, 1, 3] (hidden 4) whose state outputs hn/cn are
-    declared float[1, LSTMhn_dim_1, 4] / float[1, LSTMcn_dim_1, 4] (inference: batch 1)."""
+    """A streaming LSTM cell: x: float[seq, 1, 3], state inputs h, c: float[1, 1, 4]
+    (hidden 4); its state outputs hn/cn are declared float[1, LSTMhn_dim_1, 4] /
+    float[1, LSTMcn_dim_1, 4], which inference sharpens to batch 1 (filling in
+    the shape of Y, declared as four unnamed dims)."""
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array((rng.standard_normal((1, 16, 3)) * 0.3).astype(np.float32), "W")
     r = numpy_helper.from_array((rng.standard_normal((1, 16, 4)) * 0.3).astype(np.float32), "R")
     graph = helper.make_graph(
-        [helper.make_node("LSTM", ["x", "W", "R"], ["Y", "hn", "cn"], hidden_size=4)], "lstm",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 1, 3])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [5, 1, 1, 4]),
+        [helper.make_node("LSTM", ["x", "W", "R", "", "", "h", "c"], ["Y", "hn", "cn"], hidden_size=4)], "lstm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["seq", 1, 3]),
+         helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 1, 4]),
+         helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 1, 4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, None, None, None]),
          helper.make_tensor_value_info("hn", TensorProto.FLOAT, [1, "LSTMhn_dim_1", 4]),
          helper.make_tensor_value_info("cn", TensorProto.FLOAT, [1, "LSTMcn_dim_1", 4])],
         initializer=[w, r])
@@ -86,9 +90,12 @@ def test_declared_symbolic_lstm_state_dims_are_kept(tmp_path: Path, capsys, pipe
     out = tmp_path / "out.onnx"
     code, _, err = run_cli(capsys, "-q", "optimize", src, "-o", out, "-p", pipeline)
     assert code == 0, err
-    assert [_dims(out, i) for i in range(3)] == [[5, 1, 1, 4], [1, "LSTMhn_dim_1", 4], [1, "LSTMcn_dim_1", 4]]
-    x = np.random.default_rng(1).standard_normal((5, 1, 3)).astype(np.float32)
-    for got, want in zip(_run(out, {"x": x}), _run(src, {"x": x})):
+    assert [_dims(out, i) for i in (1, 2)] == [[1, "LSTMhn_dim_1", 4], [1, "LSTMcn_dim_1", 4]]
+    assert _dims(out, 0) == ['', '', '', '']  # declared as four unnamed dims (no dim_value, no dim_param)
+    rng = np.random.default_rng(1)
+    feed = {"x": rng.standard_normal((5, 1, 3)).astype(np.float32), "h": rng.standard_normal((1, 1, 4)).astype(np.float32),
+            "c": rng.standard_normal((1, 1, 4)).astype(np.float32)}
+    for got, want in zip(_run(out, feed), _run(src, feed)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 

@@ -322,7 +322,12 @@ class _NodeCse:
                 for attr in node.attributes.values():
                     if attr.is_ref():
                         continue
-                    graphs = [attr.value] if attr.type == ir.AttributeType.GRAPH else list(attr.value or ())
+                    if attr.type == ir.AttributeType.GRAPH:
+                        graphs = [attr.value]
+                    elif attr.type == ir.AttributeType.GRAPHS:
+                        graphs = list(attr.value or ())
+                    else:  # Scan's num_scan_inputs, Loop/If have none: not bodies
+                        continue
                     for sub in graphs:
                         if isinstance(sub, ir.Graph):
                             self.run(sub, ChainMap({}, table))

@@ -185,3 +185,32 @@ def test_equal_prefix_then_full_hash_decides():
     assert stats(result) == {"nodes": 1, "initializers": 1}
     assert sorted(result.model.graph.initializers) == ["w0", "w2"]
     assert compare(proto, ir.to_proto(result.model), rtol=1e-5, atol=1e-6).ok
+
+
+def test_scan_body_is_value_numbered_and_int_attributes_are_not_bodies():
+    """Regression (issue 20, backend node cases test_scan*_sum): Scan carries
+    an int attribute (num_scan_inputs) beside its body; cse iterated every
+    attribute of a node with a subgraph and crashed with "'int' object is not
+    iterable". The body is still value-numbered: its two equal Adds merge."""
+    body = helper.make_graph(
+        [helper.make_node("Add", ["s", "e"], ["t1"]), helper.make_node("Add", ["s", "e"], ["t2"]),
+         helper.make_node("Mul", ["t1", "t2"], ["s_out"]), helper.make_node("Identity", ["s_out"], ["o"])],
+        "body",
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("e", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("s_out", TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("o", TensorProto.FLOAT, [2])])
+    scan = helper.make_node("Scan", ["init", "xs"], ["final", "ys"], body=body, num_scan_inputs=1)
+    graph = helper.make_graph(
+        [scan], "g",
+        [helper.make_tensor_value_info("init", TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("xs", TensorProto.FLOAT, [3, 2])],
+        [helper.make_tensor_value_info("final", TensorProto.FLOAT, [2]),
+         helper.make_tensor_value_info("ys", TensorProto.FLOAT, [3, 2])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    result = run(ir.from_proto(proto), "cse,dce")
+    assert stats(result) == {"nodes": 1, "initializers": 0}
+    new_body = next(iter(result.model.graph)).attributes["body"].value
+    assert [n.op_type for n in new_body] == ["Add", "Mul", "Identity"]
+    inputs = {"init": np.array([0.5, -1.0], np.float32), "xs": np.arange(6, dtype=np.float32).reshape(3, 2)}
+    assert compare(proto, ir.to_proto(result.model), inputs=inputs, rtol=0, atol=0).ok

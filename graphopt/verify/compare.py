@@ -8,7 +8,12 @@ signed infinities at the same positions. Defaults per reference dtype
 (:data:`DEFAULT_TOLERANCES`): float32/float64/complex ``rtol = atol = 1e-5`` (the
 "exact pass" bar of the design), float16 ``1e-3``, bfloat16 ``1e-2``, float8
 ``0.125`` (one unit in the last place), integers and bool exact. An explicit
-``rtol``/``atol`` applies to every output. ``atol_scale`` (0 unless given)
+``rtol``/``atol`` applies to every output, except that an output of a float
+type narrower than float32 (float16, bfloat16, float8) is never held to less
+than its dtype's default: explicit tolerances are written for float32 (the
+context's ``verify.rtol`` is 1e-5), and one rounding in a different order
+already moves a float16 result by one unit in the last place (2**-11
+relative), which a float32-sized bar would call a failure. ``atol_scale`` (0 unless given)
 raises the absolute floor to ``atol_scale * max|a|`` per output: a tolerance
 relative to the output's scale, for rewrites that change the order of float
 sums (fusions), whose rounding error is proportional to the magnitudes
@@ -44,9 +49,9 @@ import numpy as np
 import onnx
 
 from graphopt.errors import InputError, VerificationError
-from graphopt.verify.inputs import generate_inputs, input_specs
+from graphopt.verify.inputs import generate_inputs
 from graphopt.verify.readers import read_inputs
-from graphopt.verify.runtime import ModelLike, resolve_model, run_model
+from graphopt.verify.runtime import ModelLike, resolve_model, run_model, split_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +86,17 @@ def _is_float(dtype: np.dtype) -> bool:
 def tolerances_for(dtype: np.dtype, rtol: float | None = None, atol: float | None = None) -> tuple[float, float]:
     """Effective ``(rtol, atol)`` for an output of ``dtype``: the explicit values
     where given, else :data:`DEFAULT_TOLERANCES` (exact for integers, bool,
-    strings)."""
+    strings). For floats narrower than float32 (float16, bfloat16, float8)
+    each explicit value is raised to at least the dtype's default (module doc)."""
     if _is_float(dtype):
         default = DEFAULT_TOLERANCES.get(dtype.name, DEFAULT_TOLERANCES["float32"])
     else:
         default = _EXACT
-    return (default[0] if rtol is None else rtol, default[1] if atol is None else atol)
+    r = default[0] if rtol is None else rtol
+    t = default[1] if atol is None else atol
+    if _is_float(dtype) and dtype.kind != "c" and dtype.itemsize < 4:
+        r, t = max(r, default[0]), max(t, default[1])
+    return r, t
 
 
 @dataclass
@@ -323,10 +333,13 @@ def _argmax_agreement(dtype: np.dtype, x: np.ndarray, y: np.ndarray) -> float | 
 
 def _flatten_outputs(outputs: Mapping[str, Any]) -> dict[str, Any]:
     """Sequence outputs (lists from onnxruntime) become ``name[i]`` entries; a
-    ``name[len]`` entry holds the length so that length changes are caught."""
+    ``name[len]`` entry holds the length so that length changes are caught;
+    an empty optional output becomes a ``name[empty]`` entry."""
     flat: dict[str, Any] = {}
     for name, value in outputs.items():
-        if isinstance(value, (list, tuple)):
+        if value is None:  # an empty optional
+            flat[f"{name}[empty]"] = np.asarray(True)
+        elif isinstance(value, (list, tuple)):
             flat[f"{name}[len]"] = np.asarray(len(value), dtype=np.int64)
             for i, item in enumerate(value):
                 flat[f"{name}[{i}]"] = item
@@ -436,6 +449,22 @@ def signature_differences(model_a: onnx.ModelProto, model_b: onnx.ModelProto) ->
     return _sig_diffs("input", inputs_a, inputs_b) + _sig_diffs("output", model_a.graph.output, model_b.graph.output)
 
 
+def _runtime_input_names(model: onnx.ModelProto) -> list[str]:
+    return [vi.name for vi in _runtime_inputs(model)]
+
+
+def _describe(value: Any) -> str:
+    """``dtype[shape]`` of an input; ``sequence(n)`` / ``optional(empty)`` /
+    ``map(n)`` for the structured ones."""
+    if value is None:
+        return "optional(empty)"
+    if isinstance(value, (list, tuple)):
+        return f"sequence({len(value)})"
+    if isinstance(value, dict):
+        return f"map({len(value)})"
+    return f"{value.dtype.name}{list(value.shape)}"
+
+
 def _runtime_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     initializers = {t.name for t in model.graph.initializer}
     return [vi for vi in model.graph.input if vi.name not in initializers]
@@ -490,19 +519,19 @@ def compare(
         ModelRunError: onnxruntime fails while running a model.
     """
     source_a, source_b = resolve_model(model_a), resolve_model(model_b)
-    names_a = [s.name for s in input_specs(source_a.proto)]
+    structured = split_inputs(source_a.proto)[1]
     generated = inputs is None
     if inputs is None:
         feed = generate_inputs(source_a.proto, dims, seed)
     elif isinstance(inputs, (str, Path)):
-        feed = read_inputs(inputs, model_inputs=names_a)
+        feed = read_inputs(inputs, model=source_a.proto)
     else:
-        feed = {name: np.asarray(value) for name, value in inputs.items()}
+        feed = {name: value if name in structured else np.asarray(value) for name, value in inputs.items()}
     signature = signature_differences(source_a.proto, source_b.proto)
-    described = {name: f"{value.dtype.name}{list(value.shape)}" for name, value in feed.items()}
+    described = {name: _describe(value) for name, value in feed.items()}
     seed_used = seed if generated else None
     ref = run_model(source_a, feed, providers, optimization_level)
-    names_b = [s.name for s in input_specs(source_b.proto)]
+    names_b = _runtime_input_names(source_b.proto)
     try:
         if any(name not in feed for name in names_b):
             raise InputError("it needs inputs the first model does not have")

@@ -11,7 +11,6 @@ spinning (verification runs beside other work and must not busy-wait).
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -24,11 +23,13 @@ import onnx
 import onnxruntime as ort
 
 from graphopt.errors import InputError, LoadError, VerificationError
-from graphopt.verify.inputs import check_inputs, input_specs, needs_ort_value, numpy_dtype
+from graphopt.verify.inputs import check_inputs, input_specs
+from graphopt.verify.ortvalues import from_ort_value, needs_ort_value, to_ort_value
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ModelRunError", "ModelSource", "make_session", "resolve_model", "run_model"]
+__all__ = ["ModelRunError", "ModelSource", "check_structured_inputs", "make_session", "resolve_model", "run_model",
+           "split_inputs"]
 
 #: Accepted forms of a model: a path, a ModelProto, or a graphopt IR model.
 ModelLike = Any
@@ -147,10 +148,13 @@ def run_model(
 ) -> dict[str, np.ndarray]:
     """Run ``model`` once in onnxruntime.
 
-    Inputs are validated first with :func:`graphopt.verify.inputs.check_inputs`.
-    bfloat16 and float8 tensors go in and come out through ``OrtValue`` (the
-    numpy bridge of onnxruntime's Python API does not take them) as
-    ``ml_dtypes`` arrays.
+    Tensor inputs are validated first with
+    :func:`graphopt.verify.inputs.check_inputs`; sequence inputs must be lists
+    of arrays of the declared element type and optional inputs the contained
+    value (see :func:`check_structured_inputs`). bfloat16, float8, 4-bit and
+    2-bit tensors go in and come out through ``OrtValue`` (the numpy bridge of
+    onnxruntime's Python API does not take them) as ``ml_dtypes`` arrays;
+    element types that ml_dtypes lacks come out as :class:`RawTensor`.
 
     Args:
         model: a path, ``onnx.ModelProto``, graphopt IR model, or a resolved
@@ -168,11 +172,13 @@ def run_model(
         ModelRunError: onnxruntime fails while running it.
     """
     source = model if isinstance(model, ModelSource) else resolve_model(model)
-    feed = {name: np.asarray(value) for name, value in inputs.items()}
-    check_inputs(source.proto, feed)
+    tensor_view, structured = split_inputs(source.proto)
+    feed = {name: value if name in structured else np.asarray(value) for name, value in inputs.items()}
+    check_structured_inputs(structured, feed)
+    check_inputs(tensor_view, {k: v for k, v in feed.items() if k not in structured})
     session = make_session(source, providers, optimization_level)
     names = [o.name for o in session.get_outputs()]
-    specs = {s.name: s.elem_type for s in input_specs(source.proto)}
+    specs = {s.name: s.elem_type for s in input_specs(tensor_view)}
     special = any(needs_ort_value(t) for t in specs.values()) or any(
         needs_ort_value(o.type.tensor_type.elem_type) for o in source.proto.graph.output
     )
@@ -187,29 +193,78 @@ def run_model(
 
 
 def _run_with_ort_values(
-    session: ort.InferenceSession, names: list[str], feed: dict[str, np.ndarray], specs: dict[str, int]
+    session: ort.InferenceSession, names: list[str], feed: dict[str, Any], specs: dict[str, int]
 ) -> list[Any]:
     values = {}
     for name, array in feed.items():
-        elem = specs[name]
+        elem = specs.get(name)
+        if elem is None:  # a sequence/optional input: no OrtValue form in the Python API; run() takes it
+            return list(session.run(names, feed))
         if needs_ort_value(elem):
-            raw = np.ascontiguousarray(array).view(np.uint16 if array.dtype.itemsize == 2 else np.uint8)
-            values[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(raw, elem)
+            values[name] = to_ort_value(array, elem)
         else:
             values[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
     outputs = session.run_with_ort_values(names, values)
-    return [_to_numpy(v) for v in outputs]
+    try:
+        return [from_ort_value(v) for v in outputs]
+    except VerificationError as e:
+        raise ModelRunError(str(e)) from e
 
 
-def _to_numpy(value: ort.OrtValue) -> Any:
-    if not value.is_tensor():
-        return value.numpy()
-    elem = value.element_type()
-    if not needs_ort_value(elem):
-        return value.numpy()
-    if value.device_name().lower() != "cpu":
-        raise ModelRunError("bfloat16/float8 outputs can only be read back from CPU memory")
-    dtype = numpy_dtype(elem)
-    count = int(np.prod(value.shape(), dtype=np.int64))
-    raw = ctypes.string_at(value.data_ptr(), count * dtype.itemsize) if count else b""
-    return np.frombuffer(raw, dtype=dtype).reshape(value.shape()).copy()
+def split_inputs(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.TypeProto]]:
+    """Split ``model``'s runtime inputs into tensors and the rest.
+
+    Returns:
+        ``(tensor_view, structured)``: a small ModelProto whose graph declares
+        only the tensor runtime inputs (for :func:`~graphopt.verify.inputs.check_inputs`
+        and :func:`~graphopt.verify.inputs.input_specs`; it has no nodes or
+        weights), and ``{name: TypeProto}`` of the sequence, optional and map
+        inputs in declaration order.
+    """
+    initializers = {t.name for t in model.graph.initializer}
+    view = onnx.ModelProto()
+    structured: dict[str, onnx.TypeProto] = {}
+    for vi in model.graph.input:
+        if vi.name in initializers:
+            continue
+        if vi.type.WhichOneof("value") in (None, "tensor_type"):
+            view.graph.input.append(vi)
+        else:
+            structured[vi.name] = vi.type
+    return view, structured
+
+
+def check_structured_inputs(structured: Mapping[str, onnx.TypeProto], feed: Mapping[str, Any]) -> None:
+    """Check the values given for sequence / optional / map inputs:
+    a sequence of tensors is a list of arrays of the declared element type;
+    an optional is None (empty) or a value of its element type; a map is a dict.
+
+    Raises:
+        InputError: a structured input is missing or its value has the wrong form.
+    """
+    for name, tp in structured.items():
+        if name not in feed:
+            raise InputError(f"input {name!r} ({tp.WhichOneof('value')}) is missing; given: {', '.join(feed) or 'nothing'}")
+        _check_typed(name, tp, feed[name])
+
+
+def _check_typed(name: str, tp: onnx.TypeProto, value: Any) -> None:
+    kind = tp.WhichOneof("value")
+    if kind == "optional_type":
+        if value is not None:
+            _check_typed(name, tp.optional_type.elem_type, value)
+    elif kind == "sequence_type":
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"input {name!r} is a sequence: give a list of arrays, got {type(value).__name__}")
+        for item in value:
+            _check_typed(name, tp.sequence_type.elem_type, item)
+    elif kind == "map_type":
+        if not isinstance(value, dict):
+            raise InputError(f"input {name!r} is a map: give a dict, got {type(value).__name__}")
+    elif kind == "tensor_type":
+        want = onnx.helper.tensor_dtype_to_np_dtype(tp.tensor_type.elem_type) if tp.tensor_type.elem_type else None
+        got = getattr(value, "dtype", None)
+        if not isinstance(value, np.ndarray) or (want is not None and got != want and
+                                                not (got.kind in "OSU" and np.dtype(want).kind in "OSU")):
+            raise InputError(f"input {name!r}: an element must be a {np.dtype(want) if want else ''} array, "
+                             f"got {got if got is not None else type(value).__name__}")

@@ -117,7 +117,16 @@ def test_fp16_default_tolerance():
     ref = {"h": np.array([1.0, 2.0], np.float16)}
     out = compare_outputs(ref, {"h": np.array([1.0, 2.001], np.float16)}).outputs[0]
     assert (out.rtol, out.atol) == (1e-3, 1e-3) and out.ok
-    assert not compare_outputs(ref, {"h": np.array([1.0, 2.001], np.float16)}, rtol=1e-5, atol=1e-5).ok
+    # explicit float32-sized tolerances do not go below float16's own (one rounding apart: 2.001 -> 2.00195)
+    explicit = compare_outputs(ref, {"h": np.array([1.0, 2.001], np.float16)}, rtol=1e-5, atol=1e-5).outputs[0]
+    assert (explicit.rtol, explicit.atol) == (1e-3, 1e-3) and explicit.ok
+    far = compare_outputs(ref, {"h": np.array([1.0, 2.01], np.float16)}, rtol=1e-5, atol=1e-5).outputs[0]
+    assert not far.ok and far.reason == "1 elements outside |a-b| <= 0.001 + 0.001*|a|"
+    # looser explicit values still apply, and float32 outputs keep the explicit bar
+    assert compare_outputs(ref, {"h": np.array([1.0, 2.01], np.float16)}, rtol=1e-2).outputs[0].rtol == 1e-2
+    f32 = compare_outputs({"f": np.array([2.0], np.float32)}, {"f": np.array([2.0001], np.float32)}, rtol=1e-5,
+                          atol=1e-5).outputs[0]
+    assert (f32.rtol, f32.atol) == (1e-5, 1e-5) and not f32.ok
 
 
 def test_output_name_mismatch_is_a_signature_failure():

@@ -223,21 +223,26 @@ def _serialize_for_inference(model: ir.Model):  # noqa: ANN202 - onnx.ModelProto
     return proto
 
 
-def _strip_initializers(graph, names: set[str]) -> None:  # noqa: ANN001 - onnx.GraphProto
+def _strip_initializers(graph, names: set[str], top=None) -> None:  # noqa: ANN001 - onnx.GraphProto
     """Replace named initializers of a GraphProto (and its subgraphs) by typed
-    inputs without data."""
+    inputs without data. The inputs go to the main graph (``top``): an If
+    branch has no inputs and a Loop/Scan body's are its own, so inference
+    refused a subgraph given extra ones (and, strict mode off, left its values
+    without shapes); a main-graph input is an outer-scope value every
+    subgraph sees, under the same unique name (ONNX IR spec, SSA)."""
     import onnx
 
+    top = graph if top is None else top
     keep = []
     for tensor in graph.initializer:
         if tensor.name in names:
-            graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+            top.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
         else:
             keep.append(tensor)
     del graph.initializer[:]
     graph.initializer.extend(keep)
     for sub in _proto_subgraphs(graph):
-        _strip_initializers(sub, names)
+        _strip_initializers(sub, names, top)
 
 
 def _collect_types(graph, types: dict) -> None:  # noqa: ANN001 - onnx.GraphProto

@@ -282,6 +282,8 @@ class _Folder:
         used = [v for v in node.outputs if _used(v)]
         for value in used:
             array = results.get(value)
+            if isinstance(array, np.generic):  # numpy ufuncs give a scalar for a 0-d input (Not of a bool[])
+                array = results[value] = np.asarray(array)
             if array is None or not isinstance(array, np.ndarray) or array.dtype.kind in "OUS":
                 return None
             if value.dtype is not None and ir.DataType.from_numpy(array.dtype) != value.dtype:

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from graphopt import ir
-from graphopt.passes.folding.shape_values import Dim, Propagator, SymValue, dims_of, node_attr
+from graphopt.passes.folding.shape_values import Dim, Propagator, SymValue, dims_of, if_condition, node_attr
 
 __all__ = ["NativeDims", "model_dims"]
 
@@ -34,7 +34,7 @@ _REDUCE = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "Reduc
 
 _COVERED = _SAME | _BROADCAST | _REDUCE | frozenset({
     "Transpose", "MatMul", "Gemm", "Reshape", "Expand", "Unsqueeze", "Squeeze", "Gather", "Concat", "Split",
-    "Slice", "Tile", "Flatten", "ConstantOfShape", "Range", "Shape", "Conv", "MaxPool", "AveragePool", "LpPool",
+    "Slice", "Tile", "Flatten", "ConstantOfShape", "Range", "Shape", "Pad", "Conv", "MaxPool", "AveragePool", "LpPool",
     "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
 """The ops :meth:`NativeDims._rule` has a shape rule for."""
 
@@ -184,6 +184,8 @@ class NativeDims:
     def _rule(self, node: ir.Node, index: int) -> tuple[Dim, ...] | None:  # noqa: C901 - one case per op
         """The output's dims by the op's shape rule, or None."""
         op, ins = node.op_type, node.inputs
+        if op == "If":
+            return self._if(node, index)
         d0 = self(ins[0]) if ins and ins[0] is not None else None
         if op in _SAME:
             return d0 if index == 0 else None
@@ -260,11 +262,34 @@ class NativeDims:
             return tuple(_product_dim(part) for part in (d0[:axis], d0[axis:]))  # type: ignore[index]
         if op in _REDUCE:
             return self._reduce(node, d0)
+        if op == "Pad":
+            return self._pad(node, d0)
         if op in ("Conv", "MaxPool", "AveragePool", "LpPool"):
             return self._window(node, d0, index)
         if op in ("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"):
             return d0[:2] + (1,) * (len(d0) - 2)
         return self._sources(op, node)
+
+    def _pad(self, node: ir.Node, data: tuple[Dim, ...]) -> tuple[Dim, ...]:
+        """Pad (ONNX spec, opset 2 on: ``pads`` an attribute before 11, an
+        input from 11, ``axes`` from 18): each padded dim grows by its begin
+        and end pads; the rank always stays, so unknown pads give unknown
+        dims of the same rank."""
+        ins = node.inputs
+        if self._opset < 11:
+            pads = node_attr(node, "pads")
+            pads = None if pads is None else list(pads)  # type: ignore[arg-type]
+        else:
+            pads = self._ints(ins[1]) if len(ins) > 1 and ins[1] is not None else None
+        axes = self._ints(ins[3]) if self._opset >= 18 and len(ins) > 3 and ins[3] is not None else None
+        axes = list(range(len(data))) if axes is None else [a + len(data) if a < 0 else a for a in axes]
+        if pads is None or len(pads) != 2 * len(axes) or not all(0 <= a < len(data) for a in axes):
+            return (None,) * len(data)
+        out = list(data)
+        for i, a in enumerate(axes):
+            begin, end = pads[i], pads[i + len(axes)]
+            out[a] = out[a] + begin + end if isinstance(out[a], int) else out[a] if begin == end == 0 else None
+        return tuple(out)
 
     def _window(self, node: ir.Node, data: tuple[Dim, ...], index: int) -> tuple[Dim, ...] | None:
         """Conv and the pools: ``[N, C_out, O...]`` with, per spatial dim
@@ -351,6 +376,31 @@ class NativeDims:
             start, end = node_attr(node, "start", 0), node_attr(node, "end", None)
             return (len(d0[slice(start, end)]),)
         return None
+
+    def _if(self, node: ir.Node, index: int) -> tuple[Dim, ...] | None:
+        """An If output's dims (ONNX If spec: the outputs are the taken
+        branch's): with the condition known (a constant, or a shape value the
+        propagator decided), the taken branch's output dims, by these rules
+        inside the branch (its values read outer-scope values' dims); else
+        the dims both branches agree on, and None where their ranks differ.
+        ONNX inference merges the branches the same way but cannot pick one:
+        a rank guard's If (``Unsqueeze`` in one branch, ``Identity`` in the
+        other) leaves its output without a rank for every guard below it."""
+        branches = []
+        for key in ("then_branch", "else_branch"):
+            attr = node.attributes.get(key)
+            if attr is None or attr.is_ref() or attr.type != ir.AttributeType.GRAPH:
+                return None
+            if index >= len(attr.value.outputs):
+                return None
+            branches.append(attr.value.outputs[index])
+        cond = if_condition(node, self._value_of)
+        if cond is not None:
+            return self(branches[0] if cond else branches[1])
+        then_dims, else_dims = self(branches[0]), self(branches[1])
+        if then_dims is None or else_dims is None or len(then_dims) != len(else_dims):
+            return None
+        return tuple(a if a == b else None for a, b in zip(then_dims, else_dims))
 
     def _reshape(self, node: ir.Node, data: tuple[Dim, ...]) -> tuple[Dim, ...] | None:
         """Reshape's output: 0 copies the data's dim (``allowzero`` off), -1 is

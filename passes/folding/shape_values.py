@@ -14,7 +14,7 @@ from graphopt.analysis.shapes import known_dim
 from graphopt.analysis.shapes import value_dims as dims_of
 from graphopt.passes.cleanup.shapes import DATA_CARRIED
 
-__all__ = ["Dim", "SymValue", "Propagator", "dims_of", "known_dim", "node_attr"]
+__all__ = ["Dim", "SymValue", "Propagator", "dims_of", "known_dim", "node_attr", "if_condition"]
 
 Dim = int | str | None
 """One element of a shape value: a known int, a symbolic dim's name, or unknown."""
@@ -56,14 +56,41 @@ def node_attr(node: ir.Node, name: str, default: object = None) -> object:
     return default if attr is None or attr.is_ref() else attr.value
 
 
+def if_condition(node: ir.Node, value_of: Callable[[ir.Value | None], SymValue | None]) -> bool | None:
+    """The value of an If's condition when it is decided: a one-element bool
+    constant, or a boolean shape value (``value_of``, the propagator's: the
+    ``Equal(Size(Shape(x)), 3)`` of a rank guard) whose one element is
+    known; else None (a run-time value, or a condition with several
+    elements, which the ONNX If spec refuses)."""
+    cond = node.inputs[0] if node.inputs else None
+    if cond is None:
+        return None
+    tensor = ir.const_tensor(cond)
+    if tensor is not None:
+        if tensor.dtype != ir.DataType.BOOL or tensor.shape is None or math.prod(tensor.shape.numpy()) != 1:
+            return None
+        return bool(tensor.numpy().reshape(-1)[0])
+    sym = value_of(cond)
+    if sym is None or not sym.boolean or len(sym.dims) != 1 or sym.dims[0] is None:
+        return None
+    return bool(sym.dims[0])
+
+
 _VISITED = frozenset({"Shape", "Size", "Identity", "Cast", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice",
-                      "Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Where", "Reshape"})
+                      "Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Where", "Reshape", "Not", "And", "Or",
+                      "Greater", "Less", "GreaterOrEqual", "LessOrEqual"})
 """The ops :meth:`_Propagator.visit` gives a value for (every other op: None)."""
 
 _ONNX_CARRIED = DATA_CARRIED | {"Shape", "Gather"}
 """Ops through which ONNX inference's data propagation carries shape values
 (``DATA_CARRIED``, checked on onnx 1.23 as there; Shape with start/end and
 Gather too; not Size, Div, Max, Min, Equal, Where, Identity or Reshape)."""
+
+
+_COMPARE: dict[str, Callable[[int, int], bool]] = {
+    "Greater": lambda x, y: x > y, "Less": lambda x, y: x < y,
+    "GreaterOrEqual": lambda x, y: x >= y, "LessOrEqual": lambda x, y: x <= y}
+"""The order comparisons :meth:`Propagator._compare` decides (ONNX operator specs)."""
 
 
 class Propagator:
@@ -101,6 +128,8 @@ class Propagator:
         could not name (None, ``unk__N``) taken from ``refine`` (the strict
         symbolic dims of ``shape_dims.NativeDims``) where that knows it."""
         dims = dims_of(value)
+        if dims is None and self._refine is not None:
+            return self._refine(value)  # no rank from inference: an If's output, say (NativeDims._if)
         if dims is None or self._refine is None or all(known_dim(d) is not None for d in dims):
             return dims
         better = self._refine(value)
@@ -162,6 +191,12 @@ class Propagator:
         ins = node.inputs
         if op == "Shape":
             dims = dims_of(ins[0])
+            if dims is None and self._refine is not None:
+                # No rank from inference (the output of an If whose branches
+                # differ in rank): the rules may know it (the taken branch's).
+                dims = self._refine(ins[0])
+                if dims is not None:
+                    self.unseen.add(node.outputs[0])
             if dims is None:
                 return None
             start, end = node_attr(node, "start", 0), node_attr(node, "end", None)
@@ -224,6 +259,12 @@ class Propagator:
             return self._arith(op, data, self.read(ins[1]))
         if op == "Equal" and len(ins) == 2 and not data.boolean:
             return self._equal(data, self.read(ins[1]))
+        if op == "Not" and data.boolean:
+            return SymValue(tuple(None if d is None else not d for d in data.dims), data.scalar, boolean=True)
+        if op in ("And", "Or") and data.boolean and len(ins) == 2:
+            return self._logic(op, data, self.read(ins[1]))
+        if op in _COMPARE and not data.boolean and len(ins) == 2:
+            return self._compare(op, data, self.read(ins[1]))
         if op == "Where" and data.boolean and len(ins) == 3:
             return self._where(data, self.read(ins[1]), self.read(ins[2]))
         if op == "Reshape" and len(ins) == 2:
@@ -269,6 +310,34 @@ class Propagator:
                 out.append(True)
             else:
                 out.append(None)
+        return SymValue(tuple(out), a.scalar and b.scalar, boolean=True)  # type: ignore[union-attr]
+
+    def _logic(self, op: str, a: SymValue, b: SymValue | None) -> SymValue | None:
+        """And/Or of boolean shape values; a known False (And) or True (Or)
+        decides the element whatever the other is."""
+        pairs = None if b is None or not b.boolean else self._pairs(a, b)
+        if pairs is None:
+            return None
+        absorbing = op == "Or"  # True for Or, False for And
+        out: list[Dim] = []
+        for x, y in pairs:
+            if x is absorbing or y is absorbing:
+                out.append(absorbing)
+            elif x is None or y is None:
+                out.append(None)
+            else:
+                out.append(bool(x) and bool(y) if op == "And" else bool(x) or bool(y))
+        return SymValue(tuple(out), a.scalar and b.scalar, boolean=True)  # type: ignore[union-attr]
+
+    def _compare(self, op: str, a: SymValue, b: SymValue | None) -> SymValue | None:
+        """Greater/Less/GreaterOrEqual/LessOrEqual of shape values: decided
+        for two ints (a rank against its guard), else unknown (a symbolic
+        dim may be any size, 0 included)."""
+        pairs = None if b is None or b.boolean else self._pairs(a, b)
+        if pairs is None:
+            return None
+        test = _COMPARE[op]
+        out: list[Dim] = [test(x, y) if isinstance(x, int) and isinstance(y, int) else None for x, y in pairs]
         return SymValue(tuple(out), a.scalar and b.scalar, boolean=True)  # type: ignore[union-attr]
 
     def _where(self, c: SymValue, x: SymValue | None, y: SymValue | None) -> SymValue | None:

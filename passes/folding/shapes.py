@@ -274,6 +274,14 @@ class FoldShapes(Pass):
     where an unknown element is read.
 
     Works in the main graph and If/Loop/Scan bodies (outer values visible).
+    Guards of control flow fold too: ``Not``, ``And``/``Or`` and the order
+    comparisons of shape values (``Greater(Size(Shape(x)), 2)``, decided for
+    ints only) join ``Equal``, and an If's output whose rank ONNX inference
+    loses (branches of different rank: ``Unsqueeze`` in one, ``Identity`` in
+    the other) takes the taken branch's dims once the condition is known
+    (``NativeDims``' If rule, ONNX If spec), so a chain of rank guards in a
+    branch, each reading the previous guard's output, folds in one walk and
+    ``inline`` splices every decided If in the same fixpoint round.
     Prior art: onnxsim and onnxslim (shape folding with ONNX shape inference),
     onnxscript's optimizer (symbolic shape values in constant folding).
     """

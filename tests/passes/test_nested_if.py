@@ -1,0 +1,216 @@
+"""Nested control flow: shapes and ranks flow into If branches (outer-scope
+values included), so that the guards the shapes decide fold and ``inline``
+splices their If; guards on run-time values stay. The golden cases are
+``tests/golden/pipelines/O1/nested_if_rank_guards.golden`` and
+``kept_nested_if_runtime.golden``; the streaming-VAD-like model is
+``tools/nested_if_model.py`` (also timed by ``tools/bench_nested_if.py``)."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from conftest import ROOT
+from graphopt import ir
+from graphopt.passmanager import PassContext, PassManager
+from graphopt.passes.folding.shape_dims import model_dims
+from graphopt.passes.folding.shape_values import Propagator, SymValue, if_condition
+
+sys.path.insert(0, str(ROOT / "tools"))
+from nested_if_model import DECIDED_IFS, GUARD_IFS, build_vad_model, vad_inputs  # noqa: E402
+
+HEAD = '<ir_version: 10, opset_import: ["" : 18]>\n'
+
+
+def _ifs(model: ir.Model) -> int:
+    return sum(n.op_type == "If" for g in ir.all_graphs(model) for n in g)
+
+
+def _hist(graph: ir.Graph) -> dict[str, int]:
+    return dict(sorted(Counter(n.op_type for n in graph).items()))
+
+
+def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+@pytest.fixture(scope="module")
+def vad():
+    """(original proto, O1 report) of the VAD-like model."""
+    proto = build_vad_model(hidden=32)
+    result = PassManager("O1", PassContext(target="ort")).run(ir.serde.deserialize_model(proto))
+    return proto, result
+
+
+_BRANCH = {"Add": 4, "Concat": 3, "ConstantOfShape": 1, "Conv": 5, "Equal": 2, "Gather": 5, "If": 2, "MatMul": 3,
+           "Mul": 5, "Pad": 1, "ReduceMean": 1, "Relu": 5, "Shape": 3, "Sigmoid": 4, "Slice": 2, "Split": 1,
+           "Sqrt": 1, "Tanh": 2, "Unsqueeze": 4}
+"""A branch of the VAD-like model after O1: the two run-time guards (chunk
+length, batch) are its two Ifs; its six shape-decided guards are gone."""
+
+
+def test_o1_resolves_every_shape_decided_if_of_the_vad_model(vad):
+    proto, result = vad
+    model = result.model
+    assert _ifs(ir.serde.deserialize_model(proto)) == GUARD_IFS + 1
+    assert _ifs(model) == GUARD_IFS + 1 - DECIDED_IFS == 5
+    assert _hist(model.graph) == {"Equal": 1, "If": 1}  # the top-level If on sr stays: sr is a graph input
+    top = next(n for n in model.graph if n.op_type == "If")
+    for key in ("then_branch", "else_branch"):
+        assert _hist(top.attributes[key].value) == _BRANCH
+    # the guards that stay read a dynamic dim: Gather(Shape(x), -1) == chunk, Shape(state)[1] == Shape(x)[0]
+    guards = [n for g in ir.subgraphs(model.graph) for n in g if n.op_type == "If"]
+    assert sorted(n.inputs[0].producer().op_type for n in guards) == ["Equal"] * 4
+
+
+def test_o1_resolves_the_guards_in_one_round_with_one_inference_per_round(vad):
+    _, result = vad
+    records = result.report.records
+    inline = [r.stats["ifs"] for r in records if r.name == "inline" and r.stats["ifs"]]
+    assert inline == [DECIDED_IFS]  # every guard after the first fold-shapes: the chained ones too
+    fold_shapes = [r.stats["inferred"] for r in records if r.name == "fold-shapes"]
+    assert all(n <= 1 for n in fold_shapes)
+
+
+@pytest.mark.parametrize("sr", [16000, 8000])
+def test_the_vad_model_keeps_its_outputs_at_both_sample_rates(vad, sr):
+    proto, result = vad
+    feeds = vad_inputs(sr, hidden=32)
+    want = _run(proto, feeds)
+    got = _run(ir.serde.serialize_model(result.model), feeds)
+    for w, g in zip(want, got):
+        assert w.shape == g.shape
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_a_guard_on_a_run_time_value_stays():
+    text = HEAD + """g (float[?, 8] x, int64 n) => (float[?, 8] y) <int64 one = {1}, float two = {2.0}> {
+      s = Shape(x)
+      d = Gather(s, one)
+      c = Greater(d, n)
+      y = If(c) <then_branch = t () => (float[?, 8] a) { a = Mul(x, two) },
+                 else_branch = e () => (float[?, 8] b) { b = Neg(x) }>
+    }"""
+    model = PassManager("O1", PassContext()).run(ir.from_text(text)).model
+    assert _hist(model.graph) == {"Greater": 1, "If": 1}  # Shape(x)[1] folded to 8; Greater(8, n) is run-time
+
+
+def test_guard_outputs_take_the_taken_branchs_rank():
+    # x: [?, ?]; If(Equal(Size(Shape(x)), 1)) unsqueezes: ONNX inference
+    # merges [1, ?, ?] with [?, ?] into no rank; the rules give the taken
+    # (else) branch's [?, ?], so Size(Shape(x1)) is 2 in the same walk.
+    text = HEAD + """g (float[?, ?] x) => (int64 r) <int64 one = {1}, int64[1] ax = {0}> {
+      s0 = Shape(x)
+      r0 = Size(s0)
+      c = Equal(r0, one)
+      x1 = If(c) <then_branch = t () => (float[1, ?, ?] a) { a = Unsqueeze(x, ax) },
+                  else_branch = e () => (float[?, ?] b) { b = Identity(x) }>
+      s1 = Shape(x1)
+      r = Size(s1)
+    }"""
+    model = ir.from_text(text)
+    ir.infer_shapes(model)
+    x1 = next(n for n in model.graph if n.op_type == "If").outputs[0]
+    assert x1.shape is None  # inference cannot pick a branch
+    run = PassManager("fold-shapes", PassContext()).run(model)
+    out = model.graph.outputs[0]
+    assert ir.const_array(out).tolist() == 2
+    assert run.report.records[-1].stats["inferred"] == 1
+
+
+def test_if_rule_merges_both_branches_when_the_condition_is_unknown():
+    text = HEAD + """g (float[?, 4] x, bool c) => (float[?, 4] y) <int64[2] sh = {-1, 4}> {
+      y = If(c) <then_branch = t () => (float[?, 4] a) { a = Reshape(x, sh) },
+                 else_branch = e () => (float[?, 4] b) { b = Relu(x) }>
+    }"""
+    model = ir.from_text(text)
+    for graph in ir.all_graphs(model):
+        for node in graph:
+            for v in node.outputs:
+                v.shape = None
+    _, native = model_dims(model)
+    assert native(model.graph.outputs[0]) == (None, 4)
+
+
+@pytest.mark.parametrize("op,a,b,want", [
+    ("Greater", (3,), (2,), (True,)),
+    ("Less", (3,), (2,), (False,)),
+    ("GreaterOrEqual", (2,), (2,), (True,)),
+    ("LessOrEqual", ("batch",), (2,), (None,)),  # a symbolic dim may be any size
+])
+def test_propagator_decides_order_comparisons_of_ints_only(op, a, b, want):
+    prop = Propagator(18)
+    x, y = ir.Value(name="a"), ir.Value(name="b")
+    prop.values[x], prop.values[y] = SymValue(a, scalar=True), SymValue(b, scalar=True)
+    node = ir.Node("", op, [x, y], num_outputs=1)
+    assert prop.visit(node) == SymValue(want, scalar=True, boolean=True)
+
+
+def test_propagator_not_and_or_with_an_unknown_side():
+    prop = Propagator(18)
+    t, u = ir.Value(name="t"), ir.Value(name="u")
+    prop.values[t] = SymValue((True,), scalar=True, boolean=True)
+    prop.values[u] = SymValue((None,), scalar=True, boolean=True)
+    assert prop.visit(ir.Node("", "Not", [t], num_outputs=1)).dims == (False,)
+    assert prop.visit(ir.Node("", "Or", [t, u], num_outputs=1)).dims == (True,)  # True absorbs
+    assert prop.visit(ir.Node("", "And", [t, u], num_outputs=1)).dims == (None,)
+    assert prop.visit(ir.Node("", "Not", [u], num_outputs=1)).dims == (None,)
+
+
+def test_if_condition_reads_constants_and_decided_shape_values():
+    prop = Propagator(18)
+    known, unknown = ir.Value(name="k"), ir.Value(name="u")
+    prop.values[known] = SymValue((False,), scalar=True, boolean=True)
+    prop.values[unknown] = SymValue((None,), scalar=True, boolean=True)
+    const = ir.Value(name="c", type=ir.TensorType(ir.DataType.BOOL), shape=ir.Shape([]),
+                     const_value=ir.Tensor(np.array(True)))
+    graph = ir.Graph([], [], nodes=[], initializers=[const])
+    assert graph is not None
+    assert if_condition(ir.Node("", "If", [known], num_outputs=1), prop.get) is False
+    assert if_condition(ir.Node("", "If", [unknown], num_outputs=1), prop.get) is None
+    assert if_condition(ir.Node("", "If", [const], num_outputs=1), prop.get) is True
+
+
+def test_pad_rule_keeps_the_rank_and_adds_the_pads():
+    text = HEAD + """g (float[?, 10] x) => (float[?, ?] y) <int64[4] p = {0, 1, 0, 3}> {
+      y = Pad <mode = "reflect"> (x, p)
+    }"""
+    model = ir.from_text(text)
+    y = model.graph.outputs[0]
+    y.shape = None
+    _, native = model_dims(model)
+    assert native(y) == (None, 14)
+
+
+def test_shape_inference_reaches_branches_holding_large_initializers():
+    # Initializers over 1 KiB are handed to inference as typed inputs of the
+    # main graph: an If branch given inputs was refused (no shapes inside).
+    text = HEAD + """g (float[2, 300] x, bool c) => (float[2, 300] y) {
+      y = If(c) <then_branch = t () => (float[2, 300] a) <float[300] w = {%s}> { m = Mul(x, w)
+                   a = Relu(m) },
+                 else_branch = e () => (float[2, 300] b) { b = Neg(x) }>
+    }""" % ", ".join(["1.0"] * 300)
+    model = ir.from_text(text)
+    ir.infer_shapes(model)
+    then = next(iter(model.graph)).attributes["then_branch"].value
+    assert str(next(iter(then)).outputs[0].shape) == "[2,300]"  # Mul: not a graph output, inferred
+
+
+def test_fold_constants_folds_not_of_a_bool_scalar_in_a_branch():
+    # numpy's logical_not of a 0-d array is a numpy scalar, not an array
+    text = HEAD + """g (float[4] x, bool c) => (float[4] y) <bool t = {1}> {
+      y = If(c) <then_branch = tb () => (float[4] a) { n = Not(t)
+                   a = If(n) <then_branch = t2 () => (float[4] a2) { a2 = Neg(x) },
+                              else_branch = e2 () => (float[4] b2) { b2 = Relu(x) }> },
+                 else_branch = e () => (float[4] b) { b = Abs(x) }>
+    }"""
+    model = PassManager("fold-constants,inline,dce", PassContext()).run(ir.from_text(text)).model
+    then = next(iter(model.graph)).attributes["then_branch"].value
+    assert _hist(then) == {"Relu": 1}

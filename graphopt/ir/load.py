@@ -248,53 +248,47 @@ def structure_problem(model: ir.Model) -> tuple[str, str] | None:
 
 
 def _graph_problem(where: str, graph) -> tuple[str, str] | None:  # noqa: ANN001 - ir.Graph or ir.Function
+    # One walk, written for speed: the pass manager runs it after every
+    # modifying pass. Edges are only collected (in _cycle) when some node is
+    # listed before a producer of its inputs.
     is_function = isinstance(graph, ir.Function)
     inner = graph.graph if is_function else graph
     defined: dict[str, ir.Value] = {}
-
-    def define(value: ir.Value, what: str) -> tuple[str, str] | None:
+    owned = list(graph.inputs) if is_function else [*graph.inputs, *graph.initializers.values()]
+    for value in owned:
         name = value.name
-        if not name:
-            return None
-        other = defined.setdefault(name, value)
-        if other is not value:
+        if name and defined.setdefault(name, value) is not value:
+            what = "as a graph input and as an initializer" if value.is_initializer() else "as two graph inputs"
             return ("ssa", f"the {where} defines value '{name}' twice ({what}); a graph must be in SSA form, "
                            "each value produced once")
-        return None
-
-    for value in graph.inputs:
-        problem = define(value, "as a graph input")
-        if problem:
-            return problem
-    if not is_function:
-        for value in graph.initializers.values():
-            problem = define(value, "as an initializer")
-            if problem:
-                return problem
-    edges: list[tuple[int, int]] = []
+    function_inputs = set(map(id, graph.inputs)) if is_function else ()
     seen: set[int] = set()
     in_order = True  # producers listed before consumers: acyclic without more work
     for node in graph:
-        seen.add(id(node))
+        node_graph = node.graph
         for value in node.inputs:
             if value is None:
                 continue
             producer = value.producer()
-            if producer is not None and producer.graph is not None:
-                if producer.graph is node.graph:
-                    edges.append((id(producer), id(node)))
-                    in_order = in_order and id(producer) in seen
-                continue
-            if producer is None and (value.is_graph_input() or value.is_initializer() or value.graph is not None):
-                continue
-            if is_function and value in graph.inputs:
+            if producer is not None:
+                producer_graph = producer.graph
+                if producer_graph is node_graph:
+                    if in_order and id(producer) not in seen:
+                        in_order = False
+                    continue
+                if producer_graph is not None:
+                    continue  # produced in an enclosing graph
+            elif value.is_graph_input() or value.is_initializer() or value.graph is not None \
+                    or id(value) in function_inputs:
                 continue
             return ("undefined", f"node {_describe(node)} in the {where} reads value '{value.name}', which no node, "
                                  "graph input or initializer produces")
+        seen.add(id(node))  # after its inputs: a node reading its own output is a cycle
         for value in node.outputs:
-            problem = define(value, f"also as an output of node {_describe(node)}")
-            if problem:
-                return problem
+            name = value.name
+            if name and defined.setdefault(name, value) is not value:
+                return ("ssa", f"the {where} defines value '{name}' twice (also as an output of node "
+                               f"{_describe(node)}); a graph must be in SSA form, each value produced once")
     for value in graph.outputs:
         producer = value.producer()
         if producer is not None:
@@ -306,13 +300,13 @@ def _graph_problem(where: str, graph) -> tuple[str, str] | None:  # noqa: ANN001
                           "initializer of it")
     if in_order:
         return None
-    cycle = _cycle(graph, edges)
+    cycle = _cycle(graph)
     if cycle:
         return ("cycle", f"the {where} has a cycle ({' -> '.join(_describe(n) for n in cycle)})")
     return None
 
 
-def _cycle(graph, edges: list[tuple[int, int]]) -> list[ir.Node]:  # noqa: ANN001 - ir.Graph or ir.Function
+def _cycle(graph) -> list[ir.Node]:  # noqa: ANN001 - ir.Graph or ir.Function
     """Nodes on one cycle of ``graph`` (empty when acyclic): Kahn's algorithm
     removes every node not on or behind a cycle; from a node left over, walking
     predecessors that are also left over must revisit a node."""
@@ -320,10 +314,16 @@ def _cycle(graph, edges: list[tuple[int, int]]) -> list[ir.Node]:  # noqa: ANN00
     indegree = dict.fromkeys(by_id, 0)
     successors: dict[int, list[int]] = {}
     predecessors: dict[int, list[int]] = {}
-    for a, b in edges:
-        indegree[b] += 1
-        successors.setdefault(a, []).append(b)
-        predecessors.setdefault(b, []).append(a)
+    for node in graph:
+        b = id(node)
+        for value in node.inputs:
+            producer = None if value is None else value.producer()
+            if producer is None or producer.graph is not node.graph:
+                continue
+            a = id(producer)
+            indegree[b] += 1
+            successors.setdefault(a, []).append(b)
+            predecessors.setdefault(b, []).append(a)
     ready = [n for n, d in indegree.items() if d == 0]
     while ready:
         n = ready.pop()

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from graphopt.bench import benchmark, profile_model
 from graphopt.bench.runner import OPT_LEVELS
-from graphopt.cli.common import add_dim_options, console, parse_dims, stdout
+from graphopt.cli.common import add_dim_options, console, input_request, stdout
 from graphopt.errors import BackendUnavailableError, InputError
-from graphopt.ir import load_proto
 
 __all__ = ["add_parsers"]
 
@@ -51,27 +52,40 @@ def _chart(report: Any, path: Path) -> None:
     plt.close(fig)
 
 
+def short_paths(paths: list[str]) -> tuple[list[str], str]:
+    """Model paths without the folder they share, so that rows differ in
+    what they show at 80 columns: ``(labels, shared folder)``; the folder is
+    "" when they share none or there is one model."""
+    if len(paths) < 2:
+        return list(paths), ""
+    try:
+        folder = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    except ValueError:  # different drives
+        return list(paths), ""
+    if folder in ("", os.sep):
+        return list(paths), ""
+    return [os.path.relpath(os.path.abspath(p), folder) for p in paths], folder
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Time the models interleaved; print medians, p90, ratios and errors."""
-    from graphopt.verify import read_inputs
+    from graphopt.verify.feed import runnable_inputs
 
-    inputs = None
-    if args.inputs:
-        first = load_proto(args.models[0])
-        inputs = read_inputs(args.inputs, model_inputs=[i.name for i in first.graph.input])
     if args.runs is not None and args.runs < 1:
         raise InputError("--runs must be at least 1")
-    report = benchmark(args.models, inputs=inputs, dims=parse_dims(args.dim), provider=args.provider,
+    for m in args.models:
+        if not Path(m).is_file():
+            raise InputError(f"model '{m}' does not exist; check the path")
+    # inputs the first model runs on (options checked, free dims grown), or exit 2 before any timing
+    inputs = runnable_inputs(args.models[0], input_request(args, args.models[0])).inputs
+    report = benchmark(args.models, inputs=inputs, provider=args.provider,
                        threads=args.threads, opt_level=args.opt_level, warmup=args.warmup,
                        min_runs=args.runs or 10, max_runs=args.runs or 1000,
                        seconds=0.0 if args.runs else args.seconds)
     profiles = {}
     if args.profile:
-        from graphopt.verify import generate_inputs
-
-        feed = inputs or generate_inputs(load_proto(args.models[0]), dims=parse_dims(args.dim))
         for m in args.models:
-            profiles[m] = profile_model(m, feed, provider=args.provider, threads=args.threads,
+            profiles[m] = profile_model(m, inputs, provider=args.provider, threads=args.threads,
                                         opt_level=args.opt_level, top=args.top)
     if args.chart:
         _chart(report, Path(args.chart))
@@ -83,19 +97,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"onnxruntime {report.provider}, {report.threads} threads, opt level {report.opt_level}, "
                         f"inputs {report.inputs}", show_edge=False)
+    labels, folder = short_paths([m.path for m in report.models])
+    if folder:
+        table.caption = Text(f"models in {folder}")
     for col in ("model", "runs", "median ms", "p90 ms", "ratio", "max abs err", "cosine"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for m in report.models:
-        table.add_row(m.path, str(m.runs), f"{m.median_ms:.3f}", f"{m.p90_ms:.3f}", f"{m.ratio:.3f}",
+        table.add_column(col, justify="left" if col == "model" else "right", overflow="fold")
+    for m, label in zip(report.models, labels):
+        table.add_row(Text(label), str(m.runs), f"{m.median_ms:.3f}", f"{m.p90_ms:.3f}", f"{m.ratio:.3f}",
                       "" if m.max_abs_err is None else f"{m.max_abs_err:.3g}",
                       "" if m.cosine is None else f"{m.cosine:.6f}")
     stdout.print(table)
     stdout.print(f"load average {report.load_before[0]:.2f} before, {report.load_after[0]:.2f} after; "
                  "ratios within 0.97-1.03 are noise on a shared machine")
     for m, ops in profiles.items():
-        prof = Table(title=f"hot spots: {m}", show_edge=False)
+        prof = Table(title=Text(f"hot spots: {m}"), show_edge=False)
         for col in ("op", "ms/run", "share", "nodes"):
-            prof.add_column(col, justify="left" if col == "op" else "right")
+            prof.add_column(col, justify="left" if col == "op" else "right", overflow="fold")
         for op in ops:
             prof.add_row(op.op, f"{op.ms:.3f}", f"{op.share:.1%}", str(op.nodes))
         stdout.print(prof)

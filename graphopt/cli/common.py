@@ -12,7 +12,10 @@ from rich.logging import RichHandler
 from graphopt.errors import InputError
 from graphopt.passmanager import Instrument
 
-__all__ = ["console", "setup_logging", "parse_dims", "add_dim_options", "Progress", "want_progress"]
+__all__ = [
+    "console", "setup_logging", "parse_dims", "parse_shape_options", "parse_values", "add_dim_options",
+    "input_request", "make_runner", "Progress", "want_progress",
+]
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 stdout = Console(highlight=False, soft_wrap=True)
@@ -57,12 +60,116 @@ def parse_dims(items: list[str] | None) -> dict[str, int]:
     return dims
 
 
-def add_dim_options(parser: argparse.ArgumentParser) -> None:
-    """Add ``--dim NAME=SIZE`` (repeatable) and ``--inputs PATH``."""
+def parse_shape_options(items: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """``["input=1x512", "sr="]`` -> ``{"input": (1, 512), "sr": ()}``: whole
+    input shapes, dims joined by ``x`` as trtexec and Polygraphy write them
+    (an empty shape is a scalar); several items may share one argument,
+    separated by commas.
+
+    Raises:
+        InputError: an item not of the form NAME=DIMxDIM..., or a name given twice.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    for arg in items or []:
+        for item in filter(None, (part.strip() for part in arg.split(","))):
+            name, sep, text = item.rpartition("=")
+            parts = [p.strip() for p in text.lower().split("x")] if text.strip() else []
+            if not sep or not name or not all(p.isdigit() for p in parts):
+                raise InputError(f"--shape expects INPUT=SHAPE with dims joined by x (e.g. --shape input=1x512; "
+                                 f"INPUT= for a scalar), got '{item}'")
+            if name.strip() in shapes:
+                raise InputError(f"--shape gives input '{name.strip()}' twice")
+            shapes[name.strip()] = tuple(int(p) for p in parts)
+    return shapes
+
+
+def parse_values(items: list[str] | None) -> dict[str, float | int | bool]:
+    """``["sr=16000", "scale=0.5", "flag=true"]`` -> ``{"sr": 16000, "scale": 0.5,
+    "flag": True}``: a fill value per input (int, float, or true/false).
+
+    Raises:
+        InputError: an item not of the form NAME=NUMBER, or a name given twice.
+    """
+    values: dict[str, float | int | bool] = {}
+    for item in items or []:
+        name, sep, text = item.partition("=")
+        name, text = name.strip(), text.strip()
+        value: float | int | bool | None = None
+        if text.lower() in ("true", "false"):
+            value = text.lower() == "true"
+        else:
+            for kind in (int, float):
+                try:
+                    value = kind(text)
+                    break
+                except ValueError:
+                    continue
+        if not sep or not name or value is None:
+            raise InputError(f"--value expects INPUT=NUMBER (e.g. --value sr=16000; true/false for bool inputs), "
+                             f"got '{item}'")
+        if name in values:
+            raise InputError(f"--value gives input '{name}' twice")
+        values[name] = value
+    return values
+
+
+def add_dim_options(parser: argparse.ArgumentParser, inputs: bool = True, values: bool = True) -> None:
+    """Add ``--dim NAME=SIZE``, ``--shape INPUT=AxB`` (both repeatable),
+    ``--value INPUT=NUMBER`` (repeatable; unless ``values`` is False) and
+    ``--inputs PATH`` (unless ``inputs`` is False)."""
     parser.add_argument("--dim", action="append", metavar="NAME=SIZE",
                         help="bind a symbolic input dim for generated inputs (repeatable), e.g. --dim sequence=128")
-    parser.add_argument("--inputs", metavar="PATH",
-                        help="input data: an .npz file or a directory of ONNX input_*.pb tensors")
+    parser.add_argument("--shape", action="append", metavar="INPUT=SHAPE", help=(
+        "the whole shape of one generated input (repeatable), e.g. --shape input=1x512: sizes dims the model "
+        "leaves unnamed ([?, ?]); named dims of that input take the sizes given"))
+    if values:
+        parser.add_argument("--value", action="append", metavar="INPUT=NUMBER", help=(
+            "fill an input with one value (repeatable), e.g. --value sr=16000 for a sample-rate scalar"))
+    if inputs:
+        parser.add_argument("--inputs", metavar="PATH", help=(
+            "input data: an .npz file or a directory of ONNX input_*.pb tensors; inputs it leaves out are "
+            "generated"))
+
+
+def input_request(args: Any, model: Any) -> Any:
+    """The :class:`~graphopt.verify.feed.InputRequest` of ``args``'s
+    ``--dim``/``--shape``/``--value``/``--inputs``, checked against ``model``
+    (a path or an ``onnx.ModelProto``; read without weights) before any pass
+    runs.
+
+    Raises:
+        InputError: bad syntax, or a name or size the model does not have
+            (:func:`graphopt.verify.feed.check_request`; the valid names are
+            listed).
+        LoadError: the model cannot be read.
+    """
+    import onnx
+
+    from graphopt.verify.feed import InputRequest, check_request
+    from graphopt.verify.inputs import _as_proto, input_specs
+
+    request = InputRequest(parse_dims(getattr(args, "dim", None)), parse_shape_options(getattr(args, "shape", None)),
+                           parse_values(getattr(args, "value", None)))
+    if not (request.dims or request.shapes or request.values or getattr(args, "inputs", None)):
+        return request  # nothing to check: the model is not read here
+    proto = model if isinstance(model, onnx.ModelProto) else _as_proto(model)
+    if getattr(args, "inputs", None):
+        from graphopt.verify import read_inputs
+
+        request.arrays = read_inputs(args.inputs, model_inputs=[s.name for s in input_specs(proto)])
+    check_request(proto, request)
+    return request
+
+
+def make_runner(args: Any, model: Any) -> Any:
+    """A :class:`~graphopt.passmanager.ModelRunner` for ``args``'s input
+    options, checked against ``model`` (path or proto) now (see
+    :func:`input_request`)."""
+    from graphopt.passmanager import ModelRunner
+
+    request = input_request(args, model)
+    return ModelRunner(inputs=request.arrays or None, dims=request.dims, shapes=request.shapes,
+                       values=request.values)
 
 
 def want_progress(args: Any) -> bool:

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from graphopt import ir
 from graphopt.cli.common import stdout
@@ -58,10 +59,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         stdout.print(f"[yellow]{result.inapplicable}[/]")
     table = Table(show_edge=False)
     for col in ("#", "node", "op", "verdict", "about"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for i, site in enumerate(result.sites, 1):
-        verdict = "[green]fires[/]" if site.fires else site.reason
-        table.add_row(str(i), site.node.name or "", site.node.op_type, verdict, site.where())
+        verdict = Text("fires", style="green") if site.fires else Text(site.reason)
+        table.add_row(str(i), Text(site.node.name or ""), site.node.op_type, verdict, Text(site.where()))
     stdout.print(table)
     stdout.print(f"{result.fired} of {len(result.sites)} candidate sites match")
     return 0

@@ -7,40 +7,45 @@ import json
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from graphopt import ir
 from graphopt.analysis import model_stats
-from graphopt.cli.common import add_dim_options, parse_dims, stdout
+from graphopt.cli.common import add_dim_options, input_request, stdout
+from rich.markup import escape
+
 from graphopt.passmanager import NAMED_PIPELINES, option_fields_of, registered_passes
 
 __all__ = ["add_parsers"]
 
 
-def _dims_text(dims: list[Any] | None) -> str:
-    return "?" if dims is None else "[" + ",".join(str(d) for d in dims) + "]"
+def _dims_text(dims: list[Any] | None) -> Text:
+    """``[batch,sequence]`` as plain text: rich would read the brackets as markup."""
+    return Text("?" if dims is None else "[" + ",".join("?" if d is None else str(d) for d in dims) + "]")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Print opsets, signature, op histogram, parameters and FLOPs."""
     model = ir.load(args.input)
-    stats = model_stats(model, with_flops=True, dims=parse_dims(args.dim))
+    request = input_request(args, args.input)
+    stats = model_stats(model, with_flops=True, dims=request.bound)  # --dim and the dims --shape names
     if args.json:
         doc = stats.to_dict()
         doc.update({"ir_version": model.ir_version, "producer": model.producer_name or ""})
         stdout.print_json(json.dumps(doc))
         return 0
-    stdout.print(f"[bold]{args.input}[/]  ir_version {model.ir_version}, producer "
+    stdout.print(f"[bold]{escape(args.input)}[/]  ir_version {model.ir_version}, producer "
                  f"{model.producer_name or '?'} {model.producer_version or ''}")
     stdout.print("opsets: " + ", ".join(f"{d}={v}" for d, v in stats.opsets.items()))
     sig = Table(title="signature", show_edge=False)
     for col in ("", "name", "dtype", "dims"):
-        sig.add_column(col)
+        sig.add_column(col, overflow="fold")
     for kind in ("inputs", "outputs"):
         for v in stats.signature[kind]:
-            sig.add_row(kind[:-1], v["name"], v["dtype"], _dims_text(v["dims"]))
+            sig.add_row(kind[:-1], Text(v["name"]), v["dtype"], _dims_text(v["dims"]))
     stdout.print(sig)
     ops = Table(title=f"{stats.nodes} nodes", show_edge=False)
-    ops.add_column("op")
+    ops.add_column("op", overflow="fold")
     ops.add_column("count", justify="right")
     for op, n in stats.ops.items():
         ops.add_row(op, str(n))
@@ -75,10 +80,10 @@ def cmd_passes(args: argparse.Namespace) -> int:
         stdout.print_json(json.dumps(doc, default=str))
         return 0
     table = Table(title="passes", show_edge=False, show_lines=False)
-    table.add_column("pass", style="bold")
-    table.add_column("what it does")
-    table.add_column("options")
-    table.add_column("rules (graphopt explain RULE)")
+    table.add_column("pass", style="bold", overflow="fold")
+    table.add_column("what it does", overflow="fold")
+    table.add_column("options", overflow="fold")
+    table.add_column("rules (graphopt explain RULE)", overflow="fold")
     for name, cls in passes.items():
         opts = "\n".join(f"{key}={f.default} {f.metadata.get('doc', '')}" for key, f in option_fields_of(cls).items())
         rules = "\n".join(f"{r.name}: {_rule_doc(r)['targets']}" for r in getattr(cls, "rules", ()))
@@ -96,25 +101,23 @@ def cmd_passes(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     """Compare two models' outputs in onnxruntime; exit 1 when they differ."""
-    from graphopt.verify import compare, read_inputs
+    from graphopt.verify import compare
+    from graphopt.verify.feed import runnable_inputs
 
-    inputs = None
-    if args.inputs:
-        names = [v.name for v in ir.load(args.a).graph.inputs if not v.is_initializer()]
-        inputs = read_inputs(args.inputs, model_inputs=names)
-    report = compare(args.a, args.b, inputs=inputs, dims=parse_dims(args.dim), rtol=args.rtol, atol=args.atol)
+    feed = runnable_inputs(args.a, input_request(args, args.a))  # inputs the reference runs on, or exit 2
+    report = compare(args.a, args.b, inputs=feed.inputs, rtol=args.rtol, atol=args.atol)
     if args.json:
         stdout.print_json(json.dumps(report.to_dict(), default=str))
     else:
-        table = Table(title=f"{args.a} vs {args.b}", show_edge=False)
+        table = Table(title=Text(f"{args.a} vs {args.b}"), show_edge=False)
         for col in ("output", "shape", "max abs", "max rel", "cosine", "argmax agree", "ok"):
-            table.add_column(col, justify="right" if col not in ("output",) else "left")
+            table.add_column(col, justify="right" if col not in ("output",) else "left", overflow="fold")
         for o in report.outputs:
             agree = "" if o.argmax_agreement is None else f"{o.argmax_agreement:.4f}"
-            table.add_row(o.name, str(list(o.shape)), f"{o.max_abs_err:.3g}", f"{o.max_rel_err:.3g}",
+            table.add_row(Text(o.name), Text(str(list(o.shape))), f"{o.max_abs_err:.3g}", f"{o.max_rel_err:.3g}",
                           "" if o.cosine is None else f"{o.cosine:.6f}", agree, "yes" if o.ok else "[red]no[/]")
         stdout.print(table)
-        stdout.print("outputs match" if report.ok else f"[red]outputs differ:[/] {report.summary()}")
+        stdout.print("outputs match" if report.ok else f"[red]outputs differ:[/] {escape(report.summary())}")
     return 0 if report.ok else 1
 
 
@@ -122,7 +125,7 @@ def add_parsers(sub: Any) -> None:
     """Register ``inspect``, ``passes`` and ``verify``."""
     p = sub.add_parser("inspect", help="opsets, signature, op histogram, parameters, FLOPs")
     p.add_argument("input")
-    p.add_argument("--dim", action="append", metavar="NAME=SIZE", help="bind a symbolic dim for the FLOPs estimate")
+    add_dim_options(p, inputs=False, values=False)  # --dim, --shape: the sizes of the FLOPs estimate
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_inspect)
     p = sub.add_parser("passes", help="every registered pass and named pipeline")

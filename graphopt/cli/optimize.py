@@ -10,10 +10,11 @@ from typing import Any
 
 from rich import filesize
 from rich.table import Table
+from rich.text import Text
 
 from graphopt import ir
 from graphopt.analysis import model_stats
-from graphopt.cli.common import Progress, add_dim_options, parse_dims, stdout, want_progress
+from graphopt.cli.common import Progress, add_dim_options, make_runner, stdout, want_progress
 from graphopt.cli.engine import add_engine_options, build_options, report_build, warn_unsupported
 from graphopt.errors import InputError, VerificationError
 from graphopt.passmanager import (
@@ -32,14 +33,10 @@ def _pipeline(args: argparse.Namespace) -> Pipeline:
     return Pipeline.parse(args.pipeline or "O1")
 
 
-def _runner(args: argparse.Namespace, model: ir.Model) -> ModelRunner:
-    from graphopt.verify import read_inputs
-
-    inputs = None
-    if args.inputs:
-        names = [v.name for v in model.graph.inputs if not v.is_initializer()]
-        inputs = read_inputs(args.inputs, model_inputs=names)
-    return ModelRunner(inputs=inputs, dims=parse_dims(args.dim))
+def _runner(args: argparse.Namespace) -> ModelRunner:
+    """The runner of ``--dim``/``--shape``/``--value``/``--inputs``, checked
+    against the input model before any pass runs."""
+    return make_runner(args, args.input)
 
 
 def _config(args: argparse.Namespace) -> dict[str, Any]:
@@ -66,35 +63,79 @@ def verify_tolerance(args: argparse.Namespace, ctx: PassContext, records: list[A
     return rtol, declared
 
 
-def _report_table(before: Any, after: Any, result: Any, verify: Any, seconds: float) -> Table:
+def model_bytes(path: str | Path) -> int:
+    """Bytes on disk of an ONNX model: its file plus every external-data file
+    its tensors name (read without loading the data)."""
+    import onnx
+
+    path = Path(path)
+    total = path.stat().st_size
+    proto = onnx.load(str(path), load_external_data=False)
+    locations = {e.value for t in onnx.external_data_helper._get_all_tensors(proto)
+                 if t.data_location == onnx.TensorProto.EXTERNAL for e in t.external_data if e.key == "location"}
+    for location in locations:
+        data = path.parent / location
+        if data.is_file():
+            total += data.stat().st_size
+    return total
+
+
+def size_change(before: int, after: int) -> str:
+    """``"22.9 MB -> 90.3 MB (+294.3%)"``-style text for the size row."""
+    pct = f" ({(after - before) / before:+.1%})" if before else ""
+    return f"{filesize.decimal(after)}{pct}"
+
+
+def verify_text(verify: Any) -> str:
+    """The optimize report's verification line: the test that was checked
+    (elementwise ``|a-b| <= atol + rtol*|a|``, :mod:`graphopt.verify.compare`)
+    with the worst output's tolerances and the share of them it used (passes
+    at <= 1), the largest error relative to an output's scale, and the
+    lowest cosine. Not ``max_rel_err``: relative to near-zero elements
+    (probabilities) it is large for outputs that pass."""
+    worst = verify.worst_output
+    if worst is None:
+        return "verified: the model has no outputs to compare"
+    cosines = [o.cosine for o in verify.outputs if o.cosine is not None]
+    cosine = f", cosine >= {min(cosines):.6f}" if cosines else ""
+    return (f"verified {'ok' if verify.ok else 'FAILED'} on {len(verify.outputs)} outputs: |a-b| <= atol + rtol*|a| "
+            f"(worst {worst.name}: rtol {worst.rtol:g}, atol {worst.atol:.3g}, error/tolerance "
+            f"{worst.tol_ratio:.3g}); scale-relative error max|a-b|/max|a| <= "
+            f"{max(o.scale_rel_err for o in verify.outputs):.3g}{cosine}")
+
+
+def _report_table(before: Any, after: Any, result: Any, verify: Any, seconds: float,
+                  sizes: tuple[int, int] | None = None) -> Table:
     table = Table(title="graphopt optimize", show_edge=False)
-    table.add_column("")
-    table.add_column("before", justify="right")
-    table.add_column("after", justify="right")
+    table.add_column("", overflow="fold")
+    table.add_column("before", justify="right", overflow="fold")
+    table.add_column("after", justify="right", overflow="fold")
     table.add_row("nodes", str(before.nodes), str(after.nodes))
     table.add_row("initializers", str(before.initializers), str(after.initializers))
     table.add_row("weights", filesize.decimal(before.bytes), filesize.decimal(after.bytes))
+    if sizes is not None:
+        table.add_row("file size", filesize.decimal(sizes[0]), size_change(*sizes))
     for op in sorted(set(before.ops) | set(after.ops)):
         b, a = before.ops.get(op, 0), after.ops.get(op, 0)
         if a != b:
             table.add_row(f"  {op}", str(b), str(a))
-    if verify is not None:
-        table.add_row("max rel error", "", f"{verify.worst:.3g}")
     passes = Table(title="passes", show_edge=False)
     passes.add_column("#", justify="right")
-    passes.add_column("pass")
+    passes.add_column("pass", overflow="fold")
     passes.add_column("ms", justify="right")
     passes.add_column("nodes", justify="right")
-    passes.add_column("stats")
+    passes.add_column("stats", overflow="fold")
     for r in result.report.records:
         if not r.modified and not r.rolled_back:
             continue
         stats = ", ".join(f"{k}={v}" for k, v in r.stats.items() if v)
         flag = " (rolled back)" if r.rolled_back else " (auto)" if r.auto else ""
-        passes.add_row(str(r.index), r.spec + flag, f"{r.seconds * 1e3:.1f}",
-                       f"{r.nodes_before}->{r.nodes_after}", stats)
+        passes.add_row(str(r.index), Text(r.spec + flag), f"{r.seconds * 1e3:.1f}",
+                       f"{r.nodes_before}->{r.nodes_after}", Text(stats))
     outer = Table.grid(padding=1)
     outer.add_row(table)
+    if verify is not None:
+        outer.add_row(Text(verify_text(verify)))
     outer.add_row(passes)
     outer.add_row(f"{len(result.report.records)} passes ran in {seconds:.2f} s "
                   f"({sum(1 for r in result.report.records if r.modified)} changed the model)")
@@ -106,9 +147,11 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     pipeline = _pipeline(args)
     engine_options = _engine_options(args)  # before the pipeline: a missing TensorRT fails fast
-    model = ir.load(args.input)
+    model = ir.load(args.input)  # the loader's checks first: they say best what is wrong with a file
+    runner = _runner(args)  # --dim/--shape/--value/--inputs checked against the model before any pass runs
     before = model_stats(model)
-    runner = _runner(args, model)
+    if args.verify or args.verify_each:
+        runner.prepare(args.input)  # inputs the original runs on, or exit 2 now
     instruments: list[Any] = [Reproducer(args.reproducer_dir)]
     verify_each = None
     if args.verify_each:
@@ -153,6 +196,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         doc = {
             "input": args.input, "output": str(saved.path), "pipeline": pipeline.to_spec(),
             "target": args.target, "seconds": seconds, "before": before.to_dict(), "after": after.to_dict(),
+            "file_bytes": {"before": model_bytes(args.input), "after": model_bytes(saved.path)},
             "passes": result.report.to_dict()["passes"],
             "rolled_back": [r.name for r in result.report.rolled_back],
             "verify": verify.to_dict() if verify is not None else None,
@@ -161,7 +205,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         }
         stdout.print_json(json.dumps(doc, default=str))
     elif not args.quiet:
-        stdout.print(_report_table(before, after, result, verify, seconds))
+        sizes = (model_bytes(args.input), model_bytes(saved.path))
+        stdout.print(_report_table(before, after, result, verify, seconds, sizes))
         stdout.print(f"wrote {saved.path}" + (f" (+ {saved.data_path.name})" if saved.data_path else ""))
         if build is not None:
             stdout.print(report_build(build))
@@ -197,7 +242,7 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     Exit 1 when a pass diverges, 0 when none does."""
     pipeline = _pipeline(args)
     model = ir.load(args.input)
-    bisect = Bisect(_runner(args, model))
+    bisect = Bisect(_runner(args))
     ctx = PassContext(target=args.target, config=_config(args), instruments=[bisect])
     result = PassManager(pipeline, ctx).run(model)
     culprit = bisect.culprit

@@ -14,7 +14,7 @@ from rich import filesize
 from rich.table import Table
 
 from graphopt import ir
-from graphopt.cli.common import Progress, parse_dims, stdout, want_progress
+from graphopt.cli.common import Progress, add_dim_options, input_request, stdout, want_progress
 from graphopt.errors import InputError, PassError, SaveError, VerificationError
 from graphopt.passmanager import PROVIDERS, TARGETS, PassContext, PassManager, Pipeline, Reproducer
 from graphopt.passmanager.pipeline import INT8_FUSION
@@ -94,8 +94,29 @@ def _calibration(args: argparse.Namespace, proto: onnx.ModelProto) -> Any:
     if args.calib is None:
         return None
     if args.calib == "generate":
-        return CalibrationData.generated(proto, count=args.calib_count, seed=0, dims=parse_dims(args.dim))
+        return _generated(args, proto, args.calib_count, 0)
     return CalibrationData.from_path(args.calib, proto, batch_size=args.batch_size, limit=args.calib_limit)
+
+
+def _generated(args: argparse.Namespace, proto: onnx.ModelProto, count: int, seed: int) -> Any:
+    """``count`` synthetic samples (seeds ``seed``, ``seed + 1``, ...) at sizes
+    the float model runs on: the defaults and ``--dim`` as
+    ``CalibrationData.generated`` draws them, or, with ``--shape``/``--value``
+    or when the defaults do not run, the sizes
+    :func:`graphopt.verify.feed.runnable_inputs` found.
+
+    Raises:
+        InputError: the float model runs on no generated input (the message
+            names --shape, --value).
+    """
+    from graphopt.passes.quantization.calibration import CalibrationData
+    from graphopt.verify.feed import runnable_inputs
+
+    request = args.request
+    feed = runnable_inputs(args.input, request, seed=seed)
+    if feed.grow is None and not request.shapes and not request.values:
+        return CalibrationData.generated(proto, count=count, seed=seed, dims=request.dims)
+    return CalibrationData.from_arrays([feed.sample(seed + i) for i in range(count)], proto)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -114,6 +135,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                          ".npz files or of input_N.pb tensors / test_data_set_N folders) or --calib generate "
                          "(synthetic inputs, as graphopt verify makes them: ranges fit real data less well)")
     proto = onnx.load(args.input, load_external_data=False)
+    args.request = input_request(args, proto)  # --dim/--shape/--value checked before anything runs
     calibration = _calibration(args, proto)
     if calibration is not None:
         _first(calibration, 1)  # a first sample that does not fit the model fails now, before the pipeline runs
@@ -240,7 +262,7 @@ def _report_batches(calibration: Any, proto: onnx.ModelProto, args: argparse.Nam
     elif calibration is not None:
         data = calibration
     else:
-        data = CalibrationData.generated(proto, count=2, seed=1000, dims=parse_dims(args.dim))
+        data = _generated(args, proto, 2, 1000)
     return _first(data, REPORT_BATCHES)
 
 
@@ -322,7 +344,6 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--opset", type=int, metavar="N", help="upgrade the default-domain opset to N (default 13, the "
                    "least per-channel QDQ needs; models at a higher opset keep theirs)")
     p.add_argument("--reproducer-dir", help="where to write a reproducer if a pass crashes")
-    p.add_argument("--dim", action="append", metavar="NAME=SIZE",
-                   help="bind a symbolic input dim of generated inputs (repeatable), e.g. --dim sequence=128")
+    add_dim_options(p, inputs=False)  # --dim, --shape, --value of generated (--calib generate) inputs
     p.add_argument("--json", action="store_true", help="print a machine-readable report on stdout")
     p.set_defaults(func=cmd_quantize)

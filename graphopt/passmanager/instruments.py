@@ -64,26 +64,79 @@ class Instrument:
 class ModelRunner:
     """Runs IR models in onnxruntime on one fixed set of inputs.
 
-    Inputs are given, or generated from the first model by
-    :func:`graphopt.verify.generate_inputs` (dtype- and meaning-aware, dynamic
-    dims bound from ``dims``). Models under the protobuf limit run from memory;
-    larger ones are saved to a temporary folder first.
+    Inputs are given (all of them, or some: the rest are generated), or
+    generated from the first model run (the original) by
+    :func:`graphopt.verify.feed.runnable_inputs`: dtype- and meaning-aware,
+    dims bound by ``dims``, whole shapes by ``shapes``, fill values by
+    ``values``, and free dims grown until the original runs. Models under the
+    protobuf limit run from memory; larger ones are saved to a temporary
+    folder first.
+
+    Attributes:
+        inputs: the feed: as given until the first run or :meth:`prepare`,
+            then every input of the model.
+        dims, shapes, values: the user's bindings (``--dim``, ``--shape``,
+            ``--value``).
     """
 
     def __init__(self, inputs: dict[str, np.ndarray] | None = None, dims: dict[str, int] | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, *, shapes: dict[str, tuple[int, ...]] | None = None,
+                 values: dict[str, float | int | bool] | None = None) -> None:
         self.inputs = inputs
         self.dims = dims
+        self.shapes = shapes
+        self.values = values
         self.seed = seed
+        self._resolved = False
+
+    def request(self) -> Any:
+        """The :class:`~graphopt.verify.feed.InputRequest` of this runner's
+        dims, shapes, values and given inputs."""
+        from graphopt.verify.feed import InputRequest
+
+        return InputRequest(dict(self.dims or {}), dict(self.shapes or {}), dict(self.values or {}),
+                            dict(self.inputs or {}))
+
+    def _needs_inputs(self, proto: onnx.ModelProto) -> bool:
+        if self._resolved:
+            return False
+        if self.inputs is None or self.shapes or self.values:
+            return True
+        initializers = {t.name for t in proto.graph.initializer}
+        return any(v.name not in self.inputs for v in proto.graph.input if v.name not in initializers)
+
+    def prepare(self, model: Any) -> Any:
+        """Resolve the inputs on ``model`` (the original: a path, a proto or
+        an IR model) now, by running it: a model that fails on them fails
+        here, before any pass runs.
+
+        Returns:
+            The :class:`~graphopt.verify.feed.Feed` (inputs and the model's
+            outputs on them).
+
+        Raises:
+            InputError: the options do not fit the model, or the model fails
+                on every input tried (the message names --shape, --value and
+                --inputs).
+            LoadError: onnxruntime cannot load the model.
+        """
+        from graphopt.verify.feed import runnable_inputs
+
+        feed = runnable_inputs(model, self.request(), seed=self.seed)
+        self.inputs, self._resolved = feed.inputs, True
+        return feed
 
     def run(self, model: ir.Model) -> dict[str, np.ndarray]:
-        """Outputs by name.
+        """Outputs by name. The first call resolves the inputs on ``model``
+        (as :meth:`prepare`) unless they were given complete.
 
         Raises:
             LoadError: onnxruntime cannot load the model.
-            InputError: the given inputs do not fit the model.
+            InputError: the given inputs do not fit the model, or (first run)
+                the model fails on every generated input.
+            ModelRunError: onnxruntime fails while running the model.
         """
-        from graphopt.verify import generate_inputs, run_model
+        from graphopt.verify import run_model
 
         with tempfile.TemporaryDirectory(prefix="graphopt-run-") as tmp:
             try:
@@ -92,9 +145,9 @@ class ModelRunner:
                 path = Path(tmp) / "model.onnx"
                 ir.save(model, path, external_data=True)
                 target = str(path)
-            if self.inputs is None:
-                proto = target if isinstance(target, onnx.ModelProto) else onnx.load(target, load_external_data=False)
-                self.inputs = generate_inputs(proto, dims=self.dims, seed=self.seed)
+            proto = target if isinstance(target, onnx.ModelProto) else onnx.load(target, load_external_data=False)
+            if self._needs_inputs(proto):
+                return self.prepare(target).outputs
             return run_model(target, self.inputs)
 
 

@@ -25,11 +25,13 @@ import numpy as np
 import onnx
 
 from graphopt.errors import InputError, LoadError
+from graphopt.verify.tables import GraphIndex as _GraphIndex
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DIM_DEFAULTS",
+    "Growth",
     "InputSpec",
     "check_inputs",
     "generate_inputs",
@@ -54,19 +56,6 @@ DIM_DEFAULTS: tuple[tuple[str, int], ...] = (
     (r"seq|length|len\b|token|time|frames", 16),
     (r"height|width|^h$|^w$", 64),
 )
-
-#: Ops that move index values around without changing them; ids flowing through
-#: these still index the same table (used when looking for a vocabulary).
-_INDEX_PASSTHROUGH = frozenset(
-    {
-        "Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand",
-        "Transpose", "Tile", "Concat", "Slice", "Split", "Gather", "Pad",
-    }
-)  # fmt: skip
-#: Ops that forward an embedding table's data without changing its row count.
-_TABLE_PASSTHROUGH = frozenset({"Cast", "Identity", "DequantizeLinear"})
-#: com.microsoft EmbedLayerNormalization: index input -> embedding-table input.
-_EMBED_LAYERNORM_TABLES = {0: 2, 1: 4, 8: 3}
 
 _FLOAT8_AND_BF16 = {
     onnx.TensorProto.BFLOAT16,
@@ -224,14 +213,42 @@ def default_dim(name: str) -> int:
     return 1
 
 
-def resolve_shape(spec: InputSpec, dims: Mapping[str, int]) -> tuple[int, ...]:
+@dataclass(frozen=True)
+class Growth:
+    """Larger sizes for the dims nobody bound, for a model that rejects the
+    defaults (a streaming audio model whose signal must be >= its window).
+
+    Attributes:
+        batch: the size of batch-like free dims: named ``*batch*``, an
+            unnamed axis 0, or the only dynamic axis (not the last) of an input
+            of rank >= 3 whose other dims are static (a recurrent state
+            ``[2, ?, 128]``, LSTM ``h0 [layers, ?, hidden]``).
+        size: the size of every other free dim (at least its default).
+    """
+
+    batch: int
+    size: int
+
+
+def _batch_like(dims: tuple[int | str | None, ...], axis: int) -> bool:
+    """An unnamed dim that is probably the batch (rules in :class:`Growth`)."""
+    if axis == 0:
+        return True
+    dynamic = [i for i, d in enumerate(dims) if not isinstance(d, int)]
+    return len(dims) >= 3 and dynamic == [axis] and axis != len(dims) - 1
+
+
+def resolve_shape(spec: InputSpec, dims: Mapping[str, int], grow: Growth | None = None) -> tuple[int, ...]:
     """The concrete shape to generate for ``spec``.
 
     Static dims are kept; a symbolic dim takes ``dims[name]``, else
     :func:`default_dim`; an expression ``dim_param`` is evaluated over those
     values; an unnamed dynamic dim is 1, except the height and width of a
     rank-4 float input (NCHW image), which get :data:`SPATIAL_DEFAULT` when
-    unnamed or named by no rule (e.g. ``p2o.DynamicDimension.1``).
+    unnamed or named by no rule (e.g. ``p2o.DynamicDimension.1``). With
+    ``grow``, the dims that ``dims`` leaves free (unnamed, or named and
+    unbound) take ``grow.batch`` when batch-like, else the larger of
+    ``grow.size`` and their default.
 
     Raises:
         InputError: the input has no declared shape (rank unknown), or an
@@ -249,7 +266,12 @@ def resolve_shape(spec: InputSpec, dims: Mapping[str, int]) -> tuple[int, ...]:
         if isinstance(d, int):
             shape.append(d)
         elif d is None:
-            shape.append(SPATIAL_DEFAULT if spatial else 1)
+            default = SPATIAL_DEFAULT if spatial else 1
+            if grow is not None:
+                default = grow.batch if _batch_like(spec.dims, i) and not spatial else max(default, grow.size)
+            shape.append(default)
+        elif grow is not None and d not in dims and _parse_expr(d) is None:
+            shape.append(grow.batch if "batch" in d.lower() else max(default_dim(d), grow.size))
         else:
             expr = _parse_expr(d)
             if expr is None:
@@ -272,83 +294,6 @@ def resolve_shape(spec: InputSpec, dims: Mapping[str, int]) -> tuple[int, ...]:
 
 
 # ---------------------------------------------------------------------------
-# vocabulary discovery
-
-
-class _GraphIndex:
-    """Consumers and initializer/Constant shapes of one graph and its subgraphs,
-    for the forward walk from an index input to the table it indexes."""
-
-    def __init__(self, graph: onnx.GraphProto) -> None:
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        self.producer: dict[str, onnx.NodeProto] = {}
-        self.const_dims: dict[str, tuple[int, ...]] = {}
-        self._add(graph)
-
-    def _add(self, graph: onnx.GraphProto) -> None:
-        for t in graph.initializer:
-            self.const_dims[t.name] = tuple(t.dims)
-        for node in graph.node:
-            for name in node.input:
-                if name:
-                    self.consumers.setdefault(name, []).append(node)
-            for name in node.output:
-                self.producer[name] = node
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                for attr in node.attribute:
-                    if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
-                        self.const_dims[node.output[0]] = tuple(attr.t.dims)
-            for attr in node.attribute:
-                # subgraph nodes that read outer-scope values show up as consumers
-                for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                    self._add(sub)
-
-    def table_dims(self, name: str) -> tuple[int, ...] | None:
-        """Dims of the constant that ``name`` is (through Cast/Identity/Dequantize)."""
-        for _ in range(8):
-            if name in self.const_dims:
-                return self.const_dims[name]
-            node = self.producer.get(name)
-            if node is None or node.op_type not in _TABLE_PASSTHROUGH:
-                return None
-            name = node.input[0]
-        return None
-
-    def vocab_size(self, start: str) -> int | None:
-        """The smallest row count among the constant tables that values flowing
-        from ``start`` index (Gather indices, EmbedLayerNormalization ids), or
-        None when no such table is found."""
-        sizes: list[int] = []
-        seen = {start}
-        frontier = [start]
-        while frontier:
-            name = frontier.pop()
-            for node in self.consumers.get(name, []):
-                positions = [i for i, n in enumerate(node.input) if n == name]
-                if node.op_type == "Gather" and 1 in positions:
-                    dims = self.table_dims(node.input[0])
-                    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-                    if dims is not None and -len(dims) <= axis < len(dims):
-                        sizes.append(int(dims[axis]))
-                        continue
-                if node.op_type == "EmbedLayerNormalization":
-                    for pos in positions:
-                        table = _EMBED_LAYERNORM_TABLES.get(pos)
-                        if table is not None and table < len(node.input):
-                            dims = self.table_dims(node.input[table])
-                            if dims:
-                                sizes.append(int(dims[0]))
-                    continue
-                # ids are the data operand (input 0) of these ops; Concat takes any
-                if node.op_type in _INDEX_PASSTHROUGH and (node.op_type == "Concat" or 0 in positions):
-                    for out in node.output:
-                        if out and out not in seen:
-                            seen.add(out)
-                            frontier.append(out)
-        return min(sizes) if sizes else None
-
-
-# ---------------------------------------------------------------------------
 # generation
 
 
@@ -365,9 +310,14 @@ def _check_dims(model: onnx.ModelProto, dims: Mapping[str, int]) -> None:
     names = model_dim_names(model)
     unknown = sorted(set(dims) - set(names))
     if unknown:
-        listed = ", ".join(names) if names else "none: every input dim is static"
+        specs = input_specs(model)
+        unnamed = any(d is None for s in specs for d in s.dims or ())
+        listed = ", ".join(names) if names else (
+            "none (their dynamic dims are unnamed)" if unnamed else "none: every input dim is static")
+        hint = ("; size an unnamed dim by giving its input's whole shape (--shape INPUT=AxB; shapes= in Python). "
+                "The inputs: " + ", ".join(f"{s.name}: {s.describe()}" for s in specs)) if unnamed else ""
         raise InputError(
-            f"dims {unknown} name no dim of the model's inputs; the model's dim names are: {listed}"
+            f"dims {unknown} name no dim of the model's inputs; the model's dim names are: {listed}{hint}"
         )
     for name, size in dims.items():
         if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 0:
@@ -378,6 +328,10 @@ def generate_inputs(
     model: onnx.ModelProto | str | Path,
     dims: Mapping[str, int] | None = None,
     seed: int = 0,
+    *,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    values: Mapping[str, float | int | bool] | None = None,
+    grow: Growth | None = None,
 ) -> dict[str, np.ndarray]:
     """Generate one set of inputs that the model can run on.
 
@@ -416,6 +370,14 @@ def generate_inputs(
         dims: sizes for symbolic dim names.
         seed: seed for ``numpy.random.default_rng``; the same seed gives the same
             inputs.
+        shapes: whole shapes by input name (``--shape input=1x512``), used as
+            given; a named dim of such an input binds that name for the other
+            inputs unless ``dims`` binds it. Checked against the model by
+            :func:`graphopt.verify.feed.check_request`.
+        values: a fill value by input name (``--value sr=16000``): the input
+            is ``numpy.full(shape, value)`` in its dtype.
+        grow: larger sizes for free dims (:func:`resolve_shape`), as
+            :func:`graphopt.verify.feed.runnable_inputs` tries them.
 
     Returns:
         ``{input name: array}`` in the model's input order, dtypes exactly as
@@ -424,7 +386,8 @@ def generate_inputs(
     Raises:
         InputError: a ``dims`` entry names no dim of the model (the message lists
             the model's dim names), a size is not a non-negative int, an input has
-            no declared shape, or an input is a string/non-tensor.
+            no declared shape, or an input is a string/non-tensor; a ``shapes``
+            or ``values`` key is not an input.
         LoadError: ``model`` is a path that does not hold an ONNX model.
     """
     proto = _as_proto(model)
@@ -434,12 +397,23 @@ def generate_inputs(
     if not specs:
         logger.info("model has no inputs; nothing to generate")
         return {}
+    shapes, values = dict(shapes or {}), dict(values or {})
+    unknown = sorted((set(shapes) | set(values)) - {s.name for s in specs})
+    if unknown:
+        raise InputError(f"{unknown} name no input of the model; its inputs are: {', '.join(s.name for s in specs)}")
+    for spec in specs:  # a named dim of a shaped input binds that name for the others
+        for d, size in zip(spec.dims or (), shapes.get(spec.name, ())):
+            if isinstance(d, str) and d.isidentifier():
+                dims.setdefault(d, size)
     index = _GraphIndex(proto.graph)
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for spec in specs:
-        shape = resolve_shape(spec, dims)
-        out[spec.name] = _generate_one(spec, shape, index, rng)
+        shape = tuple(shapes[spec.name]) if spec.name in shapes else resolve_shape(spec, dims, grow)
+        if spec.name in values:
+            out[spec.name] = np.full(shape, values[spec.name]).astype(spec.dtype)
+        else:
+            out[spec.name] = _generate_one(spec, shape, index, rng)
         logger.debug("generated input %s: %s %s", spec.name, out[spec.name].dtype, shape)
     return out
 

@@ -47,10 +47,15 @@ def test_parse_shapes_refuses_a_name_twice():
         parse_shapes(["x=1x1", "x=1x2"])
 
 
-def test_defaults_for_text_models_batch_and_sequence():
+def test_defaults_for_text_models_batch_and_sequence(caplog):
+    # bert_tiny's position table has 128 rows: the default sequence max (512) is capped there, with a warning
     p = make_profile(load("bert_tiny_ts.onnx"))
-    assert ranges(p) == {n: "1x1:1x128:8x512" for n in ("input_ids", "attention_mask", "token_type_ids")}
+    assert ranges(p) == {n: "1x1:1x128:8x128" for n in ("input_ids", "attention_mask", "token_type_ids")}
     assert set(p.origin.values()) == {"derived"}
+    assert [r.getMessage() for r in caplog.records] == [
+        "input 'input_ids' axis 1 (sequence): the model's position table inner.embeddings.position_embeddings.weight "
+        "has 128 rows, so the default sequence range 1:128:512 is capped at 128; give --shapes input_ids=MIN:OPT:MAX "
+        "to choose"]
 
 
 def test_defaults_for_images_static_and_unnamed_dims():

@@ -141,7 +141,8 @@ def configure(backend: Backend, builder: Any, *, fp16: bool, bf16: bool, quantiz
             raise InputError(
                 "TensorRT for RTX builds strongly typed networks only: every tensor keeps the type the ONNX model "
                 "gives it, and there are no FP16/BF16 builder flags. Give it a model whose weights and activations "
-                "are already float16/bfloat16 (graphopt has no float16 conversion yet), or build with TensorRT "
+                "are already float16/bfloat16 (make one with `graphopt quantize IN -o OUT --float fp16`, or "
+                "--float bf16), or build with TensorRT "
                 "(pip install 'graphopt[tensorrt]'), where --fp16/--bf16 set the builder flags")
         network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
         config = builder.create_builder_config()

@@ -23,10 +23,13 @@ Inputs that share a dim name share its range: ``--shapes input_ids=1x1:1x128:8x5
 also sets ``attention_mask``'s ``[batch, sequence]``. Anything else gets 1
 (what graphopt's verification inputs use too) and a warning naming the dim.
 The rules are tried in the table's order.
-A model's position table may allow fewer than 512 positions: TensorRT for
-RTX still builds such an engine (its shape checks run when the engine runs),
-but a run past the table fails, so give ``--shapes`` for such models. A dim
-named ``?`` counts as unnamed.
+A model's position table may allow fewer than 512 positions (BERT-style
+``position_embeddings``, GPT-2's ``wpe``; found by
+:func:`graphopt.verify.tables.position_limit`): TensorRT for RTX would still
+build such an engine (its shape checks run when the engine runs), but a run
+past the table fails. So the default sequence range is capped at the table's
+rows (opt too, when larger), with a warning, and a ``--shapes`` range past
+the table is warned about. A dim named ``?`` counts as unnamed.
 """
 
 from __future__ import annotations
@@ -236,6 +239,16 @@ def make_profile(model: onnx.ModelProto, given: dict[str, ShapeRange] | None = N
                 bound[dim] = (triple, name)
     profile = Profile()
     defaults = dict(DEFAULT_RANGES)
+    table = _position_table(model)
+    if table is not None:
+        lo, mid, hi = defaults["sequence"]
+        if hi > table.rows:
+            defaults["sequence"] = (min(lo, table.rows), min(mid, table.rows), table.rows)
+        for dim, (triple, name) in bound.items():
+            if _SEQUENCE.search(dim.lower()) and triple[2] > table.rows:
+                log.warning("--shapes gives dim '%s' (input '%s') a max of %d, but the model's position table %s "
+                            "has %d rows: runs past %d will fail", dim, name, triple[2], table.name, table.rows,
+                            table.rows)
     for inp in inputs:
         if inp.name in given:
             profile.shapes[inp.name], profile.origin[inp.name] = given[inp.name], "given"
@@ -249,6 +262,11 @@ def make_profile(model: onnx.ModelProto, given: dict[str, ShapeRange] | None = N
             else:
                 kind = _kind(inp, axis, dim)
                 triple = defaults.get(kind, (1, 1, 1))
+                if kind == "sequence" and table is not None and dict(DEFAULT_RANGES)["sequence"][2] > table.rows:
+                    log.warning("input '%s' axis %d (%s): the model's position table %s has %d rows, so the default "
+                                "sequence range %s is capped at %d; give --shapes %s=MIN:OPT:MAX to choose",
+                                inp.name, axis, dim or "unnamed", table.name, table.rows,
+                                ":".join(map(str, dict(DEFAULT_RANGES)["sequence"])), table.rows, inp.name)
                 if kind == "other":
                     log.warning("input '%s' axis %d (%s) matches no default rule: fixed to 1 in the optimization "
                                 "profile; give --shapes %s=MIN:OPT:MAX to make it dynamic",
@@ -260,6 +278,13 @@ def make_profile(model: onnx.ModelProto, given: dict[str, ShapeRange] | None = N
         profile.shapes[inp.name] = r
         profile.origin[inp.name] = "derived" if inp.dynamic else "static"
     return profile
+
+
+def _position_table(model: onnx.ModelProto) -> Any:
+    """The model's position table (:func:`graphopt.verify.tables.position_limit`)."""
+    from graphopt.verify.tables import position_limit
+
+    return position_limit(model)
 
 
 def _describe(inp: ModelInput) -> str:

@@ -307,9 +307,12 @@ def runnable_inputs(
         raise InputError(f"the original model {source.label} fails in onnxruntime on the inputs given{given}: "
                          f"{_first_line(error)}; check the --inputs data (or --shape/--value)") from error
     sizes = tried[0] if len(tried) == 1 else f"{len(tried)} sizes, from {tried[0]} to {tried[-1]}"
+    long = [f"{name}={size}" for name, size in dims.items() if SEQUENCE_DIM.search(name.lower()) and size > 16]
+    limit = (f"If {', '.join(long)} is past what the model supports (a position table or a fixed window), use a "
+             "smaller size. ") if long else ""
     raise InputError(
         f"the original model {source.label} fails in onnxruntime on generated inputs{given} (tried {sizes}): "
-        f"{_first_line(error)}. graphopt cannot tell which inputs it accepts: give input shapes with --shape "
+        f"{_first_line(error)}. {limit}graphopt cannot tell which inputs it accepts: give input shapes with --shape "
         f"NAME=1x512, set scalar inputs with --value NAME=VALUE (e.g. a sample rate), or pass real inputs with "
         f"--inputs FILE.npz. The model's inputs: {_inputs_text(specs)}"
     ) from error

@@ -228,3 +228,34 @@ def test_dim_past_the_position_table_exits_2_before_running(tmp_path, capsys):
     assert code == 2
     assert flat(stderr).startswith("error: --shape input_ids asks for 129 positions, but the model has a position "
                                    "table of 128 rows (inner.transformer.wpe.weight)")
+
+
+def test_bisect_and_verify_each_grow_the_inputs(audio, tmp_path, capsys):
+    code, stdout, stderr = run_cli(capsys, "bisect", audio, "-p", "O2")
+    assert code == 0, stderr
+    assert "no divergence" in stdout
+    out = tmp_path / "opt.onnx"
+    code, stdout, stderr = run_cli(capsys, "optimize", audio, "-o", out, "--verify-each", "--value", "sr=16000")
+    assert code == 0, stderr
+    assert out.is_file()
+
+
+def test_a_too_long_sequence_the_table_check_misses_says_so(tmp_path):
+    """A model whose position table the name rules do not find: onnxruntime's
+    failure on the original becomes exit 2 with the limit hint."""
+    proto = onnx.load(str(MODELS / "bert_tiny_ts.onnx"))
+    for t in proto.graph.initializer:
+        if t.name == "inner.embeddings.position_embeddings.weight":
+            t.name = "table_p"
+    for node in proto.graph.node:
+        node.input[:] = ["table_p" if n == "inner.embeddings.position_embeddings.weight" else n for n in node.input]
+    path = tmp_path / "renamed.onnx"
+    onnx.save(proto, path)
+    with pytest.raises(InputError) as e:
+        runnable_inputs(path, InputRequest(dims={"sequence": 200, "batch": 1}))
+    text = str(e.value)
+    assert text.startswith(f"the original model {path} fails in onnxruntime on generated inputs with --dim "
+                           "sequence=200 --dim batch=1 (tried input_ids: int64[1, 200], attention_mask: int64[1, 200], "
+                           "token_type_ids: int64[1, 200]): ")
+    assert ("If sequence=200 is past what the model supports (a position table or a fixed window), use a smaller "
+            "size. graphopt cannot tell") in text

@@ -15,6 +15,7 @@ enough.
 from __future__ import annotations
 
 import ast
+import difflib
 import logging
 import re
 from collections.abc import Iterator, Mapping
@@ -316,6 +317,9 @@ def _check_dims(model: onnx.ModelProto, dims: Mapping[str, int]) -> None:
             "none (their dynamic dims are unnamed)" if unnamed else "none: every input dim is static")
         hint = ("; size an unnamed dim by giving its input's whole shape (--shape INPUT=AxB; shapes= in Python). "
                 "The inputs: " + ", ".join(f"{s.name}: {s.describe()}" for s in specs)) if unnamed else ""
+        close = [m for u in unknown for m in difflib.get_close_matches(u, names, n=1)]
+        if close:
+            hint += f" (did you mean {', '.join(repr(c) for c in close)}?)"
         raise InputError(
             f"dims {unknown} name no dim of the model's inputs; the model's dim names are: {listed}{hint}"
         )

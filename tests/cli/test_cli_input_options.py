@@ -259,3 +259,12 @@ def test_a_too_long_sequence_the_table_check_misses_says_so(tmp_path):
                            "token_type_ids: int64[1, 200]): ")
     assert ("If sequence=200 is past what the model supports (a position table or a fixed window), use a smaller "
             "size. graphopt cannot tell") in text
+
+
+def test_a_misspelt_dim_is_named_with_the_close_match(tmp_path, capsys):
+    out = tmp_path / "opt.onnx"
+    code, stdout, stderr = run_cli(capsys, "optimize", MODELS / "bert_tiny_ts.onnx", "-o", out, "--dim", "sequnce=64")
+    assert code == 2
+    assert flat(stderr) == ("error: dims ['sequnce'] name no dim of the model's inputs; the model's dim names are: "
+                            "batch, sequence (did you mean 'sequence'?)")
+    assert not out.exists()

@@ -10,7 +10,6 @@ import io
 import json
 import logging
 import shutil
-from pathlib import Path
 
 import onnx
 import pytest

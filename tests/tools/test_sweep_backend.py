@@ -53,14 +53,14 @@ def test_run_case_maps_errors_to_classes(monkeypatch, tmp_path, error, cls, reas
         raise error
 
     monkeypatch.setattr(PassManager, "run", fail)
-    data = Path(sweep_backend._data_dir())
+    data = Path(sweep_backend.data_dir())
     case = sweep_backend.Case("simple", "test_sign_model", str(data / "simple" / "test_sign_model"))
     row = sweep_backend.run_case(case, "O1:ort", str(tmp_path))
     assert row.cls == cls and row.reason.startswith(reason)
 
 
 def test_a_case_over_the_timeout_is_recorded_and_its_worker_replaced():
-    data = Path(sweep_backend._data_dir())
+    data = Path(sweep_backend.data_dir())
     case = sweep_backend.Case("simple", "test_sign_model", str(data / "simple" / "test_sign_model"))
     rows = sweep_backend.sweep([(case, "O1:ort")], workers=1, timeout=0.0, max_tasks=10, progress=False)
     assert [(r.cls, r.reason) for r in rows] == [("timeout", "over 0 s")]

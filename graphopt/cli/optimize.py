@@ -223,7 +223,8 @@ def _engine_options(args: argparse.Namespace) -> Any:
                                 ("--compute-capability", args.compute_capability), ("--flavour", args.flavour),
                                 ("--no-decompose-attention", not args.decompose_attention)) if v]
         if given:
-            raise InputError(f"{', '.join(given)} configure a TensorRT engine; add --engine OUT.engine")
+            shape_hint = " (to size the inputs verification runs on, use --shape INPUT=AxB)" if args.shapes else ""
+            raise InputError(f"{', '.join(given)} configure a TensorRT engine; add --engine OUT.engine{shape_hint}")
         return None
     if args.target != "tensorrt":
         raise InputError(f"--engine needs --target tensorrt (the {args.target} target may emit operators TensorRT "

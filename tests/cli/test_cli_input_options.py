@@ -268,3 +268,13 @@ def test_a_misspelt_dim_is_named_with_the_close_match(tmp_path, capsys):
     assert flat(stderr) == ("error: dims ['sequnce'] name no dim of the model's inputs; the model's dim names are: "
                             "batch, sequence (did you mean 'sequence'?)")
     assert not out.exists()
+
+
+def test_engine_shapes_without_engine_points_to_shape(tmp_path, capsys):
+    out = tmp_path / "opt.onnx"
+    code, stdout, stderr = run_cli(capsys, "optimize", MODELS / "bert_tiny_ts.onnx", "-o", out,
+                                   "--shapes", "input_ids=1x32")
+    assert code == 2
+    assert flat(stderr) == ("error: --shapes configure a TensorRT engine; add --engine OUT.engine (to size the "
+                            "inputs verification runs on, use --shape INPUT=AxB)")
+    assert not out.exists()

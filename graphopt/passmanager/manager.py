@@ -317,12 +317,15 @@ def restore_signature(model: Model, declared: Signature) -> list[str]:
     """Put the declared types and shapes back on ``model``'s main-graph inputs
     and outputs (matched by name and kind).
 
-    A shape is put back when it is compatible with the current one (same
-    rank; static dims equal): a symbolic or unknown dim that a pass sharpened
-    to a number, or renamed, is declared again. A dtype or static-dim change
-    is left as it is, for verification to report (a lossy pass may change an
-    output's dtype on purpose). The type is put back only where the value
-    lost it.
+    Per axis, a declared number or a declared symbolic name is put back; an
+    axis declared without a name keeps a number the passes found for it (it
+    promised nothing; a made-up name such as ``unk__3`` is not kept), and a
+    value declared without a shape keeps the shape found. This is done only when
+    the shapes are compatible (same rank; static dims equal): a symbolic dim
+    that a pass sharpened to a number, or renamed, is declared again, while a
+    dtype, rank or static-dim change is left as it is, for verification to
+    report (a lossy pass may change an output's dtype on purpose). The type
+    is put back only where the value lost it.
 
     Returns:
         ``"<kind> '<name>'"`` for each input or output whose shape was put back.
@@ -342,10 +345,15 @@ def restore_signature(model: Model, declared: Signature) -> list[str]:
             value.type = vtype
         if vtype is not None and value.type is not None and value.type != vtype:
             continue
-        if _same_shape(shape, value.shape) or not _compatible(shape, value.shape):
+        if shape is None or not _compatible(shape, value.shape):
             continue
-        value.shape = None if shape is None else Shape(
-            list(shape.dims), denotations=[shape.get_denotation(i) for i in range(len(shape.dims))])
+        current = value.shape
+        dims = list(shape.dims) if current is None else [
+            c if not isinstance(d, int) and d.value is None and isinstance(c, int) else d
+            for d, c in zip(shape.dims, current.dims)]
+        if current is not None and _same_shape(Shape(dims), current):
+            continue
+        value.shape = Shape(dims, denotations=[shape.get_denotation(i) for i in range(len(dims))])
         restored.append(f"{kind} '{value.name}'")
     if restored:
         _LOG.debug("declared shapes put back on %s", ", ".join(restored))

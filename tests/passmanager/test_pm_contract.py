@@ -182,6 +182,17 @@ g (float[4] x) => (float[4] y) { y = Relu(x) }""")
     assert _dims(model.graph.outputs[0]) == [4]
 
 
+def test_restore_keeps_what_was_found_for_unnamed_or_undeclared_dims() -> None:
+    model = ir.from_text("""<ir_version: 10, opset_import: ["" : 17]>
+g (float[4] x) => (float[?, n, ?] y, float z) { y = Relu(x)\n z = Neg(x) }""")
+    declared = declared_signature(model)
+    y, z = model.graph.outputs
+    y.shape = ir.Shape([2, 8, ir.SymbolicDim("unk__3")])
+    z.shape = ir.Shape([4])
+    assert restore_signature(model, declared) == ["output 'y'"]
+    assert _dims(y) == [2, "n", None] and _dims(z) == [4]
+
+
 def test_restore_leaves_a_changed_dtype() -> None:
     model = ir.from_text(CHAIN)
     declared = declared_signature(model)

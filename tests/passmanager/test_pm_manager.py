@@ -233,12 +233,12 @@ g (float[4] x) => (float[4] y) {
   a = Identity(x)
 }""")
     result = PassManager("O1").run(model)
-    simplify = ["inline", "fold-constants", "fold-shapes", "eliminate-noops", "eliminate-reshape-pairs", "fold-bias",
+    simplify = ["inline", "canonicalize-einsum", "fold-constants", "fold-shapes", "eliminate-noops", "eliminate-reshape-pairs", "fold-bias",
                 "fold-batchnorm", "merge-sibling-matmuls", "cse", "dce"]
     names = [r.name for r in result.report.records]
     # Round 2 stops after eliminate-noops: the passes behind it found nothing in
     # round 1 after the last change, so they are not run again.
-    assert names == ["topological-sort", *simplify, *simplify[:4]]  # fold-shapes establishes shapes-inferred
+    assert names == ["topological-sort", *simplify, *simplify[:5]]  # fold-shapes establishes shapes-inferred
     assert [r.modified for r in result.report.records if r.name == "eliminate-noops"] == [True, False]
     assert [n.op_type for n in result.model.graph] == ["Relu"]
     assert result.report.spec == "O1"

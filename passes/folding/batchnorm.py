@@ -9,6 +9,7 @@ reading a node's constant weight, scaling output channels, and replacing a
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -47,6 +48,24 @@ def float_weight(value: ir.Value | None) -> np.ndarray | None:
     if tensor is None or tensor.dtype not in FLOAT_TYPES:
         return None
     return np.asarray(tensor.numpy(), dtype=np.float64)
+
+
+SMALL_ELEMENTS = 64
+"""Weights of at most this many elements are copied freely (fold-constants' ``small-elements``)."""
+
+
+def shared_weight(value: ir.Value, reader: ir.Node) -> bool:
+    """True when a constant weight of more than ``SMALL_ELEMENTS`` elements is
+    read by a node other than ``reader`` (or is a graph output): rewriting it
+    would store a second, scaled copy beside the one the others read
+    (fold-constants' growth rule: stored weights are not inflated)."""
+    tensor = ir.const_tensor(value)
+    if tensor is None or math.prod(int(d) for d in tensor.shape) <= SMALL_ELEMENTS:
+        return False
+    return value.is_graph_output() or any(use.node is not reader for use in value.uses())
+
+
+SHARED = "the weight is read by other nodes too (folding would store a second copy)"
 
 
 def out_channels(node: ir.Node, w_shape: tuple[int, ...]) -> int:
@@ -265,6 +284,8 @@ class _Folder:
         w_tensor = ir.const_tensor(w_value)
         if w_tensor is None or w_tensor.dtype not in FLOAT_TYPES or len(w_tensor.shape) < 3:
             return "the weight is not a float constant of rank >= 3"
+        if shared_weight(w_value, conv):
+            return SHARED
         channels = out_channels(conv, tuple(int(d) for d in w_tensor.shape))
         b_value = conv.inputs[2] if len(conv.inputs) > 2 else None
         b_tensor = ir.const_tensor(b_value) if b_value is not None else None
@@ -298,6 +319,8 @@ class _Folder:
         b = float_weight(b_value)
         if b is None or b.ndim != 2 or ir.const_tensor(b_value).dtype not in GEMM_TYPES:
             return "B is not a 2-D float or double constant"
+        if shared_weight(b_value, gemm):
+            return SHARED
         trans_b = "transB" in gemm.attributes and gemm.attributes["transB"].as_int() == 1
         if (b.shape[0] if trans_b else b.shape[1]) != s.shape[0]:
             return "the channel counts differ"
@@ -327,6 +350,8 @@ class _Folder:
         w = float_weight(w_value)
         if w is None or w.ndim != 2 or rank_of(a) != 2 or ir.const_tensor(w_value).dtype not in GEMM_TYPES:
             return "not a 2-D MatMul by a float or double constant"
+        if shared_weight(w_value, matmul):
+            return SHARED
         if w.shape[1] != s.shape[0]:
             return "the channel counts differ"
         if matmul.graph is not bn.graph:
@@ -372,8 +397,10 @@ class FoldBatchNorm(Pass):
     graph output; a producer in an outer graph. A BatchNormalization with
     another producer stays (a ``Mul`` + ``Add`` would cost one node more).
     Runs in the main graph and subgraphs, not in function bodies (no
-    initializers there). Weights shared with another node are not changed:
-    new initializers are added, and dce drops the old ones when unread.
+    initializers there). A weight of more than 64 elements read by another
+    node too is kept (``SHARED``): a folded copy beside the one the others read would grow the
+    stored weights (fold-constants' growth rule, issue 20); an unshared weight
+    is replaced by new initializers, and dce drops the old one.
 
     Prior art: onnxoptimizer's ``fuse_bn_into_conv`` (run by onnxsim),
     onnxslim's Conv+BN fusion, onnxruntime's ``ConvBNFusion``.

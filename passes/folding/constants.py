@@ -40,6 +40,12 @@ class FoldConstantsOptions:
     max_output_mb: float = field(default=64.0, metadata={"doc": (
         "skip a fold whose output is larger than this many MiB AND larger than its inputs "
         "(ConstantOfShape/Expand/Tile/Range blow-ups); folds that do not grow data are not capped")})
+    max_growth: float = field(default=1.0, metadata={"doc": (
+        "skip a fold whose output is more than this many times the bytes of its constant inputs (stat "
+        "skipped_growth): stored weights are not inflated, e.g. int8 weights dequantized by Cast -> Mul stay int8; "
+        "'inf' folds whatever the growth (within max-output-mb)")})
+    small_elements: int = field(default=64, metadata={"doc": (
+        "outputs of at most this many elements (shape tensors, scalars, small masks) fold whatever their growth")})
     constant_nodes: bool = field(default=True, metadata={"doc": "turn Constant nodes into initializers"})
     onnxruntime: bool = field(default=True, metadata={"doc": (
         "evaluate ops without a numpy kernel in one onnxruntime session per graph "
@@ -55,6 +61,27 @@ def _nbytes(tensor: ir.TensorProtocol) -> int:
         return int(tensor.nbytes)
     except Exception:  # noqa: BLE001 - string tensors have no fixed itemsize
         return int(np.prod(tensor.shape.numpy())) * 8
+
+
+def _owned_bytes(node: ir.Node) -> float:
+    """The bytes of ``node``'s constant inputs that are its own share: each
+    distinct constant counts its size divided by the number of nodes reading
+    it (a graph output counts as one more reader). A constant read by this
+    node alone is freed when the node is folded; one read by k nodes is freed
+    only when all k are folded, so each fold is charged 1/k of it (a tied
+    embedding table read by a Gather and a Transpose owns half of itself to
+    each, so folding the Transpose, a second copy, doubles the table)."""
+    total, seen = 0.0, set()
+    for value in node.inputs:
+        if value is None or id(value) in seen:
+            continue
+        seen.add(id(value))
+        tensor = ir.const_tensor(value)
+        if tensor is None:
+            continue
+        readers = len({id(use.node) for use in value.uses()}) + (1 if value.is_graph_output() else 0)
+        total += _nbytes(tensor) / max(readers, 1)
+    return total
 
 
 def _used(value: ir.Value) -> bool:
@@ -151,6 +178,32 @@ class _Folder:
     def _too_big(self, out_bytes: int, in_bytes: int) -> bool:
         return out_bytes > self.cap and out_bytes > in_bytes
 
+    def _grows(self, node: ir.Node, out_bytes: float, elements: int) -> bool:
+        """The size rule: more than ``small_elements`` elements and more than
+        ``max_growth`` times the constant input bytes the node owns (see :func:`_owned_bytes`)."""
+        if elements <= self.options.small_elements or math.isinf(self.options.max_growth):
+            return False
+        return out_bytes > self.options.max_growth * _owned_bytes(node)
+
+    def _refused(self, node: ir.Node, out_bytes: float, in_bytes: int, elements: int) -> bool:
+        """True (and counted) when the cap or the growth rule refuses a fold."""
+        if self._too_big(out_bytes, in_bytes):
+            self.stats["skipped_size"] += 1
+            return True
+        if self._grows(node, out_bytes, elements):
+            self.stats["skipped_growth"] = self.stats.get("skipped_growth", 0) + 1
+            return True
+        return False
+
+    def _static_elements(self, node: ir.Node) -> int | None:
+        """Elements of the node's largest output from the declared static shapes, or None."""
+        largest = 0
+        for out in node.outputs:
+            if out.shape is None or not out.shape.is_static():
+                return None
+            largest = max(largest, math.prod(int(d) for d in out.shape))
+        return largest
+
     def _static_bytes(self, node: ir.Node) -> int | None:
         """Total bytes of the node's outputs from their declared static shapes, or None."""
         total = 0
@@ -233,13 +286,16 @@ class _Folder:
         """Fold with a numpy kernel; False when declined for size or dtype."""
         attrs = {k: a.value for k, a in node.attributes.items() if not a.is_ref()}
         elements = predict_elements(node.op_type, tensors, attrs)
+        if elements is None and node.op_type == "Cast" and tensors and tensors[0] is not None:
+            elements = math.prod(int(d) for d in tensors[0].shape.numpy())
         if elements is not None:
             itemsize = max((t.dtype.itemsize for t in tensors if t is not None), default=8)
             if node.op_type == "ConstantOfShape":
                 value = node.attributes.get("value")
                 itemsize = value.as_tensor().dtype.itemsize if value is not None else 4
-            if self._too_big(elements * max(itemsize, 1), in_bytes):
-                self.stats["skipped_size"] += 1
+            elif node.op_type == "Cast" and "to" in attrs and attrs["to"] != ir.DataType.STRING:
+                itemsize = ir.DataType(attrs["to"]).itemsize  # int8 -> float32: four times the bytes
+            if self._refused(node, elements * max(itemsize, 1), in_bytes, elements):
                 return True  # refused: do not evaluate it elsewhere either
         arrays = [None if t is None else t.numpy() for t in tensors]
         with np.errstate(all="ignore"):
@@ -254,8 +310,7 @@ class _Folder:
         static = self._static_bytes(node)
         if static is None and node.op_type in GROWING_OPS:
             return  # could be arbitrarily large and its size is unknown
-        if static is not None and self._too_big(static, in_bytes):
-            self.stats["skipped_size"] += 1
+        if static is not None and self._refused(node, static, in_bytes, self._static_elements(node) or 0):
             return
         if self.batch_input_bytes + in_bytes > 16 * self.cap:
             return  # keep the evaluation model (and memory) bounded
@@ -290,8 +345,7 @@ class _Folder:
                 log.debug("fold-constants: %s gave %s, graph says %s; not folded", node.op_type, array.dtype, value.dtype)
                 self.stats["skipped_dtype"] += 1
                 return None
-            if self._too_big(array.nbytes, in_bytes):
-                self.stats["skipped_size"] += 1
+            if self._refused(node, array.nbytes, in_bytes, array.size):
                 return None
             if value.is_graph_output() and value.shape is not None and (
                     len(value.shape) != array.ndim or any(isinstance(d, int) and d != s
@@ -323,7 +377,8 @@ class SmallFolder:
     """
 
     def __init__(self, model: ir.Model, container: ir.Graph, max_elements: int = 64) -> None:
-        self.stats = {"folded": 0, "constant_nodes": 0, "batched": 0, "skipped_size": 0, "skipped_dtype": 0}
+        self.stats = {"folded": 0, "constant_nodes": 0, "batched": 0, "skipped_size": 0, "skipped_growth": 0,
+                      "skipped_dtype": 0}
         self._folder = _Folder(model, container, FoldConstantsOptions(onnxruntime=False), self.stats, False)
         self._max = max_elements
 
@@ -358,7 +413,8 @@ class SmallFolder:
                 results = kernel(node, arrays, self._folder.opset)
         except (Unsupported, ValueError, TypeError, IndexError):
             return None
-        return self._folder._install(node, dict(zip(node.outputs, results)), 0)  # noqa: SLF001 - same module
+        in_bytes = sum(_nbytes(t) for t in tensors if t is not None)
+        return self._folder._install(node, dict(zip(node.outputs, results)), in_bytes)  # noqa: SLF001 - same module
 
 
 @register_pass("fold-constants")
@@ -397,6 +453,30 @@ class FoldConstants(Pass):
     thousand such folds could not pass the 2 GB protobuf limit unnoticed in a
     single step.
 
+    Growth rule (stored weights are never inflated): a fold whose output has
+    more than ``small-elements`` (default 64) elements and more than
+    ``max-growth`` (default 1.0) times the bytes of the constant inputs it owns
+    is skipped and counted as ``skipped_growth``. A node owns a constant read
+    by k nodes for 1/k of its bytes (a graph output counts as a reader): a
+    constant read by this node alone disappears with the fold; one read by
+    others stays stored. So ``Cast(int8 weight -> float)`` (four times the
+    bytes: a weight stored int8 and dequantized in the graph by Cast -> Mul by
+    scale) stays as it is, as does a ``Transpose`` of a tied embedding table
+    that a Gather also reads (a second copy), and ``ConstantOfShape`` /
+    ``Expand`` / ``Range`` weights built from a few shape bytes stay unfolded
+    (their outputs are thousands of times their inputs); onnxruntime folds
+    them in memory when it loads the model, so nothing runs slower, and the
+    file keeps its size. Shape tensors, scalars and small masks (at most
+    ``small-elements`` elements) fold whatever their growth.
+    ``fold-constants{max-growth=inf}`` (or any factor) allows growing folds.
+    The other folders keep to the rule: ``fold-shapes`` (``SmallFolder``)
+    folds outputs of at most 64 elements; ``fold-batchnorm``, ``fold-bias``
+    and ``merge-sibling-matmuls`` rewrite weights that are already constants,
+    in their own dtype, into tensors of the same size (a merged weight is the
+    concatenation of weights that nothing else reads; ``fold-batchnorm``
+    keeps a BatchNormalization whose producer's weight of more than 64
+    elements is read by other nodes too, rather than store a scaled copy).
+
     A folded value keeps its name; a folded graph output keeps its declared
     type and shape. Results are checked against the graph's declared dtype (a
     mismatch is not folded). Prior art: onnxsim, onnxslim and Polygraphy
@@ -409,7 +489,8 @@ class FoldConstants(Pass):
     preserves = frozenset({"topo-sorted", "shapes-inferred"})
 
     def run(self, model: ir.Model, ctx: object) -> PassResult:
-        stats = {"folded": 0, "constant_nodes": 0, "batched": 0, "skipped_size": 0, "skipped_dtype": 0}
+        stats = {"folded": 0, "constant_nodes": 0, "batched": 0, "skipped_size": 0, "skipped_growth": 0,
+                 "skipped_dtype": 0}
         in_functions = {id(g) for f in model.functions.values() for g in [f, *ir.subgraphs(f)]}
         for container in ir.graphs_and_functions(model):
             _Folder(model, container, self.options, stats, id(container) in in_functions).run()

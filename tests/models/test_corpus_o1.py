@@ -1,7 +1,8 @@
 """`graphopt optimize -p O1` on every committed model in models/: the output
 passes onnx.checker (full check), loads in onnxruntime, keeps the output
-signature, matches the input's outputs within 1e-5 relative, and never has more
-nodes than the input."""
+signature, matches the input's outputs within 1e-5 relative, never has more
+nodes than the input, and grows by at most 1% (file and stored tensors, see
+``size_rule``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from conftest import MODELS, sha256
 from graphopt.cli.main import main
 from graphopt.verify import compare, signature_differences
+from size_rule import check_size_kept
 
 CORPUS = sorted(MODELS.glob("*.onnx"))
 
@@ -39,6 +41,7 @@ def test_o1(path: Path, tmp_path: Path, capsys):
     assert result.ok, result.summary()
     assert report["after"]["nodes"] <= report["before"]["nodes"]
     assert report["rolled_back"] == []
+    check_size_kept(path, out, report)
 
 
 @pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])

@@ -1,8 +1,8 @@
 """`graphopt optimize -p O2` on every committed model: every attention block,
 LayerNorm/RMSNorm and GELU of the transformer models is fused (the counts are
 exact per model), outputs stay within 1e-4 (scale-relative floor) on inputs
-other than the verifier's own, and ``--target onnx --opset 23`` emits only
-standard-domain operators."""
+other than the verifier's own, ``--target onnx --opset 23`` emits only
+standard-domain operators, and no output grows by more than 1% (``size_rule``)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from conftest import MODELS
 from graphopt.cli.main import main
 from graphopt.passmanager import Pipeline
 from graphopt.verify import compare, signature_differences
+from size_rule import check_size_kept
 
 LAYERS = 2  # every tiny transformer in models/ has two layers
 ORT_FUSED = {  # for onnxruntime's CPU execution provider (fuse-skip-norm's default): LayerNorm's residual as Sum
@@ -50,6 +51,7 @@ def optimize(path: Path, out: Path, capsys, *extra: str) -> dict:
     report = json.loads(capsys.readouterr().out)
     assert code == 0
     assert report["rolled_back"] == []
+    check_size_kept(path, out, report)
     return report
 
 

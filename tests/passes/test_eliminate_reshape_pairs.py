@@ -43,7 +43,9 @@ def test_gpt2_dynamo_mlp_reshapes_go_under_o1():
     result = run(model, "O1")
     pairs = sum(r.stats.get("pairs", 0) for r in result.report.records if r.name == "eliminate-reshape-pairs")
     assert pairs == 2  # one per layer
-    assert len(list(result.model.graph.all_nodes())) <= 102
+    # 103: the Transpose of the tied embedding table (read by the Gather too) stays since fold-constants'
+    # growth rule (folding it stored a second 256 kB copy of the table: the file grew 25%).
+    assert len(list(result.model.graph.all_nodes())) <= 103
     check_numerics(before, result.model)
 
 

@@ -113,6 +113,24 @@ g (float[1, 2, 3, 3] x) => (float[1, 2, 3, 3] y, float[1, 2, 3, 3] z) {{
     check_numerics(before, result.model)
 
 
+def test_large_shared_weight_is_kept():
+    """A [2, 2, 5, 5] weight (100 elements > 64) read by two Convs: folding the BN into one would store a
+    second, scaled copy (the growth rule), so the BN stays and is counted as kept."""
+    values = ", ".join(f"{0.01 * i:.2f}" for i in range(100))
+    model = ir.from_text(HEAD.format(ir=10, opset=17) + f"""
+g (float[1, 2, 5, 5] x) => (float[1, 2, 1, 1] y, float[1, 2, 1, 1] z) {{
+  w = Constant<value = float[2, 2, 5, 5] {{{values}}}>()
+  {BN_STATS.format(t="float")}
+  c = Conv(x, w)
+  y = BatchNormalization(c, s, t, mean, var)
+  z = Conv(x, w)
+}}""")
+    result = run(model, "fold-batchnorm,dce")
+    assert stats(result, "fold-batchnorm") == {"conv": 0, "convtranspose": 0, "gemm": 0, "matmul": 0, "kept": 1}
+    assert ops(result.model) == ["Constant", "Constant", "Constant", "Constant", "Constant", "Conv",
+                                 "BatchNormalization", "Conv"]
+
+
 def test_subgraph_folds_and_function_body_stays():
     model = ir.from_text("""<ir_version: 10, opset_import: ["" : 17, "local" : 1]>
 g (bool c, float[1, 2, 3, 3] x) => (float[1, 2, 3, 3] y, float[1, 2, 3, 3] z) {

@@ -3,6 +3,8 @@ functions, batching and the signature."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import onnx.reference
@@ -191,12 +193,26 @@ def test_cap_option_keeps_model_size():
       y = Add(x, big)
     }"""
     capped = ir.from_text(HEAD.format(opset=17) + text)
-    FoldConstants(FoldConstantsOptions(max_output_mb=1.0)).run(capped, PassContext())
+    stats = FoldConstants(FoldConstantsOptions(max_output_mb=1.0, max_growth=math.inf)).run(capped, PassContext()).stats
     assert "ConstantOfShape" in ops(capped)  # 4 MiB > 1 MiB and > 16 input bytes
+    assert (stats["skipped_size"], stats["skipped_growth"]) == (1, 0)
     folded = ir.from_text(HEAD.format(opset=17) + text)
-    FoldConstants().run(folded, PassContext())
+    FoldConstants(FoldConstantsOptions(max_growth=math.inf)).run(folded, PassContext())
     assert "ConstantOfShape" not in ops(folded)
     assert folded.graph.node(0).inputs[1].const_value.numpy().shape == (1024, 1024)
+
+
+def test_growth_rule_keeps_constant_of_shape_weights_by_default():
+    """The 4 MiB ConstantOfShape is 262144 times its 16-byte shape input: by default (max-growth=1) it stays."""
+    text = """g (float[1] x) => (float[1024, 1024] y) {
+      shape = Constant<value = int64[2] {1024, 1024}>()
+      big = ConstantOfShape<value = float[1] {0.5}>(shape)
+      y = Add(x, big)
+    }"""
+    model = ir.from_text(HEAD.format(opset=17) + text)
+    stats = FoldConstants().run(model, PassContext()).stats
+    assert ops(model) == ["ConstantOfShape", "Add"]
+    assert (stats["folded"], stats["skipped_size"], stats["skipped_growth"]) == (0, 0, 1)
 
 
 def test_non_growing_fold_is_not_capped():

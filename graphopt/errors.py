@@ -42,6 +42,16 @@ class SaveError(GraphoptError):
     exit_code = 2
 
 
+class BrokenOutputError(SaveError):
+    """The model to be written fails ``onnx.checker`` while the input it was
+    loaded from passes the same check: graphopt made it invalid, a defect of
+    graphopt, not of the input. Exits 3 (a :class:`SaveError` otherwise, so
+    callers that handle a refused save still catch it); the message says how
+    to find the pass (``--verify-each``, ``graphopt bisect``) and to report it."""
+
+    exit_code = 3
+
+
 class PassError(GraphoptError):
     """A pass raised while running. Carries the pass name, when the pass
     manager wrote one the path of a reproducer directory, and the exit code:

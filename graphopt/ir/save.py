@@ -25,7 +25,7 @@ import onnx
 import onnx_ir as ir
 from graphopt.ir.edit import all_graphs
 
-from graphopt.errors import GraphoptError, SaveError
+from graphopt.errors import BrokenOutputError, GraphoptError, SaveError
 from graphopt.ir.check import check_model_file
 from graphopt.ir.stream import write_inline
 from graphopt.ir.versions import target_ir_version
@@ -260,6 +260,26 @@ def to_proto(model: ir.Model, *, inline_external: bool = True) -> onnx.ModelProt
     return proto
 
 
+def _checker_error(error: Exception, source: str | None) -> GraphoptError:
+    """The error for an output that fails ``onnx.checker``: when the input the
+    model was loaded from passes the same check, graphopt broke it
+    (:class:`BrokenOutputError`, exit 3); otherwise the input is at fault too
+    (:class:`SaveError`, exit 2). The input is checked only here, on failure."""
+    message = f"the output model fails onnx.checker: {error}"
+    if source is None or not Path(source).is_file():
+        return SaveError(message)
+    try:
+        check_model_file(Path(source), has_external_data=False)
+    except (onnx.checker.ValidationError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return SaveError(f"{message}; the input model '{source}' fails it too ({first}): fix or re-export the input")
+    return BrokenOutputError(
+        f"{message}. The input model '{source}' passes the same check, so a graphopt pass made the model invalid: "
+        "this is a graphopt defect; nothing was written. Rerun with --verify-each to roll the pass back (it is "
+        "named in a warning), or `graphopt bisect` to find it, and please report it"
+    )
+
+
 def save(
     model: ir.Model,
     path: str | os.PathLike,
@@ -301,7 +321,9 @@ def save(
         SaveError: the output is the input model file, its data file is one the
             model reads its weights from (the input would be overwritten), the
             folder does not exist, the model is too large to inline, the checker
-            fails, or the write fails.
+            fails on a model whose input fails it too, or the write fails.
+        BrokenOutputError: the checker fails on the output while the input model
+            (``model.meta["graphopt.source"]``) passes it: a graphopt defect.
     """
     out = Path(path)
     if not out.parent.is_dir():
@@ -388,7 +410,7 @@ def save(
             try:
                 check_model_file(tmp / out.name, has_external_data=bool(external_data and external_count))
             except onnx.checker.ValidationError as e:
-                raise SaveError(f"the output model fails onnx.checker: {e}") from e
+                raise _checker_error(e, source) from e
         if validate is not None:
             validate(tmp / out.name)
         if external_data and external_count:

@@ -236,3 +236,25 @@ def test_pass_breaking_ssa_is_rolled_back_under_verify_each(tmp_path: Path, caps
     assert [n.op_type for n in written.graph.node] == ["Relu", "Neg"]
     x = np.array([-1, 2, -3, 4], np.float32)
     np.testing.assert_array_equal(_run(out, {"x": x})[0], -np.maximum(x, 0))
+
+
+@register_pass("test-bad-attribute")
+class BadAttribute(Pass):
+    """Test only: keeps SSA but gives Relu an attribute it does not have, so
+    only onnx.checker at save time sees the damage."""
+
+    def run(self, model: ir.Model, ctx) -> PassResult:  # noqa: ANN001
+        model.graph.node(0).attributes["alpha"] = ir.Attr("alpha", ir.AttributeType.FLOAT, 0.1)
+        return PassResult(modified=True)
+
+
+def test_output_failing_the_checker_of_a_valid_input_is_exit_3(tmp_path: Path, capsys) -> None:
+    src = _chain(tmp_path / "in.onnx")
+    digest = sha256(src)
+    out = tmp_path / "out.onnx"
+    code, _, err = run_cli(capsys, "-q", "optimize", src, "-o", out, "-p", "test-bad-attribute", "--no-verify")
+    message = flat(err)
+    assert code == 3
+    assert "the output model fails onnx.checker" in message and "Unrecognized attribute: alpha" in message
+    assert "this is a graphopt defect; nothing was written" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx"] and sha256(src) == digest

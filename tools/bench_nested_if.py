@@ -4,7 +4,8 @@ streaming-VAD-like model (issue 20, item 9).
 
 Usage::
 
-    python tools/bench_nested_if.py [--hidden 128] [--seconds 10] [--threads 2] [--keep DIR] [--json OUT]
+    python tools/bench_nested_if.py [--hidden 128] [--seconds 10] [--threads 2] [--model PATH] [--keep DIR]
+        [--json OUT]
 
 Builds the model of ``tools/nested_if_model.py`` (a top-level
 ``If(Equal(sr, 16000))`` whose two branches hold 8 guard Ifs each, 12 of
@@ -84,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, default=128, help="state width / encoder channels (Silero VAD: 128)")
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per sample rate")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", type=Path, help=(
+        "time this model instead of the constructed one (inputs input [1, n], state [2, 1, hidden], sr: a "
+        "Silero VAD export, e.g. silero_vad.onnx from the silero-vad wheel)"))
     parser.add_argument("--keep", type=Path, help="folder to keep the three models in")
     parser.add_argument("--json", type=Path, help="write the report as JSON")
     args = parser.parse_args(argv)
@@ -93,23 +97,29 @@ def main(argv: list[str] | None = None) -> int:
     folder = args.keep or Path(tempfile.mkdtemp(prefix="bench_nested_if_"))
     folder.mkdir(parents=True, exist_ok=True)
     original = folder / "vad_original.onnx"
-    onnx.save(build_vad_model(hidden=args.hidden), original)
+    if args.model is None:
+        onnx.save(build_vad_model(hidden=args.hidden), original)
+    else:
+        original.write_bytes(args.model.read_bytes())
     paths = {"original": original, "graphopt-O2": folder / "vad_graphopt_O2.onnx",
              "onnxscript": folder / "vad_onnxscript.onnx"}
     opt_seconds = {"graphopt-O2": optimize_graphopt(original, paths["graphopt-O2"]),
                    "onnxscript": optimize_onnxscript(original, paths["onnxscript"])}
     ifs = {name: count_ifs(onnx.load(p, load_external_data=False)) for name, p in paths.items()}
     total = ifs["original"] - 1  # the nested ones (the top-level If on sr stays in every output)
-    print(f"model: {original} (hidden={args.hidden}); nested Ifs: {total}, decided by shapes: {DECIDED_IFS}")
-    assert total == GUARD_IFS
+    if args.model is None:
+        print(f"model: {original} (hidden={args.hidden}); nested Ifs: {total}, decided by shapes: {DECIDED_IFS}")
+        assert total == GUARD_IFS
+    else:
+        print(f"model: {args.model}; nested Ifs: {total}")
     for name in ("graphopt-O2", "onnxscript"):
         print(f"  {name:12s} keeps {ifs[name]:2d} Ifs: resolved {ifs['original'] - ifs[name]:2d} of {total} nested "
               f"(optimize {opt_seconds[name]:.2f} s)")
     report: dict = {"ifs": ifs, "optimize_seconds": opt_seconds, "runs": {}}
     for sr in (16000, 8000):
-        bench = benchmark([paths["original"], paths["graphopt-O2"], paths["onnxscript"]], inputs=vad_inputs(sr, args.hidden),
-                          threads=args.threads, opt_level="all", warmup=50, min_runs=200, max_runs=100000,
-                          seconds=args.seconds)
+        bench = benchmark([paths["original"], paths["graphopt-O2"], paths["onnxscript"]],
+                          inputs=vad_inputs(sr, args.hidden), threads=args.threads, opt_level="all",
+                          warmup=50, min_runs=200, max_runs=100000, seconds=args.seconds)
         print(f"\nsr={sr}: {bench.models[0].runs} interleaved runs each, ORT_ENABLE_ALL, {bench.threads} threads, "
               f"load {bench.load_before[0]:.2f} -> {bench.load_after[0]:.2f}")
         print(f"  {'model':12s} {'median ms':>10s} {'p90 ms':>8s} {'ratio':>6s} {'max abs err':>12s}")

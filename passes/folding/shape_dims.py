@@ -125,12 +125,17 @@ class NativeDims:
         self._value_of_raw = value_of
         self._names = names
         self._memo: dict[ir.Value, tuple[Dim, ...] | None] = {}
+        self.pinned: dict[ir.Value, tuple[Dim, ...]] = {}
+        """Dims taken as given, before the IR's and the rules' (an If output
+        whose other branch no valid run takes: ``shape_worlds.pin_if_outputs``)."""
 
     def __call__(self, value: ir.Value) -> tuple[Dim, ...] | None:
         """The value's dims (int, a graph input's dim name, or None), or None
         when not even its rank is known."""
         if value in self._memo:
             return self._memo[value]
+        if value in self.pinned:
+            return self.pinned[value]
         ir_dims = dims_of(value)
         have = None if ir_dims is None else tuple(map(self._named, ir_dims))
         if have is not None and all(d is not None for d in have):

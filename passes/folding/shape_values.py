@@ -154,6 +154,12 @@ class Propagator:
         self.values[value] = sym
         return sym
 
+    def take_values(self, other: Propagator) -> None:
+        """Start from ``other``'s values (a walk of the same model that this
+        one continues under more assumptions, see ``shape_worlds``)."""
+        self.values.update(other.values)
+        self._lazy.update(other._lazy)
+
     def set_refine(self, refine: Callable[[ir.Value], tuple[Dim, ...] | None]) -> None:
         """Set ``refine``: the dims of a value whose IR dims have unknowns (a
         tuple as long as the rank, None elements where it does not know
@@ -209,7 +215,14 @@ class Propagator:
                 return None
             return SymValue((math.prod(dims),), scalar=True)  # type: ignore[arg-type]
         if op in ("Identity", "Cast"):
-            if op == "Cast" and node_attr(node, "to") not in (ir.DataType.INT64.value, ir.DataType.INT32.value):
+            to = node_attr(node, "to")
+            if op == "Cast" and to == ir.DataType.BOOL.value:  # aten::Bool of a guard: non-zero is True
+                sym = self.read(ins[0])
+                if sym is None or sym.boolean:
+                    return sym
+                return SymValue(tuple(d != 0 if isinstance(d, int) else None for d in sym.dims), sym.scalar,
+                                boolean=True)
+            if op == "Cast" and to not in (ir.DataType.INT64.value, ir.DataType.INT32.value):
                 return None
             sym = self.read(ins[0])
             if op == "Cast" and sym is not None and sym.boolean:  # bool -> int: True/False become 1/0
@@ -232,9 +245,11 @@ class Propagator:
             return SymValue(tuple(data.dims[p] for p in picked), idx.scalar)  # type: ignore[index]
         if op == "Unsqueeze" and data.scalar:
             axes = node_attr(node, "axes") if self.opset < 13 else self._ints(ins[1] if len(ins) > 1 else None)
-            return SymValue(data.dims) if axes is not None and list(axes) in ([0], [-1]) else None
+            if axes is None or list(axes) not in ([0], [-1]):
+                return None
+            return SymValue(data.dims, boolean=data.boolean)
         if op == "Squeeze" and not data.scalar and len(data.dims) == 1:
-            return SymValue(data.dims, scalar=True)
+            return SymValue(data.dims, scalar=True, boolean=data.boolean)  # a guard's [1] condition to a scalar
         if op == "Concat" and not data.scalar:
             parts = [self.read(v) for v in ins]
             if any(p is None or p.scalar for p in parts):

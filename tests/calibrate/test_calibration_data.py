@@ -12,8 +12,8 @@ from onnx import numpy_helper
 
 from graphopt import ir
 from graphopt.errors import InputError
-from graphopt.passes.quantization import calibration
-from graphopt.passes.quantization.calibration import CalibrationData
+from graphopt.calibrate import data as calibration
+from graphopt.calibrate.data import CalibrationData
 from graphopt.verify.inputs import generate_inputs
 
 HEAD = '<ir_version: 10, opset_import: ["" : 17]>'

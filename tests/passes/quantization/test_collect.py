@@ -12,7 +12,7 @@ from conftest import MODELS
 from graphopt import ir
 from graphopt.errors import InputError
 from graphopt.passes.quantization import collect
-from graphopt.passes.quantization.calibration import CalibrationData
+from graphopt.calibrate.data import CalibrationData
 from graphopt.passes.quantization.collect import TensorRange, collect_ranges
 
 HEAD = '<ir_version: 10, opset_import: ["" : 17]>'

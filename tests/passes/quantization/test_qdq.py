@@ -17,7 +17,7 @@ import pytest
 from conftest import MODELS
 from graphopt import ir
 from graphopt.errors import InputError, PassError
-from graphopt.passes.quantization.calibration import CalibrationData
+from graphopt.calibrate.data import CalibrationData
 from graphopt.passes.quantization.collect import collect_ranges
 from graphopt.passes.quantization.insert import QuantConfig, activation_names
 from graphopt.passes.quantization.params import params_from_range, quantize_array, quantize_weight
@@ -498,7 +498,7 @@ def test_budget_callable_metric():
     ({"cosine": 0.9, "argmax": 0.9}, r"unknown accuracy budget \['argmax', 'cosine'\]"),
     ({"metric": len}, "accuracy_budget with a metric needs"),
     ({"metric": "cosine", "threshold": 0.9}, "accuracy_budget with a metric needs"),
-    ({"cosine": 1.5}, r"a cosine or argmax budget must be in \(0, 1\], not 1.5"),
+    ({"cosine": 1.5}, r"a cosine, argmax, rank-fidelity budget must be in \(0, 1\], not 1.5"),
 ])
 def test_bad_budget_is_refused(budget, message):
     with pytest.raises(PassError, match=message) as e:

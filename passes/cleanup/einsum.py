@@ -11,6 +11,10 @@ __all__ = ["CanonicalizeEinsum", "MatMulForm", "matmul_form"]
 
 RULE = "canonicalize-einsum"
 ELLIPSIS = "."  # "..." is read as one symbol, spelled "."
+#: element types MatMul is defined for (ONNX MatMul-13) less bfloat16, which onnxruntime's CPU EP has no
+#: MatMul kernel for (backend case test_einsum_batch_matmul_bfloat16); Einsum with others (int8, bf16) stays
+_MATMUL_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.INT32,
+                           ir.DataType.INT64, ir.DataType.UINT32, ir.DataType.UINT64})
 
 
 @dataclass(frozen=True)
@@ -199,6 +203,8 @@ class CanonicalizeEinsum(Pass):
         if attr is None or attr.is_ref() or len(node.inputs) != 2 or any(v is None for v in node.inputs):
             return False
         a, b = node.inputs
+        if a.dtype is not None and a.dtype not in _MATMUL_TYPES:  # Einsum takes every numeric type; MatMul fewer
+            return False
         form = matmul_form(attr.as_string(), (_rank(a), _rank(b)))
         if isinstance(form, str):
             return False

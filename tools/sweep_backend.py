@@ -6,6 +6,12 @@ Usage::
     python tools/sweep_backend.py [--pipelines O1:ort,O2:ort,O2:onnx,O2:tensorrt]
         [--folders node,simple,...] [--filter REGEX] [--limit N] [--workers 1]
         [--timeout 120] [--json out.json] [--report tools/benchmarks/backend_sweep.md]
+        [--before earlier.json --before-label TEXT] [--rows-from out.json]
+
+The full table of ``tools/benchmarks/backend_sweep.md`` comes from
+``--workers 2 --json rows.json --report tools/benchmarks/backend_sweep.md``
+(about 10 minutes on 2 cores for the 4 pipelines); ``--rows-from rows.json``
+rewrites the report from a saved run.
 
 Cases come from the onnx wheel: the ``node`` cases are regenerated from
 ``onnx.backend.test.case.node`` (the wheel ships the code, not the data) with
@@ -407,16 +413,10 @@ def _stop(slot: dict[str, Any]) -> None:
 # the report
 
 
-_GROUPING = [
-    (re.compile(r"'int' object is not iterable"), "cse: 'int' object is not iterable"),
-    (re.compile(r"Currently not supporting loading segments"), "reader: sequence/optional input_N.pb"),
-]
-
-
 def cause_of(row: Row) -> str:
     """A short group key for a non-ok row: the class and the reason with
     numbers, quoted names and paths blanked."""
-    reason = row.reason
+    reason = re.sub(r"/\S+", "…", row.reason)  # paths name the case: blank them
     reason = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", reason)
     reason = re.sub(r"\d+(\.\d+)?(e-?\d+)?", "N", reason)
     return f"{row.cls}: {reason[:140]}"
@@ -436,8 +436,11 @@ def write_report(rows: list[Row], skipped: list[str], path: Path, command: str, 
     if skipped:
         lines += ["", f"Skipped (no model in the wheel, download only): {', '.join(skipped)}"]
     if before:
-        lines += ["", "## Before the fixes of issue 20 item 6", "", before.get("note", ""), ""]
-        lines += before.get("table", [])
+        lines += ["", "## Before", "", before["note"], ""]
+        lines += _count_table(before["rows"], list(dict.fromkeys(r.folder for r in before["rows"])),
+                              list(dict.fromkeys(r.pipeline for r in before["rows"])))
+        lines += ["", "Non-ok (case, pipeline) pairs of that run by cause:", ""]
+        lines += _cause_counts(before["rows"])
     bad = [r for r in rows if r.cls not in ("ok", "onnxruntime-unsupported")]
     lines += ["", "## Non-ok cases by cause", ""]
     if not bad:
@@ -460,6 +463,20 @@ def write_report(rows: list[Row], skipped: list[str], path: Path, command: str, 
         lines.append(f"- {cause} ({len(names)}): {', '.join(names[:8])}{' …' if len(names) > 8 else ''}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
+
+
+def _cause_counts(rows: list[Row]) -> list[str]:
+    """One line per cause of the non-ok rows: count per pipeline and three examples."""
+    groups: dict[str, list[Row]] = collections.defaultdict(list)
+    for r in rows:
+        if r.cls not in ("ok", "onnxruntime-unsupported"):
+            groups[cause_of(r)].append(r)
+    lines = []
+    for cause, members in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        per = collections.Counter(r.pipeline for r in members)
+        names = list(dict.fromkeys(f"{r.folder}/{r.name}" for r in members))
+        lines.append(f"- {cause}: {', '.join(f'{p} {n}' for p, n in per.items())} (e.g. {', '.join(names[:3])})")
+    return lines or ["None."]
 
 
 def _count_table(rows: list[Row], folders: list[str], pipelines: list[str]) -> list[str]:
@@ -499,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"markdown report path (the full sweep's is {REPORT.relative_to(ROOT)})")
     parser.add_argument("--before", type=Path, default=None,
                         help="a JSON file of an earlier run whose counts the report shows as 'before'")
+    parser.add_argument("--before-label", default="", help="what the earlier run ran (e.g. the commit)")
+    parser.add_argument("--rows-from", type=Path, default=None,
+                        help="write the report from this --json file instead of running the cases")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     folders = [f for f in args.folders.split(",") if f]
@@ -513,10 +533,15 @@ def main(argv: list[str] | None = None) -> int:
         cases = cases[: args.limit]
     pipelines = [p for p in args.pipelines.split(",") if p]
     tasks = [(c, p) for c in cases for p in pipelines]
-    rows = sweep(tasks, args.workers, args.timeout, args.max_tasks, progress=not args.quiet)
-    order = {(c.folder, c.name): i for i, c in enumerate(cases)}
-    rows.sort(key=lambda r: (order[(r.folder, r.name)], pipelines.index(r.pipeline)))
     command = "python tools/sweep_backend.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.rows_from:
+        doc = json.loads(args.rows_from.read_text())
+        rows, command = [Row(**r) for r in doc["rows"]], doc["command"]
+        pipelines = list(dict.fromkeys(r.pipeline for r in rows))
+    else:
+        rows = sweep(tasks, args.workers, args.timeout, args.max_tasks, progress=not args.quiet)
+        order = {(c.folder, c.name): i for i, c in enumerate(cases)}
+        rows.sort(key=lambda r: (order[(r.folder, r.name)], pipelines.index(r.pipeline)))
     if args.json:
         args.json.write_text(json.dumps({"command": command, "skipped": skipped,
                                          "rows": [asdict(r) for r in rows]}, indent=1))
@@ -524,10 +549,8 @@ def main(argv: list[str] | None = None) -> int:
         before = None
         if args.before:
             doc = json.loads(args.before.read_text())
-            old = [Row(**r) for r in doc["rows"]]
-            before = {"note": f"Command: `{doc['command']}`",
-                      "table": _count_table(old, list(dict.fromkeys(r.folder for r in old)),
-                                            list(dict.fromkeys(r.pipeline for r in old)))}
+            before = {"note": f"{args.before_label} Command: `{doc['command']}`".strip(),
+                      "rows": [Row(**r) for r in doc["rows"]]}
         write_report(rows, skipped, args.report, command, before)
     counts = collections.Counter(r.cls for r in rows)
     print(json.dumps(dict(counts)) if args.quiet else "\n".join(

@@ -183,6 +183,12 @@ def pin_if_outputs(model: ir.Model, graphs: list[ir.Graph]) -> dict[ir.Value, tu
     """
     if len(graphs) < 2:
         return {}
+    # A cheap first look, without shape values (it may miss an If whose
+    # branch ranks need them: fewer pins, never a wrong one).
+    first, rough = model_dims(model)
+    first.set_refine(rough)
+    if not any(_worlds(n, rough, first) for g in graphs for n in g if n.op_type == "If"):
+        return {}  # no If with branches of different ranks: nothing to walk
     base, native = model_dims(model)
     base.set_refine(native)
     candidates = []

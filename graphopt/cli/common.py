@@ -67,7 +67,8 @@ def parse_shape_options(items: list[str] | None) -> dict[str, tuple[int, ...]]:
     separated by commas.
 
     Raises:
-        InputError: an item not of the form NAME=DIMxDIM..., or a name given twice.
+        InputError: an item not of the form NAME=DIMxDIM..., a name given
+            twice, or a dim of size 0.
     """
     shapes: dict[str, tuple[int, ...]] = {}
     for arg in items or []:
@@ -79,6 +80,9 @@ def parse_shape_options(items: list[str] | None) -> dict[str, tuple[int, ...]]:
                                  f"INPUT= for a scalar), got '{item}'")
             if name.strip() in shapes:
                 raise InputError(f"--shape gives input '{name.strip()}' twice")
+            if any(int(p) == 0 for p in parts):
+                raise InputError(f"--shape {item}: a dim of size 0 makes an empty input, on which verification "
+                                 "compares nothing; give sizes of at least 1 (e.g. --shape input=1x512)")
             shapes[name.strip()] = tuple(int(p) for p in parts)
     return shapes
 

@@ -134,7 +134,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise InputError("INT8 (and GPTQ) quantization needs calibration data: --calib PATH (an .npz file, a folder of "
                          ".npz files or of input_N.pb tensors / test_data_set_N folders) or --calib generate "
                          "(synthetic inputs, as graphopt verify makes them: ranges fit real data less well)")
-    proto = onnx.load(args.input, load_external_data=False)
+    proto = ir.load_proto(args.input)  # a LoadError (exit 2) for a missing, unreadable or non-ONNX file
     args.request = input_request(args, proto)  # --dim/--shape/--value checked before anything runs
     calibration = _calibration(args, proto)
     if calibration is not None:

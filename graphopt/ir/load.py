@@ -174,6 +174,56 @@ def _check_versions(model: onnx.ModelProto, where: str) -> None:
             )
 
 
+_PROTOBUF_LIMIT = 2**31 - 1
+"""Largest serialized protobuf message (bytes) that protobuf decodes."""
+
+
+def _check_names(graph: onnx.GraphProto, where: str, top: bool = True) -> None:
+    """Check a graph (and its subgraphs) for outputs and single definitions:
+    the main graph declares at least one output and lists each once, and no
+    value is defined twice (two producing nodes, or a node writing a graph
+    input or an initializer; an initializer listed among the inputs, as IR 3
+    required, is fine).
+
+    Raises:
+        LoadError: naming the value and its definitions.
+    """
+    if top and not graph.output:
+        raise LoadError(f"{where}: the graph declares no outputs, so there is nothing to compute or optimize; "
+                        "re-export the model with its outputs")
+    seen_out: set[str] = set()
+    for out in graph.output if top else ():
+        if out.name in seen_out:
+            raise LoadError(f"{where}: graph output '{out.name}' is listed more than once; list each output once "
+                            "(remove the repeated entry from graph.output) or re-export the model")
+        seen_out.add(out.name)
+    defined: dict[str, str] = {}
+    for vi in graph.input:
+        defined[vi.name] = f"graph input '{vi.name}'"
+    for init in graph.initializer:
+        if init.name in defined and defined[init.name].startswith("initializer"):
+            raise LoadError(f"{where}: initializer '{init.name}' is defined twice; the model is malformed: "
+                            "re-export it")
+        defined[init.name] = f"initializer '{init.name}'"
+    for node in graph.node:
+        for name in node.output:
+            if not name:
+                continue
+            if name in defined:
+                raise LoadError(
+                    f"{where}: value '{name}' is defined twice (by {defined[name]} and by node "
+                    f"{node.op_type}[{node.name or '-'}]); an ONNX graph gives each value one producer: the model "
+                    "is malformed: re-export it"
+                )
+            defined[name] = f"node {node.op_type}[{node.name or '-'}]"
+        for attr in node.attribute:
+            if attr.type == _A.GRAPH:
+                _check_names(attr.g, where, top=False)
+            elif attr.type == _A.GRAPHS:
+                for sub in attr.graphs:
+                    _check_names(sub, where, top=False)
+
+
 def load_proto(path: str | os.PathLike, *, external_data: bool = False) -> onnx.ModelProto:
     """Read an ONNX ModelProto from ``path`` and check that it is a whole ONNX model.
 
@@ -183,8 +233,10 @@ def load_proto(path: str | os.PathLike, *, external_data: bool = False) -> onnx.
             small models; graphopt's IR keeps them memory-mapped instead).
 
     Raises:
-        LoadError: missing file, a directory, a file that does not decode as a
-            ModelProto (not ONNX, or truncated), a model without a graph.
+        LoadError: missing file, a directory, an unreadable file, a file over
+            protobuf's 2 GiB, a file that does not decode as a ModelProto (not
+            ONNX, or truncated), a model without a graph or outputs, an output
+            listed twice, a value defined twice.
     """
     return _load_proto(path, external_data)[0]
 
@@ -196,8 +248,18 @@ def _load_proto(path: str | os.PathLike, external_data: bool) -> tuple[onnx.Mode
         raise LoadError(f"model file '{p}' does not exist; check the path")
     if not p.is_file():
         raise LoadError(f"'{p}' is not a file; pass the path of an .onnx file")
+    size = p.stat().st_size
+    if size > _PROTOBUF_LIMIT:  # protobuf cannot decode it; reading it would only cost the memory
+        raise LoadError(
+            f"'{p}' is {size} bytes, over the 2 GiB that one protobuf message (an .onnx file without external "
+            "data) can hold, so it cannot be decoded; models this large keep their weights in external data: "
+            "re-export or re-save it with onnx.save(model, path, save_as_external_data=True)"
+        )
     try:
         proto = onnx.load(str(p), load_external_data=False)
+    except OSError as e:  # unreadable (permissions, a failing disk): not a defect of graphopt
+        raise LoadError(f"'{p}' cannot be read ({e.strerror or e}); check the file's permissions (e.g. chmod "
+                        "u+r) and that the disk is readable") from e
     except (DecodeError, ValueError, RuntimeError) as e:
         raise LoadError(
             f"'{p}' is not an ONNX model or is truncated ({p.stat().st_size} bytes could not be "
@@ -210,6 +272,7 @@ def _load_proto(path: str | os.PathLike, external_data: bool) -> tuple[onnx.Mode
             "file is a complete .onnx model"
         )
     _check_versions(proto, f"'{p}'")
+    _check_names(proto.graph, f"'{p}'")
     has_external = _check_external_data(proto, p.parent)
     if external_data and has_external:
         external_data_helper.load_external_data_for_model(proto, str(p.parent))

@@ -134,7 +134,7 @@ def make_session(
         return ort.InferenceSession(source.session_input, sess_options=options, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
         raise LoadError(
-            f"onnxruntime cannot load model {source.label}: {e}\n"
+            f"onnxruntime cannot load model {source.label}: {' '.join(str(e).split())}\n"
             f"check that onnxruntime {ort.__version__} supports its ops, opsets and ir_version "
             "(graphopt writes ir_version 10)"
         ) from e
@@ -159,8 +159,9 @@ def run_model(
     Args:
         model: a path, ``onnx.ModelProto``, graphopt IR model, or a resolved
             :class:`ModelSource`.
-        inputs: ``{input name: array}`` for every runtime input (initializer-backed
-            graph inputs may be left out).
+        inputs: ``{input name: value}`` for every runtime input (initializer-backed
+            graph inputs may be left out): an array per tensor input, a list of
+            arrays per sequence input, the value or None per optional input.
 
     Returns:
         ``{output name: array}`` in the model's output order. Sequence outputs

@@ -1,7 +1,7 @@
 """Collect calibrated ranges of a model's tensors in one pass over the data.
 
 :func:`collect_ranges` runs the model once per calibration batch in
-onnxruntime (:func:`~graphopt.passes.quantization.activations.stream_activations`,
+onnxruntime (:func:`~graphopt.calibrate.activations.stream_activations`,
 every requested tensor exposed as an output of one session) and feeds each
 tensor's values to its own observer
 (:mod:`~graphopt.passes.quantization.observers`). Only one batch's
@@ -19,7 +19,7 @@ import numpy as np
 
 from graphopt import ir
 from graphopt.errors import InputError
-from graphopt.passes.quantization.activations import stream_activations, values_by_name
+from graphopt.calibrate.activations import stream_activations, values_by_name
 from graphopt.calibrate.data import CalibrationData, check_sample, signature_proto, track
 from graphopt.passes.quantization.observers import Observer, make_observer
 

@@ -18,21 +18,21 @@ scripted ``forward`` leaves behind, each an ``If`` nested in the branch:
   STFT convolution: ``If(Equal(Size(Shape(spec)), 3))``) and one on the
   encoder's output (``If(Not(Equal(Size(Shape(enc)), 3)))``);
 * the decoder's: ``If(Equal(Shape(enc)[-1], [1]))`` squeezes a length-1
-  time axis or passes the rank-3 tensor on (decided at run time; the
-  exporter's traced ``value_info`` says rank 2), then two Ifs on
-  ``Not(Equal(Size(Shape(.)), 2))`` unsqueeze the LSTM's input and state:
-  only the rank-2 world can run (the LSTM's ``X`` must be rank 3), so they
-  are decided for every input the model runs;
-* three guards decided only at run time (``If(Equal(Shape(x)[-1], chunk))``,
-  the chunk-length check, ``If(Equal(Shape(state)[1], Shape(x)[0]))``, the
-  batch check, and the squeeze above): their dims are dynamic.
+  time axis or passes the rank-3 tensor on (the exporter's traced
+  ``value_info`` says rank 2), then two Ifs on ``Not(Equal(Size(Shape(.)),
+  2))`` unsqueeze the LSTM's input and state: only the rank-2 world can run
+  (the LSTM's ``X`` must be rank 3), so on every input the model runs, the
+  squeeze is taken and the two rank guards are not;
+* two guards decided only at run time (``If(Equal(Shape(x)[-1], chunk))``,
+  the chunk-length check, and ``If(Equal(Shape(state)[1], Shape(x)[0]))``,
+  the batch check): their dims are dynamic.
 
-Each branch has 11 Ifs, 22 in all (+ the top-level one); 16 are decided by
-shapes (8 per branch: 6 by the shapes alone, 2 by the LSTM's rank), 6 at
-run time. The compute is small, like the real models: a reflect Pad, an
-STFT as a strided Conv, four Conv+Relu encoder layers, an LSTM and a
-MatMul head, so the guards' overhead is a visible part of a run (about
-0.15 ms per chunk with onnxruntime on two cores).
+Each branch has 11 Ifs, 22 in all (+ the top-level one); 18 are decided
+(9 per branch: 6 by the shapes alone, 3 by the LSTM's rank), 4 at run
+time. The compute is small, like the real models: a reflect Pad, an STFT
+as a strided Conv, four Conv+Relu encoder layers, an LSTM and a MatMul
+head, so the guards' overhead is a visible part of a run (about 0.15 ms
+per chunk with onnxruntime on two cores).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ __all__ = ["build_vad_model", "GUARD_IFS", "DECIDED_IFS"]
 
 GUARD_IFS = 22
 """Nested Ifs in the model (both branches)."""
-DECIDED_IFS = 16
-"""Nested Ifs whose condition the input shapes decide."""
+DECIDED_IFS = 18
+"""Nested Ifs whose condition the input shapes decide (on every input the model runs)."""
 
 _OPSET = 18
 

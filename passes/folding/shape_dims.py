@@ -465,12 +465,13 @@ class NativeDims:
         return tuple(out)
 
 
-def model_dims(model: ir.Model) -> tuple[Propagator, NativeDims]:
-    """A fresh :class:`Propagator` for ``model``'s default-domain opset and
-    the :class:`NativeDims` over it (names: the graph inputs' dim names).
-    The propagator's ``refine`` is not set: callers that want Shape values
-    sharpened set it to the returned NativeDims."""
+def model_dims(model: ir.Model, prop: Propagator | None = None) -> tuple[Propagator, NativeDims]:
+    """A fresh :class:`Propagator` for ``model``'s default-domain opset (or
+    ``prop``, to read its values anew) and the :class:`NativeDims` over it
+    (names: the graph inputs' dim names). The propagator's ``refine`` is
+    not set: callers that want Shape values sharpened set it to the
+    returned NativeDims."""
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))
-    prop = Propagator(opset)
+    prop = Propagator(opset) if prop is None else prop
     names = {d for v in model.graph.inputs for d in (dims_of(v) or ()) if isinstance(d, str)}
     return prop, NativeDims(opset, prop.read, names)

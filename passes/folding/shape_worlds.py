@@ -11,11 +11,14 @@ branch. :func:`pin_if_outputs` tries each branch's dims for the If's outputs
 ("worlds"), carries them through the graph with the shape rules
 (:class:`~.shape_dims.NativeDims`) and the shape values
 (:class:`~.shape_values.Propagator`), and where exactly one world runs
-without such a failure, pins the If's output dims to that world's. The If
-itself stays (it still squeezes at run time); what is folded from the
-pinned dims holds on every input the original model runs, as the exporter's
-own traced ``value_info`` says (onnxscript's optimizer reads the latter; it
-is not trusted here, see ``fold-shapes``' inference).
+without such a failure, pins the If's output dims to that world's; since
+the other branch's output has another rank (by its producer's rule), no
+run of the original takes it, and ``fold-shapes`` gives the If the taken
+branch as a constant condition (``inline`` splices it). What is folded
+from this holds on every input the original model runs (on the others the
+original raises; the result may raise elsewhere or not), as the
+exporter's own traced ``value_info`` says (onnxscript's optimizer reads
+the latter; it is not trusted here, see ``fold-shapes``' inference).
 
 Failures checked (ONNX operator specs; only with ranks the rules know, and
 only at nodes whose outputs reach the graph's outputs, a read inside an
@@ -167,13 +170,18 @@ def _fails_below(prop: Propagator, native, graph: ir.Graph, start: ir.Node | Non
     return False
 
 
-def pin_if_outputs(model: ir.Model, graphs: list[ir.Graph]) -> dict[ir.Value, tuple[Dim, ...]]:
+def pin_if_outputs(model: ir.Model, graphs: list[ir.Graph],
+                   taken: dict[ir.Node, bool] | None = None) -> dict[ir.Value, tuple[Dim, ...]]:
     """Dims of If outputs that hold on every input the model runs.
 
     Args:
         model: the model (its default-domain opset selects the rules).
         graphs: the main graph and its subgraphs, outer graphs first
             (``ir.all_graphs``).
+        taken: filled, when given, with each pinned If -> the branch every
+            run of the original takes (True: then): the other branch's
+            output has another rank (by its producer's rule) than the one
+            every run sees, so no run takes it.
 
     Returns:
         If output -> dims, for each If (at most 16 tried) whose condition is
@@ -189,14 +197,20 @@ def pin_if_outputs(model: ir.Model, graphs: list[ir.Graph]) -> dict[ir.Value, tu
     first.set_refine(rough)
     if not any(_worlds(n, rough, first) for g in graphs for n in g if n.op_type == "If"):
         return {}  # no If with branches of different ranks: nothing to walk
-    base, native = model_dims(model)
-    base.set_refine(native)
-    candidates = []
+    base, walking = model_dims(model)
+    base.set_refine(walking)
     for graph in graphs:  # one walk without assumptions: the values every world starts from
         for node in graph:
             sym = base.visit(node)
             if sym is not None:
                 base.values[node.outputs[0]] = sym
+    # Dims asked after the walk: asked during it, an outer If's output reads
+    # its branches before their shape values are known (and the rules'
+    # memo would keep that).
+    _, native = model_dims(model, base)
+    candidates = []
+    for graph in graphs:
+        for node in graph:
             if node.op_type == "If" and node.domain in ("", "ai.onnx") and len(candidates) < _MAX_CANDIDATES:
                 worlds = _worlds(node, native, base)
                 if worlds is not None:
@@ -206,6 +220,8 @@ def pin_if_outputs(model: ir.Model, graphs: list[ir.Graph]) -> dict[ir.Value, tu
         ok = [w for w in worlds if not _world_fails(model, base, node, w)]
         if len(ok) == 1:
             pins.update(ok[0])
+            if taken is not None:
+                taken[node] = ok[0] is worlds[0]
     return pins
 
 

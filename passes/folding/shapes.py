@@ -291,7 +291,8 @@ class FoldShapes(Pass):
     differ in rank (Silero VAD's squeeze of a length-1 time axis) gets the
     dims of the one branch with which the rest of its graph can run, when
     the other's make a later live op fail its ONNX spec (an LSTM input not
-    of rank 3; :mod:`~graphopt.passes.folding.shape_worlds`): the guards
+    of rank 3; :mod:`~graphopt.passes.folding.shape_worlds`), and that
+    branch as a constant condition (stat ``ifs``): the If and the guards
     below it fold, exactly on every input the original model runs.
     Prior art: onnxsim and onnxslim (shape folding with ONNX shape inference),
     onnxscript's optimizer (symbolic shape values in constant folding).
@@ -321,6 +322,10 @@ class FoldShapes(Pass):
             counts, constants, touched = self._fold(model, graphs)
             for key in ("folded", "reshapes", "wheres", "bypassed", "refined"):
                 stats[key] += counts[key]
+            if counts["ifs"]:  # only where shape_worlds decided an If: the stats of other models stay as they were
+                stats["ifs"] = stats.get("ifs", 0) + counts["ifs"]
+                if current is not None:
+                    current.ok = False  # inference reads the If's taken branch now
             if counts["wheres"] or counts["bypassed"] or counts["sharper"]:
                 sharpened = sharpen_downstream(model, graphs, touched) if self.options.symbolic else None
                 if sharpened is None:
@@ -344,8 +349,8 @@ class FoldShapes(Pass):
             if current is not None and constants and current.ok:
                 current.ok = not _may_sharpen(constants)
             break
-        return PassResult(modified=stats["folded"] + stats["reshapes"] + stats["wheres"] + stats["bypassed"] > 0,
-                          stats=stats)
+        return PassResult(modified=stats["folded"] + stats["reshapes"] + stats["wheres"] + stats["bypassed"]
+                          + stats.get("ifs", 0) > 0, stats=stats)
 
     def _infer_if_changed(self, model: ir.Model, graphs: list[ir.Graph], shape_ops: bool,
                           current: ShapesCurrent | None) -> int:
@@ -383,10 +388,13 @@ class FoldShapes(Pass):
         not have, and the values whose readers changed (see
         ``sharpen_downstream``)."""
         prop, native = model_dims(model)
+        ifs = 0
         if self.options.symbolic:
             prop.set_refine(native)
             if self.options.valid_runs:
-                native.pinned.update(pin_if_outputs(model, graphs))
+                taken: dict[ir.Node, bool] = {}
+                native.pinned.update(pin_if_outputs(model, graphs, taken))
+                ifs = sum(self._take(node, branch) for node, branch in taken.items())
         folded = reshapes = wheres = bypassed = sharper = 0
         constants: list[ir.Value] = []
         made: set[ir.Value] = set()  # the constants of this walk
@@ -444,7 +452,25 @@ class FoldShapes(Pass):
                 graph.remove(node, safe=True)
                 folded += 1
         return {"refined": prop.refined, "folded": folded, "reshapes": reshapes, "wheres": wheres, "bypassed": bypassed,
-                "sharper": sharper}, constants, touched
+                "sharper": sharper, "ifs": ifs}, constants, touched
+
+    @staticmethod
+    def _take(node: ir.Node, branch: bool) -> int:
+        """Give an If a constant condition: the branch every run of the
+        original takes (``shape_worlds.pin_if_outputs``); ``inline``
+        splices it. Returns 1, or 0 when the condition is constant already."""
+        if ir.is_constant(node.inputs[0]) or node.graph is None:
+            return 0
+        graph = node.graph
+        name, i = f"{node.inputs[0].name or 'cond'}_taken", 1
+        unique = name
+        while unique in graph.initializers:
+            unique, i = f"{name}_{i}", i + 1
+        tensor = ir.Tensor(np.array(branch), name=unique)
+        const = ir.Value(name=unique, shape=ir.Shape([]), type=ir.TensorType(ir.DataType.BOOL), const_value=tensor)
+        graph.register_initializer(const)
+        node.replace_input_with(0, const)
+        return 1
 
     @staticmethod
     def _flat(graph: ir.Graph, node: ir.Node, prop: Propagator) -> bool:

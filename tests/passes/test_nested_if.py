@@ -49,27 +49,27 @@ def vad():
     return proto, result
 
 
-_BRANCH = {"Add": 1, "Concat": 3, "ConstantOfShape": 1, "Conv": 5, "Equal": 3, "Gather": 6, "If": 3, "LSTM": 1,
-           "MatMul": 1, "Mul": 2, "Pad": 1, "Relu": 5, "Shape": 4, "Sigmoid": 1, "Slice": 2, "Sqrt": 1, "Squeeze": 1,
+_BRANCH = {"Add": 1, "Concat": 3, "ConstantOfShape": 1, "Conv": 5, "Equal": 2, "Gather": 5, "If": 2, "LSTM": 1,
+           "MatMul": 1, "Mul": 2, "Pad": 1, "Relu": 5, "Shape": 3, "Sigmoid": 1, "Slice": 2, "Sqrt": 1, "Squeeze": 2,
            "Unsqueeze": 5}
-"""A branch of the VAD-like model after O1: the three run-time guards (chunk
-length, batch, the decoder's squeeze) are its three Ifs; its eight decided
-guards are gone (two of them by the LSTM's rank: ``shape_worlds``)."""
+"""A branch of the VAD-like model after O1: the two run-time guards (chunk
+length, batch) are its two Ifs; its nine decided guards are gone (three of
+them by the LSTM's rank: ``shape_worlds``; the decoder's squeeze stays as
+a Squeeze)."""
 
 
 def test_o1_resolves_every_shape_decided_if_of_the_vad_model(vad):
     proto, result = vad
     model = result.model
     assert _ifs(ir.serde.deserialize_model(proto)) == GUARD_IFS + 1
-    assert _ifs(model) == GUARD_IFS + 1 - DECIDED_IFS == 7
+    assert _ifs(model) == GUARD_IFS + 1 - DECIDED_IFS == 5
     assert _hist(model.graph) == {"Equal": 1, "If": 1}  # the top-level If on sr stays: sr is a graph input
     top = next(n for n in model.graph if n.op_type == "If")
     for key in ("then_branch", "else_branch"):
         assert _hist(top.attributes[key].value) == _BRANCH
-    # the guards that stay read a dynamic dim: Gather(Shape(x), -1) == chunk, Shape(state)[1] == Shape(x)[0],
-    # Shape(enc)[-1] == [1]
+    # the guards that stay read a dynamic dim: Gather(Shape(x), -1) == chunk, Shape(state)[1] == Shape(x)[0]
     guards = [n for g in ir.subgraphs(model.graph) for n in g if n.op_type == "If"]
-    assert sorted(n.inputs[0].producer().op_type for n in guards) == ["Equal"] * 6
+    assert sorted(n.inputs[0].producer().op_type for n in guards) == ["Equal"] * 4
 
 
 def test_o1_resolves_the_guards_in_one_round_with_one_inference_per_round(vad):
@@ -286,9 +286,9 @@ def _decoder(tail: str) -> onnx.ModelProto:
 def test_a_rank_guard_behind_a_run_time_if_folds_when_only_one_branch_can_run():
     proto = _decoder("lstm")
     model = PassManager("O1", PassContext()).run(ir.serde.deserialize_model(proto)).model
-    # the squeeze If stays (run time); the rank guard took its else branch
-    # (Identity): with the rank-3 output the LSTM's X would be rank 5
-    assert _hist(model.graph) == {"Equal": 1, "Gather": 1, "If": 1, "LSTM": 1, "Shape": 1, "Unsqueeze": 1}
+    # with the rank-3 output of the squeeze If the LSTM's X would be rank 5:
+    # every run of the original squeezes, and the rank guard keeps its input
+    assert _hist(model.graph) == {"LSTM": 1, "Squeeze": 1, "Unsqueeze": 1}
     feeds = {"enc": np.random.default_rng(1).standard_normal((3, 8, 1)).astype(np.float32)}
     np.testing.assert_allclose(_run(ir.serde.serialize_model(model), feeds)[0], _run(proto, feeds)[0], rtol=1e-6)
 

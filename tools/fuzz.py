@@ -62,6 +62,7 @@ CONFIGS = ("O1:ort", "O2:ort", "O2:onnx")
 OPSETS = tuple(range(13, 24))
 RTOL = ATOL = 1e-5
 MAX_NODES, MAX_STEPS = 32, 20
+KEPT_HEADING = "## Fixed along the way"
 
 
 @dataclass
@@ -262,19 +263,21 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.seed is not None:
         faulthandler.enable()  # a native crash prints the Python stack it happened under
-        result = run_seed(args.seed, configs, args.timeout)
-        model, _ = (None, None)
-        try:
-            model, _ = generate(args.seed)
-            print(onnx.printer.to_text(model))
+        try:  # the graph first: a native crash ends the process before the report
+            print(onnx.printer.to_text(generate(args.seed)[0]), flush=True)
         except Exception:  # noqa: BLE001 - the failure is in the detail below
             pass
+        result = run_seed(args.seed, configs, args.timeout)
         if result.detail:
             print(result.detail)
         print(result.line() if result.cls != "ok" else f"seed {args.seed} ok ({', '.join(configs)})")
         return 0 if result.cls in ("ok", "refused") else 1
 
-    import graphopt.verify  # noqa: F401 - imported once here, not in every forked child
+    # imported once here, not in every forked child (faster, and every seed runs the same code)
+    import onnxruntime  # noqa: F401
+
+    import graphopt.passes  # noqa: F401 - registers the passes
+    import graphopt.verify  # noqa: F401
 
     seeds = range(args.start, args.start + args.count)
     results: list[Result] = []
@@ -293,7 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(results)} graphs in {seconds:.0f} s: " + ", ".join(f"{c} {counts.get(c, 0)}" for c in CLASSES))
     if args.markdown:
         command = "python tools/fuzz.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]))
-        args.markdown.write_text(markdown(results, command.strip(), seconds, configs))
+        kept = ""  # the hand-written history below KEPT_HEADING survives a rerun
+        if args.markdown.exists() and KEPT_HEADING in args.markdown.read_text():
+            kept = "\n" + KEPT_HEADING + args.markdown.read_text().split(KEPT_HEADING, 1)[1]
+        args.markdown.write_text(markdown(results, command.strip(), seconds, configs) + kept)
     return 1 if counts.get("crash") or counts.get("mismatch") else 0
 
 

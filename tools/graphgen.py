@@ -10,9 +10,12 @@ broadcasting ones), Cast round trips (exact and lossy), Transpose/Reshape/
 Unsqueeze/Squeeze/Concat/Slice and Shape->Gather->Reshape chains, constant
 subgraphs that fold, inference-mode Dropout, duplicated nodes (CSE),
 reductions, MatMul/Gemm (with bias and activation), Conv (+BatchNormalization,
-+Relu), decomposed LayerNorm and Gelu (fusion targets), Softmax, and control
-flow: If (on a data-dependent condition or on a shape guard that shapes
-decide) and Loop, with subgraphs that read outer-scope values.
++Relu), decomposed LayerNorm and Gelu (fusion targets), Softmax, Expand/Tile/
+Pad/Split/Flatten/Gather/ConstantOfShape, sibling MatMuls and Convs, ops on
+run-time int64 index and bool mask inputs, and control flow: If (on a
+data-dependent condition or on a shape guard that shapes decide) and Loop,
+with subgraphs that read outer-scope values. Opsets 13-23 are supported (each
+step writes the form its opset wants).
 
 Choices go through a :class:`Draw`; :class:`RandomDraw` makes a graph a pure
 function of an integer seed, and the property test wraps hypothesis's ``draw``
@@ -95,6 +98,8 @@ class Builder:
     pool: list[Val] = field(default_factory=list)
     simple: list[onnx.NodeProto] = field(default_factory=list)  # candidates for duplication
     counter: int = 0
+    # graph inputs that are not float32 pool values: (value info, the array fed to it)
+    extra_inputs: list[tuple[onnx.ValueInfoProto, np.ndarray]] = field(default_factory=list)
 
     def fresh(self, stem: str) -> str:
         """A new unique name starting with ``stem``."""
@@ -171,7 +176,7 @@ from graphgen_steps import (  # noqa: E402 - the steps need the helpers above
     step_binary_const, step_binary_var, step_cast_roundtrip, step_concat_slice, step_const_fold, step_conv,
     step_div_var, step_dropout, step_duplicate, step_elementwise, step_gelu, step_if, step_layernorm, step_loop,
     step_matmul, step_reduce, step_reshape, step_shape_chain, step_shape_ops, step_siblings, step_slice, step_softmax,
-    step_transpose, step_unary, step_unsqueeze,
+    step_transpose, step_unary, step_unsqueeze, step_dynamic,
 )
 
 STEPS: dict[str, tuple[Callable[[Draw, Builder], int], int]] = {
@@ -184,7 +189,7 @@ STEPS: dict[str, tuple[Callable[[Draw, Builder], int], int]] = {
     "elementwise": (step_elementwise, 3), "reduce": (step_reduce, 2), "matmul": (step_matmul, 4),
     "conv": (step_conv, 4), "softmax": (step_softmax, 1), "layernorm": (step_layernorm, 12),
     "gelu": (step_gelu, 6), "if": (step_if, 5), "loop": (step_loop, 2),
-    "shape_ops": (step_shape_ops, 4), "siblings": (step_siblings, 3),
+    "shape_ops": (step_shape_ops, 4), "siblings": (step_siblings, 3), "dynamic": (step_dynamic, 3),
 }  # name -> (builder, most nodes it adds to the main graph, Constant nodes included)
 
 CI_STEPS = tuple(sorted(STEPS))
@@ -258,6 +263,7 @@ def build_model(d: Draw, *, opsets: Sequence[int] = (17,), steps: Sequence[str] 
                 chosen.append(extra)
     outputs = [helper.make_tensor_value_info(v.name, TensorProto.FLOAT, [None] * len(v.shape)) for v in chosen]
 
+    graph_inputs += [vi for vi, _ in b.extra_inputs]
     graph = helper.make_graph(b.nodes, "prop", graph_inputs, outputs, initializer=b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", b.opset)],
                               ir_version=ir_version_for(b.opset))
@@ -273,6 +279,7 @@ def build_model(d: Draw, *, opsets: Sequence[int] = (17,), steps: Sequence[str] 
 
     rng = np.random.default_rng(d.integer(0, 2**32 - 1))
     feed = {name: rng.standard_normal(shape).astype(np.float32) for name in input_names}
+    feed.update({vi.name: array for vi, array in b.extra_inputs})
     return model, feed
 
 

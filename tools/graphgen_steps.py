@@ -515,4 +515,35 @@ def step_siblings(d: Draw, b: Builder) -> int:
     return 3
 
 
+def step_dynamic(d: Draw, b: Builder) -> int:
+    """Ops on run-time data that no pass can fold: Gather by an int64 index
+    input (values in range, some negative), Expand of a constant to Shape(x),
+    or Where on a bool input."""
+    x = pick(d, b)
+    kind = d.choice(["gather", "expand", "where"])
+    if kind == "gather":
+        axis = d.integer(0, len(x.shape) - 1)
+        n, k = x.shape[axis], d.integer(1, 3)
+        name = b.fresh("idx")
+        rng = np.random.default_rng(d.integer(0, 2**16))
+        b.extra_inputs.append((helper.make_tensor_value_info(name, TensorProto.INT64, [k]),
+                               rng.integers(-n, n, size=k).astype(np.int64)))
+        (z,) = b.node("Gather", [x.name, name], axis=axis)
+        b.add(z, tuple(k if i == axis else v for i, v in enumerate(x.shape)))
+        return 1
+    if kind == "expand":
+        (sh,) = b.node("Shape", [x.name])
+        (e,) = b.node("Expand", [b.const(rand_array(d, x.shape[-1:]), as_node=False), sh])
+        (z,) = b.node(d.choice(["Add", "Mul"]), [x.name, e])
+        b.add(z, x.shape)
+        return 3
+    name = b.fresh("mask")
+    rng = np.random.default_rng(d.integer(0, 2**16))
+    b.extra_inputs.append((helper.make_tensor_value_info(name, TensorProto.BOOL, list(x.shape[-1:])),
+                           rng.integers(0, 2, size=x.shape[-1:]).astype(bool)))
+    (z,) = b.node("Where", [name, x.name, b.const(np.array(d.choice([0.0, -1.0]), np.float32), as_node=False)])
+    b.add(z, x.shape)
+    return 1
+
+
 from graphgen_control import step_if, step_loop  # noqa: E402,F401 - re-exported for graphgen

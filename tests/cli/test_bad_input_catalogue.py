@@ -24,7 +24,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import MODELS
 from helpers import flat, restore_logging, run_cli, small_model  # noqa: F401 - autouse fixture
 
 _PROTOBUF_LIMIT = 2**31 - 1

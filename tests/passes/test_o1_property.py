@@ -12,7 +12,9 @@ and int32), Transpose pairs, Reshape (with 0 and -1) and back,
 Unsqueeze/Squeeze, Concat then Slice, full-range Slice, Shape->Gather->Reshape
 chains, constant subgraphs that fold, inference-mode Dropout, exact duplicates
 of earlier nodes (CSE), reductions, MatMul/Gemm, Conv (+BatchNormalization,
-+Relu), Softmax, decomposed Gelu (and LayerNorm when it fits), and If (on data
++Relu), Softmax, decomposed Gelu (and LayerNorm when it fits), shape ops
+(Expand, Tile, Pad, Split, Flatten, Gather, ConstantOfShape), sibling
+MatMuls/Convs, ops on run-time int64 index and bool mask inputs, and If (on data
 or on a shape guard) and Loop whose subgraphs read outer-scope values. Values
 not chosen as outputs are dead code. Hypothesis draws every choice, so a
 failing graph shrinks.

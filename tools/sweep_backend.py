@@ -422,13 +422,14 @@ def cause_of(row: Row) -> str:
     return f"{row.cls}: {reason[:140]}"
 
 
-def write_report(rows: list[Row], skipped: list[str], path: Path, command: str, before: dict | None) -> None:
+def write_report(rows: list[Row], skipped: list[str], path: Path, command: str, before: dict | None,
+                 label: str = "") -> None:
     """Write the markdown report: counts per folder and pipeline, then each
     non-ok (case, pipeline) grouped by cause."""
     pipelines = list(dict.fromkeys(r.pipeline for r in rows))
     folders = list(dict.fromkeys(r.folder for r in rows))
     lines = ["# ONNX backend test data sweep", "",
-             f"Command: `{command}`", "",
+             f"{label} Command: `{command}`".strip(), "",
              f"onnx {_version('onnx')}, onnxruntime {_version('onnxruntime')}; node cases regenerated from "
              "`onnx.backend.test.case.node` with numpy seeded 0. Classes are defined in "
              "`tools/sweep_backend.py`'s docstring.", ""]
@@ -444,7 +445,7 @@ def write_report(rows: list[Row], skipped: list[str], path: Path, command: str, 
     bad = [r for r in rows if r.cls not in ("ok", "onnxruntime-unsupported")]
     lines += ["", "## Non-ok cases by cause", ""]
     if not bad:
-        lines.append("None.")
+        lines += ["None.", ""]
     groups: dict[str, list[Row]] = collections.defaultdict(list)
     for r in bad:
         groups[cause_of(r)].append(r)
@@ -517,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", type=Path, default=None,
                         help="a JSON file of an earlier run whose counts the report shows as 'before'")
     parser.add_argument("--before-label", default="", help="what the earlier run ran (e.g. the commit)")
+    parser.add_argument("--label", default="", help="what this run ran (e.g. the commit), for the report")
     parser.add_argument("--rows-from", type=Path, default=None,
                         help="write the report from this --json file instead of running the cases")
     parser.add_argument("--quiet", action="store_true")
@@ -551,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
             doc = json.loads(args.before.read_text())
             before = {"note": f"{args.before_label} Command: `{doc['command']}`".strip(),
                       "rows": [Row(**r) for r in doc["rows"]]}
-        write_report(rows, skipped, args.report, command, before)
+        write_report(rows, skipped, args.report, command, before, args.label)
     counts = collections.Counter(r.cls for r in rows)
     print(json.dumps(dict(counts)) if args.quiet else "\n".join(
         _count_table(rows, list(dict.fromkeys(r.folder for r in rows)), pipelines)))

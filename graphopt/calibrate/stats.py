@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.linalg.blas import dsyrk as _syrk
 
 from graphopt import ir
 from graphopt.calibrate.activations import activation_session, values_by_name
@@ -103,7 +104,7 @@ class StatRequest:
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class ChannelStats:
     """Running per-channel statistics of one value (all float64).
 
@@ -151,11 +152,30 @@ class ChannelStats:
         """``[C]`` ``||X_j||_2`` (Wanda's activation norm)."""
         return np.sqrt(self.sq_sum)
 
-    def update(self, x: np.ndarray, gram: bool = False) -> None:
-        """Add rows ``x`` (``[R, C]`` float64) to the running moments.
+    _pending: list[tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]] = field(
+        default_factory=list, repr=False
+    )
+    _pending_rows: int = field(default=0, repr=False)
+    _upper: np.ndarray | None = field(default=None, repr=False)
 
-        Means and ``m2`` merge by Chan, Golub & LeVeque's pairwise update
-        (exact in exact arithmetic, stable in float64).
+    def update(
+        self,
+        x: np.ndarray,
+        gram: bool = False,
+        cross: Mapping[str, np.ndarray] | None = None,
+        cross_reference: Mapping[str, np.ndarray] | None = None,
+        flush_rows: int = 2048,
+    ) -> None:
+        """Add rows ``x`` (``[R, C]`` float64) to the running statistics.
+
+        Means and ``m2`` merge at once by Chan, Golub & LeVeque's pairwise
+        update of Welford's moments (exact in exact arithmetic, stable in
+        float64). The Gram and cross products are rank-R updates that are
+        cheap only for many rows at a time: rows (and the paired ``cross`` /
+        ``cross_reference`` rows ``{Y name: [R, D]}``) are buffered until
+        ``flush_rows`` (at least C) accumulate, then added in one BLAS call
+        (``dsyrk`` for the Gram, its upper triangle). Call :meth:`finish`
+        before reading ``gram`` or the cross products.
         """
         n_b = x.shape[0]
         if self.mean is None:
@@ -163,7 +183,7 @@ class ChannelStats:
             self.mean, self.m2 = np.zeros(c), np.zeros(c)
             self.sq_sum, self.abs_sum = np.zeros(c), np.zeros(c)
             if gram:
-                self.gram = np.zeros((c, c))
+                self._upper = np.zeros((c, c), order="F")
         if n_b == 0:
             return
         mean_b = x.mean(axis=0)
@@ -175,16 +195,36 @@ class ChannelStats:
         self.rows = total
         self.sq_sum += np.einsum("rc,rc->c", x, x)
         self.abs_sum += np.abs(x).sum(axis=0)
-        if self.gram is not None:
-            self.gram += x.T @ x
+        if self._upper is not None or cross or cross_reference:
+            self._pending.append((x, dict(cross or {}), dict(cross_reference or {})))
+            self._pending_rows += n_b
+            if self._pending_rows >= max(flush_rows, x.shape[1]):
+                self._flush()
 
-    def add_cross(self, table: dict[str, np.ndarray], name: str, x: np.ndarray, y: np.ndarray) -> None:
-        """``table[name] += x^T y`` (``x`` ``[R, C]``, ``y`` ``[R, D]``)."""
-        product = x.T @ y
-        if name in table:
-            table[name] += product
-        else:
-            table[name] = product
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        x = np.concatenate([p[0] for p in self._pending]) if len(self._pending) > 1 else self._pending[0][0]
+        if self._upper is not None:
+            # x.T is a Fortran-ordered [C, R] view: dsyrk(trans=0) adds x.T @ x to the upper triangle, no copy
+            self._upper = _syrk(1.0, x.T, beta=1.0, c=self._upper, trans=0, lower=0, overwrite_c=1)
+        for index, table in ((1, self.cross), (2, self.cross_reference)):
+            for name in self._pending[0][index]:
+                y = np.concatenate([p[index][name] for p in self._pending])
+                product = x.T @ y
+                if name in table:
+                    table[name] += product
+                else:
+                    table[name] = product
+        self._pending, self._pending_rows = [], 0
+
+    def finish(self) -> ChannelStats:
+        """Flush buffered rows and fill ``gram`` (symmetric ``[C, C]``); returns ``self``."""
+        self._flush()
+        if self._upper is not None:
+            upper = np.triu(self._upper)
+            self.gram = upper + np.triu(upper, 1).T
+        return self
 
 
 @dataclass
@@ -255,7 +295,9 @@ class StatsCache:
         """The cache kept in ``ctx.analyses`` (a
         :class:`~graphopt.passmanager.context.AnalysisCache`) under
         ``"activation-stats"`` for ``model``: dropped with the other analyses
-        when a pass modifies the model (entries are content-keyed anyway)."""
+        when a pass modifies the model, unless the pass lists
+        ``"activation-stats"`` in its ``preserves`` (safe: entries are keyed
+        by content, so a changed model misses and recomputes)."""
         return ctx.analyses.get("activation-stats", model, lambda _m: cls())
 
     def _key(self, fingerprint: str, reference: str | None, data: object, mask: str | None, value: str) -> tuple:
@@ -394,6 +436,7 @@ def collect_stats(
     mask: str | None = None,
     cache: StatsCache | None = None,
     progress: bool = False,
+    flush_rows: int = 2048,
 ) -> dict[str, ChannelStats]:
     """Stream per-channel statistics of activations over calibration batches.
 
@@ -414,6 +457,9 @@ def collect_stats(
             activations; None keeps every row (unpadded data).
         cache: a :class:`StatsCache`; requests it covers are not recomputed.
         progress: a progress bar over batches on a terminal.
+        flush_rows: rows buffered per value with a Gram or cross products
+            before one BLAS update (at least C): memory ``8 * max(flush_rows, C)
+            * (C + D)`` bytes per such value on top of the ``8 C^2`` Gram.
 
     Returns:
         ``{value: ChannelStats}`` in the order of ``requests``.
@@ -465,7 +511,9 @@ def collect_stats(
             log.info("activation statistics of %d value(s) from the cache", len(reqs))
             return {r.value: result[r.value] for r in reqs}
 
-    fresh = _collect(model, ref_model, todo, data, mask, progress)
+    if int(flush_rows) != flush_rows or flush_rows < 1:
+        raise InputError(f"flush_rows must be a positive integer, got {flush_rows!r}")
+    fresh = _collect(model, ref_model, todo, data, mask, progress, int(flush_rows))
     for r in todo:
         result[r.value] = fresh[r.value]
         if cache is not None:
@@ -480,6 +528,7 @@ def _collect(
     data: Iterable[Mapping[str, np.ndarray]],
     mask: str | None,
     progress: bool,
+    flush_rows: int,
 ) -> dict[str, ChannelStats]:
     names = list(dict.fromkeys(n for r in reqs for n in (r.value, *r.cross)))
     ref_names = list(dict.fromkeys(n for r in reqs for n in r.cross_reference))
@@ -500,8 +549,8 @@ def _collect(
                         f"statistics of {r.value!r}: batch {index} has {x.shape[1]} channels on axis {r.axis}, "
                         f"earlier batches {s.channels}; the channel axis must have a fixed size"
                     )
-                s.update(x, gram=r.gram)
-                for table, source, ynames in ((s.cross, own, r.cross), (s.cross_reference, ref, r.cross_reference)):
+                crosses: list[dict[str, np.ndarray]] = [{}, {}]
+                for table, source, ynames in ((crosses[0], own, r.cross), (crosses[1], ref, r.cross_reference)):
                     for yname in ynames:
                         y = _rows(source[yname], r.axis, yname, index, keep)
                         if y.shape[0] != x.shape[0]:
@@ -509,13 +558,16 @@ def _collect(
                                 f"cross statistics {r.value!r} x {yname!r}: batch {index} gives {x.shape[0]} and "
                                 f"{y.shape[0]} rows; both values need the same rows (tokens) on axis {r.axis}"
                             )
-                        s.add_cross(table, yname, x, y)
+                        table[yname] = y
+                s.update(x, gram=r.gram, cross=crosses[0], cross_reference=crosses[1], flush_rows=flush_rows)
             count += 1
             del acts, own, ref
     finally:
         runs.close()
     if count == 0:
         raise InputError("calibration data holds no batch; give at least one sample")
+    for s in stats.values():
+        s.finish()
     grams = sum(1 for r in reqs if r.gram)
     log.info("activation statistics of %d value(s) (%d with Gram) over %d batch(es)", len(reqs), grams, count)
     return stats

@@ -78,6 +78,11 @@ def test_moments_norms_gram_cross_over_uneven_batches():
     close(s.gram, h.T @ h)
     close(s.cross["x"], h.T @ x)
     assert stats["y"].gram is None and stats["y"].channels == 3
+    # a BLAS update per batch (flush_rows=1) and one at the end give the same sums
+    each = collect_stats(mlp(), [StatRequest("h", gram=True, cross=("x",))], data, flush_rows=1)["h"]
+    close(each.gram, h.T @ h)
+    close(each.cross["x"], h.T @ x)
+    assert np.array_equal(each.gram, each.gram.T)
 
 
 def test_variance_is_exact_relative_to_itself_on_centered_data():
@@ -131,6 +136,23 @@ def test_cache_by_model_content():
     assert collect_stats(mlp(), ["h"], other, cache=cache)["h"] is not first  # other data
     assert cache.misses == 3 and len(cache) == 3
     assert model_fingerprint(mlp()) == model_fingerprint(ir.clone(mlp())) != model_fingerprint(mlp(3.0))
+
+
+def test_cache_lives_in_the_pass_context_analyses():
+    from graphopt.passmanager.context import PassContext
+
+    ctx, model = PassContext(), mlp()
+    cache = StatsCache.for_context(ctx, model)
+    assert StatsCache.for_context(ctx, model) is cache
+    data = samples([(1, 2)])
+    first = collect_stats(model, ["h"], data, cache=cache)["h"]
+    assert collect_stats(model, ["h"], data, cache=StatsCache.for_context(ctx, model))["h"] is first
+    ctx.analyses.invalidate()  # a pass modified the model
+    assert StatsCache.for_context(ctx, model) is not cache
+    ctx2 = PassContext()
+    kept = StatsCache.for_context(ctx2, model)
+    ctx2.analyses.invalidate(frozenset({"activation-stats"}))  # a pass that preserves it (content-keyed: safe)
+    assert StatsCache.for_context(ctx2, model) is kept
 
 
 def test_model_from_path(tmp_path):

@@ -16,9 +16,9 @@ the other branch's output has another rank (by its producer's rule), no
 run of the original takes it, and ``fold-shapes`` gives the If the taken
 branch as a constant condition (``inline`` splices it). What is folded
 from this holds on every input the original model runs (on the others the
-original raises; the result may raise elsewhere or not), as the
-exporter's own traced ``value_info`` says (onnxscript's optimizer reads
-the latter; it is not trusted here, see ``fold-shapes``' inference).
+original raises; the result may raise elsewhere or not). The exporter's
+traced ``value_info`` says the same, but is not trusted here (see
+``fold-shapes``' inference): the rank is proved from the op specs.
 
 Failures checked (ONNX operator specs; only with ranks the rules know, and
 only at nodes whose outputs reach the graph's outputs, a read inside an

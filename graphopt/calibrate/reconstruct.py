@@ -25,6 +25,10 @@ normal equations are ``(G_xx + lam I) W' = G_xy W`` with
   "Fluctuation-based Adaptive Structured Pruning for Large Language
   Models"): the removed channels' mean contribution moves into the bias.
 - :func:`output_error` evaluates ``||X_new W' - X_ref W||^2`` from Grams.
+- :func:`whiten` factors ``G = S S^T`` (Cholesky, or an eigendecomposition
+  with a floor), the whitening of SVD-LLM (Wang et al. 2024, "SVD-LLM:
+  Truncation-aware Singular Value Decomposition for Large Language Model
+  Compression") that low-rank factorization reads.
 
 The ridge ``lam = ridge * mean(diag(G_xx))`` is relative to the activation
 energy, so one setting suits every layer. The system is solved by Cholesky
@@ -46,7 +50,16 @@ from graphopt.errors import InputError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Refit", "bias_compensation", "output_error", "reconstruct", "refit_kept", "solve_ridge"]
+__all__ = [
+    "Refit",
+    "Whitening",
+    "bias_compensation",
+    "output_error",
+    "reconstruct",
+    "refit_kept",
+    "solve_ridge",
+    "whiten",
+]
 
 DEFAULT_RIDGE = 1e-4
 """Default relative ridge: ``lam = DEFAULT_RIDGE * mean(diag(G_xx))``."""
@@ -330,3 +343,70 @@ def output_error(
     v = np.asarray(new_weight, dtype=np.float64)
     gxx, gxy, gyy = (np.asarray(g, dtype=np.float64) for g in (gram_xx, gram_xy, gram_yy))
     return float(np.sum(v * (gxx @ v)) - 2.0 * np.sum(v * (gxy @ w)) + np.sum(w * (gyy @ w)))
+
+
+@dataclass(frozen=True)
+class Whitening:
+    """A square root of a Gram matrix: ``factor @ factor.T == G + lam I`` (floored).
+
+    Attributes:
+        factor: ``[C, C]`` float64 ``S``; lower-triangular from Cholesky, ``V sqrt(w)`` from the fallback.
+        inverse: ``[C, C]`` float64 ``S^-1``.
+        ridge: the absolute ridge ``lam`` added to the diagonal.
+        method: ``"cholesky"`` or ``"eigh"``.
+        floored: eigenvalues raised to the floor by the fallback (0 for Cholesky).
+    """
+
+    factor: np.ndarray
+    inverse: np.ndarray
+    ridge: float
+    method: str
+    floored: int = 0
+
+
+def whiten(gram: np.ndarray, ridge: float = DEFAULT_RIDGE, *, floor: float = 1e-8, where: str = "") -> Whitening:
+    """SVD-LLM's whitening factor: ``S`` with ``S S^T = X^T X + lam I``, so
+    that the SVD of ``S^T W`` truncates ``W`` by output error (each dropped
+    singular value is exactly the error it adds). Cholesky first; when the
+    Gram is not numerically positive definite, an eigendecomposition with
+    eigenvalues raised to ``floor * max eigenvalue`` (and a logged warning).
+
+    Args:
+        gram: ``[C, C]`` ``X^T X`` (float64 sums).
+        ridge: relative ridge (``lam = ridge * mean(diag(G))``), ``>= 0``.
+        floor: relative eigenvalue floor of the fallback, ``> 0``.
+        where: the layer, for the warning.
+
+    Returns:
+        :class:`Whitening`.
+
+    Raises:
+        InputError: not a square finite matrix, ``ridge < 0`` or ``floor <= 0``.
+    """
+    g = _square(gram, "the Gram matrix")
+    if not (ridge >= 0) or not (floor > 0):
+        raise InputError(f"whiten needs ridge >= 0 and floor > 0, got ridge={ridge!r}, floor={floor!r}")
+    c = g.shape[0]
+    lam = float(ridge * np.diag(g).mean()) if c else 0.0
+    a = g + lam * np.eye(c)
+    try:
+        lower = scipy.linalg.cholesky(a, lower=True, check_finite=False)
+        d = np.square(np.diag(lower))
+        if c == 0 or d.min() > _PD_RCOND * d.max():
+            inverse = scipy.linalg.solve_triangular(lower, np.eye(c), lower=True, check_finite=False)
+            return Whitening(lower, inverse, lam, "cholesky")
+        reason = f"Cholesky pivot ratio {d.min() / d.max():.1e}"
+    except np.linalg.LinAlgError as e:
+        reason = str(e)
+    w, v = np.linalg.eigh(a)
+    top = max(float(w.max()), 0.0)
+    level = floor * top if top > 0 else floor
+    floored = int((w < level).sum())
+    w = np.maximum(w, level)
+    root = np.sqrt(w)
+    log.warning(
+        "whitening%s: the Gram matrix (%d x %d, ridge %.3g) is not positive definite (%s); "
+        "eigendecomposition with %d eigenvalue(s) raised to %.3g",
+        f" of {where}" if where else "", c, c, lam, reason, floored, level,
+    )
+    return Whitening(v * root, (v / root).T, lam, "eigh", floored)

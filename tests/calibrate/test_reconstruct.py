@@ -16,6 +16,7 @@ from graphopt.calibrate.reconstruct import (
     reconstruct,
     refit_kept,
     solve_ridge,
+    whiten,
 )
 from graphopt.errors import InputError
 
@@ -114,6 +115,27 @@ def test_singular_gram_falls_back_and_says_so(caplog):
     assert refit_kept(x.T @ x, [0, 1, 2, 3], w, ridge=1e-6).method == "cholesky"
 
 
+def test_whitening_factor_and_fallback(caplog):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((40, 4))
+    g = x.T @ x
+    wh = whiten(g, ridge=0.0)
+    assert wh.method == "cholesky" and np.allclose(np.triu(wh.factor, 1), 0.0)
+    np.testing.assert_allclose(wh.factor @ wh.factor.T, g, rtol=1e-12)
+    np.testing.assert_allclose(wh.inverse @ wh.factor, np.eye(4), atol=1e-12)
+    # SVD-LLM's property: the output error of truncating S^T W equals the dropped singular values
+    w = rng.standard_normal((4, 3))
+    u, sv, vt = np.linalg.svd(wh.factor.T @ w, full_matrices=False)
+    w1 = wh.inverse.T @ (u[:, :2] * sv[:2]) @ vt[:2]
+    assert np.sum((x @ w1 - x @ w) ** 2) == pytest.approx(sv[2] ** 2, rel=1e-9)
+    dup = np.column_stack([x, x[:, 0]])
+    with caplog.at_level(logging.WARNING, logger="graphopt.calibrate.reconstruct"):
+        wd = whiten(dup.T @ dup, ridge=0.0, where="attn.q")
+    assert (wd.method, wd.floored) == ("eigh", 1) and "attn.q" in caplog.text
+    np.testing.assert_allclose(wd.factor @ wd.factor.T, dup.T @ dup, atol=1e-6 * np.abs(dup.T @ dup).max())
+    np.testing.assert_allclose(wd.inverse @ wd.factor, np.eye(5), atol=1e-8)
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [
@@ -125,6 +147,7 @@ def test_singular_gram_falls_back_and_says_so(caplog):
         (lambda: solve_ridge(np.eye(2), np.ones((2, 1)), ridge=-1.0), "ridge"),
         (lambda: bias_compensation(np.ones((3, 2)), np.ones(2), [0]), "mean"),
         (lambda: refit_kept(np.full((2, 2), np.nan), [0], np.ones((2, 1))), "NaN"),
+        (lambda: whiten(np.eye(2), floor=0.0), "floor"),
     ],
 )
 def test_refusals(call, match):  # noqa: ANN001

@@ -304,3 +304,24 @@ def test_pin_if_outputs_is_empty_without_subgraphs():
 
     model = ir.from_text(HEAD + "g (float[?, 4] x) => (float[?, 4] y) { y = Relu(x) }")
     assert pin_if_outputs(model, ir.all_graphs(model)) == {}
+
+
+def test_a_failing_op_whose_result_is_unused_decides_nothing():
+    # the LSTM's outputs reach no graph output: a runtime may skip it, so
+    # the rank-3 world is not ruled out
+    from onnx import helper
+
+    from graphopt.passes.folding.shape_worlds import pin_if_outputs
+
+    proto = _decoder("lstm")
+    proto.graph.node.append(helper.make_node("Relu", ["x3"], ["z"]))
+    proto.graph.output[0].name = "z"
+    model = ir.serde.deserialize_model(proto)
+    ir.infer_shapes(model)
+    assert pin_if_outputs(model, ir.all_graphs(model)) == {}
+    live = ir.serde.deserialize_model(_decoder("lstm"))  # the LSTM's output is the graph's
+    ir.infer_shapes(live)
+    taken: dict = {}
+    pins = pin_if_outputs(live, ir.all_graphs(live), taken)
+    assert [(v.name, dims) for v, dims in pins.items()] == [("d", (None, 8))]  # the squeezed branch's
+    assert [(n.outputs[0].name, branch) for n, branch in taken.items()] == [("d", True)]

@@ -150,7 +150,7 @@ def input_request(args: Any, model: Any) -> Any:
     import onnx
 
     from graphopt.verify.feed import InputRequest, check_request
-    from graphopt.verify.inputs import _as_proto, input_specs
+    from graphopt.verify.inputs import _as_proto
 
     request = InputRequest(parse_dims(getattr(args, "dim", None)), parse_shape_options(getattr(args, "shape", None)),
                            parse_values(getattr(args, "value", None)))
@@ -160,7 +160,7 @@ def input_request(args: Any, model: Any) -> Any:
     if getattr(args, "inputs", None):
         from graphopt.verify import read_inputs
 
-        request.arrays = read_inputs(args.inputs, model_inputs=[s.name for s in input_specs(proto)])
+        request.arrays = read_inputs(args.inputs, model=proto)  # the model's types decode sequence/optional files
     check_request(proto, request)
     return request
 

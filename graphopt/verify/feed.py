@@ -35,7 +35,7 @@ import onnx
 
 from graphopt.errors import InputError
 from graphopt.verify.inputs import Growth, InputSpec, _check_dims, generate_inputs, input_specs
-from graphopt.verify.runtime import ModelLike, ModelRunError, ModelSource, resolve_model, run_model
+from graphopt.verify.runtime import ModelLike, ModelRunError, ModelSource, resolve_model, run_model, split_inputs
 from graphopt.verify.tables import SEQUENCE_DIM, position_limit
 
 __all__ = ["GROWTH", "Feed", "InputRequest", "check_request", "runnable_inputs"]
@@ -169,11 +169,12 @@ def check_request(model: onnx.ModelProto, request: InputRequest) -> dict[str, in
             one dim name; a sequence-like dim past the model's position table.
     """
     specs = {s.name: s for s in input_specs(model)}
+    structured = split_inputs(model)[1]  # sequence/optional/map inputs: only --inputs can give them
     listed = list(specs.values())
     _check_dims(model, request.dims)
     for option, names in (("--shape", request.shapes), ("--value", request.values), ("--inputs", request.arrays)):
         for name in names:
-            if name not in specs:
+            if name not in specs and not (option == "--inputs" and name in structured):
                 raise _unknown_input(option, name, listed)
     for name in request.arrays:
         if name in request.shapes or name in request.values:
@@ -181,7 +182,7 @@ def check_request(model: onnx.ModelProto, request: InputRequest) -> dict[str, in
     dims = dict(request.dims)
     origin = {name: f"--dim {name}={size}" for name, size in dims.items()}
     fixed = [("--shape", n, tuple(s)) for n, s in request.shapes.items()]
-    fixed += [("--inputs", n, tuple(a.shape)) for n, a in request.arrays.items()]
+    fixed += [("--inputs", n, tuple(a.shape)) for n, a in request.arrays.items() if n in specs]
     for option, name, shape in fixed:
         spec = specs[name]
         _check_shape(option, spec, shape)
@@ -193,7 +194,7 @@ def check_request(model: onnx.ModelProto, request: InputRequest) -> dict[str, in
                 dims[d] = size
                 origin.setdefault(d, f"{option} {name}")
     for name, array in request.arrays.items():
-        if array.dtype != specs[name].dtype:
+        if name in specs and array.dtype != specs[name].dtype:
             raise InputError(f"--inputs: '{name}' is {array.dtype}, but the model takes {specs[name].describe()}; "
                              f"convert it, e.g. array.astype(np.{specs[name].dtype})")
     for name, value in request.values.items():
@@ -230,7 +231,8 @@ def _free(specs: Sequence[InputSpec], request: InputRequest, dims: Mapping[str, 
 
 
 def _feed_text(feed: Mapping[str, np.ndarray]) -> str:
-    return ", ".join(f"{n}: {a.dtype}{list(a.shape)}" for n, a in feed.items())
+    return ", ".join(f"{n}: {a.dtype}{list(a.shape)}" if hasattr(a, "shape") else f"{n}: {type(a).__name__}"
+                     for n, a in feed.items())
 
 
 def _first_line(error: BaseException, limit: int = 300) -> str:
@@ -286,8 +288,8 @@ def runnable_inputs(
     for grow in attempts:
         feed = generate_inputs(source.proto, dims, seed, shapes=request.shapes, values=request.values, grow=grow)
         feed.update(request.arrays)
-        key = tuple((n, a.shape) for n, a in feed.items())
-        if key in seen or (grow is not None and sum(a.size for a in feed.values()) > max_elements):
+        key = tuple((n, getattr(a, "shape", id(a))) for n, a in feed.items())  # a list/None: a given input
+        if key in seen or (grow is not None and sum(getattr(a, "size", 0) for a in feed.values()) > max_elements):
             continue
         seen.add(key)
         try:

@@ -117,21 +117,19 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
 
     Graph inputs that are also initializers (IR < 4 style, or overridable
     weights) are left out: onnxruntime uses the initializer when they are not fed.
-
-    Raises:
-        InputError: an input is not a tensor (sequence, map, optional inputs are
-            not supported by graphopt's verification).
+    So are sequence, optional and map inputs: they cannot be generated, only
+    given (``--inputs`` as ONNX backend-test ``input_N.pb`` files,
+    :func:`graphopt.verify.readers.read_inputs`); running without them fails in
+    :func:`graphopt.verify.runtime.run_model` with a message that says so
+    (:func:`graphopt.verify.runtime.split_inputs` lists them).
     """
     initializers = {t.name for t in model.graph.initializer}
     specs = []
     for vi in model.graph.input:
         if vi.name in initializers:
             continue
-        if vi.type.WhichOneof("value") != "tensor_type":
-            raise InputError(
-                f"input {vi.name!r} is a {vi.type.WhichOneof('value')}, not a tensor; "
-                "graphopt verification only feeds tensor inputs"
-            )
+        if vi.type.WhichOneof("value") not in (None, "tensor_type"):
+            continue  # sequence / optional / map: given, never generated (see the docstring)
         tt = vi.type.tensor_type
         dims: tuple[int | str | None, ...] | None = None
         if tt.HasField("shape"):

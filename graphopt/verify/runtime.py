@@ -245,7 +245,10 @@ def check_structured_inputs(structured: Mapping[str, onnx.TypeProto], feed: Mapp
     """
     for name, tp in structured.items():
         if name not in feed:
-            raise InputError(f"input {name!r} ({tp.WhichOneof('value')}) is missing; given: {', '.join(feed) or 'nothing'}")
+            raise InputError(
+                f"input {name!r} is a {tp.WhichOneof('value')}, which graphopt cannot generate; give it with --inputs "
+                "(a directory of input_N.pb files laid out like the ONNX backend test data)"
+            )
         _check_typed(name, tp, feed[name])
 
 

@@ -6,7 +6,7 @@ Usage::
     python tools/sweep_backend.py [--pipelines O1:ort,O2:ort,O2:onnx,O2:tensorrt]
         [--folders node,simple,...] [--filter REGEX] [--limit N] [--workers 1]
         [--timeout 120] [--json out.json] [--report tools/benchmarks/backend_sweep.md]
-        [--before earlier.json --before-label TEXT] [--rows-from out.json]
+        [--before earlier.json --before-label TEXT] [--rows-from out.json] [--via api|cli]
 
 The full table of ``tools/benchmarks/backend_sweep.md`` comes from
 ``--workers 2 --json rows.json --report tools/benchmarks/backend_sweep.md``
@@ -28,7 +28,8 @@ Each (case, pipeline) runs in a worker process (``--workers``, recycled after
 - ``onnxruntime-unsupported``: the original does not load or run in
   onnxruntime on its ``test_data_set_0`` inputs (excluded from the acceptance);
 - ``ok``: graphopt optimized, wrote and verified the model (the CLI's path:
-  ``graphopt optimize --inputs test_data_set_0``) and its outputs in
+  ``graphopt optimize --inputs test_data_set_0``, through the Python API, or
+  with ``--via cli`` through that command run in-process) and its outputs in
   onnxruntime match the expected outputs wherever the original's do;
 - ``refused``: graphopt raised an error with exit code 2 (bad input), reason kept;
 - ``verify-failed``: exit code 1 (graphopt's own comparison failed);
@@ -234,18 +235,67 @@ def _one_line(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def run_case(case: Case, pipeline: str, tmp: str) -> Row:
+class _CliFailure(Exception):
+    """``graphopt optimize`` run in-process exited non-zero: ``exit_code`` and its message."""
+
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _optimize_api(model_path: str, ds: Path, spec: str, target: str, out: Path) -> Path:
+    """Optimize, save (checked) and verify through the Python API, as
+    ``cmd_optimize`` does; returns the written path. Raises what graphopt raises."""
+    from graphopt import ir
+    from graphopt.errors import VerificationError
+    from graphopt.passmanager import PassContext, PassManager, Pipeline, get_pass
+    from graphopt.verify import compare
+
+    model = ir.load(model_path)
+    ctx = PassContext(target=target, config={}, instruments=[])
+    result = PassManager(Pipeline.parse(spec), ctx).run(model)
+    declared = max([get_pass(r.name).tolerance or 0.0 for r in result.report.records if r.modified], default=0.0)
+    rtol = max(ctx.get("verify.rtol"), declared)
+
+    def verify(path: Path) -> None:
+        report = compare(model_path, str(path), inputs=str(ds), rtol=rtol, atol=ctx.get("verify.atol"),
+                         atol_scale=declared)
+        if not report.ok:
+            raise VerificationError(f"outputs differ: {report.summary()}")
+
+    return ir.save(result.model, out, check=True, validate=verify).path
+
+
+def _optimize_cli(model_path: str, ds: Path, spec: str, target: str, out: Path) -> Path:
+    """``graphopt -q optimize MODEL -o OUT -p SPEC --target T --inputs DS`` in-process.
+
+    Raises:
+        _CliFailure: a non-zero exit, with the last lines of its stderr.
+    """
+    import contextlib
+    import io
+
+    from graphopt.cli.main import main as cli_main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = cli_main(["-q", "optimize", model_path, "-o", str(out), "-p", spec, "--target", target,
+                         "--inputs", str(ds), "--reproducer-dir", str(out.parent / "repro")])
+    if code != 0:
+        raise _CliFailure(code, f"exit {code}: {err.getvalue().strip()}")
+    return out
+
+
+def run_case(case: Case, pipeline: str, tmp: str, via: str = "api") -> Row:
     """Optimize ``case`` with ``pipeline`` (``"O2:ort"``: pipeline and target)
-    the way ``graphopt optimize --inputs test_data_set_0`` does, and classify it
-    (classes in the module doc)."""
+    through the Python API the way ``graphopt optimize --inputs
+    test_data_set_0`` does (``via="api"``), or through that command run
+    in-process (``via="cli"``), and classify it (classes in the module doc)."""
     import logging
 
     import onnx
 
-    from graphopt import ir
-    from graphopt.errors import GraphoptError, VerificationError
-    from graphopt.passmanager import PassContext, PassManager, Pipeline, get_pass
-    from graphopt.verify import compare
+    from graphopt.errors import GraphoptError
 
     logging.disable(logging.CRITICAL)
     start = time.perf_counter()
@@ -262,26 +312,15 @@ def run_case(case: Case, pipeline: str, tmp: str) -> Row:
         return row
     out = Path(tmp) / f"{case.folder}.{case.name}.{spec}.{target or 'ort'}.onnx"
     try:
-        model = ir.load(model_path)
-        ctx = PassContext(target=target or "ort", config={}, instruments=[])
-        result = PassManager(Pipeline.parse(spec), ctx).run(model)
-        declared = max([get_pass(r.name).tolerance or 0.0 for r in result.report.records if r.modified], default=0.0)
-        rtol = max(ctx.get("verify.rtol"), declared)
-
-        def verify(path: Path) -> None:
-            report = compare(model_path, str(path), inputs=str(ds), rtol=rtol, atol=ctx.get("verify.atol"),
-                             atol_scale=declared)
-            if not report.ok:
-                raise VerificationError(f"outputs differ: {report.summary()}")
-
-        saved = ir.save(result.model, out, check=True, validate=verify)
-        written = onnx.load(str(saved.path))
+        optimize = _optimize_cli if via == "cli" else _optimize_api
+        saved = optimize(model_path, ds, spec, target or "ort", out)
+        written = onnx.load(str(saved))
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.log_severity_level = 4
-        got = _run_session(ort.InferenceSession(str(saved.path), opts, providers=["CPUExecutionProvider"]),
+        got = _run_session(ort.InferenceSession(str(saved), opts, providers=["CPUExecutionProvider"]),
                            {k: v for k, v in feed.items() if k in {i.name for i in written.graph.input}}, written)
         expected = _expected_outputs(ds, proto)
         problems = []
@@ -296,7 +335,7 @@ def run_case(case: Case, pipeline: str, tmp: str) -> Row:
                 problems.append(f"{name} vs original: {d}")
         if problems:
             row.cls, row.reason = "mismatch", _one_line("; ".join(problems))
-    except GraphoptError as e:
+    except (GraphoptError, _CliFailure) as e:
         code = e.exit_code
         row.cls = {1: "verify-failed", 2: "refused"}.get(code, "crash")
         cause = e.__cause__
@@ -318,7 +357,7 @@ def run_case(case: Case, pipeline: str, tmp: str) -> Row:
 # the worker pool: a timeout kills the worker, not the sweep
 
 
-def _worker(conn: Any, tmp: str) -> None:
+def _worker(conn: Any, tmp: str, via: str = "api") -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     while True:
         task = conn.recv()
@@ -326,14 +365,14 @@ def _worker(conn: Any, tmp: str) -> None:
             return
         case, pipeline = task
         try:
-            row = run_case(case, pipeline, tmp)
+            row = run_case(case, pipeline, tmp, via)
         except BaseException as e:  # noqa: BLE001 - report, never die silently
             row = Row(case.folder, case.name, pipeline, "crash", _one_line(f"worker: {type(e).__name__}: {e}"))
         conn.send(row)
 
 
 def sweep(tasks: list[tuple[Case, str]], workers: int, timeout: float, max_tasks: int,
-          progress: bool = True) -> list[Row]:
+          progress: bool = True, via: str = "api") -> list[Row]:
     """Run every ``(case, pipeline)`` in ``workers`` processes; a task over
     ``timeout`` seconds is recorded as ``timeout`` and its worker replaced; a
     worker is replaced after ``max_tasks`` tasks (memory)."""
@@ -345,7 +384,7 @@ def sweep(tasks: list[tuple[Case, str]], workers: int, timeout: float, max_tasks
 
     def start() -> dict[str, Any]:
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_worker, args=(child, tmp), daemon=True)
+        proc = ctx.Process(target=_worker, args=(child, tmp, via), daemon=True)
         proc.start()
         return {"proc": proc, "conn": parent, "task": None, "since": 0.0, "done": 0}
 
@@ -521,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", default="", help="what this run ran (e.g. the commit), for the report")
     parser.add_argument("--rows-from", type=Path, default=None,
                         help="write the report from this --json file instead of running the cases")
+    parser.add_argument("--via", choices=("api", "cli"), default="api",
+                        help="optimize through the Python API (default) or `graphopt optimize` run in-process")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     folders = [f for f in args.folders.split(",") if f]
@@ -541,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         rows, command = [Row(**r) for r in doc["rows"]], doc["command"]
         pipelines = list(dict.fromkeys(r.pipeline for r in rows))
     else:
-        rows = sweep(tasks, args.workers, args.timeout, args.max_tasks, progress=not args.quiet)
+        rows = sweep(tasks, args.workers, args.timeout, args.max_tasks, progress=not args.quiet, via=args.via)
         order = {(c.folder, c.name): i for i, c in enumerate(cases)}
         rows.sort(key=lambda r: (order[(r.folder, r.name)], pipelines.index(r.pipeline)))
     if args.json:

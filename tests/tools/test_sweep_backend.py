@@ -76,3 +76,23 @@ def test_differs_uses_the_backend_tolerance_and_names_the_difference():
     assert sweep_backend._differs(None, a) == "optional presence differs"
     assert sweep_backend._differs(np.array([1, 2]), np.array([1, 3])) == "1 elements differ"
     assert sweep_backend._differs(a, a.astype(np.float16)) == "dtype float32 vs float16"
+
+
+def test_via_cli_runs_graphopt_optimize_in_process(tmp_path):
+    out = tmp_path / "rows.json"
+    code = sweep_backend.main(["--folders", "simple", "--filter", r"simple/test_(sign_model|sequence_model1)$",
+                               "--pipelines", "O2:ort", "--via", "cli", "--cache", str(tmp_path / "cache"),
+                               "--json", str(out), "--quiet"])
+    rows = json.loads(out.read_text())["rows"]
+    assert code == 0 and [(r["name"], r["cls"]) for r in rows] == [("test_sequence_model1", "ok"),
+                                                                    ("test_sign_model", "ok")]
+
+
+def test_cli_failure_keeps_exit_code_and_message(monkeypatch, tmp_path):
+    import graphopt.cli.main
+
+    monkeypatch.setattr(graphopt.cli.main, "main", lambda argv: 2)
+    data = Path(sweep_backend.data_dir())
+    case = sweep_backend.Case("simple", "test_sign_model", str(data / "simple" / "test_sign_model"))
+    row = sweep_backend.run_case(case, "O1:ort", str(tmp_path), via="cli")
+    assert (row.cls, row.reason) == ("refused", "_CliFailure: exit 2:")

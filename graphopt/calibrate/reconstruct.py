@@ -21,6 +21,8 @@ normal equations are ``(G_xx + lam I) W' = G_xy W`` with
   Post-Training Pruning Framework for Transformers", layer-wise
   reconstruction; DepGraph / FLAP-style refits): ``G_xx = G_SS``,
   ``G_xy = G_S:``.
+- :func:`least_squares` is the same solver against any target ``T`` given
+  as ``X_new^T T`` (e.g. one that also undoes the residual stream's error).
 - :func:`bias_compensation` is FLAP's cheap alternative (An et al. 2024,
   "Fluctuation-based Adaptive Structured Pruning for Large Language
   Models"): the removed channels' mean contribution moves into the bias.
@@ -54,6 +56,7 @@ __all__ = [
     "Refit",
     "Whitening",
     "bias_compensation",
+    "least_squares",
     "output_error",
     "reconstruct",
     "refit_kept",
@@ -221,16 +224,73 @@ def reconstruct(
     sy = np.asarray(sum_y, dtype=np.float64)
     if sx.shape != (gxx.shape[0],) or sy.shape != (w.shape[0],):
         raise InputError(f"sum_x {sx.shape} / sum_y {sy.shape} must be [{gxx.shape[0]}] / [{w.shape[0]}]")
-    if rows is None or rows < 1:
+    if int(rows) != rows or rows < 1:
         raise InputError(f"rows must be a positive row count, got {rows!r}")
-    k = gxx.shape[0]
     b0 = np.zeros(w.shape[1]) if b is None else b
+    # the target T = X_ref W + 1 b^T: X_new^T T and the column sums of T
+    cross = rhs + np.outer(sx, b0)
+    return least_squares(gxx, cross, ridge=ridge, sum_x=sx, sum_target=sy @ w + rows * b0, rows=rows, where=where)
+
+
+def least_squares(
+    gram_xx: np.ndarray,
+    cross: np.ndarray,
+    *,
+    ridge: float = DEFAULT_RIDGE,
+    sum_x: np.ndarray | None = None,
+    sum_target: np.ndarray | None = None,
+    rows: int | None = None,
+    where: str = "",
+) -> Refit:
+    """Ridge least squares against any target ``T`` ``[R, N]``:
+    ``min ||X Z (+ 1 c^T) - T||^2 + lam ||Z||^2`` from ``G = X^T X`` and
+    ``X^T T``; :func:`reconstruct` is the case ``T = X_ref W + 1 b^T``.
+    Other targets come from the cross products of
+    :func:`~graphopt.calibrate.stats.collect_stats`, e.g. the unpruned
+    block's output minus the pruned model's residual input, to undo error
+    carried in along the residual stream.
+
+    Args:
+        gram_xx: ``[K, K]`` ``X^T X``.
+        cross: ``[K, N]`` ``X^T T``.
+        ridge: relative ridge (``lam = ridge * mean(diag(G))``), ``>= 0``.
+        sum_x, sum_target, rows: ``[K]`` / ``[N]`` column sums of ``X`` and
+            ``T`` and the row count: when given, an unpenalized intercept
+            ``c`` is fitted as well.
+        where: the layer, for the fallback's warning.
+
+    Returns:
+        :class:`Refit` with ``weight`` = ``Z`` ``[K, N]`` and ``bias`` = ``c``
+        (None without intercept).
+
+    Raises:
+        InputError: shapes disagree, only part of the intercept statistics,
+            non-finite input, ``ridge < 0``.
+    """
+    gxx = _square(gram_xx, "gram_xx")
+    rhs = np.asarray(cross, dtype=np.float64)
+    if rhs.ndim != 2 or rhs.shape[0] != gxx.shape[0]:
+        raise InputError(
+            f"cross (X^T T) has shape {rhs.shape}; with gram_xx {gxx.shape} it must be [{gxx.shape[0]}, N]"
+        )
+    given = [sum_x is not None, sum_target is not None, rows is not None]
+    if not any(given):
+        z, lam, method, dropped = solve_ridge(gxx, rhs, ridge, where=where)
+        return Refit(z, None, lam, method, dropped)
+    if not all(given):
+        raise InputError("an intercept fit needs sum_x, sum_target and rows together (from ChannelStats: mean * rows)")
+    sx = np.asarray(sum_x, dtype=np.float64)
+    st = np.asarray(sum_target, dtype=np.float64)
+    k = gxx.shape[0]
+    if sx.shape != (k,) or st.shape != (rhs.shape[1],):
+        raise InputError(f"sum_x {sx.shape} / sum_target {st.shape} must be [{k}] / [{rhs.shape[1]}]")
+    if int(rows) != rows or rows < 1:
+        raise InputError(f"rows must be a positive row count, got {rows!r}")
     aug = np.empty((k + 1, k + 1))
     aug[:k, :k] = gxx
     aug[:k, k] = aug[k, :k] = sx
     aug[k, k] = rows
-    rhs_aug = np.vstack([rhs + np.outer(sx, b0), (sy @ w + rows * b0)[None, :]])
-    z, lam, method, dropped = solve_ridge(aug, rhs_aug, ridge, penalized=k, where=where)
+    z, lam, method, dropped = solve_ridge(aug, np.vstack([rhs, st[None, :]]), ridge, penalized=k, where=where)
     return Refit(z[:k], z[k], lam, method, dropped)
 
 

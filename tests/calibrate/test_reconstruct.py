@@ -12,6 +12,7 @@ import pytest
 
 from graphopt.calibrate.reconstruct import (
     bias_compensation,
+    least_squares,
     output_error,
     reconstruct,
     refit_kept,
@@ -96,6 +97,22 @@ def test_general_form_undoes_a_mixed_input():
     np.testing.assert_allclose(r3.weight, np.linalg.lstsq(sub, x_ref @ w, rcond=None)[0], atol=1e-9)
 
 
+def test_least_squares_against_any_target_with_intercept():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((120, 3)) + [1.0, -2.0, 0.5]
+    t = rng.standard_normal((120, 2)) + 3.0
+    r = least_squares(x.T @ x, x.T @ t, ridge=0.0, sum_x=x.sum(axis=0), sum_target=t.sum(axis=0), rows=120)
+    coef = np.linalg.lstsq(np.column_stack([x, np.ones(120)]), t, rcond=None)[0]
+    np.testing.assert_allclose(r.weight, coef[:3], atol=1e-10)
+    np.testing.assert_allclose(r.bias, coef[3], atol=1e-10)
+    plain = least_squares(x.T @ x, x.T @ t, ridge=0.0)
+    assert plain.bias is None
+    np.testing.assert_allclose(plain.weight, np.linalg.lstsq(x, t, rcond=None)[0], atol=1e-10)
+    # the intercept is not penalized: a huge ridge shrinks the weight to ~0 and leaves the target's mean
+    big = least_squares(x.T @ x, x.T @ t, ridge=1e9, sum_x=x.sum(axis=0), sum_target=t.sum(axis=0), rows=120)
+    np.testing.assert_allclose(big.bias, t.mean(axis=0), rtol=1e-6)
+
+
 def test_singular_gram_falls_back_and_says_so(caplog):
     rng = np.random.default_rng(4)
     x = rng.standard_normal((50, 3))
@@ -148,6 +165,9 @@ def test_whitening_factor_and_fallback(caplog):
         (lambda: bias_compensation(np.ones((3, 2)), np.ones(2), [0]), "mean"),
         (lambda: refit_kept(np.full((2, 2), np.nan), [0], np.ones((2, 1))), "NaN"),
         (lambda: whiten(np.eye(2), floor=0.0), "floor"),
+        (lambda: least_squares(np.eye(2), np.ones((3, 1))), "cross"),
+        (lambda: least_squares(np.eye(2), np.ones((2, 1)), rows=3), "together"),
+        (lambda: reconstruct(np.eye(2), np.eye(2), np.eye(2), sum_x=np.ones(2), sum_y=np.ones(2), rows=0), "rows"),
     ],
 )
 def test_refusals(call, match):  # noqa: ANN001

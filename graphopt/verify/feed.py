@@ -286,7 +286,8 @@ def runnable_inputs(
     seen: set[tuple] = set()
     error: BaseException | None = None
     for grow in attempts:
-        feed = generate_inputs(source.proto, dims, seed, shapes=request.shapes, values=request.values, grow=grow)
+        feed = generate_inputs(source.proto, dims, seed, shapes=request.shapes, values=request.values, grow=grow,
+                               given=tuple(request.arrays))
         feed.update(request.arrays)
         key = tuple((n, getattr(a, "shape", id(a))) for n, a in feed.items())  # a list/None: a given input
         if key in seen or (grow is not None and sum(getattr(a, "size", 0) for a in feed.values()) > max_elements):

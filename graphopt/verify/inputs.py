@@ -18,7 +18,7 @@ import ast
 import difflib
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -334,6 +334,7 @@ def generate_inputs(
     shapes: Mapping[str, tuple[int, ...]] | None = None,
     values: Mapping[str, float | int | bool] | None = None,
     grow: Growth | None = None,
+    given: Collection[str] = (),
 ) -> dict[str, np.ndarray]:
     """Generate one set of inputs that the model can run on.
 
@@ -380,6 +381,9 @@ def generate_inputs(
             is ``numpy.full(shape, value)`` in its dtype.
         grow: larger sizes for free dims (:func:`resolve_shape`), as
             :func:`graphopt.verify.feed.runnable_inputs` tries them.
+        given: names of inputs the caller has values for (``--inputs``):
+            not generated and left out of the result (a string input among
+            them is no error).
 
     Returns:
         ``{input name: array}`` in the model's input order, dtypes exactly as
@@ -411,6 +415,8 @@ def generate_inputs(
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for spec in specs:
+        if spec.name in given:
+            continue
         shape = tuple(shapes[spec.name]) if spec.name in shapes else resolve_shape(spec, dims, grow)
         if spec.name in values:
             out[spec.name] = np.full(shape, values[spec.name]).astype(spec.dtype)

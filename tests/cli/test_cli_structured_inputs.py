@@ -53,3 +53,37 @@ def test_without_inputs_the_refusal_names_the_input_and_inputs_option(tmp_path, 
     assert code == 2 and not out.exists()
     assert ("error: input 's' is a sequence_type, which graphopt cannot generate; give it with --inputs "
             "(a directory of input_N.pb files laid out like the ONNX backend test data)") in flat(err)
+
+
+def test_given_string_input_is_not_generated(tmp_path, capsys):
+    """A string tensor given with --inputs (backend cases test_ai_onnx_ml_label_encoder_string_*) was refused:
+    "input 'X' is a string tensor; graphopt cannot generate it" although it was given."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["i"]), helper.make_node("Identity", ["i"], ["y"]),
+         helper.make_node("Relu", ["f"], ["g"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.STRING, [2]),
+              helper.make_tensor_value_info("f", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, [2]),
+         helper.make_tensor_value_info("g", TensorProto.FLOAT, [3])])
+    path = tmp_path / "s.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), path)
+    data = tmp_path / "case"
+    data.mkdir()
+    (data / "input_0.pb").write_bytes(numpy_helper.from_array(np.array([b"a", b"bc"], dtype=object),
+                                                              "x").SerializeToString())
+    out = tmp_path / "out.onnx"
+    code, _, err = run_cli(capsys, "-q", "optimize", path, "-o", out, "--inputs", data)  # f is generated
+    assert code == 0, err
+    assert [n.op_type for n in onnx.load(out).graph.node] == ["Identity", "Relu"]
+
+
+def test_generate_inputs_leaves_given_names_out():
+    from graphopt.verify import generate_inputs
+
+    graph = helper.make_graph([helper.make_node("Relu", ["f"], ["g"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.STRING, [2]),
+                               helper.make_tensor_value_info("f", TensorProto.FLOAT, [3])],
+                              [helper.make_tensor_value_info("g", TensorProto.FLOAT, [3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    feed = generate_inputs(model, given=("x",))
+    assert list(feed) == ["f"] and feed["f"].shape == (3,) and feed["f"].dtype == np.float32

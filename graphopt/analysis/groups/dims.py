@@ -1,0 +1,159 @@
+"""Concrete dims of every value at one sample binding of the symbolic input dims.
+
+The coupled-group rules must prove that a tensor broadcasts along a channel
+axis (dim 1) or carries it, and must map axes through Reshape. Symbolic
+dims (``unk__10``) prove neither, so ONNX shape inference runs once more
+with the graph inputs' symbolic dims bound to sample sizes (batch 3, image
+dims 224/160, other dims distinct primes) and data propagation on, which
+resolves the mask and shape arithmetic of both torch exporters. Initializers
+over 1 KiB are handed to inference as typed inputs, without their bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import onnx
+
+from graphopt import ir
+
+__all__ = ["concrete_dims"]
+
+log = logging.getLogger(__name__)
+
+_PRIMES = (17, 19, 23, 29, 31, 37, 41, 43, 47, 53)
+
+
+def _bind(proto: onnx.ModelProto) -> None:
+    """Replace the symbolic dims of the graph inputs by sample sizes (in place)."""
+    names: dict[str, int] = {}
+    initializers = {t.name for t in proto.graph.initializer}
+    for vi in proto.graph.input:
+        if vi.name in initializers or not vi.type.HasField("tensor_type"):
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        image = len(dims) == 4 and vi.type.tensor_type.elem_type in (1, 10, 11, 16)
+        for axis, dim in enumerate(dims):
+            if dim.HasField("dim_value"):
+                continue
+            key = dim.dim_param or f"{vi.name}:{axis}"
+            if key not in names:
+                if axis == 0:
+                    names[key] = 3
+                elif image and axis >= 2:
+                    names[key] = 224 if axis == 2 else 160
+                else:
+                    names[key] = _PRIMES[len(names) % len(_PRIMES)]
+            dim.Clear()
+            dim.dim_value = names[key]
+
+
+def concrete_dims(model: ir.Model) -> dict[str, tuple[int | None, ...]]:
+    """Value name -> dims (an int, or None where still unknown) at a sample
+    binding of the input dims, for the main graph's values (inputs,
+    initializers, node outputs). Values inference leaves without a shape are absent.
+
+    Never raises: a failed inference logs a warning and returns the
+    initializers' and inputs' dims only.
+    """
+    proto = ir.to_proto(model)
+    graph = proto.graph
+    big = [t for t in graph.initializer if len(t.raw_data) > 1024 or t.ByteSize() > 1200]
+    keep = [t for t in graph.initializer if not (len(t.raw_data) > 1024 or t.ByteSize() > 1200)]
+    dims: dict[str, tuple[int | None, ...]] = {}
+    for t in graph.initializer:
+        dims[t.name] = tuple(int(d) for d in t.dims)
+    input_names = {vi.name for vi in graph.input}
+    for t in big:
+        if t.name not in input_names:
+            graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    _bind(proto)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as e:  # noqa: BLE001 - inference errors come in several types
+        log.warning("shape inference at sample dims failed: %s", e)
+        inferred = proto
+    for infos in (inferred.graph.input, inferred.graph.value_info, inferred.graph.output):
+        for vi in infos:
+            if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+                continue
+            dims.setdefault(vi.name, tuple(d.dim_value if d.HasField("dim_value") else None
+                                           for d in vi.type.tensor_type.shape.dim))
+    return dims
+
+
+class Dims:
+    """Concrete dims of values: :func:`concrete_dims` first, then, for values
+    inference left unknown and only when asked, one onnxruntime run at the
+    same sample sizes (inputs from :func:`graphopt.verify.inputs.generate_inputs`)
+    with every float/int intermediate value fetched (its shape recorded,
+    its data dropped)."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self.model = model
+        self.static = concrete_dims(model)
+        self.measured: dict[str, tuple[int, ...]] | None = None
+
+    def of(self, value: ir.Value | None) -> tuple[int | None, ...] | None:
+        """The dims of ``value`` (None when unknown, e.g. no rank)."""
+        if value is None:
+            return None
+        tensor = ir.const_tensor(value)
+        if tensor is not None:
+            return tuple(int(d) for d in tensor.shape)
+        dims = self.static.get(value.name or "")
+        if dims is not None and all(d is not None for d in dims):
+            return dims
+        measured = self._measure().get(value.name or "")
+        return measured if measured is not None else dims
+
+    def rank(self, value: ir.Value) -> int | None:
+        """The rank of ``value`` (inference's, or the IR's shape)."""
+        dims = self.static.get(value.name or "")
+        if dims is not None:
+            return len(dims)
+        if value.shape is not None:
+            return len(value.shape)
+        full = self.of(value)
+        return None if full is None else len(full)
+
+    def _measure(self) -> dict[str, tuple[int, ...]]:
+        if self.measured is not None:
+            return self.measured
+        self.measured = {}
+        try:
+            self.measured = _run_shapes(self.model)
+        except Exception as e:  # noqa: BLE001 - any runtime failure leaves the dims unknown
+            log.warning("measuring value shapes in onnxruntime failed: %s", e)
+        return self.measured
+
+
+def _run_shapes(model: ir.Model) -> dict[str, tuple[int, ...]]:
+    """Run the main graph once in onnxruntime, every node output fetched;
+    name -> the shape it had."""
+    import onnxruntime as ort
+
+    from graphopt.verify.inputs import generate_inputs, model_dim_names
+
+    proto = ir.to_proto(model)
+    names = model_dim_names(proto)
+    sizes = {name: (3 if i == 0 else _PRIMES[i % len(_PRIMES)]) for i, name in enumerate(names)}
+    feed = generate_inputs(proto, dims=sizes)
+    outputs = {o.name for o in proto.graph.output}
+    wanted = []
+    for node in model.graph:
+        for value in node.outputs:
+            if value.name and value.name not in outputs and value.dtype is not None and value.uses():
+                wanted.append(value)
+    for value in wanted:
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(value.name, int(value.dtype), None))
+    del proto.graph.value_info[:]
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names_out = [o.name for o in session.get_outputs()]
+    results = session.run(names_out, feed)
+    return {name: tuple(int(d) for d in getattr(r, "shape", ())) for name, r in zip(names_out, results)}

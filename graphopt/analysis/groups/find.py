@@ -1,0 +1,185 @@
+"""``find_groups``: every coupled-channel group of a model, or why not.
+
+Seeds are the values that carry prunable units: the outputs of a Split
+along the last axis of an activation (O1's merged Q/K/V and gate/up
+projections; seeded first, so a packed projection is split by section),
+then the outputs of MatMul/Gemm by a constant weight, Conv/ConvTranspose and
+com.microsoft.Attention. From each seed not yet covered, :class:`.Builder`
+propagates the units to a fixpoint with the rules of :mod:`.rules`
+(DepGraph, Fang et al., CVPR 2023; Torch-Pruning's ``DependencyGraph``);
+a group that needs coarser units (a Reshape into heads) restarts with them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Collection
+
+from graphopt import ir
+from graphopt.analysis.groups import rules_attention, rules_shape  # noqa: F401 - register their rules
+from graphopt.analysis.groups.dims import Dims
+from graphopt.analysis.groups.layers import find_layers
+from graphopt.analysis.groups.model import KINDS, CoupledGroup, GroupAnalysis, Refusal
+from graphopt.analysis.groups.naming import layer_index, unique
+from graphopt.analysis.groups.propagate import MAX_RESTARTS, Builder, Refuse, Regranulate, Site
+from graphopt.analysis.groups.rules import attr_int, norm, rule_of
+from graphopt.errors import InputError
+
+__all__ = ["find_groups", "DEFAULT_KINDS"]
+
+DEFAULT_KINDS = ("heads", "ffn", "channels", "layer")
+
+
+def _seeds(graph: ir.Graph, dims: Dims) -> list[tuple[ir.Node, ir.Value, int]]:
+    """(node, value, axis) of each seed, Split outputs first (see the module doc)."""
+    splits, producers = [], []
+    for node in graph:
+        op = node.op_type
+        domain = node.domain if node.domain not in ("", "ai.onnx") else ""
+        if domain == "" and op == "Split" and not ir.is_constant(node.inputs[0]):
+            r = dims.rank(node.inputs[0])
+            if r is not None and r >= 2 and norm(attr_int(node, "axis", 0), r) == r - 1:
+                splits.extend((node, out, r - 1) for out in node.outputs)
+            continue
+        out = node.outputs[0] if node.outputs else None
+        if out is None:
+            continue
+        if domain == "" and op == "MatMul" and len(node.inputs) == 2 and ir.is_constant(node.inputs[1]) \
+                and not ir.is_constant(node.inputs[0]):
+            r = dims.rank(out)
+            if r is not None and r >= 2:
+                producers.append((node, out, r - 1))
+        elif domain == "" and op == "Gemm" and ir.is_constant(node.inputs[1]):
+            producers.append((node, out, 1))
+        elif domain == "" and op in ("Conv", "ConvTranspose") and attr_int(node, "group", 1) == 1:
+            producers.append((node, out, 1))
+        elif domain == "com.microsoft" and op == "Attention":
+            producers.append((node, out, 2))
+    return splits + producers
+
+
+def _grow(dims: Dims, value: ir.Value, axis: int) -> tuple[Builder, str | None]:
+    """Propagate from one seed; the builder and the refusal reason (None: a group)."""
+    full = dims.of(value)
+    if full is None or axis >= len(full) or full[axis] is None:
+        return Builder(dims, 0), f"the dims of {value.name} are unknown"
+    unit = 1
+    for _ in range(MAX_RESTARTS):
+        if full[axis] % unit:
+            return Builder(dims, 0), f"{value.name}: {full[axis]} elements do not divide into units of {unit}"
+        b = Builder(dims, full[axis] // unit)
+        try:
+            b.put(value, Site(axis, unit, (0,)))
+            b.run(rule_of)
+        except Regranulate as r:
+            unit *= r.factor
+            continue
+        except Refuse as e:
+            return b, str(e)
+        if not b.producers:
+            return b, "no producer with a constant weight carries the units"
+        if not b.consumers:
+            return b, "no consumer with a constant weight reads the units"
+        return b, None
+    return b, "the unit size did not settle"
+
+
+def _kind(b: Builder) -> str:
+    if "conv" in b.tags:
+        return "channels"
+    if "heads" in b.tags:
+        return "heads"
+    return "ffn"
+
+
+def _name(kind: str, b: Builder, seed: ir.Node, ordinals: Counter, order: dict[ir.Node, int]) -> str:
+    nodes = sorted(set(b.producers) | set(b.consumers), key=order.get) or [seed]
+    if kind == "channels":
+        first = sorted(b.producers, key=order.get)[0] if b.producers else seed
+        return f"conv:{first.name}"
+    index = layer_index(nodes)
+    if index is None:
+        index = ordinals[kind]
+    ordinals[kind] += 1
+    return f"layer{index}.attn.heads" if kind == "heads" else f"layer{index}.{kind}"
+
+
+def _group(name: str, kind: str, b: Builder, order: dict[ir.Node, int]) -> CoupledGroup:
+    slices = tuple(s for node in sorted(b.slices, key=order.get) for s in b.slices[node])
+    edits = tuple(e for node in sorted(b.edits, key=order.get) for e in b.edits[node])
+    weights = 0
+    for s in slices:
+        t = b.dims.of(_value(b, s.tensor))
+        if t is not None:
+            weights += math.prod(t) // t[s.axis] * s.unit
+    producers = tuple(n.name or "" for n in sorted(b.producers, key=order.get))
+    consumers = sorted(b.consumers, key=order.get)
+    return CoupledGroup(name, kind, b.size, slices, edits, producers, tuple(n.name or "" for n in consumers),
+                        b.consumer_inputs[consumers[0]].name or "", weights)
+
+
+def _value(b: Builder, name: str) -> ir.Value | None:
+    graph = b.dims.model.graph
+    value = graph.initializers.get(name)
+    if value is not None:
+        return value
+    for node in graph:
+        for out in node.outputs:
+            if out.name == name:
+                return out
+    return None
+
+
+def find_groups(model: ir.Model, kinds: Collection[str] = DEFAULT_KINDS) -> GroupAnalysis:
+    """Every coupled-channel group of ``model``'s main graph, and the refused sites.
+
+    Args:
+        model: an IR model (not modified). Weights must be constants
+            (initializers or Constant nodes); dims are taken at a sample
+            binding of the symbolic input dims (:mod:`.dims`).
+        kinds: which of ``heads``, ``kv-heads``, ``ffn``, ``channels``,
+            ``layer`` to report (groups and refusals alike).
+
+    Returns:
+        A :class:`GroupAnalysis`; groups in the order of their first
+        producer (layers after unit groups), names unique.
+
+    Raises:
+        InputError: an unknown kind.
+    """
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise InputError(f"unknown group kind(s) {', '.join(unknown)}; choose from {', '.join(KINDS)}")
+    graph = model.graph
+    order = {node: i for i, node in enumerate(graph)}
+    dims = Dims(model)
+    covered: set[ir.Value] = set()
+    groups: list[CoupledGroup] = []
+    refused: list[Refusal] = []
+    reasons: set[str] = set()
+    ordinals: Counter = Counter()
+    taken: set[str] = set()
+    for seed, value, axis in _seeds(graph, dims):
+        if value in covered or not value.uses():
+            continue
+        b, reason = _grow(dims, value, axis)
+        covered.update(b.sites)
+        covered.add(value)
+        kind = _kind(b)
+        if reason is not None and "hidden-size" in reason:
+            kind = "hidden"  # the residual stream's width: reported with the ffn sites
+        if reason is None:
+            name = unique(_name(kind, b, seed, ordinals, order), taken)
+            if kind in kinds:
+                groups.append(_group(name, kind, b, order))
+        elif (kind in kinds or (kind == "hidden" and "ffn" in kinds)) and reason not in reasons:
+            reasons.add(reason)
+            refused.append(Refusal(f"{seed.op_type}:{seed.name}", kind, reason))
+    if "layer" in kinds:
+        layer_groups, layer_refused = find_layers(model, dims, order)
+        for g in layer_groups:
+            g.name = unique(g.name, taken)
+        groups.extend(layer_groups)
+        refused.extend(layer_refused)
+    return GroupAnalysis(groups, refused)

@@ -1,0 +1,182 @@
+"""Channel rules for ops that reinterpret shapes: Reshape, Shape, Expand.
+
+Reshape maps the channel axis by the concrete dims of its input and output
+(:mod:`.dims`): the same axis, a split of the axis into (units, rest) — the
+heads split ``[B, S, H*hd] -> [B, S, H, hd]`` of every Transformer export —
+or a merge of (units, rest) into one axis, ``[B, S, H, hd] -> [B, S, H*hd]``.
+The target entry that states the channel axis's size is edited per removed
+unit (``-1`` needs nothing), found in a constant target, or in the constant
+piece of a ``Concat``-built target (dynamo's ``Concat(batch, seq, -1, hd)``,
+TorchScript's ``Concat(Slice(Shape(x)), [H, hd])``).
+"""
+
+from __future__ import annotations
+
+import math
+
+from graphopt import ir
+from graphopt.analysis.groups.model import ShapeEdit
+from graphopt.analysis.groups.propagate import Builder, Refuse, Regranulate, Site
+from graphopt.analysis.groups.rules import RULES, attr_int, const_ints, const_target, norm
+
+__all__ = ["map_site", "reshape", "shape", "expand"]
+
+
+def _trailing(dims: tuple[int, ...], first: int, product: int) -> bool:
+    """Whether some run ``dims[first:first+k]`` (k >= 1) multiplies to ``product``."""
+    p = 1
+    for d in dims[first:]:
+        p *= d
+        if p == product:
+            return True
+        if p > product:
+            return False
+    return False
+
+
+def map_site(din: tuple[int, ...], dout: tuple[int, ...], site: Site, where: str) -> Site:
+    """The site on a reshape's other side (``din`` -> ``dout``, row-major).
+
+    Raises:
+        Regranulate: the axis splits into (units, P) and the unit is no multiple of P.
+        Refuse: the channel axis is mixed with others.
+    """
+    a = site.axis
+    pre = math.prod(din[:a])
+    b = None
+    p = 1
+    for i, d in enumerate(dout):
+        if p == pre and d != 1:
+            b = i
+            break
+        p *= d
+        if p > pre:
+            break
+    if b is None:
+        raise Refuse(f"{where}: the axes before the channel axis are regrouped")
+    if dout[b] == din[a]:
+        return Site(b, site.unit, site.starts)
+    if din[a] % dout[b] == 0 and _trailing(dout, b + 1, din[a] // dout[b]):
+        inner = din[a] // dout[b]
+        if site.unit % inner:
+            raise Regranulate(site.unit, inner)
+        if any(s % inner for s in site.starts):
+            raise Refuse(f"{where}: a section starts inside a unit of {inner}")
+        return Site(b, site.unit // inner, tuple(s // inner for s in site.starts))
+    if dout[b] % din[a] == 0 and _trailing(din, a + 1, dout[b] // din[a]):
+        inner = dout[b] // din[a]
+        return Site(b, site.unit * inner, tuple(s * inner for s in site.starts))
+    raise Refuse(f"{where}: the channel axis is mixed with others")
+
+
+def _entry_edit(b: Builder, node: ir.Node, target: ir.Value, index: int, per_unit: int, copies: bool) -> None:
+    """Edit the entry ``index`` of a Reshape target (constant or Concat-built)."""
+    reader = node
+    value = target
+    path: tuple[str, ...] | None = None
+    if not ir.is_constant(value):
+        producer = value.producer()
+        if producer is None or producer.op_type != "Concat":
+            raise Refuse(f"Reshape {node.name}: its target is computed at run time")
+        offset = 0
+        for piece in producer.inputs:
+            dims = b.dims.of(piece)
+            n = dims[0] if dims and len(dims) == 1 and dims[0] is not None else None
+            if n is None:
+                raise Refuse(f"Reshape {node.name}: a piece of its target has unknown length")
+            if offset <= index < offset + n:
+                break
+            offset += n
+        else:
+            raise Refuse(f"Reshape {node.name}: its target is shorter than its output's rank")
+        reader, value, index = producer, piece, index - offset
+        path = (producer.name or "", node.name or "")
+        if not ir.is_constant(value):
+            inner = value.producer()
+            if inner is not None and inner.op_type == "Unsqueeze" and ir.is_constant(inner.inputs[0]):
+                reader, value, index = inner, inner.inputs[0], 0
+                path = None
+            else:
+                raise Refuse(f"Reshape {node.name}: the target entry of the channel axis is computed at run time")
+    entries = const_ints(value)
+    if entries is None or index >= len(entries):
+        raise Refuse(f"Reshape {node.name}: its target is not readable")
+    entry = entries[index]
+    if entry == -1:
+        return
+    if entry == 0 and not attr_int(node, "allowzero", 0):
+        if copies:
+            return
+        raise Refuse(f"Reshape {node.name}: a 0 entry copies another axis into the channel axis")
+    name, attribute = const_target(value)
+    # a Concat-built target shared by several Reshapes (after CSE) is copied per Reshape when applied
+    b.edit(node, ShapeEdit(name, attribute, index, per_unit, ("|".join(path),) if path else (reader.name or "",)))
+
+
+def reshape(b: Builder, node: ir.Node) -> None:
+    """Reshape: see the module doc. Refused when dims are unknown or the
+    channel axis mixes with another."""
+    x, target, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    if b.site(target) is not None:
+        raise Refuse(f"Reshape {node.name}: the units reach its shape input")
+    din, dout = b.dims.of(x), b.dims.of(y)
+    if din is None or dout is None or None in din or None in dout:
+        raise Refuse(f"Reshape {node.name}: its input or output dims are unknown")
+    where = f"Reshape {node.name}"
+    sx = b.site(x)
+    if sx is not None:
+        b.put(y, map_site(din, dout, sx, where))
+    sy = b.site(y)
+    if sy is not None:
+        b.put(x, map_site(dout, din, sy, where))
+    sx, sy = b.site(x), b.site(y)
+    if dout[sy.axis] != din[sx.axis]:
+        b.tags.add("heads")
+    _entry_edit(b, node, target, sy.axis, sy.unit * len(sy.starts), copies=sx.axis == sy.axis and sx.unit == sy.unit)
+
+
+def shape(b: Builder, node: ir.Node) -> None:
+    """Shape of a value with units: allowed when every reader takes only other
+    dims (``Gather`` of a constant index, ``Slice`` of a constant range)."""
+    x = node.inputs[0]
+    s = b.site(x)
+    if s is None:
+        return
+    rank = b.dims.rank(x)
+    if rank is None:
+        raise Refuse(f"Shape {node.name}: unknown rank")
+    first = norm(attr_int(node, "start", 0), rank)
+    last = min(norm(attr_int(node, "end", rank), rank), rank)
+    if not first <= s.axis < last:
+        return
+    position = s.axis - first
+    for use in node.outputs[0].uses():
+        reader = use.node
+        if reader.op_type == "Gather" and use.idx == 0:
+            idx = const_ints(reader.inputs[1])
+            if idx is not None and all(norm(i, last - first) != position for i in idx):
+                continue
+        if reader.op_type == "Slice" and use.idx == 0:
+            starts, ends = const_ints(reader.inputs[1]), const_ints(reader.inputs[2])
+            if starts is not None and ends is not None and len(starts) == 1:
+                n = last - first
+                lo, hi = max(0, min(norm(starts[0], n), n)), max(0, min(norm(ends[0], n), n))
+                if not lo <= position < hi:
+                    continue
+        raise Refuse(f"the channel count is read at run time by Shape {node.name} ({reader.op_type} {reader.name})")
+    if node.outputs[0].is_graph_output():
+        raise Refuse(f"Shape {node.name} is a graph output")
+
+
+def expand(b: Builder, node: ir.Node) -> None:
+    """Expand of a value with units: refused. In LLaMA exports it is the GQA
+    ``repeat_kv`` that tiles each KV head over its query heads."""
+    b.tags.add("gqa")
+    raise Refuse(f"{node.op_type} {node.name} tiles the units (LLaMA's GQA repeat_kv, ViT's class token): pruning "
+                 "query heads within a KV group, or a KV head with its group, is not implemented")
+
+
+RULES["", "Reshape"] = reshape
+RULES["", "Shape"] = shape
+RULES["", "Expand"] = expand
+RULES["", "Tile"] = expand

@@ -119,6 +119,9 @@ class ChannelStats:
         gram: ``[C, C]`` ``X^T X`` (sums, not divided by ``rows``), or None when not asked.
         cross: ``{Y name: [C, D] X^T Y}`` for same-model values.
         cross_reference: ``{Y name: [C, D] X^T Y_ref}`` for reference-model values.
+
+    Objects returned by :func:`collect_stats` may be shared through a
+    :class:`StatsCache`: read them, do not modify them.
     """
 
     value: str

@@ -297,8 +297,9 @@ def _drop_branch(graph: ir.Graph, g: CoupledGroup, nodes: dict[str, ir.Node], va
 
 
 def _refresh_shapes(model: ir.Model) -> None:
-    """Clear the shapes of intermediate values and infer them again (graph
-    outputs keep their declared shapes: the signature does not change)."""
+    """Clear the shapes of intermediate values and infer them again; graph
+    outputs keep their declared dtypes and shapes (the signature does not change)."""
+    declared = [(v, v.dtype, v.shape) for v in model.graph.outputs]
     for node in model.graph:
         for out in node.outputs:
             if not out.is_graph_output():
@@ -307,3 +308,5 @@ def _refresh_shapes(model: ir.Model) -> None:
         if value.const_value is not None:
             value.shape = ir.Shape(value.const_value.shape)
     ir.infer_shapes(model)
+    for value, dtype, shape in declared:
+        value.dtype, value.shape = dtype, shape

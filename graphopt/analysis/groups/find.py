@@ -131,11 +131,30 @@ def _value(b: Builder, name: str) -> ir.Value | None:
     return None
 
 
+def name_nodes(graph: ir.Graph) -> int:
+    """Give every unnamed node, and every node whose name an earlier node
+    holds, a unique name ``<op_type>_<n>`` (groups name nodes). Returns how
+    many were renamed. Exporters name every node; hand-built graphs often do not."""
+    taken = {node.name for node in graph if node.name}
+    seen: set[str] = set()
+    renamed = 0
+    for i, node in enumerate(graph):
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+            continue
+        name = unique(f"{node.op_type}_{i}", taken)
+        node.name = name
+        seen.add(name)
+        renamed += 1
+    return renamed
+
+
 def find_groups(model: ir.Model, kinds: Collection[str] = DEFAULT_KINDS) -> GroupAnalysis:
     """Every coupled-channel group of ``model``'s main graph, and the refused sites.
 
     Args:
-        model: an IR model (not modified). Weights must be constants
+        model: an IR model, not modified except that unnamed (or
+            duplicate-named) nodes get names (:func:`name_nodes`). Weights must be constants
             (initializers or Constant nodes); dims are taken at a sample
             binding of the symbolic input dims (:mod:`.dims`).
         kinds: which of ``heads``, ``kv-heads``, ``ffn``, ``channels``,
@@ -152,6 +171,7 @@ def find_groups(model: ir.Model, kinds: Collection[str] = DEFAULT_KINDS) -> Grou
     if unknown:
         raise InputError(f"unknown group kind(s) {', '.join(unknown)}; choose from {', '.join(KINDS)}")
     graph = model.graph
+    name_nodes(graph)
     order = {node: i for i, node in enumerate(graph)}
     dims = Dims(model)
     covered: set[ir.Value] = set()

@@ -61,7 +61,8 @@ SEVERITY = {"ok": 0, "refused": 1, "mismatch": 2, "crash": 3, "invalid-generated
 CONFIGS = ("O1:ort", "O2:ort", "O2:onnx")
 OPSETS = tuple(range(13, 24))
 RTOL = ATOL = 1e-5
-MAX_NODES, MAX_STEPS = 32, 20
+DEFAULT_SIZES = (32, 20)
+MAX_NODES, MAX_STEPS = DEFAULT_SIZES
 KEPT_HEADING = "## Fixed along the way"
 
 
@@ -87,7 +88,14 @@ class Result:
         """One line per non-ok configuration, with the reproduce command."""
         bad = [f"{c}: {k}: {r}" for c, (k, r) in self.configs.items() if k != "ok"]
         return (f"seed {self.seed} {self.cls} (opset {self.opset}, {self.nodes} nodes) {'; '.join(bad)} "
-                f"-- reproduce: python tools/fuzz.py --seed {self.seed}")
+                f"-- reproduce: python tools/fuzz.py --seed {self.seed}{_size_args()}")
+
+
+def _size_args() -> str:
+    """The --max-nodes/--max-steps a reproduce command needs (none at the defaults)."""
+    if (MAX_NODES, MAX_STEPS) == DEFAULT_SIZES:
+        return ""
+    return f" --max-nodes {MAX_NODES} --max-steps {MAX_STEPS}"
 
 
 def generate(seed: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -250,16 +258,21 @@ def markdown(results: list[Result], command: str, seconds: float, configs: tuple
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: run seeds, print every failure, summarize; exit 1 on any crash or mismatch."""
+    global MAX_NODES, MAX_STEPS  # generate() reads them; forked children inherit them
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, help="run one seed and print its graph and the failure's detail")
     parser.add_argument("--count", type=int, default=1000, help="number of seeds (default 1000)")
     parser.add_argument("--start", type=int, default=0, help="first seed (default 0)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="PIPELINE:TARGET,... (default %(default)s)")
     parser.add_argument("--timeout", type=int, default=120, help="seconds per configuration (default 120)")
+    parser.add_argument("--max-nodes", type=int, default=MAX_NODES,
+                        help="most main-graph nodes per graph (default %(default)s; larger finds more interplay)")
+    parser.add_argument("--max-steps", type=int, default=MAX_STEPS, help="most generator steps (default %(default)s)")
     parser.add_argument("--log", type=Path, help="append one JSON line per seed (to follow a long run)")
     parser.add_argument("--markdown", type=Path, help="write the report here (e.g. tools/benchmarks/fuzz.md)")
     args = parser.parse_args(argv)
     configs = tuple(c.strip() for c in args.configs.split(",") if c.strip())
+    MAX_NODES, MAX_STEPS = args.max_nodes, args.max_steps
 
     if args.seed is not None:
         faulthandler.enable()  # a native crash prints the Python stack it happened under

@@ -154,7 +154,7 @@ class LayerNormRule(_NormBase):
 
     def rewrite(self, op: Any, x: ir.Value, eps: ir.Value, scale: Any = None, bias: Any = None, **_: Any) -> Any:
         epsilon = float(np.asarray(ir.const_array(eps)).reshape(()))
-        size = int(np.asarray(ir.const_array(bias)).size) if bias is not None else op.env.shapes.shape(x)[-1]
+        size = int(np.asarray(ir.const_array(bias)).size) if bias is not None else _last_size(op, x)
         if scale is None:
             scale = op.initializer(np.ones(size, x.dtype.numpy()), "layernorm_scale")
         else:
@@ -199,11 +199,22 @@ class RMSNormRule(_NormBase):
 
     def rewrite(self, op: Any, x: ir.Value, eps: ir.Value, scale: Any = None, **_: Any) -> Any:
         epsilon = float(np.asarray(ir.const_array(eps)).reshape(()))
-        size = None if scale is not None else op.env.shapes.shape(x)[-1]
+        size = None if scale is not None else _last_size(op, x)
         scale = _flat(op, scale) if scale is not None else op.initializer(np.ones(size, x.dtype.numpy()), "rms_scale")
         if op.target == "ort":
             return op.SimplifiedLayerNormalization(x, scale, axis=-1, epsilon=epsilon, stash_type=1)
         return op.RMSNormalization(x, scale, axis=-1, epsilon=epsilon)
+
+
+def _last_size(op: Any, x: ir.Value) -> int:
+    """x's static last dim, read as ``CheckContext.dim`` reads it in the
+    check: the IR's shape first, then the symbolic shapes (which may keep a
+    symbol where the IR knows the number, e.g. ``S2`` broadcast with 2: fuzz
+    seed 864)."""
+    for dims in (x.shape, op.env.shapes.shape(x)):
+        if dims is not None and len(dims) and isinstance(dims[-1], int):
+            return int(dims[-1])
+    raise ValueError(f"the last dim of {x.name!r} is not static, though the rule's check required it")
 
 
 def _flat(op: Any, value: ir.Value) -> ir.Value:

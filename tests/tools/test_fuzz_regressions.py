@@ -77,6 +77,55 @@ def test_fused_layernorm_has_no_empty_bias_input(opset, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+def _norm_after_reshape(kind: str) -> onnx.ModelProto:
+    """A LayerNorm or RMSNorm without scale/bias over t = Reshape(Flatten(x,
+    axis=2), [Shape(.)[0], -1]), x: [N, S]: graphopt's IR knows t's last dim
+    is 1, onnxruntime's symbolic shapes leave it a symbol."""
+    ints = {name: numpy_helper.from_array(np.array(v, np.int64), name)
+            for name, v in (("zero", 0), ("axes0", [0]), ("minus1", [-1]))}
+    eps = numpy_helper.from_array(np.array(1e-5, np.float32), "eps")
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    nodes = [helper.make_node("Flatten", ["x"], ["f"], axis=2), helper.make_node("Shape", ["f"], ["sh"]),
+             helper.make_node("Gather", ["sh", "zero"], ["g"], axis=0),
+             helper.make_node("Unsqueeze", ["g", "axes0"], ["u"]),
+             helper.make_node("Concat", ["u", "minus1"], ["target"], axis=0),
+             helper.make_node("Reshape", ["f", "target"], ["t"])]
+    if kind == "layernorm":
+        nodes += [helper.make_node("ReduceMean", ["t"], ["m"], axes=[-1], keepdims=1),
+                  helper.make_node("Sub", ["t", "m"], ["d"]), helper.make_node("Mul", ["d", "d"], ["sq"]),
+                  helper.make_node("ReduceMean", ["sq"], ["v"], axes=[-1], keepdims=1),
+                  helper.make_node("Add", ["v", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["sd"]),
+                  helper.make_node("Div", ["d", "sd"], ["y"])]
+    else:
+        nodes += [helper.make_node("Pow", ["t", "two"], ["sq"]),
+                  helper.make_node("ReduceMean", ["sq"], ["v"], axes=[-1], keepdims=1),
+                  helper.make_node("Add", ["v", "eps"], ["ve"]), helper.make_node("Sqrt", ["ve"], ["sd"]),
+                  helper.make_node("Div", ["t", "sd"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+                              initializer=[*ints.values(), eps, two])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("kind,fused", [("layernorm", "LayerNormalization"),
+                                        ("rmsnorm", "SimplifiedLayerNormalization")])
+def test_norm_fusion_reads_the_static_last_dim_the_check_saw(kind, fused, tmp_path):
+    """Fuzz seed 864 (final generator): fuse-norm's check found the last dim
+    static (the IR's shape: 1) but its rewrite read onnxruntime's symbolic
+    shape (a symbol) and crashed making the ones scale: ``'str' object cannot
+    be interpreted as an integer``."""
+    from graphopt.verify import compare_outputs, run_model
+
+    model = _norm_after_reshape(kind)
+    onnx.save(model, tmp_path / "m.onnx")
+    out = graphopt.ir.to_proto(graphopt.optimize(graphopt.load(tmp_path / "m.onnx"), "O2", "ort"))
+    assert fused in [n.op_type for n in out.graph.node]
+    feed = {"x": np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)}
+    report = compare_outputs(run_model(model, feed, optimization_level="disable"),
+                             run_model(out, feed, optimization_level="disable"), rtol=1e-5, atol=1e-5)
+    assert report.ok, report.summary()
+
+
 def test_seed_is_reproducible():
     a, feed_a = fuzz.generate(7)
     b, feed_b = fuzz.generate(7)

@@ -34,7 +34,7 @@ def _bind(proto: onnx.ModelProto) -> None:
         dims = vi.type.tensor_type.shape.dim
         image = len(dims) == 4 and vi.type.tensor_type.elem_type in (1, 10, 11, 16)
         for axis, dim in enumerate(dims):
-            if dim.HasField("dim_value"):
+            if dim.HasField("dim_value") and dim.dim_value > 0:
                 continue
             key = dim.dim_param or f"{vi.name}:{axis}"
             if key not in names:
@@ -48,13 +48,14 @@ def _bind(proto: onnx.ModelProto) -> None:
             dim.dim_value = names[key]
 
 
-def concrete_dims(model: ir.Model) -> dict[str, tuple[int | None, ...]]:
+def concrete_dims(model: ir.Model, types: dict[str, int] | None = None) -> dict[str, tuple[int | None, ...]]:
     """Value name -> dims (an int, or None where still unknown) at a sample
     binding of the input dims, for the main graph's values (inputs,
     initializers, node outputs). Values inference leaves without a shape are absent.
 
     Never raises: a failed inference logs a warning and returns the
-    initializers' and inputs' dims only.
+    initializers' and inputs' dims only. ``types``, when given, receives
+    the inferred element type (``onnx.TensorProto`` code) of each value.
     """
     proto = ir.to_proto(model)
     graph = proto.graph
@@ -77,7 +78,11 @@ def concrete_dims(model: ir.Model) -> dict[str, tuple[int | None, ...]]:
         inferred = proto
     for infos in (inferred.graph.input, inferred.graph.value_info, inferred.graph.output):
         for vi in infos:
-            if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
+            if not vi.type.HasField("tensor_type"):
+                continue
+            if types is not None and vi.type.tensor_type.elem_type:
+                types.setdefault(vi.name, vi.type.tensor_type.elem_type)
+            if not vi.type.tensor_type.HasField("shape"):
                 continue
             dims.setdefault(vi.name, tuple(d.dim_value if d.HasField("dim_value") else None
                                            for d in vi.type.tensor_type.shape.dim))
@@ -93,7 +98,8 @@ class Dims:
 
     def __init__(self, model: ir.Model) -> None:
         self.model = model
-        self.static = concrete_dims(model)
+        self.types: dict[str, int] = {}
+        self.static = concrete_dims(model, self.types)
         self.measured: dict[str, tuple[int, ...]] | None = None
 
     def of(self, value: ir.Value | None) -> tuple[int | None, ...] | None:
@@ -124,13 +130,13 @@ class Dims:
             return self.measured
         self.measured = {}
         try:
-            self.measured = _run_shapes(self.model)
+            self.measured = _run_shapes(self.model, self.types)
         except Exception as e:  # noqa: BLE001 - any runtime failure leaves the dims unknown
             log.warning("measuring value shapes in onnxruntime failed: %s", e)
         return self.measured
 
 
-def _run_shapes(model: ir.Model) -> dict[str, tuple[int, ...]]:
+def _run_shapes(model: ir.Model, types: dict[str, int]) -> dict[str, tuple[int, ...]]:
     """Run the main graph once in onnxruntime, every node output fetched;
     name -> the shape it had."""
     import onnxruntime as ort
@@ -138,17 +144,22 @@ def _run_shapes(model: ir.Model) -> dict[str, tuple[int, ...]]:
     from graphopt.verify.inputs import generate_inputs, model_dim_names
 
     proto = ir.to_proto(model)
-    names = model_dim_names(proto)
-    sizes = {name: (3 if i == 0 else _PRIMES[i % len(_PRIMES)]) for i, name in enumerate(names)}
-    feed = generate_inputs(proto, dims=sizes)
+    bound = onnx.ModelProto()
+    bound.CopyFrom(proto.graph.input and onnx.helper.make_model(onnx.helper.make_graph(
+        [], "inputs", list(proto.graph.input), [])) or proto)
+    _bind(bound)
+    shapes = {vi.name: tuple(d.dim_value for d in vi.type.tensor_type.shape.dim) for vi in bound.graph.input
+              if vi.type.HasField("tensor_type") and vi.name not in {t.name for t in proto.graph.initializer}}
+    feed = generate_inputs(proto, dims={name: 3 for name in model_dim_names(proto)}, shapes=shapes)
     outputs = {o.name for o in proto.graph.output}
     wanted = []
     for node in model.graph:
         for value in node.outputs:
-            if value.name and value.name not in outputs and value.dtype is not None and value.uses():
-                wanted.append(value)
-    for value in wanted:
-        proto.graph.output.append(onnx.helper.make_tensor_value_info(value.name, int(value.dtype), None))
+            dtype = int(value.dtype) if value.dtype is not None else types.get(value.name or "")
+            if value.name and value.name not in outputs and dtype and value.uses():
+                wanted.append((value.name, dtype))
+    for name, dtype in wanted:
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(name, dtype, None))
     del proto.graph.value_info[:]
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

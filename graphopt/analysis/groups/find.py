@@ -52,7 +52,8 @@ def _seeds(graph: ir.Graph, dims: Dims) -> list[tuple[ir.Node, ir.Value, int]]:
                 producers.append((node, out, r - 1))
         elif domain == "" and op == "Gemm" and ir.is_constant(node.inputs[1]):
             producers.append((node, out, 1))
-        elif domain == "" and op in ("Conv", "ConvTranspose") and attr_int(node, "group", 1) == 1:
+        elif (domain, op) in (("", "Conv"), ("", "ConvTranspose"), ("com.microsoft", "FusedConv")) \
+                and attr_int(node, "group", 1) == 1:
             producers.append((node, out, 1))
         elif domain == "com.microsoft" and op == "Attention":
             producers.append((node, out, 2))

@@ -124,6 +124,15 @@ class Builder:
         for use in value.uses():
             self.enqueue(use.node)
 
+    def put_or_slice(self, node: ir.Node, value: ir.Value, site: Site) -> None:
+        """:meth:`put`, or for a constant input of ``node`` (a bias that an
+        unfolded Reshape/Unsqueeze brings to rank, as paddle2onnx exports
+        it) a ``param`` slice of it."""
+        if ir.is_constant(value) and not value.is_graph_input():
+            self.slice_const(node, value, site.axis, site, "param")
+        else:
+            self.put(value, site)
+
     def enqueue(self, node: ir.Node) -> None:
         if node not in self.queued:
             self.queued.add(node)

@@ -81,7 +81,7 @@ def unary(b: Builder, node: ir.Node) -> None:
     x, y = node.inputs[0], node.outputs[0]
     s = b.site(x) or b.site(y)
     if s is not None:
-        b.put(x, s)
+        b.put_or_slice(node, x, s)
         b.put(y, s)
 
 
@@ -194,7 +194,7 @@ def mapped(forward: Callable[[Builder, ir.Node, int], int]) -> Rule:
             for a in range(r):
                 try:
                     if forward(b, node, a) == sy.axis:
-                        b.put(x, Site(a, sy.unit, sy.starts))
+                        b.put_or_slice(node, x, Site(a, sy.unit, sy.starts))
                         return
                 except Refuse:
                     continue
@@ -427,6 +427,8 @@ def conv(b: Builder, node: ir.Node) -> None:
     input and output channels, slicing weight axis 0 and bias and
     decreasing ``group``. ConvTranspose (``[Cin, Cout/group, k...]``): the
     axes swapped, ``group == 1`` only. Other grouped convolutions are refused.
+    com.microsoft.FusedConv (Conv + activation, optional sum input Z, as
+    onnxruntime's transformer writes it) is a Conv whose Z shares the output's site.
     """
     x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
     bias = node.inputs[2] if len(node.inputs) > 2 else None
@@ -440,6 +442,11 @@ def conv(b: Builder, node: ir.Node) -> None:
         if s is not None and s.axis != 1:
             raise Refuse(f"{node.op_type} {node.name}: the units are not on the channel axis")
     transpose = node.op_type == "ConvTranspose"
+    z = node.inputs[3] if node.op_type == "FusedConv" and len(node.inputs) > 3 else None
+    if z is not None and (sy is not None or b.site(z) is not None):  # FusedConv's sum input: a residual Add
+        b.put(y, sy or b.site(z))
+        b.put(z, b.site(y))
+        sy = b.site(y)
     if group != 1:
         depthwise = not transpose and wd is not None and wd[1] == 1 and wd[0] == group
         if not depthwise:
@@ -601,6 +608,7 @@ RULES["", "MatMul"] = matmul
 RULES["", "Gemm"] = gemm
 RULES["", "Conv"] = conv
 RULES["", "ConvTranspose"] = conv
+RULES["com.microsoft", "FusedConv"] = conv
 RULES["", "Split"] = split
 RULES["", "Concat"] = concat
 

@@ -128,8 +128,8 @@ def reshape(b: Builder, node: ir.Node) -> None:
         b.put(y, map_site(din, dout, sx, where))
     sy = b.site(y)
     if sy is not None:
-        b.put(x, map_site(dout, din, sy, where))
-    sx, sy = b.site(x), b.site(y)
+        b.put_or_slice(node, x, map_site(dout, din, sy, where))
+    sx, sy = b.site(x) or map_site(dout, din, sy, where), b.site(y)
     if dout[sy.axis] != din[sx.axis]:
         b.tags.add("heads")
     _entry_edit(b, node, target, sy.axis, sy.unit * len(sy.starts), copies=sx.axis == sy.axis and sx.unit == sy.unit)

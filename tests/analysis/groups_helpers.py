@@ -96,7 +96,6 @@ def zero_removed_inputs(model: ir.Model, analysis: GroupAnalysis, keep: dict[str
     """Zero the consumers' input rows/channels of the units ``keep`` removes
     (``in`` slices): the removed units then contribute nothing, so pruning
     them must keep every output (exactness check)."""
-    graph = model.graph
     for name, kept in keep.items():
         g = analysis.group(name)
         if g.kind == "layer":

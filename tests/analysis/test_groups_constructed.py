@@ -337,3 +337,30 @@ def test_random_chains_prune_exactly(data: st.DataObject, conv: bool) -> None:
         assert g.producers and g.consumers
     keep = {g.name: sorted(data.draw(st.sets(st.integers(0, g.size - 1), min_size=1))) for g in analysis.groups}
     exact_after(m, keep, feed)
+
+
+def test_multi_head_attention_heads() -> None:
+    """com.microsoft.MultiHeadAttention fed by three projections (2 heads of 4)."""
+    rng = np.random.default_rng(9)
+    nodes = [helper.make_node("MatMul", ["x", f"w{p}"], [p]) for p in "qkv"]
+    nodes += [helper.make_node("MultiHeadAttention", ["q", "k", "v", "bqkv"], ["c"], domain="com.microsoft",
+                               num_heads=2),
+              helper.make_node("MatMul", ["c", "wo"], ["y"])]
+    inits = {f"w{p}": rand(rng, 8, 8) for p in "qkvo"}
+    inits["bqkv"] = rand(rng, 24)
+    graph = helper.make_graph(nodes, "g", [seq_input(8)], [out()],
+                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)], ir_version=10)
+    m = ir.from_proto(proto)
+    analysis = find_groups(m)
+    (g,) = [g for g in analysis.groups if g.kind == "heads"]
+    assert g.size == 2 and [e.attribute for e in g.edits] == ["num_heads"]
+    assert sorted(s.start for s in g.slices if s.tensor == "bqkv") == [0, 8, 16]
+    zero_removed_inputs(m, analysis, {g.name: [1]})
+    feed = feed_seq(8)
+    expected = run(ir.to_proto(m), feed)
+    apply_pruning(m, {g.name: [1]}, analysis)
+    np.testing.assert_allclose(run(ir.to_proto(m), feed)["y"], expected["y"], rtol=1e-5, atol=1e-5)
+    mha = next(n for n in m.graph if n.op_type == "MultiHeadAttention")
+    assert mha.attributes["num_heads"].value == 1 and tuple(constant(m, "bqkv").const_value.shape) == (12,)

@@ -156,10 +156,11 @@ def _run_shapes(model: ir.Model, types: dict[str, int]) -> dict[str, tuple[int, 
     for node in model.graph:
         for value in node.outputs:
             dtype = int(value.dtype) if value.dtype is not None else types.get(value.name or "")
-            if value.name and value.name not in outputs and dtype and value.uses():
+            if value.name and value.name not in outputs and value.uses():
                 wanted.append((value.name, dtype))
     for name, dtype in wanted:
-        proto.graph.output.append(onnx.helper.make_tensor_value_info(name, dtype, None))
+        proto.graph.output.append(onnx.helper.make_tensor_value_info(name, dtype, None) if dtype
+                                  else onnx.helper.make_empty_tensor_value_info(name))
     del proto.graph.value_info[:]
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Collection
 
 from graphopt import ir
-from graphopt.analysis.groups import rules_attention, rules_shape  # noqa: F401 - register their rules
+from graphopt.analysis.groups import rules_attention, rules_shape, rules_weights  # noqa: F401 - register their rules
 from graphopt.analysis.groups.dims import Dims
 from graphopt.analysis.groups.layers import find_layers
 from graphopt.analysis.groups.model import KINDS, CoupledGroup, GroupAnalysis, Refusal

@@ -10,15 +10,17 @@ Post-LN BERT keeps its LayerNorm after the Add.
 from __future__ import annotations
 
 import math
-
-import networkx as nx
+from typing import TYPE_CHECKING
 
 from graphopt import ir
 from graphopt.analysis.groups.dims import Dims
 from graphopt.analysis.groups.model import CoupledGroup, Refusal
 from graphopt.analysis.groups.naming import layer_index
 
-__all__ = ["find_layers", "dead_branch"]
+if TYPE_CHECKING:
+    import networkx as nx
+
+__all__ = ["find_layers", "dead_branch", "node_graph"]
 
 _WEIGHTED = {"MatMul", "Gemm", "Conv", "ConvTranspose", "Attention", "MultiHeadAttention"}
 _ATTENTION = {"Softmax", "Attention", "MultiHeadAttention", "GroupQueryAttention"}
@@ -26,6 +28,8 @@ _ATTENTION = {"Softmax", "Attention", "MultiHeadAttention", "GroupQueryAttention
 
 def node_graph(graph: ir.Graph) -> nx.DiGraph:
     """Nodes of ``graph`` as a networkx DiGraph (edges producer -> reader)."""
+    import networkx as nx  # imported here: the CLI imports graphopt.analysis at start-up
+
     g = nx.DiGraph()
     for node in graph:
         g.add_node(node)
@@ -84,6 +88,8 @@ def find_layers(model: ir.Model, dims: Dims, order: dict[ir.Node, int]) -> tuple
     the same dims (no broadcast), and the Add's output is not a graph output
     that ``x`` cannot stand in for; otherwise a refusal.
     """
+    import networkx as nx
+
     graph = model.graph
     g = node_graph(graph)
     groups: list[CoupledGroup] = []

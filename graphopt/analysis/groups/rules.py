@@ -4,10 +4,9 @@ One handler per op family, registered in :data:`RULES` (Torch-Pruning's
 per-op ``DependencyGraph`` handlers, here on ONNX ops): pass-through
 elementwise and normalization ops, index maps (Transpose, Squeeze,
 Unsqueeze, Slice, Gather, Flatten, Reduce*, pools), producers and consumers
-with constant weights (MatMul, Gemm, Conv, ConvTranspose), batched MatMul
-between activations (attention scores and context), Split and Concat
-(sections). Reshape, Shape and the fused attention ops live in
-:mod:`.rules_shape` and :mod:`.rules_attention`. A rule refuses
+with constant weights and batched MatMul between activations, Split and
+Concat (sections). MatMul, Gemm and Conv live in :mod:`.rules_weights`; Reshape,
+Shape and the fused attention ops in :mod:`.rules_shape` and :mod:`.rules_attention`. A rule refuses
 (:class:`~.propagate.Refuse`) whenever it cannot prove the group safe.
 """
 
@@ -20,7 +19,8 @@ from graphopt import ir
 from graphopt.analysis.groups.model import ShapeEdit
 from graphopt.analysis.groups.propagate import Builder, Refuse, Regranulate, Site
 
-__all__ = ["RULES", "rule_of", "attr_int", "attr_ints", "const_ints", "const_target", "norm"]
+__all__ = ["RULES", "rule_of", "attr_int", "attr_ints", "const_ints", "const_target", "norm", "rank_of", "dim_of",
+           "unused_extra_outputs"]
 
 Rule = Callable[[Builder, ir.Node], None]
 
@@ -54,21 +54,24 @@ def norm(axis: int, rank: int) -> int:
     return axis + rank if axis < 0 else axis
 
 
-def _rank(b: Builder, value: ir.Value) -> int:
+def rank_of(b: Builder, value: ir.Value) -> int:
+    """The rank of ``value`` (Refuse when unknown)."""
     r = b.dims.rank(value)
     if r is None:
         raise Refuse(f"the rank of {value.name} is unknown")
     return r
 
 
-def _dim(b: Builder, value: ir.Value, axis: int) -> int:
+def dim_of(b: Builder, value: ir.Value, axis: int) -> int:
+    """The concrete dim ``axis`` of ``value`` (Refuse when unknown)."""
     dims = b.dims.of(value)
     if dims is None or axis >= len(dims) or dims[axis] is None:
         raise Refuse(f"dim {axis} of {value.name} is unknown (cannot prove it broadcasts or carries the units)")
     return int(dims[axis])
 
 
-def _unused_extra_outputs(node: ir.Node) -> None:
+def unused_extra_outputs(node: ir.Node) -> None:
+    """Refuse when an output other than the first is read (Dropout's mask, BN's running stats)."""
     for out in node.outputs[1:]:
         if out is not None and (out.uses() or out.is_graph_output()):
             raise Refuse(f"output {out.name} of {node.op_type} {node.name} is used")
@@ -77,7 +80,7 @@ def _unused_extra_outputs(node: ir.Node) -> None:
 # pass-through --------------------------------------------------------------
 def unary(b: Builder, node: ir.Node) -> None:
     """Elementwise with one data input: input and output share the site."""
-    _unused_extra_outputs(node)
+    unused_extra_outputs(node)
     x, y = node.inputs[0], node.outputs[0]
     s = b.site(x) or b.site(y)
     if s is not None:
@@ -90,15 +93,15 @@ def elementwise(b: Builder, node: ir.Node) -> None:
     input whose dim on the output's channel axis is 1 (or that lacks the
     axis) broadcasts; a constant that carries the axis is sliced (``param``);
     an activation that carries it joins the group."""
-    _unused_extra_outputs(node)
+    unused_extra_outputs(node)
     out = node.outputs[0]
-    r = _rank(b, out)
+    r = rank_of(b, out)
     s = b.site(out)
     if s is None:
         for v in node.inputs:
             sv = b.site(v)
             if sv is not None:
-                s = Site(sv.axis + r - _rank(b, v), sv.unit, sv.starts)
+                s = Site(sv.axis + r - rank_of(b, v), sv.unit, sv.starts)
                 break
     if s is None:
         return
@@ -106,8 +109,8 @@ def elementwise(b: Builder, node: ir.Node) -> None:
     for v in node.inputs:
         if v is None:
             continue
-        a = s.axis - (r - _rank(b, v))
-        if a < 0 or _dim(b, v, a) == 1:
+        a = s.axis - (r - rank_of(b, v))
+        if a < 0 or dim_of(b, v, a) == 1:
             if b.site(v) is not None:
                 raise Refuse(f"{v.name} carries the units but broadcasts in {node.op_type} {node.name}")
             continue
@@ -122,7 +125,7 @@ def softmax(b: Builder, node: ir.Node) -> None:
     s = b.site(node.inputs[0]) or b.site(node.outputs[0])
     if s is None:
         return
-    r = _rank(b, node.inputs[0])
+    r = rank_of(b, node.inputs[0])
     opset = _opset(node)
     axis = norm(attr_int(node, "axis", -1 if opset >= 13 else 1), r)
     if s.axis == axis or (opset < 13 and s.axis > axis):
@@ -143,7 +146,7 @@ def layer_norm(b: Builder, node: ir.Node) -> None:
     s = b.site(x) or b.site(node.outputs[0])
     if s is None:
         return
-    r = _rank(b, x)
+    r = rank_of(b, x)
     axis = norm(attr_int(node, "axis", -1), r) if node.op_type in ("LayerNormalization",) else r - 1
     if s.axis >= axis:
         raise Refuse(f"{node.op_type} {node.name} normalizes over the channel axis "
@@ -156,7 +159,7 @@ def layer_norm(b: Builder, node: ir.Node) -> None:
 def batch_norm(b: Builder, node: ir.Node) -> None:
     """BatchNormalization / InstanceNormalization: channel axis 1; scale,
     bias (and running mean, variance) sliced on axis 0."""
-    _unused_extra_outputs(node)
+    unused_extra_outputs(node)
     x, y = node.inputs[0], node.outputs[0]
     s = b.site(x) or b.site(y)
     if s is None:
@@ -180,7 +183,7 @@ def mapped(forward: Callable[[Builder, ir.Node, int], int]) -> Rule:
     it removes or mixes); the inverse is found by search."""
 
     def rule(b: Builder, node: ir.Node) -> None:
-        _unused_extra_outputs(node)
+        unused_extra_outputs(node)
         x, y = node.inputs[0], node.outputs[0]
         for v in node.inputs[1:]:
             if b.site(v) is not None:
@@ -190,7 +193,7 @@ def mapped(forward: Callable[[Builder, ir.Node, int], int]) -> Rule:
             b.put(y, Site(forward(b, node, sx.axis), sx.unit, sx.starts))
         sy = b.site(y)
         if sy is not None:
-            r = _rank(b, x)
+            r = rank_of(b, x)
             for a in range(r):
                 try:
                     if forward(b, node, a) == sy.axis:
@@ -204,7 +207,7 @@ def mapped(forward: Callable[[Builder, ir.Node, int], int]) -> Rule:
 
 
 def _transpose(b: Builder, node: ir.Node, a: int) -> int:
-    r = _rank(b, node.inputs[0])
+    r = rank_of(b, node.inputs[0])
     perm = attr_ints(node, "perm") or list(range(r))[::-1]
     return perm.index(a)
 
@@ -219,7 +222,7 @@ def _axes(node: ir.Node, r: int) -> list[int] | None:
 
 
 def _unsqueeze(b: Builder, node: ir.Node, a: int) -> int:
-    r = _rank(b, node.inputs[0])
+    r = rank_of(b, node.inputs[0])
     axes = _axes(node, r + len(const_ints(node.inputs[1]) or attr_ints(node, "axes") or []))
     if axes is None:
         raise Refuse(f"Unsqueeze {node.name}: no axes")
@@ -229,7 +232,7 @@ def _unsqueeze(b: Builder, node: ir.Node, a: int) -> int:
 
 def _squeeze(b: Builder, node: ir.Node, a: int) -> int:
     x = node.inputs[0]
-    r = _rank(b, x)
+    r = rank_of(b, x)
     axes = _axes(node, r)
     if axes is None:
         dims = b.dims.of(x)
@@ -242,7 +245,7 @@ def _squeeze(b: Builder, node: ir.Node, a: int) -> int:
 
 
 def _reduce(b: Builder, node: ir.Node, a: int) -> int:
-    r = _rank(b, node.inputs[0])
+    r = rank_of(b, node.inputs[0])
     axes = _axes(node, r)
     if not axes:
         if attr_int(node, "noop_with_empty_axes", 0):
@@ -254,7 +257,7 @@ def _reduce(b: Builder, node: ir.Node, a: int) -> int:
 
 
 def _slice(b: Builder, node: ir.Node, a: int) -> int:
-    r = _rank(b, node.inputs[0])
+    r = rank_of(b, node.inputs[0])
     starts, ends = const_ints(node.inputs[1]), const_ints(node.inputs[2])
     if starts is None or ends is None:
         if attr_ints(node, "starts") is not None:
@@ -266,18 +269,18 @@ def _slice(b: Builder, node: ir.Node, a: int) -> int:
     steps = const_ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else [1] * len(axes)
     if a in axes:
         i = axes.index(a)
-        dim = _dim(b, node.inputs[0], a)
+        dim = dim_of(b, node.inputs[0], a)
         if not (starts[i] in (0, -dim) or starts[i] <= -dim) or ends[i] < dim or steps[i] != 1:
             raise Refuse(f"Slice {node.name} slices the channel axis")
     return a
 
 
 def _gather(b: Builder, node: ir.Node, a: int) -> int:
-    r = _rank(b, node.inputs[0])
+    r = rank_of(b, node.inputs[0])
     g = norm(attr_int(node, "axis", 0), r)
     if a == g:
         raise Refuse(f"Gather {node.name} indexes the channel axis")
-    q = _rank(b, node.inputs[1])
+    q = rank_of(b, node.inputs[1])
     return a if a < g else a + q - 1
 
 
@@ -290,7 +293,7 @@ def _spatial(b: Builder, node: ir.Node, a: int) -> int:
             raise Refuse(f"Resize {node.name} states output sizes")
     if node.op_type == "Pad":
         pads = const_ints(node.inputs[1]) if len(node.inputs) > 1 else attr_ints(node, "pads")
-        r = _rank(b, node.inputs[0])
+        r = rank_of(b, node.inputs[0])
         if pads is None or pads[1] != 0 or pads[1 + r] != 0:
             raise Refuse(f"Pad {node.name} pads the channel axis (or its pads are not constant)")
     return a
@@ -325,152 +328,6 @@ def flatten(b: Builder, node: ir.Node) -> None:
         b.put(y, Site(1, sx.unit * tail, tuple(s * tail for s in sx.starts)))
 
 
-# producers and consumers ---------------------------------------------------
-def matmul(b: Builder, node: ir.Node) -> None:
-    """MatMul: by a constant 2-D weight ``[K, N]``, its output's last axis makes
-    it a producer (weight columns, ``out``) and its input's last axis a
-    consumer (weight rows, ``in``); leading axes pass through. Between two
-    activations (attention): batch axes couple A, B and the output, A's rows
-    the output's rows, B's columns the output's columns, and the contracted
-    axes of A and B each other."""
-    a_in, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
-    if ir.is_constant(a_in):
-        raise Refuse(f"MatMul {node.name}: constant left operand")
-    ra, r = _rank(b, a_in), _rank(b, y)
-    if ir.is_constant(w):
-        wd = b.dims.of(w)
-        if wd is None or len(wd) != 2 or ra < 2:
-            raise Refuse(f"MatMul {node.name}: the weight is not 2-D")
-        sa, sy = b.site(a_in), b.site(y)
-        if sa is not None:
-            if sa.axis == ra - 1:
-                b.slice_const(node, w, 0, sa, "in")
-                b.consumer(node, a_in)
-            else:
-                b.put(y, Site(sa.axis + r - ra, sa.unit, sa.starts))
-        sy = b.site(y)
-        if sy is not None:
-            if sy.axis == r - 1:
-                b.slice_const(node, w, 1, sy, "out")
-                b.producer(node)
-            else:
-                b.put(a_in, Site(sy.axis - (r - ra), sy.unit, sy.starts))
-        return
-    rb = _rank(b, w)
-    if ra < 2 or rb < 2:
-        raise Refuse(f"MatMul {node.name}: 1-D operand")
-    # coordinates: ("a", axis), ("b", axis), ("y", axis)
-    def links(which: str, axis: int) -> list[tuple[ir.Value, int]]:
-        o = {"a": axis + r - ra, "b": axis + r - rb, "y": axis}[which]
-        if which == "a" and axis == ra - 1:
-            return [(w, rb - 2)]
-        if which == "b" and axis == rb - 2:
-            return [(a_in, ra - 1)]
-        if o == r - 2:
-            return [(a_in, ra - 2), (y, r - 2)]
-        if o == r - 1:
-            return [(w, rb - 1), (y, r - 1)]
-        out = [(y, o)]
-        for v, rv in ((a_in, ra), (w, rb)):
-            av = o - (r - rv)
-            if av >= 0 and _dim(b, v, av) != 1:
-                out.append((v, av))
-        if len(out) > 1:
-            b.tags.add("batched")
-        return out
-
-    for which, v in (("a", a_in), ("b", w), ("y", y)):
-        s = b.site(v)
-        if s is None:
-            continue
-        for target, axis in links(which, s.axis):
-            if target is not v:
-                b.put(target, Site(axis, s.unit, s.starts))
-
-
-def gemm(b: Builder, node: ir.Node) -> None:
-    """Gemm ``alpha*A'B' + beta*C`` with a constant B: a consumer on A's axis 1
-    (B's rows, or columns under ``transB``), a producer on the output's axis 1
-    (C sliced as ``param`` when it carries the axis). ``transA`` is refused."""
-    a_in, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
-    if not ir.is_constant(w) or ir.is_constant(a_in):
-        raise Refuse(f"Gemm {node.name}: B is not a constant weight")
-    if attr_int(node, "transA", 0):
-        raise Refuse(f"Gemm {node.name}: transA is not supported")
-    trans_b = attr_int(node, "transB", 0)
-    sa, sy = b.site(a_in), b.site(y)
-    if sa is not None:
-        if sa.axis != 1:
-            raise Refuse(f"Gemm {node.name}: the units are on the batch axis")
-        b.slice_const(node, w, 1 if trans_b else 0, sa, "in")
-        b.consumer(node, a_in)
-    if sy is not None:
-        if sy.axis != 1:
-            raise Refuse(f"Gemm {node.name}: the units are on the batch axis")
-        b.slice_const(node, w, 0 if trans_b else 1, sy, "out")
-        b.producer(node)
-        c = node.inputs[2] if len(node.inputs) > 2 else None
-        if c is not None:
-            cd = b.dims.of(c)
-            if not ir.is_constant(c) or cd is None:
-                raise Refuse(f"Gemm {node.name}: C is not constant")
-            if cd and cd[-1] != 1:
-                b.slice_const(node, c, len(cd) - 1, sy, "param")
-
-
-def conv(b: Builder, node: ir.Node) -> None:
-    """Conv / ConvTranspose with a constant weight, channels on axis 1.
-
-    Conv (weight ``[Cout, Cin/group, k...]``): a producer on its output
-    (weight axis 0, bias), a consumer on its input (weight axis 1) when
-    ``group == 1``; a depthwise Conv (``group == Cin == Cout``) couples its
-    input and output channels, slicing weight axis 0 and bias and
-    decreasing ``group``. ConvTranspose (``[Cin, Cout/group, k...]``): the
-    axes swapped, ``group == 1`` only. Other grouped convolutions are refused.
-    com.microsoft.FusedConv (Conv + activation, optional sum input Z, as
-    onnxruntime's transformer writes it) is a Conv whose Z shares the output's site.
-    """
-    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
-    bias = node.inputs[2] if len(node.inputs) > 2 else None
-    if not ir.is_constant(w) or (bias is not None and not ir.is_constant(bias)):
-        raise Refuse(f"{node.op_type} {node.name}: the weight is not constant")
-    b.tags.add("conv")
-    group = attr_int(node, "group", 1)
-    wd = b.dims.of(w)
-    sx, sy = b.site(x), b.site(y)
-    for s in (sx, sy):
-        if s is not None and s.axis != 1:
-            raise Refuse(f"{node.op_type} {node.name}: the units are not on the channel axis")
-    transpose = node.op_type == "ConvTranspose"
-    z = node.inputs[3] if node.op_type == "FusedConv" and len(node.inputs) > 3 else None
-    if z is not None and (sy is not None or b.site(z) is not None):  # FusedConv's sum input: a residual Add
-        b.put(y, sy or b.site(z))
-        b.put(z, b.site(y))
-        sy = b.site(y)
-    if group != 1:
-        depthwise = not transpose and wd is not None and wd[1] == 1 and wd[0] == group
-        if not depthwise:
-            raise Refuse(f"{node.op_type} {node.name}: grouped convolution (group={group}) is not supported")
-        s = sx or sy
-        b.put(x, s)
-        b.put(y, s)
-        s = b.site(y)
-        b.slice_const(node, w, 0, s, "out")
-        if bias is not None:
-            b.slice_const(node, bias, 0, s, "param")
-        b.edit(node, ShapeEdit(node.name or "", "group", 0, s.unit * len(s.starts)))
-        b.tags.add("depthwise")
-        return
-    if sx is not None:
-        b.slice_const(node, w, 0 if transpose else 1, sx, "in")
-        b.consumer(node, x)
-    if sy is not None:
-        b.slice_const(node, w, 1 if transpose else 0, sy, "out")
-        if bias is not None:
-            b.slice_const(node, bias, 0, sy, "param")
-        b.producer(node)
-
-
 # sections ----------------------------------------------------------------------
 def _sizes(b: Builder, node: ir.Node, axis: int) -> tuple[list[int], tuple[str, str | None] | None]:
     """Split sizes and where they are stated: ``(target, attribute)`` or None (equal split)."""
@@ -482,7 +339,7 @@ def _sizes(b: Builder, node: ir.Node, axis: int) -> tuple[list[int], tuple[str, 
     if attr_ints(node, "split") is not None:
         return attr_ints(node, "split"), (node.name or "", "split")
     n = len(node.outputs)
-    total = _dim(b, node.inputs[0], axis)
+    total = dim_of(b, node.inputs[0], axis)
     return [total // n] * n, None
 
 
@@ -492,7 +349,7 @@ def split(b: Builder, node: ir.Node) -> None:
     that output's size decreases per removed unit (the sizes tensor, shared
     across layers after O1's sibling merge, is copied on write)."""
     x = node.inputs[0]
-    r = _rank(b, x)
+    r = rank_of(b, x)
     axis = norm(attr_int(node, "axis", 0), r)
     sites = [(v, b.site(v)) for v in (x, *node.outputs)]
     known = [s for _, s in sites if s is not None]
@@ -533,7 +390,7 @@ def concat(b: Builder, node: ir.Node) -> None:
     (a constant input is sliced); along the channel axis each input's
     sections move by its offset."""
     y = node.outputs[0]
-    r = _rank(b, y)
+    r = rank_of(b, y)
     axis = norm(attr_int(node, "axis", 0), r)
     known = [b.site(v) for v in (*node.inputs, y) if b.site(v) is not None]
     if not known:
@@ -547,7 +404,7 @@ def concat(b: Builder, node: ir.Node) -> None:
             else:
                 b.put(v, s)
         return
-    lengths = [_dim(b, v, axis) for v in node.inputs]
+    lengths = [dim_of(b, v, axis) for v in node.inputs]
     offsets = [sum(lengths[:k]) for k in range(len(lengths))]
     for k, v in enumerate(node.inputs):
         s = b.site(v)
@@ -604,11 +461,6 @@ RULES["", "Squeeze"] = mapped(_squeeze)
 RULES["", "Slice"] = mapped(_slice)
 RULES["", "Gather"] = mapped(_gather)
 RULES["", "Flatten"] = flatten
-RULES["", "MatMul"] = matmul
-RULES["", "Gemm"] = gemm
-RULES["", "Conv"] = conv
-RULES["", "ConvTranspose"] = conv
-RULES["com.microsoft", "FusedConv"] = conv
 RULES["", "Split"] = split
 RULES["", "Concat"] = concat
 

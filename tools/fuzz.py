@@ -2,21 +2,22 @@
 
 Each seed makes one graph with :mod:`graphgen` (elementwise, shape ops,
 reductions, MatMul/Gemm, Conv/BatchNormalization, decomposed LayerNorm and
-Gelu, Softmax, If and Loop with subgraphs reading outer-scope values; default
-opset 13-23; a symbolic batch dim on half of them, other symbolic dims
-by chance) and a random float32 feed.
-The graph is saved, then loaded, optimized and saved by graphopt as the CLI
-does (``graphopt.load`` -> ``graphopt.optimize`` -> ``graphopt.save``) under
-every configuration (``O1`` and ``O2`` for targets ``ort`` and ``onnx`` by
-default), read back and classified:
+Gelu, Softmax, run-time index and mask inputs, If and Loop with subgraphs
+reading outer-scope values; default opset 13-23; a symbolic batch dim on half
+of them, other symbolic dims by chance) and a random feed. The graph is
+saved, then loaded, optimized and saved by graphopt as the CLI does
+(``graphopt.load`` -> ``graphopt.optimize`` -> ``graphopt.save``) under every
+configuration (``O1`` and ``O2`` for targets ``ort`` and ``onnx`` by default),
+read back and classified:
 
 - ``ok``: every configuration kept the output signature, passed
   ``onnx.checker`` (target ``onnx``; target ``ort`` may use onnxruntime's
   default-domain contrib ops such as SimplifiedLayerNormalization, which the
-  checker does not know, so there onnxruntime's load is the check) and matched the original in onnxruntime (graph
-  optimizations disabled on both sides) within rtol=atol=1e-5;
+  checker does not know, so there onnxruntime's load is the check), matched
+  the original in onnxruntime (graph optimizations disabled on both sides)
+  within rtol=atol=1e-5, and (target ``ort``) also runs at ORT_ENABLE_ALL;
 - ``crash``: graphopt raised, wrote a model onnx.checker or onnxruntime
-  rejects, or ran past ``--timeout``;
+  rejects, ran past ``--timeout``, or the process died;
 - ``mismatch``: outputs differ beyond tolerance, or the signature changed;
 - ``refused``: graphopt declined the graph as bad input (a ``GraphoptError``
   with exit code 2) although onnxruntime runs it;
@@ -24,13 +25,14 @@ default), read back and classified:
   graph itself: a generator defect, counted apart (fix :mod:`graphgen`).
 
 A graph's class is the worst over its configurations. Each seed runs in a
-forked child, so a native crash (a segfault in onnxruntime on a model
-graphopt wrote) is that seed's ``crash``, not the end of the run. Every non-ok graph is
+forked child, so a native crash (a segfault in onnxruntime on a model graphopt
+wrote) is that seed's ``crash``, not the end of the run. Every non-ok graph is
 printed with its seed and a command that reproduces it::
 
     python tools/fuzz.py --count 1000                # seeds 0..999
     python tools/fuzz.py --seed 17                   # one graph, verbose
     python tools/fuzz.py --count 1000 --markdown tools/benchmarks/fuzz.md
+    python tools/fuzz.py --start 10000 --count 400 --max-nodes 64 --max-steps 40
 """
 
 from __future__ import annotations

@@ -159,7 +159,10 @@ def find_groups(model: ir.Model, kinds: Collection[str] = DEFAULT_KINDS) -> Grou
             (initializers or Constant nodes); dims are taken at a sample
             binding of the symbolic input dims (:mod:`.dims`).
         kinds: which of ``heads``, ``kv-heads``, ``ffn``, ``channels``,
-            ``layer`` to report (groups and refusals alike).
+            ``layer`` to report (groups and refusals alike). Refusals of the
+            residual stream's width (normalized by LayerNorm/RMSNorm) have
+            kind ``hidden`` and come with ``ffn``. No rule yields
+            ``kv-heads`` yet (GQA is refused with its reason).
 
     Returns:
         A :class:`GroupAnalysis`; groups in the order of their first
@@ -188,8 +191,9 @@ def find_groups(model: ir.Model, kinds: Collection[str] = DEFAULT_KINDS) -> Grou
         covered.update(b.sites)
         covered.add(value)
         kind = _kind(b)
-        if reason is not None and "hidden-size" in reason:
-            kind = "hidden"  # the residual stream's width: reported with the ffn sites
+        if reason is not None and ("hidden-size" in reason or (
+                "reduces over the channel axis" in reason and kind != "channels")):
+            kind = "hidden"  # the residual stream's width (LayerNorm, RMSNorm's ReduceMean): reported with ffn
         if reason is None:
             name = unique(_name(kind, b, seed, ordinals, order), taken)
             if kind in kinds:

@@ -69,6 +69,44 @@ def map_site(din: tuple[int, ...], dout: tuple[int, ...], site: Site, where: str
     raise Refuse(f"{where}: the channel axis is mixed with others")
 
 
+_DIM_PATH = ("Slice", "Squeeze", "Unsqueeze", "Cast", "Gather")
+
+
+def own_dim(piece: ir.Value, x: ir.Value, rank: int | None) -> int | None:
+    """The axis of ``x`` whose size ``piece`` (a 1-element shape piece) reads,
+    when it is ``Shape(x)`` taken through Slice/Gather/Squeeze/Unsqueeze/Cast
+    (TorchScript's ``x.view(-1, x.size(-1))``); else None."""
+    value, chain = piece, []
+    while True:
+        producer = value.producer()
+        if producer is None:
+            return None
+        if producer.op_type == "Shape":
+            break
+        if producer.op_type not in _DIM_PATH:
+            return None
+        chain.append(producer)
+        value = producer.inputs[0]
+    if producer.inputs[0] is not x or rank is None:
+        return None
+    positions = list(range(rank))[norm(attr_int(producer, "start", 0), rank):]
+    for node in reversed(chain):
+        if node.op_type == "Slice":
+            starts, ends = const_ints(node.inputs[1]), const_ints(node.inputs[2])
+            if starts is None or ends is None or len(starts) != 1:
+                return None
+            n = len(positions)
+            lo = max(0, min(norm(starts[0], n), n))
+            hi = max(0, min(norm(ends[0], n) if ends[0] < 2**62 else n, n))
+            positions = positions[lo:hi]
+        elif node.op_type == "Gather":
+            idx = const_ints(node.inputs[1])
+            if idx is None or len(idx) != 1:
+                return None
+            positions = [positions[norm(idx[0], len(positions))]]
+    return positions[0] if len(positions) == 1 else None
+
+
 def _entry_edit(b: Builder, node: ir.Node, target: ir.Value, index: int, per_unit: int, copies: bool) -> None:
     """Edit the entry ``index`` of a Reshape target (constant or Concat-built)."""
     reader = node
@@ -93,6 +131,10 @@ def _entry_edit(b: Builder, node: ir.Node, target: ir.Value, index: int, per_uni
         path = (producer.name or "", node.name or "")
         if not ir.is_constant(value):
             inner = value.producer()
+            sx = b.site(node.inputs[0])
+            if sx is not None and own_dim(value, node.inputs[0], b.dims.rank(node.inputs[0])) \
+                    == sx.axis and per_unit == sx.unit * len(sx.starts):
+                return  # the entry reads the input's own channel count at run time: it follows the pruning
             if inner is not None and inner.op_type == "Unsqueeze" and ir.is_constant(inner.inputs[0]):
                 reader, value, index = inner, inner.inputs[0], 0
                 path = None
@@ -163,9 +205,32 @@ def shape(b: Builder, node: ir.Node) -> None:
                 lo, hi = max(0, min(norm(starts[0], n), n)), max(0, min(norm(ends[0], n), n))
                 if not lo <= position < hi:
                     continue
+        if _feeds_own_reshape(node.outputs[0], x):
+            continue
         raise Refuse(f"the channel count is read at run time by Shape {node.name} ({reader.op_type} {reader.name})")
     if node.outputs[0].is_graph_output():
         raise Refuse(f"Shape {node.name} is a graph output")
+
+
+def _feeds_own_reshape(value: ir.Value, x: ir.Value, depth: int = 0) -> bool:
+    """Whether every path from the Shape output ``value`` ends, through
+    Slice/Gather/Squeeze/Unsqueeze/Cast and one Concat, in the target of a
+    Reshape of ``x`` itself (whose rule then checks the entry)."""
+    if depth > 8 or value.is_graph_output() or not value.uses():
+        return False
+    for use in value.uses():
+        reader = use.node
+        if reader.op_type in _DIM_PATH and use.idx == 0:
+            if not _feeds_own_reshape(reader.outputs[0], x, depth + 1):
+                return False
+        elif reader.op_type == "Concat":
+            out = reader.outputs[0]
+            if out.is_graph_output() or not all(u.node.op_type == "Reshape" and u.idx == 1 and u.node.inputs[0] is x
+                                                for u in out.uses()):
+                return False
+        else:
+            return False
+    return True
 
 
 def expand(b: Builder, node: ir.Node) -> None:

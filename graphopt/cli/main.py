@@ -16,7 +16,7 @@ import traceback
 from rich.markup import escape
 
 from graphopt import __version__
-from graphopt.cli import bench, engine, explain, info, optimize, quantize
+from graphopt.cli import bench, engine, explain, factorize, info, optimize, quantize
 from graphopt.cli.common import console, setup_logging
 from graphopt.errors import GraphoptError, PassError
 
@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_parsers(sub)
     engine.add_parsers(sub)
     quantize.add_parsers(sub)
+    factorize.add_parsers(sub)
     return parser
 
 

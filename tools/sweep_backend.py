@@ -65,13 +65,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backend_cases import Case, collect_cases, data_dir  # noqa: E402
+from backend_report import CLASSES, count_table, write_report  # noqa: E402, F401 - CLASSES re-exported
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("GRAPHOPT_BACKEND_CACHE", Path.home() / ".cache" / "graphopt" / "backend_node"))
 REPORT = ROOT / "tools" / "benchmarks" / "backend_sweep.md"
 FOLDERS = ("node", "simple", "pytorch-operator", "pytorch-converted", "light", "real")
 PIPELINES = ("O1:ort", "O2:ort", "O2:onnx", "O2:tensorrt")
-CLASSES = ("ok", "refused", "verify-failed", "crash", "mismatch", "timeout", "onnxruntime-unsupported")
 RTOL, ATOL = 1e-3, 1e-7  # onnx.backend.test.runner's defaults for node and data cases
 
 
@@ -448,97 +448,6 @@ def _stop(slot: dict[str, Any]) -> None:
         proc.join()
 
 
-# ---------------------------------------------------------------------------
-# the report
-
-
-def cause_of(row: Row) -> str:
-    """A short group key for a non-ok row: the class and the reason with
-    numbers, quoted names and paths blanked."""
-    reason = re.sub(r"/\S+", "…", row.reason)  # paths name the case: blank them
-    reason = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", reason)
-    reason = re.sub(r"\d+(\.\d+)?(e-?\d+)?", "N", reason)
-    return f"{row.cls}: {reason[:140]}"
-
-
-def write_report(rows: list[Row], skipped: list[str], path: Path, command: str, before: dict | None,
-                 label: str = "") -> None:
-    """Write the markdown report: counts per folder and pipeline, then each
-    non-ok (case, pipeline) grouped by cause."""
-    pipelines = list(dict.fromkeys(r.pipeline for r in rows))
-    folders = list(dict.fromkeys(r.folder for r in rows))
-    lines = ["# ONNX backend test data sweep", "",
-             f"{label} Command: `{command}`".strip(), "",
-             f"onnx {_version('onnx')}, onnxruntime {_version('onnxruntime')}; node cases regenerated from "
-             "`onnx.backend.test.case.node` with numpy seeded 0. Classes are defined in "
-             "`tools/sweep_backend.py`'s docstring.", ""]
-    lines += _count_table(rows, folders, pipelines)
-    if skipped:
-        lines += ["", f"Skipped (no model in the wheel, download only): {', '.join(skipped)}"]
-    if before:
-        lines += ["", "## Before", "", before["note"], ""]
-        lines += _count_table(before["rows"], list(dict.fromkeys(r.folder for r in before["rows"])),
-                              list(dict.fromkeys(r.pipeline for r in before["rows"])))
-        lines += ["", "Non-ok (case, pipeline) pairs of that run by cause:", ""]
-        lines += _cause_counts(before["rows"])
-    bad = [r for r in rows if r.cls not in ("ok", "onnxruntime-unsupported")]
-    lines += ["", "## Non-ok cases by cause", ""]
-    if not bad:
-        lines += ["None.", ""]
-    groups: dict[str, list[Row]] = collections.defaultdict(list)
-    for r in bad:
-        groups[cause_of(r)].append(r)
-    for cause, members in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        lines += [f"### {cause} ({len(members)})", ""]
-        for r in members:
-            lines.append(f"- `{r.folder}/{r.name}` {r.pipeline}: {r.reason}")
-        lines.append("")
-    unsupported = [r for r in rows if r.cls == "onnxruntime-unsupported" and r.pipeline == pipelines[0]]
-    lines += ["## onnxruntime-unsupported (excluded)", "",
-              f"{len(unsupported)} cases whose original onnxruntime does not load or run:", ""]
-    ugroups: dict[str, list[str]] = collections.defaultdict(list)
-    for r in unsupported:
-        ugroups[cause_of(r)].append(f"{r.folder}/{r.name}")
-    for cause, names in sorted(ugroups.items(), key=lambda kv: -len(kv[1])):
-        lines.append(f"- {cause} ({len(names)}): {', '.join(names[:8])}{' …' if len(names) > 8 else ''}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-
-
-def _cause_counts(rows: list[Row]) -> list[str]:
-    """One line per cause of the non-ok rows: count per pipeline and three examples."""
-    groups: dict[str, list[Row]] = collections.defaultdict(list)
-    for r in rows:
-        if r.cls not in ("ok", "onnxruntime-unsupported"):
-            groups[cause_of(r)].append(r)
-    lines = []
-    for cause, members in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        per = collections.Counter(r.pipeline for r in members)
-        names = list(dict.fromkeys(f"{r.folder}/{r.name}" for r in members))
-        lines.append(f"- {cause}: {', '.join(f'{p} {n}' for p, n in per.items())} (e.g. {', '.join(names[:3])})")
-    return lines or ["None."]
-
-
-def _count_table(rows: list[Row], folders: list[str], pipelines: list[str]) -> list[str]:
-    lines = ["| folder | pipeline | cases | " + " | ".join(CLASSES) + " |",
-             "|---|---|---:|" + "---:|" * len(CLASSES)]
-    for folder in [*folders, "all"]:
-        for p in pipelines:
-            sel = [r for r in rows if r.pipeline == p and (folder == "all" or r.folder == folder)]
-            if not sel:
-                continue
-            c = collections.Counter(r.cls for r in sel)
-            name = f"**{folder}**" if folder == "all" else folder
-            lines.append(f"| {name} | {p} | {len(sel)} | " + " | ".join(str(c.get(k, 0)) for k in CLASSES) + " |")
-    return lines
-
-
-def _version(name: str) -> str:
-    import importlib.metadata
-
-    return importlib.metadata.version(name)
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; exit 1 when any case is not ok (unsupported excluded)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -558,6 +467,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="a JSON file of an earlier run whose counts the report shows as 'before'")
     parser.add_argument("--before-label", default="", help="what the earlier run ran (e.g. the commit)")
     parser.add_argument("--label", default="", help="what this run ran (e.g. the commit), for the report")
+    parser.add_argument("--also", type=Path, default=None,
+                        help="a JSON file of a second run (e.g. --via cli) shown in the report as well")
+    parser.add_argument("--also-title", default="Through the CLI (--via cli)")
     parser.add_argument("--rows-from", type=Path, default=None,
                         help="write the report from this --json file instead of running the cases")
     parser.add_argument("--via", choices=("api", "cli"), default="api",
@@ -594,10 +506,15 @@ def main(argv: list[str] | None = None) -> int:
             doc = json.loads(args.before.read_text())
             before = {"note": f"{args.before_label} Command: `{doc['command']}`".strip(),
                       "rows": [Row(**r) for r in doc["rows"]]}
-        write_report(rows, skipped, args.report, command, before, args.label)
+        also = None
+        if args.also:
+            doc = json.loads(args.also.read_text())
+            also = {"title": args.also_title, "note": f"Command: `{doc['command']}`",
+                    "rows": [Row(**r) for r in doc["rows"]]}
+        write_report(rows, skipped, args.report, command, before, args.label, also)
     counts = collections.Counter(r.cls for r in rows)
     print(json.dumps(dict(counts)) if args.quiet else "\n".join(
-        _count_table(rows, list(dict.fromkeys(r.folder for r in rows)), pipelines)))
+        count_table(rows, list(dict.fromkeys(r.folder for r in rows)), pipelines)))
     return 0 if all(r.cls in ("ok", "onnxruntime-unsupported") for r in rows) else 1
 
 

@@ -149,14 +149,26 @@ def apply_pruning(model: ir.Model, keep: Mapping[str, Sequence[int]], analysis: 
                 attr_mods[e.target, e.attribute][e.index] += e.per_unit * len(units)
     _check_counts(tensor_mods, attr_mods, nodes, allow_empty)
     # -- mutate ---------------------------------------------------------------
-    _private_concats(graph, tensor_mods, nodes)
+    already_dead = {n for n in graph if _dead(n)}
+    clones = _private_concats(graph, tensor_mods, nodes)
     for value, per_reader in tensor_mods.items():
         _rewrite_constant(graph, value, per_reader)
     for (target, attribute), decs in attr_mods.items():
         _rewrite_attribute(nodes[target], attribute, decs)
     for g in layers:
         _drop_branch(graph, g, nodes, values)
+    if layers:  # what only dropped branches read (shared shape arithmetic, copied Concats) goes too
+        read: set[ir.Value] = set()
+        for node in reversed(list(graph)):
+            if node not in already_dead and _dead(node):
+                read.update(v for v in node.inputs if v is not None)
+                graph.remove(node, safe=True)
+        _drop_unread(graph, read)
     _refresh_shapes(model)
+
+
+def _dead(node: ir.Node) -> bool:
+    return not any(out.uses() or out.is_graph_output() for out in node.outputs)
 
 
 def _check_layer(g: CoupledGroup, nodes: dict[str, ir.Node], values: dict[str, ir.Value]) -> None:
@@ -183,9 +195,11 @@ def _check_counts(tensor_mods: dict, attr_mods: dict, nodes: dict[str, ir.Node],
                 raise InputError(f"attribute {attribute} of {target}: entry {i} would drop below {floor}")
 
 
-def _private_concats(graph: ir.Graph, tensor_mods: dict, nodes: dict[str, ir.Node]) -> None:
+def _private_concats(graph: ir.Graph, tensor_mods: dict, nodes: dict[str, ir.Node]) -> list[ir.Node]:
     """Resolve ``"concat|reshape"`` readers: the Concat itself when every
-    Reshape reading it needs the same edits, else a copy of the Concat per Reshape."""
+    Reshape reading it needs the same edits, else a copy of the Concat per
+    Reshape. Returns the copies."""
+    clones: list[ir.Node] = []
     paths: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for value, per_reader in tensor_mods.items():
         for reader, mods in per_reader.items():
@@ -213,6 +227,7 @@ def _private_concats(graph: ir.Graph, tensor_mods: dict, nodes: dict[str, ir.Nod
                         reshape.replace_input_with(use.idx, out)
                 target = clone.name
                 nodes[target] = clone
+                clones.append(clone)
             for value, per_reader in tensor_mods.items():
                 mods = per_reader.pop(f"{concat_name}|{reshape_name}", None)
                 if mods is not None:
@@ -226,6 +241,7 @@ def _private_concats(graph: ir.Graph, tensor_mods: dict, nodes: dict[str, ir.Nod
         concat = nodes[concat_name]
         if not concat.outputs[0].uses() and not concat.outputs[0].is_graph_output():
             graph.remove(concat, safe=True)
+    return clones
 
 
 def _fresh(name: str, taken: set[str]) -> str:
@@ -291,6 +307,11 @@ def _drop_branch(graph: ir.Graph, g: CoupledGroup, nodes: dict[str, ir.Node], va
             continue
         read.update(v for v in node.inputs if v is not None)
         graph.remove(node, safe=True)
+    _drop_unread(graph, read)
+
+
+def _drop_unread(graph: ir.Graph, read: set[ir.Value]) -> None:
+    """Remove the initializers in ``read`` that nothing reads any more."""
     for value in read:
         if value.is_initializer() and not value.uses() and not value.is_graph_output() and not value.is_graph_input():
             graph.initializers.pop(value.name, None)

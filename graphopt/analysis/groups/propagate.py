@@ -134,6 +134,7 @@ class Builder:
             self.put(value, site)
 
     def enqueue(self, node: ir.Node) -> None:
+        """Queue ``node``'s rule (once until it runs)."""
         if node not in self.queued:
             self.queued.add(node)
             self.queue.append(node)
@@ -155,9 +156,11 @@ class Builder:
         self.edits.setdefault(node, []).append(edit)
 
     def producer(self, node: ir.Node) -> None:
+        """Note ``node`` as a producer of the units (its weight's output axis is sliced)."""
         self.producers[node] = True
 
     def consumer(self, node: ir.Node, value: ir.Value) -> None:
+        """Note ``node`` as a consumer of the units, reading them from ``value``."""
         self.consumers[node] = True
         self.consumer_inputs.setdefault(node, value)
 

@@ -26,11 +26,13 @@ Rule = Callable[[Builder, ir.Node], None]
 
 
 def attr_int(node: ir.Node, name: str, default: int | None = None) -> int | None:
+    """An INT attribute of ``node`` (``default`` when absent)."""
     attr = node.attributes.get(name)
     return default if attr is None else int(attr.value)
 
 
 def attr_ints(node: ir.Node, name: str) -> list[int] | None:
+    """An INTS attribute of ``node`` as a list (None when absent)."""
     attr = node.attributes.get(name)
     return None if attr is None else [int(v) for v in attr.value]
 
@@ -51,6 +53,7 @@ def const_target(value: ir.Value) -> tuple[str, str | None]:
 
 
 def norm(axis: int, rank: int) -> int:
+    """``axis`` made non-negative for a tensor of ``rank``."""
     return axis + rank if axis < 0 else axis
 
 

@@ -114,7 +114,7 @@ def factors(spec: Spectrum, rank: int, *, gram: np.ndarray | None = None, weight
             refit: bool = False, ridge: float = DEFAULT_RIDGE, where: str = "") -> tuple[np.ndarray, np.ndarray]:
     """``(A [K, r], B [r, N])`` float64 at ``rank`` from ``spec``.
 
-    With ``refit``, ``B`` is replaced by the ridge least-squares solution of
+    With ``refit`` (and ``rank`` below full), ``B`` is replaced by the ridge least-squares solution of
     ``min ||X A B - X W||^2`` given ``A`` (needs ``gram`` and ``weight``).
 
     Raises:
@@ -128,7 +128,7 @@ def factors(spec: Spectrum, rank: int, *, gram: np.ndarray | None = None, weight
     if spec.left is not None:
         a = spec.left @ a
     b = root[:, None] * spec.vt[:rank]
-    if refit:
+    if refit and rank < p:  # at full rank A B == W already: a refit could only add the ridge's bias
         if gram is None or weight is None:
             raise InputError(f"the least-squares refit of {where or 'a layer'} needs calibration data (X^T X)")
         g = np.asarray(gram, dtype=np.float64)

@@ -57,6 +57,8 @@ class FactorizeOptions:
     rank: int = field(default=0, metadata={"doc": "one fixed rank for every layer (rounded up to align)"})
     align: int = field(default=8, metadata={"doc": "ranks are multiples of this"})
     alpha: float = field(default=0.5, metadata={"doc": "asvd's exponent on mean |x|"})
+    refit_ridge: float = field(default=1e-6, metadata={"doc": "relative ridge of the refit's r x r system "
+                                                              "(small: A^T G A is well conditioned)"})
     max_param_ratio: float = field(default=0.9, metadata={"doc": "a layer is factorized only when r(K+N) <= "
                                                                  "this * K*N"})
     speed_guard: bool = field(default=True, metadata={"doc": "factorize only layers measured faster "
@@ -265,7 +267,8 @@ def apply_plan(model: ir.Model, plan: Plan, chosen: list[int], opts: FactorizeOp
         if not rank:
             rep.reason = rep.reason or "the allocation kept it whole"
             continue
-        a, b = factors(spec, rank, gram=gram, weight=w, refit=opts.refit == "least-squares", where=layer.name)
+        a, b = factors(spec, rank, gram=gram, weight=w, refit=opts.refit == "least-squares",
+                       ridge=opts.refit_ridge, where=layer.name)
         target = layer if nodes[order[id(layer.node)]] is layer.node else Layer(
             nodes[order[id(layer.node)]], layer.name, layer.kind, layer.k, layer.n, layer.axis, layer.dtype)
         rewrite(model.graph, target, a, b, names)

@@ -17,7 +17,7 @@ import math
 from graphopt import ir
 from graphopt.analysis.groups.model import ShapeEdit
 from graphopt.analysis.groups.propagate import Builder, Refuse, Regranulate, Site
-from graphopt.analysis.groups.rules import RULES, attr_int, const_ints, const_target, norm
+from graphopt.analysis.groups.rules import RULES, attr_int, attr_ints, const_ints, const_target, norm
 
 __all__ = ["map_site", "reshape", "shape", "expand"]
 
@@ -72,10 +72,11 @@ def map_site(din: tuple[int, ...], dout: tuple[int, ...], site: Site, where: str
 _DIM_PATH = ("Slice", "Squeeze", "Unsqueeze", "Cast", "Gather")
 
 
-def own_dim(piece: ir.Value, x: ir.Value, rank: int | None) -> int | None:
-    """The axis of ``x`` whose size ``piece`` (a 1-element shape piece) reads,
-    when it is ``Shape(x)`` taken through Slice/Gather/Squeeze/Unsqueeze/Cast
-    (TorchScript's ``x.view(-1, x.size(-1))``); else None."""
+def own_dim(piece: ir.Value, x: ir.Value, rank: int | None, index: int = 0) -> int | None:
+    """The axis of ``x`` whose size entry ``index`` of the shape piece
+    ``piece`` reads, when it is ``Shape(x)`` taken through
+    Slice/Gather/Squeeze/Unsqueeze/Cast (TorchScript's
+    ``x.view(-1, x.size(-1))``, dynamo's ``x.shape[:-2]``); else None."""
     value, chain = piece, []
     while True:
         producer = value.producer()
@@ -104,7 +105,44 @@ def own_dim(piece: ir.Value, x: ir.Value, rank: int | None) -> int | None:
             if idx is None or len(idx) != 1:
                 return None
             positions = [positions[norm(idx[0], len(positions))]]
-    return positions[0] if len(positions) == 1 else None
+    return positions[index] if index < len(positions) else None
+
+
+def round_trip(node: ir.Node) -> tuple[ir.Node, ir.Node] | None:
+    """``(A, B)`` when ``node`` is one end of ``Reshape A -> Transpose -> Reshape B``
+    where A folds leading axes into axis 0, the Transpose keeps axis 0, and
+    B unfolds them again (dynamo's SDPA export transposes K this way:
+    ``[B, H, S, hd] -> [B*H, S, hd] -> [B*H, hd, S] -> [B, H, hd, S]``)."""
+    if node.op_type != "Reshape":
+        return None
+    for a in (node, _upstream(node)):
+        if a is None or a.op_type != "Reshape" or len(a.outputs[0].uses()) != 1:
+            continue
+        t = a.outputs[0].uses()[0].node
+        perm = attr_ints(t, "perm") if t.op_type == "Transpose" else None
+        if not perm or perm[0] != 0 or len(t.outputs[0].uses()) != 1 or t.outputs[0].is_graph_output():
+            continue
+        b_node = t.outputs[0].uses()[0].node
+        if b_node.op_type == "Reshape" and b_node.inputs[0] is t.outputs[0] and node in (a, b_node):
+            return a, b_node
+    return None
+
+
+def _upstream(node: ir.Node) -> ir.Node | None:
+    t = node.inputs[0].producer()
+    if t is None or t.op_type != "Transpose":
+        return None
+    return t.inputs[0].producer()
+
+
+def _fold_axes(b: Builder, a_node: ir.Node, b_node: ir.Node, axis: int) -> bool:
+    """Whether the round trip keeps ``axis`` of A's input at the same place of
+    B's output (it lies among the folded leading axes, which B restores)."""
+    din, dmid, dout = b.dims.of(a_node.inputs[0]), b.dims.of(a_node.outputs[0]), b.dims.of(b_node.outputs[0])
+    if din is None or dmid is None or dout is None or None in din or None in dmid or None in dout:
+        return False
+    k = next((k for k in range(1, len(din) + 1) if math.prod(din[:k]) == dmid[0]), None)
+    return k is not None and axis < k and tuple(dout[:k]) == tuple(din[:k])
 
 
 def _entry_edit(b: Builder, node: ir.Node, target: ir.Value, index: int, per_unit: int, copies: bool) -> None:
@@ -161,6 +199,16 @@ def reshape(b: Builder, node: ir.Node) -> None:
     x, target, y = node.inputs[0], node.inputs[1], node.outputs[0]
     if b.site(target) is not None:
         raise Refuse(f"Reshape {node.name}: the units reach its shape input")
+    trip = round_trip(node)
+    if trip is not None:
+        a_node, b_node = trip
+        start, end = a_node.inputs[0], b_node.outputs[0]
+        s = b.site(start) or b.site(end)
+        if s is not None and _fold_axes(b, a_node, b_node, s.axis):
+            b.put(start, s)
+            b.put(end, s)
+            _trip_entries(b, a_node, b_node, b.site(start))
+            return
     din, dout = b.dims.of(x), b.dims.of(y)
     if din is None or dout is None or None in din or None in dout:
         raise Refuse(f"Reshape {node.name}: its input or output dims are unknown")
@@ -175,6 +223,39 @@ def reshape(b: Builder, node: ir.Node) -> None:
     if dout[sy.axis] != din[sx.axis]:
         b.tags.add("heads")
     _entry_edit(b, node, target, sy.axis, sy.unit * len(sy.starts), copies=sx.axis == sy.axis and sx.unit == sy.unit)
+
+
+def _trip_entries(b: Builder, a_node: ir.Node, b_node: ir.Node, site: Site) -> None:
+    """A round trip is safe when A's first entry is ``-1`` (or read at run
+    time) and B's entry for the channel axis reads A's input's own dim."""
+    first = _entry_source(b, a_node.inputs[1], 0)
+    if first is None or (first[0] is not None and first[1] != -1):
+        raise Refuse(f"Reshape {a_node.name} states the folded size")
+    piece = _entry_source(b, b_node.inputs[1], site.axis)
+    x = a_node.inputs[0]
+    if piece is None or piece[0] is not None or own_dim(piece[2], x, b.dims.rank(x), piece[3]) != site.axis:
+        raise Refuse(f"Reshape {b_node.name}: the entry of the channel axis is not the input's own size")
+
+
+def _entry_source(b: Builder, target: ir.Value, index: int) -> tuple | None:
+    """``(constant entries or None, entry value, piece value, index in piece)`` for entry ``index`` of a target."""
+    if ir.is_constant(target):
+        entries = const_ints(target)
+        return (entries, entries[index], target, index) if entries and index < len(entries) else None
+    producer = target.producer()
+    if producer is None or producer.op_type != "Concat":
+        return None
+    offset = 0
+    for piece in producer.inputs:
+        dims = b.dims.of(piece)
+        n = dims[0] if dims and len(dims) == 1 and dims[0] is not None else None
+        if n is None:
+            return None
+        if offset <= index < offset + n:
+            entries = const_ints(piece)
+            return (entries, entries[index - offset] if entries else None, piece, index - offset)
+        offset += n
+    return None
 
 
 def shape(b: Builder, node: ir.Node) -> None:
@@ -225,8 +306,8 @@ def _feeds_own_reshape(value: ir.Value, x: ir.Value, depth: int = 0) -> bool:
                 return False
         elif reader.op_type == "Concat":
             out = reader.outputs[0]
-            if out.is_graph_output() or not all(u.node.op_type == "Reshape" and u.idx == 1 and u.node.inputs[0] is x
-                                                for u in out.uses()):
+            if out.is_graph_output() or not all(u.node.op_type == "Reshape" and u.idx == 1 and (
+                    u.node.inputs[0] is x or (round_trip(u.node) or (None,))[0].inputs[0] is x) for u in out.uses()):
                 return False
         else:
             return False

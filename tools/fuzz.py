@@ -15,7 +15,8 @@ read back and classified:
   default-domain contrib ops such as SimplifiedLayerNormalization, which the
   checker does not know, so there onnxruntime's load is the check), matched
   the original in onnxruntime (graph optimizations disabled on both sides)
-  within rtol=atol=1e-5, and (target ``ort``) also runs at ORT_ENABLE_ALL;
+  within rtol=atol=1e-5, and (target ``ort``) also runs at ORT_ENABLE_ALL
+  where the original does;
 - ``crash``: graphopt raised, wrote a model onnx.checker or onnxruntime
   rejects, ran past ``--timeout``, or the process died;
 - ``mismatch``: outputs differ beyond tolerance, or the signature changed;
@@ -118,9 +119,11 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
 
 
-def run_config(model: onnx.ModelProto, feed: dict, ref: dict, config: str) -> tuple[str, str, str]:
+def run_config(model: onnx.ModelProto, feed: dict, ref: dict, config: str,
+               original_runs_at_all: Callable[[], bool] = lambda: True) -> tuple[str, str, str]:
     """Optimize ``model`` under ``config`` (``PIPELINE:TARGET``) and check the
-    result: ``(class, one-line reason, detail)``."""
+    result: ``(class, one-line reason, detail)``. ``original_runs_at_all``
+    says whether the original runs at ORT_ENABLE_ALL (asked only when needed)."""
     import graphopt
     from graphopt.errors import GraphoptError
     from graphopt.verify import compare_outputs, run_model, signature_differences
@@ -155,7 +158,10 @@ def run_config(model: onnx.ModelProto, feed: dict, ref: dict, config: str) -> tu
     report = compare_outputs(ref, got, rtol=RTOL, atol=ATOL)
     if not report.ok:
         return "mismatch", " ".join(report.summary().split())[:300], onnx.printer.to_text(out)
-    if target == "ort":  # the output must also survive onnxruntime's own optimizers (numbers not compared)
+    if target == "ort" and original_runs_at_all():
+        # the output must also survive onnxruntime's own optimizers (numbers not compared), where the
+        # original does: onnxruntime's LayerNormFusion mistypes some graphs by itself (seed 30161 at
+        # --max-nodes 64: "Type parameter (T) of Optype (LayerNormalization) bound to different types")
         try:
             run_model(out, feed, optimization_level="all")
         except Exception as e:  # noqa: BLE001
@@ -184,6 +190,17 @@ def run_seed(seed: int, configs: tuple[str, ...] = CONFIGS, timeout: int = 120,
         result.note("onnxruntime", "invalid-generated", _short(e))
         result.detail = onnx.printer.to_text(model)
         return result
+    at_all: list[bool] = []
+
+    def original_runs_at_all() -> bool:
+        if not at_all:
+            try:
+                run_model(model, feed, optimization_level="all")
+                at_all.append(True)
+            except Exception:  # noqa: BLE001 - onnxruntime's own optimizers fail on the original
+                at_all.append(False)
+        return at_all[0]
+
     old = signal.signal(signal.SIGALRM, _alarm)
     try:
         for config in configs:
@@ -191,7 +208,7 @@ def run_seed(seed: int, configs: tuple[str, ...] = CONFIGS, timeout: int = 120,
                 started(config)
             signal.alarm(timeout)
             try:
-                cls, reason, detail = run_config(model, feed, ref, config)
+                cls, reason, detail = run_config(model, feed, ref, config, original_runs_at_all)
             except _Timeout:
                 cls, reason, detail = "crash", f"timeout: more than {timeout} s", ""
             finally:

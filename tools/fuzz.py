@@ -43,6 +43,7 @@ import faulthandler
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -256,6 +257,24 @@ def run_isolated(seed: int, configs: tuple[str, ...] = CONFIGS, timeout: int = 1
     return result
 
 
+def _settings(configs: tuple[str, ...]) -> str:
+    """What the run did, in a paragraph: the generator's sizes and commit, the
+    configurations, the comparison."""
+    import onnxruntime
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                                cwd=Path(__file__).resolve().parent).stdout.strip()
+    except OSError:
+        commit = ""
+    return (f"Generator `tools/graphgen*.py`{f' at commit {commit}' if commit else ''} (up to {MAX_NODES} "
+            f"main-graph nodes, {MAX_STEPS} steps, opsets {OPSETS[0]}-{OPSETS[-1]}, symbolic dims); each graph "
+            f"through {', '.join(configs)} by load -> optimize -> save, compared with the original in onnxruntime "
+            f"{onnxruntime.__version__} (graph optimizations disabled) at rtol = atol = {RTOL:g}; ort outputs also "
+            "run at ORT_ENABLE_ALL where the original does. Reproduce one graph: "
+            f"`python tools/fuzz.py --seed N{_size_args()}`.")
+
+
 def markdown(results: list[Result], command: str, seconds: float, configs: tuple[str, ...]) -> str:
     """The report: counts per class (graphs and per configuration) and every non-ok seed."""
     per_graph = Counter(r.cls for r in results)
@@ -263,6 +282,7 @@ def markdown(results: list[Result], command: str, seconds: float, configs: tuple
     lines = [
         "# Fuzz: random graphs through graphopt, checked by onnxruntime", "",
         f"Command: `{command}` ({len(results)} graphs, {seconds:.0f} s, 1 process).", "",
+        _settings(configs), "",
         "| class | graphs | " + " | ".join(configs) + " |",
         "|---|---|" + "---|" * len(configs),
     ]

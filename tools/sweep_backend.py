@@ -293,11 +293,19 @@ def run_case(case: Case, pipeline: str, tmp: str, via: str = "api") -> Row:
     in-process (``via="cli"``), and classify it (classes in the module doc)."""
     import logging
 
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)  # the passes' warnings would flood the sweep's output
+    try:
+        return _run_case(case, pipeline, tmp, via)
+    finally:
+        logging.disable(previous)  # in-process callers (tests) keep their logging
+
+
+def _run_case(case: Case, pipeline: str, tmp: str, via: str) -> Row:
     import onnx
 
     from graphopt.errors import GraphoptError
 
-    logging.disable(logging.CRITICAL)
     start = time.perf_counter()
     row = Row(case.folder, case.name, pipeline, "ok")
     spec, _, target = pipeline.partition(":")

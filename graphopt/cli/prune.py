@@ -1,0 +1,213 @@
+"""``graphopt prune``: structured pruning of attention heads, FFN neurons and conv channels (magnitude, Wanda, FLAP;
+uniform, global or error-driven allocation), least-squares reconstruction, with an accuracy report against the
+original.
+
+Conventions as ``graphopt quantize``: options and calibration data are checked before anything is written (exit
+2 with a message), the output is written atomically after it passes onnx.checker and runs in onnxruntime, and
+``--budget`` exits 1 with nothing written when even the mildest pruning misses it. A model with nothing to prune
+is written unchanged (exit 0) and the report says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from rich.table import Table
+
+from graphopt import ir
+from graphopt.cli.common import add_dim_options, input_request, stdout, want_progress
+from graphopt.errors import InputError, VerificationError
+
+__all__ = ["add_parsers", "parse_budget"]
+
+REPORT_BATCHES = 512
+"""Evaluation (else calibration) batches the accuracy report compares on, at most."""
+
+
+def parse_budget(text: str | None) -> dict[str, float] | None:
+    """``"rank-fidelity=0.98"`` -> ``{"rank-fidelity": 0.98}``; any metric of
+    :data:`graphopt.calibrate.metrics.METRICS` (cosine, argmax, rank-fidelity).
+
+    Raises:
+        InputError: an unknown metric, or a value outside (0, 1].
+    """
+    from graphopt.calibrate.metrics import METRICS
+
+    if not text:
+        return None
+    key, sep, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if key.strip() not in METRICS or not sep or not 0.0 < number <= 1.0:
+        raise InputError(f"--budget expects METRIC=VALUE with METRIC one of {', '.join(METRICS)} and 0 < VALUE <= 1 "
+                         f"(e.g. --budget rank-fidelity=0.98), got {text!r}")
+    return {key.strip(): number}
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.ratio is not None and not 0 < args.ratio < 1:
+        raise InputError(f"--ratio must be in (0, 1) (the share of the prunable blocks' MatMul/Conv FLOPs kept, e.g. "
+                         f"0.6), got {args.ratio}")
+    if args.align < 1:
+        raise InputError(f"--align must be a positive integer, got {args.align}")
+    if args.ridge < 0:
+        raise InputError(f"--ridge must be >= 0, got {args.ridge}")
+    needs = args.method != "magnitude" or args.reconstruct != "none" or args.allocation == "error" or args.budget
+    if needs and args.calib is None:
+        raise InputError(f"--method {args.method} with --reconstruct {args.reconstruct} needs calibration data: "
+                         "--calib PATH (an .npz file or a folder of them) or --calib generate; only --method "
+                         "magnitude --reconstruct none runs without")
+
+
+def _flops(model: Any, dims: dict[str, int] | None) -> tuple[int, int]:
+    """(parameters, MatMul/Conv FLOPs) of a model or path at ``dims``."""
+    from graphopt.analysis.stats import model_stats
+
+    m = ir.load(model) if isinstance(model, str) else model
+    st = model_stats(m, with_flops=True, dims=dims)
+    return int(st.parameters), int(st.flops or 0)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    """Load, check options and data, prune, validate, write atomically, report."""
+    from graphopt.cli.quantize import _calibration, _first, _generated
+    from graphopt.passes.pruning.prune import PruneOptions, prune
+
+    start = time.perf_counter()
+    budget = parse_budget(args.budget)
+    _check_args(args)
+    kinds = tuple(k for k in (args.kinds or "").split(",") if k.strip())
+    options = PruneOptions(ratio=args.ratio or 0.0, kinds=kinds, method=args.method, allocation=args.allocation,
+                           align=args.align, reconstruction=args.reconstruct, ridge=args.ridge,
+                           tokens=args.tokens, mask=args.mask or "")
+    proto = ir.load_proto(args.input)  # LoadError (exit 2) for a missing or unreadable file
+    args.request = input_request(args, proto)
+    calibration = _calibration(args, proto) if args.calib is not None else None
+    if calibration is not None:
+        _first(calibration, 1)  # a first sample that does not fit the model fails now (exit 2), nothing written
+    evaluation = None
+    if args.eval:
+        from graphopt.calibrate.data import CalibrationData
+
+        evaluation = _first(CalibrationData.from_path(args.eval, proto, batch_size=args.batch_size), REPORT_BATCHES)
+    model = ir.load(args.input)
+    dims = getattr(args.request, "dims", None) or None
+    params0, flops0 = _flops(model, dims)
+    report = prune(model, options, calibration, evaluation=evaluation, budget=budget, progress=want_progress(args))
+    if report.budget is not None and report.budget["ratio"] >= 1.0:
+        b = report.budget
+        raise VerificationError(f"even the mildest pruning misses the budget {b['metric']} >= {b['threshold']} "
+                                f"(best {b['score']:.6f}); nothing was written")
+    batches = evaluation if evaluation is not None else (
+        _first(calibration, 64) if calibration is not None else _first(_generated(args, proto, 2, 1000), 2))
+    box: dict[str, Any] = {}
+
+    def validated(path: Any) -> None:
+        from graphopt.passes.quantization.report import accuracy_report
+
+        box["accuracy"] = accuracy_report(args.input, path, batches)
+        box["rank_fidelity"] = _rank_fidelity(args.input, str(path), batches)
+
+    saved = ir.save(model, args.output, check=True, validate=validated)
+    params1, flops1 = _flops(model, dims)
+    seconds = time.perf_counter() - start
+    accuracy = box["accuracy"]
+    doc = {"input": args.input, "output": str(saved.path), "seconds": seconds, **report.to_dict(),
+           "params_before": params0, "params_after": params1, "flops_before": flops0, "flops_after": flops1,
+           "accuracy": {"data": "evaluation" if evaluation is not None else "calibration", "batches": len(batches),
+                        "cosine": accuracy.cosine, "rank_fidelity": box["rank_fidelity"],
+                        "outputs": [o.__dict__ for o in accuracy.outputs]}}
+    if args.json:
+        stdout.print_json(json.dumps(doc, default=str))
+    elif not args.quiet:
+        stdout.print(_table(report, doc))
+        stdout.print(f"wrote {saved.path}" + (" (unchanged)" if report.nothing else ""))
+    return 0
+
+
+def _rank_fidelity(reference: str, path: str, batches: list[dict]) -> float | None:
+    """Rank fidelity on ``batches`` (None when the model has no sentence-embedding-like output or < 3 sentences)."""
+    from graphopt.calibrate.metrics import rank_fidelity
+    from graphopt.passes.pruning.budget import run_outputs
+
+    try:
+        return rank_fidelity(run_outputs(path, batches), run_outputs(reference, batches))
+    except (ValueError, IndexError):
+        return None
+
+
+def _table(report: Any, doc: dict[str, Any]) -> Table:
+    outer = Table.grid(padding=1)
+    o = report.options
+    if report.nothing:
+        outer.add_row(f"nothing pruned: {report.nothing}; the model is written unchanged")
+    if report.groups:
+        groups = Table(title=f"prune ({o['method']}, {o['allocation']} allocation, reconstruction "
+                       f"{o['reconstruction']})", show_edge=False)
+        for col in ("group", "kind", "kept / total", "kept share"):
+            groups.add_column(col, justify="left" if col in ("group", "kind") else "right")
+        for g in report.groups:
+            unit = {"heads": "heads", "ffn": "neurons", "channels": "channels"}.get(g.kind, "units")
+            groups.add_row(g.name, g.kind, f"{g.kept} / {g.size} {unit}", f"{g.kept / g.size:.3f}")
+        outer.add_row(groups)
+    if report.refused:
+        outer.add_row("not pruned:\n" + "\n".join(f"  {r['site']} ({r['kind']}): {r['reason']}"
+                                                  for r in report.refused))
+    if report.groups:
+        outer.add_row(f"block FLOPs kept {report.achieved:.3f} (asked {report.ratio:.3f}); "
+                      f"{report.pruned} of {len(report.groups)} groups pruned")
+    outer.add_row(f"parameters {doc['params_before']:,} -> {doc['params_after']:,}; MatMul/Conv FLOPs "
+                  f"{doc['flops_before']:,} -> {doc['flops_after']:,}")
+    if report.budget:
+        b = report.budget
+        outer.add_row(f"budget {b['metric']} >= {b['threshold']}: ratio {b['ratio']:.2f}, score {b['score']:.6f} "
+                      f"({len(b['trials'])} trials)")
+    acc = doc["accuracy"]
+    rf = acc["rank_fidelity"]
+    outer.add_row(f"on {acc['batches']} {acc['data']} batches: output cosine {acc['cosine']:.6f}"
+                  + (f", rank fidelity {rf:.4f}" if rf is not None else ""))
+    outer.add_row(f"done in {doc['seconds']:.1f} s")
+    return outer
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``prune``."""
+    p = sub.add_parser("prune", help="structured pruning of attention heads, FFN neurons and conv channels, "
+                       "with least-squares reconstruction")
+    p.add_argument("input", help="input .onnx model (never modified)")
+    p.add_argument("-o", "--output", required=True, help="output .onnx path (written atomically)")
+    p.add_argument("--calib", metavar="PATH|generate", help=(
+        "calibration data: an .npz file, a folder of .npz files, of input_N.pb tensors or test_data_set_N folders; "
+        "'generate' for synthetic inputs (scores from random inputs mean little)"))
+    p.add_argument("--calib-count", type=int, default=8, help="samples generated by --calib generate (default 8)")
+    p.add_argument("--calib-limit", type=int, help="use at most this many calibration samples")
+    p.add_argument("--batch-size", type=int, default=1, help="samples per onnxruntime run (default 1)")
+    p.add_argument("--eval", metavar="PATH", help="held-out inputs for the accuracy report and the --budget search")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--ratio", type=float, metavar="R", help=(
+        "share of the prunable blocks' MatMul/Conv FLOPs kept, in (0, 1) (e.g. 0.6)"))
+    how.add_argument("--budget", metavar="METRIC=VALUE", help=(
+        "the smallest ratio whose METRIC (cosine, argmax, rank-fidelity) on the --eval (else calibration) data "
+        "stays >= VALUE; exit 1, nothing written, when even the mildest misses"))
+    p.add_argument("--method", choices=("magnitude", "wanda", "flap"), default="wanda",
+                   help="unit importance (default wanda)")
+    p.add_argument("--kinds", metavar="K[,K]", help="group kinds to prune: heads, ffn, channels (default: all the "
+                   "model has)")
+    p.add_argument("--allocation", choices=("uniform", "global", "error"), default="uniform", help=(
+        "kept units per group: uniform, global (FLAP's standardized scores) or error (least output error per "
+        "FLOP saved; default uniform)"))
+    p.add_argument("--reconstruct", choices=("least-squares", "bias", "none"), default="least-squares",
+                   help="refit the consumers (default least-squares)")
+    p.add_argument("--ridge", type=float, default=1e-4, help="relative ridge of the least squares (default 1e-4)")
+    p.add_argument("--align", type=int, default=8, help="kept neurons/channels are multiples of this (default 8)")
+    p.add_argument("--tokens", type=int, default=128, help="sequence length assumed for attention FLOPs (default 128)")
+    p.add_argument("--mask", metavar="INPUT", help="graph input whose zeros drop padded rows from the statistics "
+                   "(e.g. attention_mask, for padded calibration data)")
+    add_dim_options(p, inputs=False)
+    p.add_argument("--json", action="store_true", help="print a machine-readable report on stdout")
+    p.set_defaults(func=cmd_prune)

@@ -1,0 +1,6 @@
+"""Structured pruning (``prune``): attention heads, FFN neurons and conv channels removed as coupled groups,
+scored on calibration data, with least-squares reconstruction of the consumers (issue 21)."""
+
+from graphopt.passes.pruning.prune import GroupReport, Prune, PruneOptions, PruneReport, prune
+
+__all__ = ["GroupReport", "Prune", "PruneOptions", "PruneReport", "prune"]

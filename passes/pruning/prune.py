@@ -1,0 +1,280 @@
+"""prune: structured pruning of attention heads, FFN neurons and conv channels, scored on calibration data,
+with least-squares reconstruction; the result is a dense, smaller model.
+
+Steps (:func:`prune`): the coupled groups (:func:`graphopt.analysis.groups.find_groups`, DepGraph on ONNX);
+the sites and unit costs (:mod:`.plan`); one :func:`~graphopt.calibrate.stats.collect_stats` call for every
+consumer input (per-channel norms and variances, Grams where least squares or the ``error`` allocation reads
+them; cached in the context); unit scores (:mod:`.scoring`: magnitude, Wanda, FLAP); kept counts per group for
+the target ratio of block FLOPs (:mod:`.allocation`: uniform, FLAP's standardized global, or by measured output
+error per FLOP); :func:`~graphopt.analysis.groups.apply_pruning`; the consumers refitted (:mod:`.refit`:
+least squares, bias compensation, none). With an accuracy budget the ratio is searched on the evaluation data
+(:mod:`.budget`). The report is stored as JSON in the model's metadata under :data:`METADATA_KEY`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from graphopt import ir
+from graphopt.errors import InputError
+from graphopt.passes.pruning.allocation import ALLOCATIONS, allocate, keep_sets, kept_ratio, ladder
+from graphopt.passes.pruning.plan import GroupPlan, Site, build_plan
+from graphopt.passes.pruning.refit import RECONSTRUCTIONS, SiteRefit, error_curve, refit_sites
+from graphopt.passes.pruning.scoring import METHODS, score_groups
+from graphopt.passmanager import Pass, PassResult, register_pass
+
+__all__ = ["Prune", "PruneOptions", "PruneReport", "GroupReport", "prune", "METADATA_KEY", "PRUNABLE_KINDS"]
+
+log = logging.getLogger(__name__)
+
+METADATA_KEY = "graphopt.pruning"
+"""Model metadata key holding the JSON :class:`PruneReport`."""
+
+PRUNABLE_KINDS = ("heads", "ffn", "channels")
+"""Group kinds ``prune`` removes units of (whole layers are not allocated yet)."""
+
+_ALIASES = {"head": "heads", "neurons": "ffn", "mlp": "ffn", "channel": "channels"}
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """Options of :class:`Prune` (``ratio`` or the context's accuracy budget)."""
+
+    ratio: float = field(default=0.0, metadata={"doc": "block FLOPs kept, in (0, 1): MatMul/Conv FLOPs of the "
+                                                       "groups' layers after / before; 0 or 1 prunes nothing"})
+    kinds: tuple[str, ...] = field(default=(), metadata={"doc": "group kinds to prune: heads, ffn, channels "
+                                                                "(default: every one the model has)"})
+    method: str = field(default="wanda", metadata={"doc": "unit importance: magnitude, wanda or flap"})
+    allocation: str = field(default="uniform", metadata={"doc": "uniform, global (FLAP's standardized) or error "
+                                                                "(output error per FLOP saved)"})
+    align: int = field(default=8, metadata={"doc": "kept neurons/channels are multiples of this; heads stay whole"})
+    reconstruction: str = field(default="least-squares", metadata={"doc": "least-squares, bias or none"})
+    ridge: float = field(default=1e-4, metadata={"doc": "relative ridge of the least squares"})
+    tokens: int = field(default=128, metadata={"doc": "sequence length assumed for attention's QK/AV FLOPs"})
+    levels: int = field(default=24, metadata={"doc": "kept counts per group on the error allocation's curves"})
+    mask: str = field(default="", metadata={"doc": "graph input whose zeros drop padded rows from the "
+                                                   "statistics (e.g. attention_mask); empty: every row"})
+
+
+@dataclass
+class GroupReport:
+    """One group: ``name``, ``kind``, units ``kept``/``size``, unit FLOPs per position, and the score method."""
+
+    name: str
+    kind: str
+    size: int
+    kept: int
+    unit_flops: float
+
+
+@dataclass
+class PruneReport:
+    """What :func:`prune` did.
+
+    Attributes:
+        options: the options as a dict.
+        groups: per group kept/total.
+        refused: ``[{"site", "kind", "reason"}]``: sites left whole, as ``graphopt explain`` gives them.
+        refits: per consumer: how it was reconstructed, input channels before/after.
+        ratio: the kept block-FLOP ratio asked (or found by the budget); achieved: after rounding.
+        block_flops_before/after: MatMul/Conv FLOPs per sample position in the groups' layers.
+        budget: the search's result, or None.
+        nothing: why nothing was pruned ('' when something was).
+        seconds: wall time.
+    """
+
+    options: dict[str, Any]
+    groups: list[GroupReport] = field(default_factory=list)
+    refused: list[dict[str, str]] = field(default_factory=list)
+    refits: list[SiteRefit] = field(default_factory=list)
+    ratio: float = 1.0
+    achieved: float = 1.0
+    block_flops_before: float = 0.0
+    block_flops_after: float = 0.0
+    budget: dict[str, Any] | None = None
+    nothing: str = ""
+    seconds: float = 0.0
+
+    @property
+    def pruned(self) -> int:
+        """Groups that lost units."""
+        return sum(1 for g in self.groups if g.kept < g.size)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        doc = asdict(self)
+        doc["pruned"] = self.pruned
+        return doc
+
+
+def _check(opts: PruneOptions, has_budget: bool) -> tuple[str, ...]:
+    if opts.method not in METHODS:
+        raise InputError(f"unknown pruning method {opts.method!r}; choose one of {', '.join(METHODS)}")
+    if opts.allocation not in ALLOCATIONS:
+        raise InputError(f"unknown allocation {opts.allocation!r}; choose one of {', '.join(ALLOCATIONS)}")
+    if opts.reconstruction not in RECONSTRUCTIONS:
+        raise InputError(f"unknown reconstruction {opts.reconstruction!r}; choose one of {', '.join(RECONSTRUCTIONS)}")
+    if not 0 <= opts.ratio <= 1:
+        raise InputError(f"ratio must be in (0, 1) (block FLOPs kept; 0 or 1 prunes nothing), got {opts.ratio}")
+    if has_budget and opts.ratio not in (0, 1):
+        raise InputError("give a ratio or an accuracy budget, not both")
+    if opts.align < 1 or opts.tokens < 1 or opts.levels < 1 or not opts.ridge >= 0:
+        raise InputError("align, tokens and levels must be positive integers and ridge >= 0")
+    kinds = tuple(dict.fromkeys(_ALIASES.get(k.strip(), k.strip()) for k in opts.kinds if k.strip()))
+    for k in kinds:
+        if k in ("layer", "layers"):
+            raise InputError("whole-layer removal (kind 'layer') is found by the group analysis but not allocated "
+                             "by prune yet; choose from heads, ffn, channels")
+        if k not in PRUNABLE_KINDS:
+            raise InputError(f"unknown group kind {k!r}; choose from {', '.join(PRUNABLE_KINDS)}")
+    return kinds
+
+
+def _stats(model: ir.Model, sites: dict[str, Site], plans: list[GroupPlan], gram: bool, calibration: Any,
+           cache: Any, mask: str, progress: bool) -> dict[str, Any]:
+    from graphopt.calibrate.stats import StatRequest, collect_stats
+
+    used = {node for p in plans for node in p.rows}
+    requests: dict[str, StatRequest] = {}
+    for node in sorted(used):
+        s = sites[node]
+        if s.data in requests:
+            continue
+        requests[s.data] = StatRequest(s.data, s.data_axis, gram=gram)
+    if not requests:
+        return {}
+    return collect_stats(model, list(requests.values()), calibration, cache=cache, mask=mask or None,
+                         progress=progress)
+
+
+def prune(model: ir.Model, options: PruneOptions | None = None, calibration: Any = None, *, evaluation: Any = None,
+          budget: dict[str, Any] | None = None, cache: Any = None, progress: bool = False) -> PruneReport:
+    """Prune ``model`` in place.
+
+    Args:
+        model: the IR model (constant weights).
+        options: :class:`PruneOptions` (a ``ratio`` in (0, 1), or ``budget``).
+        calibration: batches of model inputs (a :class:`~graphopt.calibrate.data.CalibrationData`); needed by
+            wanda, flap, least squares, bias compensation and the error allocation.
+        evaluation: held-out batches the budget is searched on (default: the calibration data).
+        budget: ``{"cosine" | "argmax" | "rank-fidelity": threshold}`` or ``{"metric": fn, "threshold": t}``.
+        cache: a :class:`~graphopt.calibrate.stats.StatsCache`.
+        progress: progress bars over calibration batches.
+
+    Returns:
+        :class:`PruneReport` (also stored in ``model.metadata_props[METADATA_KEY]`` when something was pruned).
+        The model is untouched when the ratio is 0 or 1, when nothing is prunable, or when the allocation keeps
+        every unit.
+
+    Raises:
+        InputError: bad options, a kind the model has no group of, missing or mismatched calibration data,
+            a bad budget.
+    """
+    from graphopt.analysis.groups import KINDS, find_groups, apply_pruning
+
+    opts = options or PruneOptions()
+    kinds = _check(opts, bool(budget))
+    start = time.perf_counter()
+    report = PruneReport(asdict(opts), ratio=opts.ratio or 1.0)
+    if not budget and opts.ratio in (0, 1):
+        report.nothing = f"ratio {opts.ratio:g} keeps every unit"
+        return report
+    analysis = find_groups(model, KINDS)
+    present = sorted({g.kind for g in analysis.groups} & set(PRUNABLE_KINDS))
+    report.refused = [{"site": r.site, "kind": r.kind, "reason": r.reason} for r in analysis.refused]
+    if not present:
+        report.nothing = "nothing prunable: the model has no head, FFN or channel group" + (
+            f" ({len(analysis.refused)} site(s) refused)" if analysis.refused else "")
+        return report
+    missing = [k for k in kinds if k not in present]
+    if missing:
+        raise InputError(f"the model has no {', '.join(missing)} group(s) to prune; it has: {', '.join(present)} "
+                         f"(choose --kinds among them)")
+    plans, sites = build_plan(model, analysis, kinds or tuple(present), align=opts.align, tokens=opts.tokens)
+    plans = [p for p in plans if p.size > p.step]
+    if not plans:
+        report.nothing = f"nothing prunable: every group is at most {opts.align} units (align)"
+        return report
+    needs_data = opts.method != "magnitude" or opts.reconstruction != "none" or opts.allocation == "error"
+    if needs_data and calibration is None:
+        raise InputError(f"method {opts.method} with reconstruction {opts.reconstruction} and allocation "
+                         f"{opts.allocation} needs calibration data (graphopt prune --calib PATH, or "
+                         "PassContext(calibration=...)); only magnitude without reconstruction runs without")
+    gram = opts.reconstruction == "least-squares" or opts.allocation == "error"
+    stats = _stats(model, sites, plans, gram, calibration, cache, opts.mask, progress) if needs_data else {}
+    score_groups(plans, sites, stats, opts.method, model)
+    memo: dict[str, tuple[list[int], list[float]]] = {}
+
+    def curves() -> dict[str, tuple[list[int], list[float]]]:
+        if not memo:
+            for p in plans:
+                counts = ladder(p.size, p.step, opts.levels)
+                memo[p.name] = (counts, error_curve(p, sites, stats, counts, opts.reconstruction, opts.ridge))
+        return memo
+
+    def prune_at(target: ir.Model, ratio: float) -> tuple[dict[str, int], dict[str, list[int]], list[SiteRefit]]:
+        counts = allocate(plans, ratio, opts.allocation, curves)
+        keeps = keep_sets(plans, counts)
+        if not keeps:
+            return counts, keeps, []
+        apply_pruning(target, keeps, analysis if target is model else None)
+        return counts, keeps, refit_sites(target, sites, plans, keeps, stats, opts.reconstruction, opts.ridge)
+
+    ratio = opts.ratio
+    if budget:
+        from graphopt.passes.pruning.budget import search
+
+        report.budget = search(model, lambda m, r: prune_at(m, r), budget,
+                               evaluation if evaluation is not None else calibration)
+        ratio = report.budget["ratio"]
+    report.ratio = ratio
+    report.block_flops_before = sum(p.size * p.unit_flops for p in plans)
+    if ratio >= 1:
+        counts: dict[str, int] = {}
+        report.nothing = "the budget holds at no pruning ratio"
+        keeps: dict[str, list[int]] = {}
+    else:
+        counts, keeps, report.refits = prune_at(model, ratio)
+    report.groups = [GroupReport(p.name, p.group.kind, p.size, counts.get(p.name, p.size), p.unit_flops)
+                     for p in plans]
+    report.achieved = kept_ratio(plans, counts)
+    report.block_flops_after = report.achieved * report.block_flops_before
+    if not keeps and not report.nothing:
+        report.nothing = f"the allocation at ratio {ratio:g} keeps every unit (align {opts.align})"
+    report.seconds = time.perf_counter() - start
+    if keeps:
+        model.metadata_props[METADATA_KEY] = json.dumps(report.to_dict(), default=str)
+    return report
+
+
+@register_pass("prune")
+class Prune(Pass):
+    """Structured pruning of attention heads, FFN neurons and conv channels (magnitude, Wanda or FLAP scores;
+    uniform, global or error-driven allocation), with least-squares reconstruction of the consumers.
+
+    Reads ``ctx.calibration`` (needed by every method but magnitude, and by reconstruction),
+    ``ctx.accuracy_budget`` and ``ctx.evaluation``; writes the report to the model's ``graphopt.pruning``
+    metadata (JSON). Not part of ``O1``/``O2``.
+
+    Raises:
+        InputError: bad options, a kind the model lacks, calibration data that is missing or does not fit.
+    """
+
+    Options = PruneOptions
+    requires = frozenset({"topo-sorted", "shapes-inferred"})
+    lossy = True
+
+    def run(self, model: ir.Model, ctx) -> PassResult:  # noqa: ANN001 - PassContext
+        from graphopt.calibrate.stats import StatsCache
+
+        cache = StatsCache.for_context(ctx, model) if ctx.calibration is not None else None
+        report = prune(model, self.options, ctx.calibration, evaluation=ctx.evaluation,
+                       budget=ctx.accuracy_budget or None, cache=cache)
+        if report.nothing:
+            log.info("prune: %s", report.nothing)
+        return PassResult(report.pruned > 0, {"groups pruned": report.pruned, "groups": len(report.groups),
+                                              "kept ratio": round(report.achieved, 4)})

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Run `graphopt optimize -p O1` on every model of a corpus folder and check the
 acceptance points of the core issue: onnx.checker full check, onnxruntime load,
-output signature unchanged, outputs within 1e-5 relative, node count not grown.
+output signature unchanged, outputs within 1e-5 relative, node count not grown,
+and the size on disk (model + external data) not grown by more than 1% (the
+folding growth rule of fold-constants; a shrink is reported, not failed).
 
 Usage::
 
-    python tools/check_corpus.py [DIR ...] [--pipeline O1] [--dim sequence=128]
+    python tools/check_corpus.py [DIR ...] [--pipeline O1] [--target ort] [--dim sequence=128] [--only NAME ...]
 
 DIR defaults to ``models/`` and ``~/.cache/graphopt/corpus``. Prints one row per
 model and exits 1 if any model fails a check.
@@ -31,11 +33,19 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("GRAPHOPT_CACHE", Path.home() / ".cache" / "graphopt" / "corpus"))
 
 
-def check(path: Path, pipeline: str, dims: list[str], out_dir: Path) -> dict:
+def disk_bytes(path: Path) -> int:
+    """Bytes of a model file plus the external-data files it names (each once)."""
+    model = onnx.load(str(path), load_external_data=False)
+    files = {t.external_data[i].value for t in model.graph.initializer for i in range(len(t.external_data))
+             if t.external_data[i].key == "location"}
+    return path.stat().st_size + sum((path.parent / f).stat().st_size for f in files)
+
+
+def check(path: Path, pipeline: str, dims: list[str], out_dir: Path, target: str = "ort") -> dict:
     """Optimize one model in a child process and check the result."""
     out = out_dir / f"{path.stem}.{pipeline}.onnx"
     cmd = [str(Path(sys.executable).parent / "graphopt"), "-q", "optimize", str(path), "-o", str(out),
-           "-p", pipeline, "--json", "--no-verify"]
+           "-p", pipeline, "--target", target, "--json", "--no-verify"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     row = {"model": path.name, "seconds": round(time.perf_counter() - start, 2), "ok": False}
@@ -44,6 +54,9 @@ def check(path: Path, pipeline: str, dims: list[str], out_dir: Path) -> dict:
         return row
     report = json.loads(proc.stdout)
     row["nodes"] = f"{report['before']['nodes']} -> {report['after']['nodes']}"
+    before, after = disk_bytes(path), disk_bytes(out)
+    row["size"] = f"{before} -> {after} ({(after - before) / before:+.2%})"
+    grown = after > before * 1.01
     onnx.checker.check_model(str(out), full_check=True)
     ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     sig = signature_differences(onnx.load(str(path), load_external_data=False), onnx.load(str(out), load_external_data=False))
@@ -51,9 +64,9 @@ def check(path: Path, pipeline: str, dims: list[str], out_dir: Path) -> dict:
     result = compare(path, out, dims=dim_map, rtol=1e-5, atol=1e-6)
     row.update(signature="same" if not sig else "; ".join(sig), max_rel=result.worst,
                cosine=min((o.cosine for o in result.outputs if o.cosine is not None), default=None))
-    row["ok"] = result.ok and not sig and report["after"]["nodes"] <= report["before"]["nodes"]
-    for suffix in ("", ".data"):
-        Path(str(out) + suffix).unlink(missing_ok=True)
+    row["ok"] = result.ok and not sig and report["after"]["nodes"] <= report["before"]["nodes"] and not grown
+    for f in out_dir.iterdir():
+        f.unlink()
     return row
 
 
@@ -61,19 +74,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("dirs", nargs="*", default=[str(ROOT / "models"), str(CACHE)])
     parser.add_argument("--pipeline", default="O1")
+    parser.add_argument("--target", default="ort")
     parser.add_argument("--dim", action="append", default=[])
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="only these files (stems)")
     args = parser.parse_args()
-    models = [p for d in args.dirs for p in sorted(Path(d).glob("*.onnx"))]
+    models = [p for d in args.dirs for p in sorted(Path(d).glob("*.onnx")) if not args.only or p.stem in args.only]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for path in models:
-            row = check(path, args.pipeline, args.dim, Path(tmp))
+            row = check(path, args.pipeline, args.dim, Path(tmp), args.target)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print("\n| model | nodes | max rel err | min cosine | signature | optimize s | ok |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| model | nodes | size on disk | max rel err | min cosine | signature | optimize s | ok |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r.get('nodes', '-')} | {r.get('max_rel', '-')} | {r.get('cosine', '-')} | "
+        print(f"| {r['model']} | {r.get('nodes', '-')} | {r.get('size', '-')} | {r.get('max_rel', '-')} | "
+              f"{r.get('cosine', '-')} | "
               f"{r.get('signature', r.get('error', '-'))} | {r['seconds']} | {'yes' if r['ok'] else 'NO'} |")
     return 0 if all(r["ok"] for r in rows) else 1
 

@@ -90,7 +90,12 @@ def search(model: ir.Model, prune_at: Callable[[ir.Model, float], None], budget:
     def score(ratio: float) -> float:
         if ratio not in scores:
             trial = ir.clone(model)
-            prune_at(trial, ratio)
+            try:
+                prune_at(trial, ratio)
+            except InputError as e:  # a ratio the chosen kinds cannot reach
+                log.info("prune budget: ratio %.2f unreachable: %s", ratio, e)
+                scores[ratio] = float("-inf")
+                return scores[ratio]
             scores[ratio] = float(metric(run_outputs(trial, batches), reference))
             log.info("prune budget: ratio %.2f -> %s %.6f", ratio, name, scores[ratio])
         return scores[ratio]

@@ -44,8 +44,10 @@ _ALIASES = {"head": "heads", "neurons": "ffn", "mlp": "ffn", "channel": "channel
 class PruneOptions:
     """Options of :class:`Prune` (``ratio`` or the context's accuracy budget)."""
 
-    ratio: float = field(default=0.0, metadata={"doc": "block FLOPs kept, in (0, 1): MatMul/Conv FLOPs of the "
-                                                       "groups' layers after / before; 0 or 1 prunes nothing"})
+    ratio: float = field(default=0.0, metadata={"doc": "block FLOPs kept, in (0, 1): MatMul/Conv FLOPs of every "
+                                                       "prunable group (heads, FFN, channels; kinds left out stay "
+                                                       "whole and still count) after / before; 0 or 1 prunes "
+                                                       "nothing"})
     kinds: tuple[str, ...] = field(default=(), metadata={"doc": "group kinds to prune: heads, ffn, channels "
                                                                 "(default: every one the model has)"})
     method: str = field(default="wanda", metadata={"doc": "unit importance: magnitude, wanda or flap"})
@@ -194,8 +196,11 @@ def prune(model: ir.Model, options: PruneOptions | None = None, calibration: Any
     if missing:
         raise InputError(f"the model has no {', '.join(missing)} group(s) to prune; it has: {', '.join(present)} "
                          f"(choose --kinds among them)")
-    plans, sites = build_plan(model, analysis, kinds or tuple(present), align=opts.align, tokens=opts.tokens)
-    plans = [p for p in plans if p.size > p.step]
+    all_plans, sites = build_plan(model, analysis, tuple(present), align=opts.align, tokens=opts.tokens)
+    selected = kinds or tuple(present)
+    plans = [p for p in all_plans if p.group.kind in selected and p.size > p.step]
+    total = sum(p.size * p.unit_flops for p in all_plans)
+    fixed = total - sum(p.size * p.unit_flops for p in plans)
     if not plans:
         report.nothing = f"nothing prunable: every group is at most {opts.align} units (align)"
         return report
@@ -217,7 +222,12 @@ def prune(model: ir.Model, options: PruneOptions | None = None, calibration: Any
         return memo
 
     def prune_at(target: ir.Model, ratio: float) -> tuple[dict[str, int], dict[str, list[int]], list[SiteRefit]]:
-        counts = allocate(plans, ratio, opts.allocation, curves)
+        # the ratio is of every prunable group's FLOPs (the blocks); kinds left out stay whole
+        share = (ratio * total - fixed) / (total - fixed)
+        if share <= 0:
+            raise InputError(f"pruning only {', '.join(selected)} cannot keep as little as {ratio:g} of the block "
+                             f"FLOPs (the other kinds hold {fixed / total:.3f} of them); raise the ratio or add kinds")
+        counts = allocate(plans, min(share, 1.0), opts.allocation, curves)
         keeps = keep_sets(plans, counts)
         if not keeps:
             return counts, keeps, []
@@ -232,7 +242,7 @@ def prune(model: ir.Model, options: PruneOptions | None = None, calibration: Any
                                evaluation if evaluation is not None else calibration)
         ratio = report.budget["ratio"]
     report.ratio = ratio
-    report.block_flops_before = sum(p.size * p.unit_flops for p in plans)
+    report.block_flops_before = total
     if ratio >= 1:
         counts: dict[str, int] = {}
         report.nothing = "the budget holds at no pruning ratio"
@@ -241,7 +251,7 @@ def prune(model: ir.Model, options: PruneOptions | None = None, calibration: Any
         counts, keeps, report.refits = prune_at(model, ratio)
     report.groups = [GroupReport(p.name, p.group.kind, p.size, counts.get(p.name, p.size), p.unit_flops)
                      for p in plans]
-    report.achieved = kept_ratio(plans, counts)
+    report.achieved = (fixed + kept_ratio(plans, counts) * (total - fixed)) / total if total else 1.0
     report.block_flops_after = report.achieved * report.block_flops_before
     if not keeps and not report.nothing:
         report.nothing = f"the allocation at ratio {ratio:g} keeps every unit (align {opts.align})"

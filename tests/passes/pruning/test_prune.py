@@ -177,3 +177,16 @@ def test_budget_search_holds_on_evaluation():
     b = report.budget
     assert b["ratio"] < 1.0 and b["score"] >= 0.99 and all(
         v < 0.99 for k, v in b["trials"].items() if float(k) < b["ratio"])
+
+
+def test_pipeline_spec_and_kinds_left_out_still_count():
+    from graphopt.passmanager import PassContext, PassManager, Pipeline
+
+    spec = "prune{ratio=0.8,method=magnitude,reconstruction=none,kinds=ffn}"
+    assert str(Pipeline.parse(spec).to_spec()) == spec
+    result = PassManager(Pipeline.parse(spec), PassContext(target="ort")).run(ir.load(MODELS / "bert_tiny_ts.onnx"))
+    stats = next(p for p in result.report.to_dict()["passes"] if p["name"] == "prune")["stats"]
+    assert stats["groups pruned"] == 2 and 0.75 < stats["kept ratio"] <= 0.8
+    with pytest.raises(InputError, match="cannot keep as little as 0.6"):
+        prune(ir.load(MODELS / "bert_tiny_ts.onnx"), PruneOptions(ratio=0.6, kinds=("ffn",), method="magnitude",
+                                                                  reconstruction="none"))

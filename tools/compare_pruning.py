@@ -1,0 +1,330 @@
+"""Structured pruning (``graphopt prune``) on all-MiniLM-L6-v2 (both torch exports), written to
+tools/benchmarks/pruning.md.
+
+For each export, kinds (heads + FFN; FFN only without magnitude), method (magnitude, wanda, flap; the dynamo
+export wanda only, for time), reconstruction (none, least-squares) and kept block-FLOP ratio (0.9 / 0.75 / 0.6 / 0.5): MatMul/Conv FLOPs and parameters (batch 1,
+sequence 128), quality on the 512 evaluation sentences (used neither for calibration nor for any search): rank
+fidelity and mean embedding cosine to the original. The sweep runs in one subprocess per export with one shared
+statistics cache (the statistics pass over the 256 calibration sentences runs once); the cold cost of one
+``graphopt prune`` run (time, peak RSS) is measured in its own subprocess. Latency: the pruned models after O2
+against the original after O2, interleaved by ``graphopt.bench``'s runner (ORT_ENABLE_ALL, 2 threads, 128 real
+tokens); the structure at one (kinds, ratio) is the same for every method with the uniform allocation, so one
+model per (kinds, ratio) is timed. The peer: onnxsim 0.8.1's structured (L2) and structured-Wanda pruning on the
+same models at the FFN sparsity of the same block ratio (its attention-head pruning matches only fused attention
+nodes, none in these exports). Stacked: prune -> O2 -> ``graphopt quantize`` (INT8) against INT8 alone.
+
+    .venv/bin/python tools/compare_pruning.py [--exports ts,dynamo] [--seconds 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path.home() / ".cache" / "graphopt"
+TEXT = CACHE / "text_minilm"
+MODELS = {"ts": CACHE / "corpus" / "minilm_l6_ts.onnx", "dynamo": CACHE / "corpus" / "minilm_l6_dynamo.onnx"}
+RATIOS = (0.9, 0.75, 0.6, 0.5)
+KINDS = {"heads+ffn": ("heads", "ffn"), "ffn": ("ffn",)}
+METHODS = ("magnitude", "wanda", "flap")
+RECONS = ("none", "least-squares")
+DIMS = {"batch": 1, "sequence": 128}
+
+
+def _data(split: str, proto, limit: int | None = None):  # noqa: ANN001, ANN202
+    from graphopt.calibrate.data import CalibrationData
+
+    return CalibrationData.from_path(TEXT / split, proto, limit=limit)
+
+
+def _outputs(path, batches: list[dict]) -> list[dict]:  # noqa: ANN001
+    from graphopt.passes.pruning.budget import run_outputs
+
+    return run_outputs(path, batches)
+
+
+def _quality(out: list[dict], ref: list[dict]) -> dict:
+    from graphopt.calibrate.metrics import rank_fidelity, sentence_embeddings
+
+    a, b = sentence_embeddings(ref), sentence_embeddings(out)
+    cos = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return {"rank_fidelity": rank_fidelity(out, ref), "cosine": float(cos.mean())}
+
+
+def _o2(src: Path, dst: Path) -> None:
+    from graphopt import ir
+    from graphopt.passmanager import PassContext, PassManager
+
+    result = PassManager("O2", PassContext(target="ort")).run(ir.load(src))
+    ir.save(result.model, dst)
+
+
+def _stats(model) -> dict:  # noqa: ANN001
+    from graphopt import ir
+    from graphopt.analysis.stats import model_stats
+
+    st = model_stats(ir.load(model) if isinstance(model, (str, Path)) else model, with_flops=True, dims=DIMS)
+    return {"params": st.parameters, "flops": st.flops}
+
+
+def worker(export: str, work: Path, methods: tuple[str, ...]) -> None:
+    """The sweep of one export (one process, one statistics cache)."""
+    from graphopt import ir
+    from graphopt.calibrate.stats import StatsCache
+    from graphopt.passes.pruning import PruneOptions, prune
+
+    src = MODELS[export]
+    proto = ir.load_proto(src)
+    calib = _data("calib", proto)
+    evaluation = list(_data("eval", proto))
+    ref = _outputs(str(src), evaluation)
+    cache = StatsCache()
+    rows = []
+    shapes: dict[tuple[str, float], dict] = {}  # FLOPs/params depend only on (kinds, ratio) with uniform allocation
+    for kname, kinds in KINDS.items():
+        for method in (methods if kname == "heads+ffn" else tuple(m for m in methods if m != "magnitude")):
+            for recon in RECONS:
+                for ratio in RATIOS:
+                    model = ir.load(src)
+                    t = time.perf_counter()
+                    rep = prune(model, PruneOptions(ratio=ratio, kinds=kinds, method=method, reconstruction=recon),
+                                calib, cache=cache)
+                    seconds = time.perf_counter() - t
+                    name = f"{export}_{kname}_{method}_{recon}_{ratio}"
+                    path = work / f"{name}.onnx"
+                    ir.save(model, path)
+                    q = _quality(_outputs(str(path), evaluation), ref)
+                    if (kname, ratio) not in shapes:
+                        shapes[kname, ratio] = _stats(model)
+                    rows.append({"export": export, "kinds": kname, "method": method, "recon": recon,
+                                 "ratio": ratio, "achieved": rep.achieved, "path": str(path), "seconds": seconds,
+                                 **shapes[kname, ratio], **q,
+                                 "kept": {g.name: g.kept for g in rep.groups}})
+                    print(json.dumps({k: v for k, v in rows[-1].items() if k != "kept"}), flush=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    (work / f"{export}.json").write_text(json.dumps({"rows": rows, "peak_rss_mb": peak,
+                                                     "original": _stats(src)}))
+
+
+def cold(export: str, work: Path) -> dict:
+    """One ``graphopt prune`` run (256 calibration sentences, wanda, least squares, heads + FFN, 0.6) in its own
+    subprocess: wall time and peak RSS."""
+    out = work / f"{export}_cold.onnx"
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "graphopt.cli.main", "-q", "prune", str(MODELS[export]), "-o", str(out),
+                    "--calib", str(TEXT / "calib"), "--ratio", "0.6"], check=True)
+    seconds = time.perf_counter() - t
+    return {"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
+def peer(export: str, work: Path, shares: dict[float, float]) -> list[dict]:
+    """onnxsim 0.8.1's structured (L2) and structured-Wanda pruning at the FFN sparsity of each block ratio."""
+    import onnx
+    import onnxsim
+
+    from graphopt import ir
+
+    proto = ir.load_proto(MODELS[export])
+    calib = [{k: v for k, v in b.items()} for b in list(_data("calib", proto, limit=64))]
+    evaluation = list(_data("eval", proto))
+    ref = _outputs(str(MODELS[export]), evaluation)
+    rows = []
+    for ratio, share in shares.items():
+        for name, fn in (("structured", lambda m, s: onnxsim.apply_structured_pruning(m, sparsity=s)),
+                         ("structured-wanda", lambda m, s: onnxsim.apply_structured_wanda_pruning(
+                             m, calibration_data=calib, sparsity=s))):
+            t = time.perf_counter()
+            row = {"export": export, "tool": f"onnxsim {name}", "ratio": ratio, "sparsity": 1 - share}
+            try:
+                out = fn(onnx.load(MODELS[export]), 1 - share)
+                row["seconds"] = time.perf_counter() - t
+                path = work / f"{export}_onnxsim_{name}_{ratio}.onnx"
+                onnx.save(out, path)
+                row.update(path=str(path), **_stats(path), **_quality(_outputs(str(path), evaluation), ref))
+            except Exception as e:  # noqa: BLE001 - a peer's failure is a result
+                row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def _latency_inputs(proto) -> dict:  # noqa: ANN001
+    """Sequence 128 of real tokens: evaluation sentences concatenated (CLS/SEP inside), batch 1."""
+    ids = []
+    for sample in _data("eval", proto):
+        ids.extend(sample["input_ids"][0].tolist())
+        if len(ids) >= 128:
+            break
+    ids = np.asarray(ids[:128], dtype=np.int64)[None, :]
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
+def latency(export: str, work: Path, paths: list[tuple[str, Path]], seconds: float) -> dict[str, float]:
+    """Latency ratio of each (label, model) after O2 vs the original after O2, reference + 3 per interleaved run."""
+    from graphopt import ir
+    from graphopt.bench.runner import benchmark
+
+    base = work / f"{export}_original_o2.onnx"
+    if not base.exists():
+        _o2(MODELS[export], base)
+    inputs = _latency_inputs(ir.load_proto(MODELS[export]))
+    feeds = {i.name for i in ir.load_proto(MODELS[export]).graph.input}
+    inputs = {k: v for k, v in inputs.items() if k in feeds}
+    done = {}
+    for i in range(0, len(paths), 3):
+        group = paths[i:i + 3]
+        o2s = []
+        for label, p in group:
+            dst = p if str(p).endswith("_o2.onnx") or "int8" in str(p) else p.with_name(p.stem + "_o2.onnx")
+            if not dst.exists():
+                _o2(p, dst)
+            o2s.append(dst)
+        report = benchmark([base, *o2s], inputs=inputs, threads=2, opt_level="all", warmup=10, seconds=seconds)
+        for (label, _), t in zip(group, report.models[1:]):
+            done[label] = t.ratio
+        print(export, [round(t.ratio, 3) for t in report.models], flush=True)
+    return done
+
+
+def stacked(export: str, work: Path, seconds: float) -> list[dict]:
+    """prune (wanda, least squares, heads + FFN, 0.6 and FFN-only 0.75) -> O2 -> INT8 quantize vs INT8 alone."""
+    from graphopt import ir
+
+    proto = ir.load_proto(MODELS[export])
+    evaluation = list(_data("eval", proto))
+    ref = _outputs(str(MODELS[export]), evaluation)
+    items = [("INT8 alone", MODELS[export])]
+    for kname, ratio in (("heads+ffn", 0.6), ("ffn", 0.75)):
+        src = work / f"{export}_{kname}_wanda_least-squares_{ratio}.onnx"
+        o2 = src.with_name(src.stem + "_o2.onnx")
+        if not o2.exists():
+            _o2(src, o2)
+        items.append((f"prune {kname} {ratio} -> O2 -> INT8", o2))
+    rows, paths = [], []
+    for label, src in items:
+        dst = work / f"{export}_{'stk' if 'prune' in label else 'orig'}_{len(paths)}_int8.onnx"
+        subprocess.run([sys.executable, "-m", "graphopt.cli.main", "-q", "quantize", str(src), "-o", str(dst),
+                        "--calib", str(TEXT / "calib"), "--calib-limit", "64"], check=True)
+        q = _quality(_outputs(str(dst), evaluation), ref)
+        rows.append({"label": label, "path": str(dst), **q})
+        paths.append((label, dst))
+    lat = latency(export, work, paths, seconds)
+    for r in rows:
+        r["latency_ratio"] = lat[r["label"]]
+    return rows
+
+
+def _fmt(v: float | None, d: int = 4) -> str:
+    return "" if v is None else f"{v:.{d}f}"
+
+
+def write(out: Path, command: str, data: dict) -> None:
+    lines = ["# Structured pruning (`graphopt prune`) on all-MiniLM-L6-v2", "",
+             f"Generated by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
+             f"(load average before/after: {data['load'][0]:.2f} / {os.getloadavg()[0]:.2f}).", "",
+             "`ratio`: kept share of the block FLOPs (the MatMul/Conv FLOPs of every attention head and FFN neuron, "
+             "attention's QK/AV at sequence 128 included); `kept`: after rounding (align 8 neurons, whole heads). "
+             "Calibration: the 256 calib sentences; quality: the 512 eval sentences (neither calibration nor any "
+             "search saw them): `RF` rank fidelity (Spearman over 1,000 sentence pairs of the cosine similarities), "
+             "`cos` mean embedding cosine to the original. `FLOPs`, `params`: whole model at batch 1, sequence 128. "
+             "`latency`: after O2 vs the original after O2, onnxruntime CPU, 2 threads, ORT_ENABLE_ALL, "
+             "interleaved (graphopt.bench), 128 real tokens; one model per (kinds, ratio) is timed since every "
+             "method gives the same shapes. `s`: pruning time with the statistics cached (the sweep shares one "
+             "statistics pass); the cold cost of one CLI run is below.", ""]
+    for export, block in data["exports"].items():
+        orig = block["original"]
+        lines += [f"## {export} export (original: {orig['flops'] / 1e9:.3f} GFLOPs, {orig['params'] / 1e6:.2f} M "
+                  "params)", "",
+                  "| kinds | method | reconstruction | ratio | kept | GFLOPs | params M | latency | RF | cos | s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in block["rows"]:
+            lat = block["latency"].get(f"{r['kinds']} {r['ratio']}")
+            lines.append(f"| {r['kinds']} | {r['method']} | {r['recon']} | {r['ratio']} | {r['achieved']:.3f} | "
+                         f"{r['flops'] / 1e9:.3f} | {r['params'] / 1e6:.2f} | {_fmt(lat, 3)} | "
+                         f"{_fmt(r['rank_fidelity'])} | {_fmt(r['cosine'])} | {r['seconds']:.1f} |")
+        c = block.get("cold")
+        if c:
+            lines += ["", f"Cold `graphopt prune` (256 calibration sentences, wanda, least squares, heads + FFN, "
+                      f"ratio 0.6), own subprocess: {c['seconds']:.1f} s wall, peak RSS {c['peak_rss_mb']:.0f} MB. "
+                      f"Sweep subprocess peak RSS {block['peak_rss_mb']:.0f} MB."]
+        if block.get("peer"):
+            lines += ["", "### Peer: onnxsim 0.8.1 (FFN sparsity giving the same block ratio)", "",
+                      "| tool | ratio | sparsity | GFLOPs | params M | latency | RF | cos | s | note |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
+            for r in block["peer"]:
+                lat = block["latency"].get(f"{r['tool']} {r['ratio']}")
+                if "error" in r:
+                    lines.append(f"| {r['tool']} | {r['ratio']} | {r['sparsity']:.3f} | | | | | | | {r['error']} |")
+                else:
+                    lines.append(f"| {r['tool']} | {r['ratio']} | {r['sparsity']:.3f} | {r['flops'] / 1e9:.3f} | "
+                                 f"{r['params'] / 1e6:.2f} | {_fmt(lat, 3)} | {_fmt(r['rank_fidelity'])} | "
+                                 f"{_fmt(r['cosine'])} | {r['seconds']:.1f} | |")
+        if block.get("stacked"):
+            lines += ["", "### Stacked: prune -> O2 -> INT8 (`graphopt quantize`, 64 calibration sentences) vs INT8 "
+                      "alone (one interleaved run; latency vs the original after O2)", "",
+                      "| model | latency | RF | cos |", "|---|---|---|---|"]
+            for r in block["stacked"]:
+                lines.append(f"| {r['label']} | {_fmt(r['latency_ratio'], 3)} | {_fmt(r['rank_fidelity'])} | "
+                             f"{_fmt(r['cosine'])} |")
+        lines.append("")
+    lines += data.get("notes", [])
+    out.write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", default="/tmp/graphopt_pruning_bench")
+    p.add_argument("--exports", default="ts,dynamo")
+    p.add_argument("--methods", default=",".join(METHODS), help="methods of the sweep (per export)")
+    p.add_argument("--dynamo-methods", default="wanda", help="methods of the dynamo export's sweep")
+    p.add_argument("--seconds", type=float, default=6.0, help="timed seconds per latency group")
+    p.add_argument("--worker", nargs=2, metavar=("EXPORT", "METHODS"), help=argparse.SUPPRESS)
+    p.add_argument("--no-peer", action="store_true")
+    p.add_argument("--out", default=str(ROOT / "tools" / "benchmarks" / "pruning.md"))
+    args = p.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.worker:
+        worker(args.worker[0], work, tuple(args.worker[1].split(",")))
+        return 0
+    load = os.getloadavg()
+    data = {"load": load, "exports": {}}
+    workers = [subprocess.Popen([sys.executable, __file__, "--work", str(work), "--worker", export,
+                                 args.methods if export == "ts" else args.dynamo_methods])
+               for export in args.exports.split(",")]
+    if any(w.wait() for w in workers):
+        raise SystemExit("a sweep worker failed")
+    for export in args.exports.split(","):
+        block = json.loads((work / f"{export}.json").read_text())
+        block["cold"] = cold(export, work)
+        labels = []
+        for kname in KINDS:
+            for ratio in RATIOS:
+                labels.append((f"{kname} {ratio}", work / f"{export}_{kname}_wanda_least-squares_{ratio}.onnx"))
+        if not args.no_peer:
+            fixed = {}
+            for ratio in RATIOS:  # the FFN share of the FFN-only rows at the same block ratio
+                r = next(x for x in block["rows"] if x["kinds"] == "ffn" and x["ratio"] == ratio)
+                ffn = [k for k in r["kept"] if k.endswith("ffn")]
+                fixed[ratio] = float(np.mean([r["kept"][k] / 1536 for k in ffn]))
+            block["peer"] = peer(export, work, fixed)
+            labels += [(f"{r['tool']} {r['ratio']}", Path(r["path"])) for r in block["peer"] if "path" in r]
+        block["latency"] = latency(export, work, labels, args.seconds)
+        block["stacked"] = stacked(export, work, args.seconds) if export == "ts" else []
+        data["exports"][export] = block
+        (work / "all.json").write_text(json.dumps(data, default=str))
+        write(Path(args.out), "python tools/compare_pruning.py " + " ".join(sys.argv[1:]), data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

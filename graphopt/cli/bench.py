@@ -73,6 +73,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.runs is not None and args.runs < 1:
         raise InputError("--runs must be at least 1")
+    if args.report:
+        from graphopt.report import check_report_path
+
+        check_report_path(args.report)
     for m in args.models:
         if not Path(m).is_file():
             raise InputError(f"model '{m}' does not exist; check the path")
@@ -89,12 +93,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
                                         opt_level=args.opt_level, top=args.top)
     if args.chart:
         _chart(report, Path(args.chart))
-    if args.json:
+    if args.json or args.report:  # one document for --json and --report
         doc = report.to_dict(samples=args.samples)
         if profiles:
             doc["profiles"] = {m: [p.__dict__ for p in ops] for m, ops in profiles.items()}
-        stdout.print_json(json.dumps(doc))
-        return 0
+        if args.report:
+            from graphopt.report import write_report
+
+            write_report(args.report, doc, kind="bench")
+        if args.json:
+            stdout.print_json(json.dumps(doc))
+            return 0
     table = Table(title=f"onnxruntime {report.provider}, {report.threads} threads, opt level {report.opt_level}, "
                         f"inputs {report.inputs}", show_edge=False)
     labels, folder = short_paths([m.path for m in report.models])
@@ -118,6 +127,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         stdout.print(prof)
     if args.chart:
         console.print(f"chart written to {args.chart}")
+    if args.report:
+        console.print(f"report written to {args.report}")
     return 0
 
 
@@ -136,5 +147,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--top", type=int, default=10, help="operators shown by --profile")
     p.add_argument("--chart", help="write a chart (.png or .html; needs matplotlib)")
     p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
+    p.add_argument("--report", metavar="FILE.html", help="also write a self-contained HTML report (latency, "
+                   "and with --profile the per-operator time of each model)")
     p.add_argument("--samples", action="store_true", help="include every timed run in --json")
     p.set_defaults(func=cmd_bench)

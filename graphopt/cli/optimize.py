@@ -145,6 +145,10 @@ def _report_table(before: Any, after: Any, result: Any, verify: Any, seconds: fl
 def cmd_optimize(args: argparse.Namespace) -> int:
     """Load, run the pipeline, save atomically (checked), verify, report."""
     start = time.perf_counter()
+    if args.report:
+        from graphopt.report import check_report_path
+
+        check_report_path(args.report)  # before any work: a bad --report path is exit 2 now
     pipeline = _pipeline(args)
     engine_options = _engine_options(args)  # before the pipeline: a missing TensorRT fails fast
     model = ir.load(args.input)  # the loader's checks first: they say best what is wrong with a file
@@ -192,7 +196,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         warn_unsupported(saved.path)
     seconds = time.perf_counter() - start
     verify = report_box.get("verify")
-    if args.json:
+    if args.json or args.report:  # one document for --json and --report
         doc = {
             "input": args.input, "output": str(saved.path), "pipeline": pipeline.to_spec(),
             "target": args.target, "seconds": seconds, "before": before.to_dict(), "after": after.to_dict(),
@@ -203,13 +207,20 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             "engine": None if build is None else {"path": str(build.engine), "sidecar": str(build.sidecar),
                                                   **build.info},
         }
-        stdout.print_json(json.dumps(doc, default=str))
-    elif not args.quiet:
+        if args.report:
+            from graphopt.report import write_report
+
+            write_report(args.report, doc, kind="optimize")
+        if args.json:
+            stdout.print_json(json.dumps(doc, default=str))
+    if not args.json and not args.quiet:
         sizes = (model_bytes(args.input), model_bytes(saved.path))
         stdout.print(_report_table(before, after, result, verify, seconds, sizes))
         stdout.print(f"wrote {saved.path}" + (f" (+ {saved.data_path.name})" if saved.data_path else ""))
         if build is not None:
             stdout.print(report_build(build))
+        if args.report:
+            stdout.print(f"report written to {args.report}")
     return 0
 
 
@@ -292,6 +303,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--dump-dir", help="write the model after each pass as NNN_<pass>.onnx/.txt here")
     p.add_argument("--keep-initializer-inputs", action="store_true", help="IR-3 models: keep the initializers listed among the graph inputs there (overridable, but neither graphopt nor onnxruntime folds them); by default they are dropped and the model is written as IR 4")
     p.add_argument("--reproducer-dir", help="where to write a reproducer if a pass crashes (default: temp dir)")
+    p.add_argument("--report", metavar="FILE.html", help="also write a self-contained HTML report (the --json "
+                   "document as tables and figures)")
     p.add_argument("--engine", metavar="OUT.engine", help=(
         "also build a TensorRT engine from the written model (needs --target tensorrt and TensorRT for RTX or "
         "TensorRT; sidecar OUT.engine.json)"))

@@ -14,6 +14,7 @@ from rich import filesize
 from rich.table import Table
 
 from graphopt import ir
+from graphopt.analysis import model_stats
 from graphopt.cli.common import Progress, add_dim_options, input_request, stdout, want_progress
 from graphopt.errors import InputError, PassError, SaveError, VerificationError
 from graphopt.passmanager import PROVIDERS, TARGETS, PassContext, PassManager, Pipeline, Reproducer
@@ -127,6 +128,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from graphopt.passes.quantization.report import accuracy_report
 
     start = time.perf_counter()
+    if args.report:
+        from graphopt.report import check_report_path
+
+        check_report_path(args.report)  # before any work: a bad --report path is exit 2 now
     budget = parse_budget(args.budget)
     spec = build_spec(args)
     pipeline = Pipeline.parse(spec)
@@ -140,6 +145,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if calibration is not None:
         _first(calibration, 1)  # a first sample that does not fit the model fails now, before the pipeline runs
     model = ir.load(args.input)
+    before = model_stats(model)
     instruments: list[Any] = [Reproducer(args.reproducer_dir)]
     if want_progress(args):
         instruments.append(Progress())
@@ -194,15 +200,20 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     report = box["report"]
     kept = record.get("kept_float", [])
     seconds = time.perf_counter() - start
+    doc = {"input": args.input, "output": str(saved.path), "pipeline": spec, "target": args.target, "seconds": seconds,
+           "kept_float": kept, "budget": box.get("budget"), "passes": result.report.to_dict()["passes"],
+           "before": before.to_dict(), "after": model_stats(result.model).to_dict(), **report.to_dict()}
+    if args.report:
+        from graphopt.report import write_report
+
+        write_report(args.report, doc, kind="quantize")
     if args.json:
-        stdout.print_json(json.dumps({"input": args.input, "output": str(saved.path), "pipeline": spec,
-                                      "target": args.target, "seconds": seconds, "kept_float": kept,
-                                      "budget": box.get("budget"),
-                                      "passes": result.report.to_dict()["passes"], **report.to_dict()},
-                                     default=str))
+        stdout.print_json(json.dumps(doc, default=str))
     elif not args.quiet:
         stdout.print(_table(report, kept, seconds))
         stdout.print(f"wrote {saved.path}" + (f" (+ {saved.data_path.name})" if saved.data_path else ""))
+        if args.report:
+            stdout.print(f"report written to {args.report}")
     return 0
 
 
@@ -346,4 +357,6 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--reproducer-dir", help="where to write a reproducer if a pass crashes")
     add_dim_options(p, inputs=False)  # --dim, --shape, --value of generated (--calib generate) inputs
     p.add_argument("--json", action="store_true", help="print a machine-readable report on stdout")
+    p.add_argument("--report", metavar="FILE.html", help="also write a self-contained HTML report (the --json "
+                   "document as tables and figures: per-layer SQNR, layers kept float, op histogram)")
     p.set_defaults(func=cmd_quantize)

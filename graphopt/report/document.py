@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from graphopt.errors import InputError, SaveError
+from graphopt.report import figures
 from graphopt.report import sections as sec
 from graphopt.report.html import Section, join_key, page
 
@@ -159,13 +160,19 @@ def _per_layer(doc: Mapping[str, Any]) -> list[Section]:
             keys=lambda i, f: join_key("sqnr_db", names[i]) if f == "sqnr_db" else "",
             note=f"{len(sqnr)} quantized layers; kept float: {', '.join(kept) or 'none'}. "
                  "SQNR = 10·log10(signal power / quantization noise power) of the layer's output, in dB.")
+        finite = {k: float(v) for k, v in sqnr.items() if math.isfinite(float(v))}
+        if finite:
+            section.body.insert(0, figures.grouped_barh(
+                {"SQNR (dB)": dict(zip(sec.short_labels(list(finite)), finite.values()))}, xlabel="SQNR (dB)",
+                title="SQNR per quantized layer (lower = more quantization noise)", alt="INT8 SQNR per layer",
+                top=40, ascending=True, width=8.0))
         out.append(section)
     groups = doc.get("groups")
     if isinstance(groups, list) and groups:
         out.append(sec.per_layer("pruning-layers", "Pruning per group", groups,
                                  [("group", "name", ""), ("kind", "kind", ""), ("size", "size", ""),
                                   ("kept", "kept", ""), ("unit FLOPs", "unit_flops", "")], "groups",
-                                 bars=("size", "kept", "units (heads / neurons / channels)"),
+                                 bars=("size", "kept", "kept / total units (heads, neurons, channels)"),
                                  note="kept of size units per coupled group"))
     layers = doc.get("layers")
     if isinstance(layers, list) and layers:
@@ -174,7 +181,7 @@ def _per_layer(doc: Mapping[str, Any]) -> list[Section]:
                                   ("full rank", "full_rank", ""), ("kept rank", "rank", ""),
                                   ("rel. error", "error", ""), ("params before", "params_before", ""),
                                   ("params after", "params_after", ""), ("left whole because", "reason", "")],
-                                 "layers", bars=("full_rank", "rank", "kept rank"), zero_is_whole=True,
+                                 "layers", bars=("full_rank", "rank", "kept rank / full rank"), zero_is_whole=True,
                                  note="kept rank 0 = left whole"))
     for i, t in enumerate(doc.get("layer_tables") or []):
         out.append(sec.per_layer(str(t.get("id", f"layers-{i}")), str(t.get("title", "Per layer")), t["rows"],

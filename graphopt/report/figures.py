@@ -45,21 +45,22 @@ def _unavailable(what: str, error: Exception) -> str:
 
 
 def grouped_barh(series: Mapping[str, Mapping[str, float]], *, xlabel: str, title: str, alt: str,
-                 top: int = 30, caption: str = "", width: float = 9.5) -> str:
+                 top: int = 30, caption: str = "", width: float = 9.5, ascending: bool = False) -> str:
     """Horizontal grouped bars: one group per category (keys of the inner
     maps, union over series), one bar per series (e.g. ``{"before": {"MatMul":
     12}, "after": {...}}``), categories ordered by their largest value, at
-    most ``top`` (the rest summed as ``(other N)``); ``width`` in inches (100
-    px each). Returns the ``<figure>``
+    most ``top`` (the rest summed as ``(other N)``; ``ascending``: smallest
+    first, the rest dropped); ``width`` in inches (100 px each). Returns the ``<figure>``
     HTML, or a note when matplotlib is missing."""
     try:
         fig = _figure(9.5, 2.0)
     except ImportError as e:
         return _unavailable(alt, e)
     names = list(series)
-    cats = sorted({c for s in series.values() for c in s}, key=lambda c: (-max(s.get(c, 0) for s in
-                                                                               series.values()), c))
-    rest = cats[top:]
+    sign = 1 if ascending else -1
+    cats = sorted({c for s in series.values() for c in s}, key=lambda c: (sign * max(s.get(c, 0) for s in
+                                                                                  series.values()), c))
+    rest = [] if ascending else cats[top:]
     cats = cats[:top]
     values = {n: [float(series[n].get(c, 0)) for c in cats] for n in names}
     if rest:

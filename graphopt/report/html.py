@@ -95,8 +95,9 @@ class Cell:
 
     def render(self) -> str:
         """The ``<td>`` (numbers right-aligned, with ``data-v``/``data-key``)."""
-        if self.v is None:
-            return f"<td>{esc(self.text)}</td>"
+        if self.v is None:  # long names may break after '/' (<wbr>), never inside a word
+            text = esc(self.text)
+            return f"<td>{text.replace('/', '/<wbr>') if len(self.text) > 32 else text}</td>"
         key = f' data-key="{esc(self.key)}"' if self.key else ""
         return f'<td class="num"{key} data-v="{esc(repr(self.v))}">{esc(self.text)}</td>'
 
@@ -160,13 +161,13 @@ table { border-collapse: collapse; margin: 6px 0 10px; font-size: 13px; }
 caption { text-align: left; font-weight: 600; padding: 4px 0; color: #333; }
 th { text-align: left; background: #eef1f6; padding: 4px 10px; border-bottom: 1px solid #cfd5df; white-space: nowrap; }
 td { padding: 3px 10px; border-bottom: 1px solid #eceff3; vertical-align: top; max-width: 560px;
-     overflow-wrap: anywhere; }
+     overflow-wrap: break-word; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr:hover td { background: #f7f9fc; }
 tr.chosen td { background: #fff4d6; font-weight: 600; }
 tr.fail td, td.fail { color: #b3261e; }
 td.ok { color: #1e7b34; }
-.scroll { max-height: 520px; overflow-y: auto; display: inline-block; border: 1px solid #eceff3; }
+.scroll { max-height: 760px; overflow-y: auto; display: inline-block; border: 1px solid #eceff3; }
 .scroll table { margin: 0; }
 .row { display: flex; flex-wrap: wrap; gap: 8px 28px; align-items: flex-start; }
 figure { margin: 8px 0 12px; }

@@ -8,12 +8,13 @@ report can be checked against the document (see :mod:`graphopt.report.html`).
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Mapping, Sequence
 
 from graphopt.report import figures
 from graphopt.report.html import Cell, Section, cell, esc, join_key, table
 
-__all__ = ["Column", "bench_latency", "frontier", "notes", "op_histogram", "passes", "per_layer", "profile",
+__all__ = ["Column", "bench_latency", "frontier", "notes", "op_histogram", "passes", "per_layer", "profile", "short_labels",
            "summary", "verification"]
 
 
@@ -28,7 +29,8 @@ def _change(before: Any, after: Any) -> Cell:
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (before, after)) or not before:
         return Cell("")
     ratio = after / before
-    return Cell(f"{ratio - 1:+.1%}", ratio)
+    pct = (ratio - 1) * 100
+    return Cell(f"{pct:+.1f}%" if pct == 0 or abs(pct) >= 0.1 else f"{pct:+.2g}%", ratio)
 
 
 def summary(rows: Sequence[tuple[str, Any, str, Any, str, str]], note: str = "") -> Section:
@@ -124,6 +126,19 @@ def verification(outputs: Sequence[Mapping[str, Any]], key: str, *, ok: bool | N
     return s
 
 
+def short_labels(names: Sequence[str], width: int = 44) -> list[str]:
+    """Figure labels for layer ``names``: the folder-like prefix they all share
+    (up to a ``/``) dropped, then at most ``width`` characters, cut at the
+    front with ``…``."""
+    prefix = os.path.commonprefix(list(names)) if len(names) > 1 else ""
+    cut = prefix.rfind("/") + 1
+    out = []
+    for name in names:
+        short = name[cut:] or name
+        out.append(short if len(short) <= width else "…" + short[-(width - 1):])
+    return out
+
+
 Column = tuple[str, str, str]
 """A per-layer column: ``(header, field of the row dict, unit)``."""
 
@@ -134,7 +149,7 @@ def per_layer(id: str, title: str, rows: Sequence[Mapping[str, Any]], columns: S
     """A per-layer table for a lossy pass: one row per layer dict in ``rows``
     (at ``key/<i>`` in the document), the ``columns`` given; rows whose
     ``highlight`` field is truthy are marked (e.g. layers kept float). With
-    ``bars = (total field, kept field, label)`` a figure of the kept share per
+    ``bars = (total field, kept field, figure title)`` a figure of the kept share per
     layer is drawn above the table (e.g. heads, neurons, rank;
     ``zero_is_whole``: a kept 0 means left whole, as factorize's rank). ``keys(i,
     field)`` overrides where a number cell says it comes from (default
@@ -146,10 +161,10 @@ def per_layer(id: str, title: str, rows: Sequence[Mapping[str, Any]], columns: S
     s = Section(id, title)
     if bars is not None and rows:
         total, kept, label = bars
-        labels = [str(r.get("name", i))[-48:] for i, r in enumerate(rows)]
+        labels = short_labels([str(r.get("name", i)) for i, r in enumerate(rows)])
         totals = [float(r.get(total) or 0) for r in rows]
         kepts = [float(r.get(kept) or (t if zero_is_whole else 0)) for r, t in zip(rows, totals)]
-        s.body.append(figures.kept_fraction(labels, totals, kepts, title=f"{label}: {kept} / {total}",
+        s.body.append(figures.kept_fraction(labels, totals, kepts, title=label,
                                             alt=f"{title}: share kept per layer"))
     body = []
     for i, r in enumerate(rows):

@@ -34,8 +34,8 @@ def test_every_section_present_in_order(page):
 
 def test_figures_embedded_as_png_data_uris(page):
     parsed = parse_report(page)
-    # op histogram, frontier, bench latency, pruning and low-rank bars, profile
-    assert len(parsed.images) == 6
+    # frontier, bench latency, op histogram, INT8 SQNR, pruning and low-rank bars, profile
+    assert len(parsed.images) == 7
     for src in parsed.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"

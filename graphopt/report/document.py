@@ -19,6 +19,8 @@ document keys               section
 ``layer_tables``            any further per-layer table: ``[{"id", "title",
                             "columns": [[header, field, unit]], "rows",
                             "highlight", "bars", "note"}]``
+``prune``, ``factorize``,   a compress document's steps: their documents'
+``quantize`` (nested)       per-layer tables, ids and keys prefixed
 ``frontier``                ``{"points": [{"latency_ms", "quality", "label",
                             ...}], "chosen": i, "x", "y", "xlabel",
                             "ylabel", "budget", "columns"}``
@@ -42,7 +44,7 @@ from graphopt.report import figures
 from graphopt.report import sections as sec
 from graphopt.report.html import Section, join_key, page
 
-__all__ = ["KINDS", "build_sections", "check_report_path", "render_report", "write_report"]
+__all__ = ["KINDS", "NESTED", "build_sections", "check_report_path", "jsonable", "render_report", "write_report"]
 
 KINDS = ("optimize", "quantize", "bench", "prune", "factorize", "compress")
 """Commands with a report; the kind only sets the title and the summary's
@@ -146,8 +148,13 @@ def _verification(doc: Mapping[str, Any]) -> Section | None:
     return None
 
 
-def _per_layer(doc: Mapping[str, Any]) -> list[Section]:
+def _per_layer(doc: Mapping[str, Any], prefix: str = "") -> list[Section]:
+    """The per-layer sections of ``doc``; ``prefix``: the key of ``doc`` inside
+    the whole document (a compress document nests ``prune``, ``factorize``
+    and ``quantize`` documents), which the cells' keys and section ids carry."""
     out = []
+    sid = (lambda name: f"{prefix}-{name}") if prefix else (lambda name: name)
+    head = f"{prefix}: " if prefix else ""
     sqnr = doc.get("sqnr_db")
     if isinstance(sqnr, Mapping) and (sqnr or doc.get("kept_float")):
         kept = list(doc.get("kept_float") or [])
@@ -155,9 +162,9 @@ def _per_layer(doc: Mapping[str, Any]) -> list[Section]:
         rows = [{"name": k, "sqnr_db": sqnr[k], "float": "kept float" if k in kept else "int8"} for k in names]
         rows += [{"name": k, "float": "kept float"} for k in kept if k not in sqnr]
         section = sec.per_layer(
-            "int8-layers", "INT8 per layer", rows,
-            [("layer", "name", ""), ("SQNR (dB)", "sqnr_db", ""), ("precision", "float", "")], "sqnr_db",
-            keys=lambda i, f: join_key("sqnr_db", names[i]) if f == "sqnr_db" else "",
+            sid("int8-layers"), head + "INT8 per layer", rows,
+            [("layer", "name", ""), ("SQNR (dB)", "sqnr_db", ""), ("precision", "float", "")], "",
+            keys=lambda i, f: join_key(prefix, "sqnr_db", names[i]) if f == "sqnr_db" else "",
             note=f"{len(sqnr)} quantized layers; kept float: {', '.join(kept) or 'none'}. "
                  "SQNR = 10·log10(signal power / quantization noise power) of the layer's output, in dB.")
         finite = {k: float(v) for k, v in sqnr.items() if math.isfinite(float(v))}
@@ -169,26 +176,35 @@ def _per_layer(doc: Mapping[str, Any]) -> list[Section]:
         out.append(section)
     groups = doc.get("groups")
     if isinstance(groups, list) and groups:
-        out.append(sec.per_layer("pruning-layers", "Pruning per group", groups,
+        out.append(sec.per_layer(sid("pruning-layers"), head + "Pruning per group", groups,
                                  [("group", "name", ""), ("kind", "kind", ""), ("size", "size", ""),
-                                  ("kept", "kept", ""), ("unit FLOPs", "unit_flops", "")], "groups",
+                                  ("kept", "kept", ""), ("unit FLOPs", "unit_flops", "")], join_key(prefix, "groups"),
                                  bars=("size", "kept", "kept / total units (heads, neurons, channels)"),
                                  note="kept of size units per coupled group"))
     layers = doc.get("layers")
     if isinstance(layers, list) and layers:
-        out.append(sec.per_layer("lowrank-layers", "Low-rank per layer", layers,
+        out.append(sec.per_layer(sid("lowrank-layers"), head + "Low-rank per layer", layers,
                                  [("layer", "name", ""), ("op", "kind", ""), ("K", "k", ""), ("N", "n", ""),
                                   ("full rank", "full_rank", ""), ("kept rank", "rank", ""),
                                   ("rel. error", "error", ""), ("params before", "params_before", ""),
                                   ("params after", "params_after", ""), ("left whole because", "reason", "")],
-                                 "layers", bars=("full_rank", "rank", "kept rank / full rank"), zero_is_whole=True,
-                                 note="kept rank 0 = left whole"))
+                                 join_key(prefix, "layers"), bars=("full_rank", "rank", "kept rank / full rank"),
+                                 zero_is_whole=True, note="kept rank 0 = left whole"))
     for i, t in enumerate(doc.get("layer_tables") or []):
-        out.append(sec.per_layer(str(t.get("id", f"layers-{i}")), str(t.get("title", "Per layer")), t["rows"],
-                                 [tuple(c) for c in t["columns"]], f"layer_tables/{i}/rows",
+        out.append(sec.per_layer(sid(str(t.get("id", f"layers-{i}"))), head + str(t.get("title", "Per layer")),
+                                 t["rows"], [tuple(c) for c in t["columns"]], join_key(prefix, "layer_tables", i, "rows"),
                                  highlight=t.get("highlight", ""), note=t.get("note", ""),
                                  bars=tuple(t["bars"]) if t.get("bars") else None))
+    if not prefix:
+        for name in NESTED:
+            if isinstance(doc.get(name), Mapping):
+                out.extend(_per_layer(doc[name], name))
     return out
+
+
+NESTED = ("prune", "factorize", "quantize")
+"""Keys under which a compress document may nest the documents of its steps;
+their per-layer tables are shown after the top level's."""
 
 
 def build_sections(doc: Mapping[str, Any], kind: str) -> list[Section]:
@@ -245,10 +261,10 @@ def render_report(doc: Mapping[str, Any], kind: str = "optimize", title: str | N
         title: the page title (default ``graphopt <kind>: <input name>``).
 
     Raises:
-        ValueError: an unknown ``kind``.
+        InputError: an unknown ``kind``.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown report kind {kind!r}; choose one of {', '.join(KINDS)}")
+        raise InputError(f"unknown report kind {kind!r}; choose one of {', '.join(KINDS)}")
     doc = jsonable(doc)
     name = doc.get("input") or ", ".join(Path(str(m.get("path"))).name for m in doc.get("models") or [])
     title = title or f"graphopt {kind}: {Path(str(name)).name if doc.get('input') else name}"
@@ -295,7 +311,7 @@ def write_report(path: str | os.PathLike, doc: Mapping[str, Any], kind: str = "o
         The path written.
 
     Raises:
-        ValueError: an unknown ``kind``.
+        InputError: an unknown ``kind``.
         SaveError: the file cannot be written (the OS error in the message).
     """
     path = Path(path)

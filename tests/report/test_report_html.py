@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report_docs import full_doc  # noqa: E402
 
-from graphopt.errors import SaveError  # noqa: E402
+from graphopt.errors import InputError, SaveError  # noqa: E402
 from graphopt.report import check_numbers, jsonable, parse_report, render_report, write_report  # noqa: E402
 
 ALL_SECTIONS = ["summary", "frontier", "latency", "verification", "ops", "int8-layers", "pruning-layers",
@@ -87,7 +87,7 @@ def test_sections_follow_the_document(tmp_path):
 
 
 def test_unknown_kind_refused(tmp_path):
-    with pytest.raises(ValueError, match="unknown report kind"):
+    with pytest.raises(InputError, match="unknown report kind"):
         write_report(tmp_path / "r.html", {}, kind="nope")
     assert list(tmp_path.iterdir()) == []
 
@@ -116,3 +116,14 @@ def test_written_file_and_json_roundtrip(tmp_path):
     text = out.read_text(encoding="utf-8")
     assert text.startswith("<!DOCTYPE html>") and oct(out.stat().st_mode & 0o777) != "0o600"
     assert parse_report(text).doc == json.loads(json.dumps(jsonable(full_doc()), allow_nan=False))
+
+
+def test_nested_step_documents_of_compress():
+    doc = {"prune": {"groups": [{"name": "l0/heads", "kind": "heads", "size": 4, "kept": 2, "unit_flops": 1.0}]},
+           "quantize": {"sqnr_db": {"/a/MatMul": 31.5}, "kept_float": ["/b/MatMul"]},
+           "factorize": {"layers": [{"name": "l0/fc", "kind": "MatMul", "k": 8, "n": 8, "full_rank": 8, "rank": 4}]}}
+    parsed = parse_report(render_report(doc, kind="compress"))
+    assert parsed.sections == ["prune-pruning-layers", "factorize-lowrank-layers", "quantize-int8-layers"]
+    assert {"prune/groups/0/kept", "factorize/layers/0/rank", "quantize/sqnr_db/~1a~1MatMul"} <= {k for k, _ in
+                                                                                                 parsed.cells}
+    assert check_numbers(parsed, doc) == []

@@ -207,6 +207,21 @@ NESTED = ("prune", "factorize", "quantize")
 their per-layer tables are shown after the top level's."""
 
 
+def short_paths(paths: list[str]) -> tuple[list[str], str]:
+    """Model paths without the folder they all share: ``(labels, folder)``,
+    the folder '' when there is none or one path (as ``graphopt bench``'s table
+    shows them)."""
+    if len(paths) < 2:
+        return list(paths), ""
+    try:
+        folder = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    except ValueError:  # different drives
+        return list(paths), ""
+    if folder in ("", os.sep):
+        return list(paths), ""
+    return [os.path.relpath(os.path.abspath(p), folder) for p in paths], folder
+
+
 def build_sections(doc: Mapping[str, Any], kind: str) -> list[Section]:
     """The report's sections for ``doc`` (a command's ``--json`` document, after
     :func:`jsonable`), in reading order; see the module doc for the keys."""
@@ -222,8 +237,6 @@ def build_sections(doc: Mapping[str, Any], kind: str) -> list[Section]:
                                 budget=frontier.get("budget"), columns=[tuple(c) for c in frontier.get("columns", [])]))
     models = doc.get("models")
     if isinstance(models, list) and models:
-        from graphopt.cli.bench import short_paths
-
         labels, folder = short_paths([str(m.get("path")) for m in models])
         load = [", ".join(f"{x:.2f}" for x in doc.get(k) or []) for k in ("load_before", "load_after")]
         inputs = ", ".join(f"{k} {v}" for k, v in (doc.get("inputs") or {}).items())
@@ -242,7 +255,8 @@ def build_sections(doc: Mapping[str, Any], kind: str) -> list[Section]:
         out.append(sec.passes(doc["passes"], "passes", changed_only=len(doc["passes"]) > 40))
     profiles = doc.get("profiles")
     if isinstance(profiles, Mapping) and profiles:
-        out.append(sec.profile(profiles, "profiles"))
+        paths = list(profiles)
+        out.append(sec.profile(profiles, "profiles", dict(zip(paths, short_paths(paths)[0]))))
     refused = doc.get("refused") or []
     skipped = doc.get("not_factorizable") or {}
     if refused or skipped:

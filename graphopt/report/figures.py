@@ -45,12 +45,13 @@ def _unavailable(what: str, error: Exception) -> str:
 
 
 def grouped_barh(series: Mapping[str, Mapping[str, float]], *, xlabel: str, title: str, alt: str,
-                 top: int = 30, caption: str = "", width: float = 9.5, ascending: bool = False) -> str:
+                 top: int = 30, caption: str = "", width: float = 9.5, ascending: bool = False,
+                 keep_order: bool = False) -> str:
     """Horizontal grouped bars: one group per category (keys of the inner
     maps, union over series), one bar per series (e.g. ``{"before": {"MatMul":
     12}, "after": {...}}``), categories ordered by their largest value, at
     most ``top`` (the rest summed as ``(other N)``; ``ascending``: smallest
-    first, the rest dropped); ``width`` in inches (100 px each). Returns the ``<figure>``
+    first, the rest dropped; ``keep_order``: the first series' key order); ``width`` in inches (100 px each). Returns the ``<figure>``
     HTML, or a note when matplotlib is missing."""
     try:
         fig = _figure(9.5, 2.0)
@@ -60,6 +61,8 @@ def grouped_barh(series: Mapping[str, Mapping[str, float]], *, xlabel: str, titl
     sign = 1 if ascending else -1
     cats = sorted({c for s in series.values() for c in s}, key=lambda c: (sign * max(s.get(c, 0) for s in
                                                                                   series.values()), c))
+    if keep_order:
+        cats = list(dict.fromkeys(c for s in series.values() for c in s))
     rest = [] if ascending else cats[top:]
     cats = cats[:top]
     values = {n: [float(series[n].get(c, 0)) for c in cats] for n in names}

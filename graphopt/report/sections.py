@@ -239,7 +239,7 @@ def bench_latency(models: Sequence[Mapping[str, Any]], key: str, labels: Sequenc
     s = Section("latency", "Latency")
     s.body.append(figures.grouped_barh({"median ms": {label: m["median_ms"] for label, m in zip(labels, models)}},
                                        xlabel="median latency (ms)", title="median latency per model",
-                                       alt="median latency per model"))
+                                       alt="median latency per model", keep_order=True))
     rows = [[Cell(label)] + [cell(m.get(f), _join(key, i, f) if m.get(f) is not None else "", u)
                              for _, f, u in cols] for i, (label, m) in enumerate(zip(labels, models))]
     s.body.append(table(["model"] + [h for h, _, _ in cols], rows))

@@ -14,6 +14,8 @@ same models at the FFN sparsity of the same block ratio (its attention-head prun
 nodes, none in these exports). Stacked: prune -> O2 -> ``graphopt quantize`` (INT8) against INT8 alone.
 
     .venv/bin/python tools/compare_pruning.py [--exports ts,dynamo] [--seconds 6]
+    .venv/bin/python tools/compare_pruning.py --extra      # allocation variants and the 0.8 ratio (ts)
+    .venv/bin/python tools/compare_pruning.py --rewrite "COMMAND" [--notes notes.md]   # the report from WORK
 """
 
 from __future__ import annotations
@@ -223,6 +225,35 @@ def stacked(export: str, work: Path, seconds: float) -> list[dict]:
     return rows
 
 
+def extra(work: Path) -> None:
+    """Allocation variants (error, global) and the 0.8 ratio on the ts export (wanda, least squares), to
+    WORK/extra.json."""
+    from graphopt import ir
+    from graphopt.calibrate.stats import StatsCache
+    from graphopt.passes.pruning import PruneOptions, prune
+
+    src = MODELS["ts"]
+    proto = ir.load_proto(src)
+    calib, evaluation = _data("calib", proto), list(_data("eval", proto))
+    ref = _outputs(str(src), evaluation)
+    cache, rows = StatsCache(), []
+    for kname, alloc, ratio in (("heads+ffn", "uniform", 0.8), ("ffn", "uniform", 0.8), ("heads+ffn", "error", 0.8),
+                                ("heads+ffn", "error", 0.6), ("heads+ffn", "error", 0.5),
+                                ("heads+ffn", "global", 0.6)):
+        model = ir.load(src)
+        t = time.perf_counter()
+        rep = prune(model, PruneOptions(ratio=ratio, kinds=KINDS[kname], method="wanda", allocation=alloc,
+                                        levels=12), calib, cache=cache)
+        seconds = time.perf_counter() - t
+        path = work / f"extra_{kname}_{alloc}_{ratio}.onnx"
+        ir.save(model, path)
+        rows.append({"kinds": kname, "allocation": alloc, "ratio": ratio, "achieved": rep.achieved,
+                     "seconds": seconds, "path": str(path), **_quality(_outputs(str(path), evaluation), ref),
+                     "kept": {g.name: g.kept for g in rep.groups}})
+        print(json.dumps(rows[-1]), flush=True)
+    (work / "extra.json").write_text(json.dumps(rows))
+
+
 def _fmt(v: float | None, d: int = 4) -> str:
     return "" if v is None else f"{v:.{d}f}"
 
@@ -276,8 +307,63 @@ def write(out: Path, command: str, data: dict) -> None:
                 lines.append(f"| {r['label']} | {_fmt(r['latency_ratio'], 3)} | {_fmt(r['rank_fidelity'])} | "
                              f"{_fmt(r['cosine'])} |")
         lines.append("")
-    lines += data.get("notes", [])
+    if data.get("extra"):
+        lines += ["## Allocation, and the 0.8 ratio (ts export, wanda, least squares; `tools/compare_pruning.py "
+                  "--extra`)", "",
+                  "`error`: kept counts by consumer output error per FLOP saved (12 levels per group); `global`: "
+                  "FLAP's standardized scores; `uniform` as above.", "",
+                  "| kinds | allocation | ratio | kept | RF | cos | s | kept heads / neurons per layer |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in data["extra"]:
+            kept = r["kept"]
+            per = " ".join(f"{kept.get(f'layer{i}.attn.heads', 12)}/{kept.get(f'layer{i}.ffn', 1536)}"
+                           for i in range(6))
+            lines.append(f"| {r['kinds']} | {r['allocation']} | {r['ratio']} | {r['achieved']:.3f} | "
+                         f"{r['rank_fidelity']:.4f} | {r['cosine']:.4f} | {r['seconds']:.1f} | {per} |")
+        lines.append("")
+    lines += targets(data) + data.get("notes", [])
     out.write_text("\n".join(lines) + "\n")
+
+
+def targets(data: dict) -> list[str]:
+    """The issue's targets, checked against the rows (which hold, with the numbers)."""
+    lines = ["## Targets", ""]
+    for export, block in data["exports"].items():
+        rows = block["rows"]
+        ls = [r for r in rows if r["recon"] == "least-squares"]
+        low = [r for r in ls if r["ratio"] <= 0.6]
+        if low:
+            best = max(low, key=lambda r: r["rank_fidelity"])
+            lat = block["latency"].get(f"{best['kinds']} {best['ratio']}")
+            ok = best["rank_fidelity"] >= 0.95 and best["cosine"] >= 0.95 and lat is not None and lat <= 0.65
+            lines.append(f"- {export}: <= 0.6 of the block FLOPs at <= 0.65 latency with RF >= 0.95 and cos >= 0.95: "
+                         f"{'holds' if ok else 'does NOT hold'}; best at <= 0.6: {best['kinds']} {best['method']} "
+                         f"ratio {best['ratio']}: RF {best['rank_fidelity']:.4f}, cos {best['cosine']:.4f}, latency "
+                         f"{_fmt(lat, 3)}.")
+        mid = [r for r in ls if r["ratio"] == 0.75]
+        if mid:
+            best = max(mid, key=lambda r: r["rank_fidelity"])
+            lines.append(f"- {export}: RF >= 0.985 at 0.8 of the FLOPs: the sweep has 0.75 and 0.9; best at 0.75: "
+                         f"{best['kinds']} {best['method']} RF {best['rank_fidelity']:.4f} "
+                         f"({'holds even there' if best['rank_fidelity'] >= 0.985 else 'below 0.985'}).")
+        misses = []
+        for r in rows:
+            if r["recon"] != "none":
+                continue
+            twin = next((x for x in ls if all(x[k] == r[k] for k in ("kinds", "method", "ratio"))), None)
+            if twin is not None and twin["rank_fidelity"] <= r["rank_fidelity"]:
+                misses.append(f"{r['kinds']} {r['method']} {r['ratio']}")
+        n = sum(1 for r in rows if r["recon"] == "none")
+        lines.append(f"- {export}: least squares beats no reconstruction (RF) in {n - len(misses)} of {n} "
+                     "(kinds, method, ratio) cells" + (f"; not in: {', '.join(misses)}" if misses else "") + ".")
+        c = block.get("cold")
+        if c:
+            ok = c["seconds"] < 120 and c["peak_rss_mb"] < 2048
+            lines.append(f"- {export}: one `graphopt prune` with 256 calibration sentences: {c['seconds']:.1f} s, "
+                         f"{c['peak_rss_mb']:.0f} MB peak RSS ({'holds' if ok else 'does NOT hold'}: < 120 s, "
+                         "< 2 GB).")
+    lines.append("")
+    return lines
 
 
 def main() -> int:
@@ -289,10 +375,25 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=6.0, help="timed seconds per latency group")
     p.add_argument("--worker", nargs=2, metavar=("EXPORT", "METHODS"), help=argparse.SUPPRESS)
     p.add_argument("--no-peer", action="store_true")
+    p.add_argument("--extra", action="store_true", help="only the allocation / 0.8 rows (WORK/extra.json)")
+    p.add_argument("--notes", metavar="FILE", help="with --rewrite: markdown lines appended to the report")
+    p.add_argument("--rewrite", metavar="COMMAND", help="rewrite the report from WORK/all.json (the command it "
+                   "names as the generating one)")
     p.add_argument("--out", default=str(ROOT / "tools" / "benchmarks" / "pruning.md"))
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.extra:
+        extra(work)
+        return 0
+    if args.rewrite:
+        data = json.loads((work / "all.json").read_text())
+        if (work / "extra.json").exists():
+            data["extra"] = json.loads((work / "extra.json").read_text())
+        if args.notes:
+            data["notes"] = Path(args.notes).read_text().splitlines()
+        write(Path(args.out), args.rewrite, data)
+        return 0
     if args.worker:
         worker(args.worker[0], work, tuple(args.worker[1].split(",")))
         return 0

@@ -264,6 +264,15 @@ def apply_plan(model: ir.Model, plan: Plan, chosen: list[int], opts: FactorizeOp
                                                 chosen):
         rep = LayerReport(**asdict(base))
         report.layers.append(rep)
+        if rank and plan.guard is not None and not plan.guard.faster(layer.k, layer.n, rank):
+            # The bisection measured only some ranks: the chosen one is measured too, and a noisy or non-monotone
+            # slower reading steps down to the next allowed rank measured faster (fewer parameters, never more).
+            lower = [r for r in plan.allowed[plan.layers.index(layer)] if r < rank]
+            rank = next((r for r in reversed(lower) if plan.guard.faster(layer.k, layer.n, r)), 0)
+            if not rank:
+                rep.reason = "slower at the allocated rank and every rank below it (speed guard)"
+                report.skipped_for_speed.append(layer.name)
+                continue
         if not rank:
             rep.reason = rep.reason or "the allocation kept it whole"
             continue

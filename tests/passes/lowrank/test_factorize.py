@@ -218,3 +218,17 @@ def test_pass_in_a_pipeline_and_budget():
                        timing=lambda *a: 0.5)
     assert report.budget["metric"] == "cosine" and report.budget["score"] >= 0.999
     assert report.budget["params"] < 1.0 and report.factorized >= 1
+
+
+def test_speed_guard_checks_the_allocated_rank_itself():
+    """The bisection measures a few ranks (32, 48, 56 of 8..56 here); a rank it skipped that reads slower
+    steps down to a faster one, or leaves the layer whole."""
+    proto = _mlp(128, 128)
+    calib = _calib(proto, "x", [_correlated(4, 128, s) for s in range(4)])
+    model = ir.from_proto(proto)
+    report = factorize(model, FactorizeOptions(rank=40), calib, timing=lambda m, k, n, r: 1.5 if r == 40 else 0.5)
+    assert [r.rank for r in report.layers] == [32, 32]
+    assert all(r.speed_ratio == 0.5 for r in report.layers)
+    model = ir.from_proto(proto)
+    report = factorize(model, FactorizeOptions(rank=24), calib, timing=lambda m, k, n, r: 1.5 if r <= 24 else 0.5)
+    assert report.factorized == 0 and report.skipped_for_speed == ["h", "y"]

@@ -36,7 +36,6 @@ DEFAULT_CACHE = Path(os.environ.get("GRAPHOPT_LOWRANK_SPEED", Path.home() / ".ca
 
 
 def _model(m: int, k: int, n: int, ranks: Sequence[int]):  # noqa: ANN202 - onnx.ModelProto
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from graphopt import ir
-from graphopt.calibrate.reconstruct import bias_compensation, output_error, refit_kept
+from graphopt.calibrate.reconstruct import bias_compensation, refit_kept, solve_ridge
 from graphopt.errors import InputError
 from graphopt.passes.pruning.plan import GroupPlan, Site, rows_to_weight, weight_rows
 
@@ -192,19 +192,23 @@ def error_curve(plan: GroupPlan, sites: Mapping[str, Site], stats: Mapping[str, 
         if not site.pointwise:
             rows = rows.reshape(rows.shape[0], -1)
         centered = site.bias is not None and reconstruction != "none"
-        prepared.append((idx, rows, _centered(st) if centered else st.gram, site.pointwise))
+        g = _centered(st) if centered else st.gram
+        gw = g @ rows  # G W once per site: the right-hand sides of every level are its rows
+        prepared.append((idx, rows, g, gw, float(np.sum(rows * gw)), site.pointwise))
     for k in counts:
         keep_units = np.sort(order[:k])
         total = 0.0
         if not prepared:
             total = float(np.sum(np.asarray(plan.scores)[order[k:]]))
-        for idx, rows, g, pointwise in prepared:
+        for idx, rows, g, gw, energy, pointwise in prepared:
             gone = np.setdiff1d(np.arange(plan.size), keep_units)
             removed = idx[gone].reshape(-1)
             keep = np.setdiff1d(np.arange(rows.shape[0]), removed)
             if reconstruction == "least-squares" and pointwise and removed.size:
-                fit = refit_kept(g, keep, rows, ridge=ridge, where=plan.name)
-                total += output_error(g[np.ix_(keep, keep)], g[keep, :], g, rows, fit.weight)
+                # ||X_S W' - X W||^2 = tr(W'^T G_SS W') - 2 tr(W'^T (G W)_S) + tr(W^T G W), W' the ridge solution
+                g_ss = g[np.ix_(keep, keep)]
+                w_new = solve_ridge(g_ss, gw[keep], ridge, where=plan.name)[0]
+                total += float(np.sum(w_new * (g_ss @ w_new)) - 2.0 * np.sum(w_new * gw[keep]) + energy)
             elif removed.size:
                 w_r = rows[removed]
                 total += float(np.sum(w_r * (g[np.ix_(removed, removed)] @ w_r)))

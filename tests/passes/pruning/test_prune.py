@@ -190,3 +190,33 @@ def test_pipeline_spec_and_kinds_left_out_still_count():
     with pytest.raises(InputError, match="cannot keep as little as 0.6"):
         prune(ir.load(MODELS / "bert_tiny_ts.onnx"), PruneOptions(ratio=0.6, kinds=("ffn",), method="magnitude",
                                                                   reconstruction="none"))
+
+
+def test_error_curve_matches_output_error():
+    from graphopt.calibrate.reconstruct import output_error, refit_kept
+    from graphopt.calibrate.stats import ChannelStats
+    from graphopt.passes.pruning.plan import Site
+    from graphopt.passes.pruning.refit import error_curve
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((200, 3)) @ rng.standard_normal((3, H))  # rank 3: correlated channels
+    x += 0.01 * rng.standard_normal(x.shape)
+    st = ChannelStats("r", -1)
+    st.update(x, gram=True)
+    st.finish()
+    w = rng.standard_normal((H, D))
+    site = Site("mm", "MatMul", "w2", 1, 0, "r", -1, None, True, H, w)
+    plan = _plan("ffn", H, 2.0 * D, 1, np.arange(H)[::-1])
+    plan.rows = {"mm": np.arange(H)[:, None]}
+    counts = [8, 5, 3, 1]
+    got = error_curve(plan, {"mm": site}, {"r": st}, counts, "least-squares", 1e-6)
+    g = st.gram
+    for k, e in zip(counts, got):
+        keep = np.arange(k)
+        fit = refit_kept(g, keep, w, ridge=1e-6)
+        assert e == pytest.approx(max(output_error(g[np.ix_(keep, keep)], g[keep], g, w, fit.weight), 0.0),
+                                  rel=1e-6, abs=1e-6 * float(np.sum(w * (g @ w))))
+    assert got[0] == pytest.approx(0.0, abs=1e-9 * float(np.sum(w * (g @ w)))) and got[-1] > got[1]
+    none = error_curve(plan, {"mm": site}, {"r": st}, [5], "none", 0.0)[0]
+    removed = np.arange(5, H)
+    assert none == pytest.approx(float(np.sum(w[removed] * (g[np.ix_(removed, removed)] @ w[removed]))))

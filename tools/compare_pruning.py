@@ -343,8 +343,15 @@ def targets(data: dict) -> list[str]:
                          f"{'holds' if ok else 'does NOT hold'}; best at <= 0.6: {best['kinds']} {best['method']} "
                          f"ratio {best['ratio']}: RF {best['rank_fidelity']:.4f}, cos {best['cosine']:.4f}, latency "
                          f"{_fmt(lat, 3)}.")
+        at8 = [r for r in data.get("extra", []) if r["ratio"] == 0.8] if export == "ts" else []
+        if at8:
+            best = max(at8, key=lambda r: r["rank_fidelity"])
+            lines.append(f"- {export}: RF >= 0.985 at 0.8 of the FLOPs: "
+                         f"{'holds' if best['rank_fidelity'] >= 0.985 else 'does NOT hold'}; best at 0.8 (allocation "
+                         f"rows): {best['kinds']} {best['allocation']} RF {best['rank_fidelity']:.4f}, cos "
+                         f"{best['cosine']:.4f}.")
         mid = [r for r in ls if r["ratio"] == 0.75]
-        if mid:
+        if mid and not at8:
             best = max(mid, key=lambda r: r["rank_fidelity"])
             lines.append(f"- {export}: RF >= 0.985 at 0.8 of the FLOPs: the sweep has 0.75 and 0.9; best at 0.75: "
                          f"{best['kinds']} {best['method']} RF {best['rank_fidelity']:.4f} "

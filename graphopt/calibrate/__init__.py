@@ -14,12 +14,16 @@ recomputes them.
   compensation (pruning, low-rank).
 - :mod:`graphopt.calibrate.importance`: magnitude, Wanda, FLAP fluctuation and
   Block Influence scores, per-layer standardization.
+- :mod:`graphopt.calibrate.report`: :func:`accuracy_report`, a lossy model's
+  per-output error, cosine and argmax agreement against its original on
+  evaluation (else calibration) batches, and file sizes.
 """
 
 from graphopt.calibrate.data import CalibrationData, check_sample, signature_proto, track
 from graphopt.calibrate.metrics import METRICS, Metric, argmax_agreement, output_cosine, rank_fidelity
+from graphopt.calibrate.report import OutputAccuracy, QuantReport, accuracy_report, model_bytes
 from graphopt.calibrate.stats import ChannelStats, PairCosine, StatRequest, StatsCache, collect_cosines, collect_stats
 
 __all__ = ["CalibrationData", "check_sample", "signature_proto", "track", "METRICS", "Metric", "argmax_agreement",
            "output_cosine", "rank_fidelity", "ChannelStats", "PairCosine", "StatRequest", "StatsCache",
-           "collect_cosines", "collect_stats"]
+           "collect_cosines", "collect_stats", "OutputAccuracy", "QuantReport", "accuracy_report", "model_bytes"]

@@ -17,6 +17,7 @@ from rich.table import Table
 
 from graphopt import ir
 from graphopt.cli.common import add_dim_options, input_request, stdout, want_progress
+from graphopt.cli.lossy import calibration_data, evaluation_batches, first_batches, generated_data
 from graphopt.errors import InputError, VerificationError
 
 __all__ = ["add_parsers", "parse_budget", "tokens_of"]
@@ -81,22 +82,21 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def cmd_factorize(args: argparse.Namespace) -> int:
     """Load, check options and data, factorize, validate, write atomically, report."""
-    from graphopt.cli.quantize import _calibration, _first, _generated
     from graphopt.passes.lowrank.factorize import FactorizeOptions, factorize
 
     start = time.perf_counter()
+    if args.report:
+        from graphopt.report import check_report_path
+
+        check_report_path(args.report)  # before any work: a bad --report path is exit 2 now
     budget = parse_budget(args.budget)
     _check_args(args)
     proto = ir.load_proto(args.input)  # LoadError (exit 2) for a missing or unreadable file
     args.request = input_request(args, proto)
-    calibration = _calibration(args, proto) if args.calib is not None else None
+    calibration = calibration_data(args, proto)
     if calibration is not None:
-        _first(calibration, 1)  # a first sample that does not fit the model fails now (exit 2), nothing written
-    evaluation = None
-    if args.eval:
-        from graphopt.calibrate.data import CalibrationData
-
-        evaluation = _first(CalibrationData.from_path(args.eval, proto, batch_size=args.batch_size), REPORT_BATCHES)
+        first_batches(calibration, 1)  # a first sample that does not fit fails now (exit 2), nothing written
+    evaluation = evaluation_batches(args, proto, REPORT_BATCHES)
     options = FactorizeOptions(method=args.method, refit=args.refit, params=args.params or 0.0,
                                energy=args.energy or 0.0, rank=args.rank or 0, align=args.align,
                                speed_guard=not args.no_speed_guard, tokens=tokens_of(args), threads=args.threads,
@@ -108,12 +108,16 @@ def cmd_factorize(args: argparse.Namespace) -> int:
         b = report.budget
         raise VerificationError(f"even the mildest factorization misses the budget {b['metric']} >= {b['threshold']} "
                                 f"(best {b['score']:.6f}); nothing was written")
-    batches = evaluation if evaluation is not None else (
-        _first(calibration, REPORT_BATCHES) if calibration is not None else _first(_generated(args, proto, 2, 1000), 2))
+    if evaluation is not None:
+        batches = evaluation
+    elif calibration is not None:
+        batches = first_batches(calibration, REPORT_BATCHES)
+    else:
+        batches = first_batches(generated_data(args, proto, 2, 1000), 2)
     box: dict[str, Any] = {}
 
     def validated(path: Any) -> None:
-        from graphopt.passes.quantization.report import accuracy_report
+        from graphopt.calibrate.report import accuracy_report
 
         box["accuracy"] = accuracy_report(args.input, path, batches)
         box["rank_fidelity"] = _rank_fidelity(args.input, str(path), batches)
@@ -125,11 +129,17 @@ def cmd_factorize(args: argparse.Namespace) -> int:
            "accuracy": {"data": "evaluation" if evaluation is not None else "calibration", "batches": len(batches),
                         "cosine": accuracy.cosine, "rank_fidelity": box["rank_fidelity"],
                         "outputs": [o.__dict__ for o in accuracy.outputs]}}
+    if args.report:
+        from graphopt.report import write_report
+
+        write_report(args.report, doc, kind="factorize")
     if args.json:
         stdout.print_json(json.dumps(doc, default=str))
     elif not args.quiet:
         stdout.print(_table(report, doc["accuracy"], seconds))
         stdout.print(f"wrote {saved.path}")
+        if args.report:
+            stdout.print(f"report written to {args.report}")
     return 0
 
 
@@ -207,4 +217,6 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--exclude-nodes", nargs="+", metavar="GLOB", help="node-name glob patterns left whole")
     add_dim_options(p, inputs=False)
     p.add_argument("--json", action="store_true", help="print a machine-readable report on stdout")
+    p.add_argument("--report", metavar="FILE.html", help="also write a self-contained HTML report (the --json "
+                   "document as tables and figures: full and kept rank per layer, accuracy per output)")
     p.set_defaults(func=cmd_factorize)

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from graphopt import ir
 from graphopt.cli.common import add_dim_options, input_request, stdout, want_progress
+from graphopt.cli.lossy import calibration_data, evaluation_batches, first_batches, generated_data
 from graphopt.errors import InputError, VerificationError
 
 __all__ = ["add_parsers", "parse_budget"]
@@ -75,10 +76,13 @@ def _flops(model: Any, dims: dict[str, int] | None) -> tuple[int, int]:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """Load, check options and data, prune, validate, write atomically, report."""
-    from graphopt.cli.quantize import _calibration, _first, _generated
     from graphopt.passes.pruning.prune import PruneOptions, prune
 
     start = time.perf_counter()
+    if args.report:
+        from graphopt.report import check_report_path
+
+        check_report_path(args.report)  # before any work: a bad --report path is exit 2 now
     budget = parse_budget(args.budget)
     _check_args(args)
     kinds = tuple(k for k in (args.kinds or "").split(",") if k.strip())
@@ -87,14 +91,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
                            tokens=args.tokens, mask=args.mask or "")
     proto = ir.load_proto(args.input)  # LoadError (exit 2) for a missing or unreadable file
     args.request = input_request(args, proto)
-    calibration = _calibration(args, proto) if args.calib is not None else None
+    calibration = calibration_data(args, proto)
     if calibration is not None:
-        _first(calibration, 1)  # a first sample that does not fit the model fails now (exit 2), nothing written
-    evaluation = None
-    if args.eval:
-        from graphopt.calibrate.data import CalibrationData
-
-        evaluation = _first(CalibrationData.from_path(args.eval, proto, batch_size=args.batch_size), REPORT_BATCHES)
+        first_batches(calibration, 1)  # a first sample that does not fit fails now (exit 2), nothing written
+    evaluation = evaluation_batches(args, proto, REPORT_BATCHES)
     model = ir.load(args.input)
     dims = getattr(args.request, "dims", None) or None
     params0, flops0 = _flops(model, dims)
@@ -103,12 +103,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
         b = report.budget
         raise VerificationError(f"even the mildest pruning misses the budget {b['metric']} >= {b['threshold']} "
                                 f"(best {b['score']:.6f}); nothing was written")
-    batches = evaluation if evaluation is not None else (
-        _first(calibration, 64) if calibration is not None else _first(_generated(args, proto, 2, 1000), 2))
+    if evaluation is not None:
+        batches = evaluation
+    elif calibration is not None:
+        batches = first_batches(calibration, 64)
+    else:
+        batches = first_batches(generated_data(args, proto, 2, 1000), 2)
     box: dict[str, Any] = {}
 
     def validated(path: Any) -> None:
-        from graphopt.passes.quantization.report import accuracy_report
+        from graphopt.calibrate.report import accuracy_report
 
         box["accuracy"] = accuracy_report(args.input, path, batches)
         box["rank_fidelity"] = _rank_fidelity(args.input, str(path), batches)
@@ -122,11 +126,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
            "accuracy": {"data": "evaluation" if evaluation is not None else "calibration", "batches": len(batches),
                         "cosine": accuracy.cosine, "rank_fidelity": box["rank_fidelity"],
                         "outputs": [o.__dict__ for o in accuracy.outputs]}}
+    if args.report:
+        from graphopt.report import write_report
+
+        write_report(args.report, doc, kind="prune")
     if args.json:
         stdout.print_json(json.dumps(doc, default=str))
     elif not args.quiet:
         stdout.print(_table(report, doc))
         stdout.print(f"wrote {saved.path}" + (" (unchanged)" if report.nothing else ""))
+        if args.report:
+            stdout.print(f"report written to {args.report}")
     return 0
 
 
@@ -210,4 +220,7 @@ def add_parsers(sub: Any) -> None:
                    "(e.g. attention_mask, for padded calibration data)")
     add_dim_options(p, inputs=False)
     p.add_argument("--json", action="store_true", help="print a machine-readable report on stdout")
+    p.add_argument("--report", metavar="FILE.html", help="also write a self-contained HTML report (the --json "
+                   "document as tables and figures: kept/total heads, neurons and channels per group, accuracy "
+                   "per output)")
     p.set_defaults(func=cmd_prune)

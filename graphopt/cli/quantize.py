@@ -16,6 +16,7 @@ from rich.table import Table
 from graphopt import ir
 from graphopt.analysis import model_stats
 from graphopt.cli.common import Progress, add_dim_options, input_request, stdout, want_progress
+from graphopt.cli.lossy import calibration_data, evaluation_batches, first_batches, generated_data
 from graphopt.errors import InputError, PassError, SaveError, VerificationError
 from graphopt.passmanager import PROVIDERS, TARGETS, PassContext, PassManager, Pipeline, Reproducer
 from graphopt.passmanager.pipeline import INT8_FUSION
@@ -89,43 +90,12 @@ def _needs_calibration(spec: str) -> bool:
     return bool(names & {"qdq", "int8"}) or "method=gptq" in spec
 
 
-def _calibration(args: argparse.Namespace, proto: onnx.ModelProto) -> Any:
-    from graphopt.calibrate.data import CalibrationData
-
-    if args.calib is None:
-        return None
-    if args.calib == "generate":
-        return _generated(args, proto, args.calib_count, 0)
-    return CalibrationData.from_path(args.calib, proto, batch_size=args.batch_size, limit=args.calib_limit)
-
-
-def _generated(args: argparse.Namespace, proto: onnx.ModelProto, count: int, seed: int) -> Any:
-    """``count`` synthetic samples (seeds ``seed``, ``seed + 1``, ...) at sizes
-    the float model runs on: the defaults and ``--dim`` as
-    ``CalibrationData.generated`` draws them, or, with ``--shape``/``--value``
-    or when the defaults do not run, the sizes
-    :func:`graphopt.verify.feed.runnable_inputs` found.
-
-    Raises:
-        InputError: the float model runs on no generated input (the message
-            names --shape, --value).
-    """
-    from graphopt.calibrate.data import CalibrationData
-    from graphopt.verify.feed import runnable_inputs
-
-    request = args.request
-    feed = runnable_inputs(args.input, request, seed=seed)
-    if feed.grow is None and not request.shapes and not request.values:
-        return CalibrationData.generated(proto, count=count, seed=seed, dims=request.dims)
-    return CalibrationData.from_arrays([feed.sample(seed + i) for i in range(count)], proto)
-
-
 def cmd_quantize(args: argparse.Namespace) -> int:
     """Load, calibrate, run the quantization pipeline, save atomically after the
     output passes onnx.checker, loads and runs in onnxruntime, and the accuracy
     check; exit 1 when the result misses ``--budget``, exit 3 (with a reproducer
     folder) when the output fails onnx.checker or onnxruntime refuses it."""
-    from graphopt.passes.quantization.report import accuracy_report
+    from graphopt.calibrate.report import accuracy_report
 
     start = time.perf_counter()
     if args.report:
@@ -141,9 +111,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                          "(synthetic inputs, as graphopt verify makes them: ranges fit real data less well)")
     proto = ir.load_proto(args.input)  # a LoadError (exit 2) for a missing, unreadable or non-ONNX file
     args.request = input_request(args, proto)  # --dim/--shape/--value checked before anything runs
-    calibration = _calibration(args, proto)
+    calibration = calibration_data(args, proto)
     if calibration is not None:
-        _first(calibration, 1)  # a first sample that does not fit the model fails now, before the pipeline runs
+        first_batches(calibration, 1)  # a first sample that does not fit the model fails now, before the pipeline runs
     model = ir.load(args.input)
     before = model_stats(model)
     instruments: list[Any] = [Reproducer(args.reproducer_dir)]
@@ -154,7 +124,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     config["opset.upgrade"] = args.opset if args.opset is not None else 13
     if args.provider is not None:
         config["ort.provider"] = args.provider
-    evaluation = _evaluation(args, proto) if budget else None
+    evaluation = evaluation_batches(args, proto, REPORT_BATCHES) if budget else None
     ctx = PassContext(target=args.target, config=config, calibration=calibration, accuracy_budget=budget,
                       evaluation=evaluation, instruments=instruments)
     result = PassManager(pipeline, ctx).run(model)
@@ -266,33 +236,11 @@ def _defect(what: str, error: BaseException, args: argparse.Namespace, spec: str
 
 
 def _report_batches(calibration: Any, proto: onnx.ModelProto, args: argparse.Namespace) -> list[dict]:
-    from graphopt.calibrate.data import CalibrationData
-
+    """The batches the accuracy report compares on: --eval, else the calibration data, else two generated."""
     if args.eval:
-        data = CalibrationData.from_path(args.eval, proto, batch_size=args.batch_size)
-    elif calibration is not None:
-        data = calibration
-    else:
-        data = _generated(args, proto, 2, 1000)
-    return _first(data, REPORT_BATCHES)
-
-
-def _evaluation(args: argparse.Namespace, proto: onnx.ModelProto) -> list[dict] | None:
-    """The --eval batches the budget is searched and checked on (None without --eval)."""
-    from graphopt.calibrate.data import CalibrationData
-
-    if not args.eval:
-        return None
-    return _first(CalibrationData.from_path(args.eval, proto, batch_size=args.batch_size), REPORT_BATCHES)
-
-
-def _first(data: Any, count: int) -> list[dict]:
-    batches = []
-    for batch in data:
-        batches.append(batch)
-        if len(batches) == count:
-            break
-    return batches
+        return evaluation_batches(args, proto, REPORT_BATCHES)
+    data = calibration if calibration is not None else generated_data(args, proto, 2, 1000)
+    return first_batches(data, REPORT_BATCHES)
 
 
 def _table(report: Any, kept: list[str], seconds: float) -> Table:

@@ -137,3 +137,23 @@ def test_factored_model_goes_through_o2_and_quantize(files, tmp_path, capsys):
         assert inits[f"{name}_scale"].shape == (inits[f"{name}_quantized"].shape[1],), name
     x = np.random.default_rng(5).standard_normal((1, 8, K)).astype(np.float32)
     ort.InferenceSession(str(quantized), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+
+def test_report_equals_json_and_bad_report_path(files, tmp_path, capsys):
+    from graphopt.report import check_numbers, parse_report
+
+    model, calib, evaluation = files
+    report = tmp_path / "factorize.html"
+    code, stdout, stderr = run_cli(capsys, "factorize", model, "-o", tmp_path / "f.onnx", "--calib", calib, "--eval",
+                                   evaluation, "--params", "0.5", "--no-speed-guard", "--report", report, "--json")
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    parsed = parse_report(report.read_text(encoding="utf-8"))
+    assert check_numbers(parsed, doc) == [] and parsed.doc == json.loads(json.dumps(doc))
+    keys = {k for k, _ in parsed.cells}
+    assert {"accuracy/cosine", "accuracy/outputs/0/cosine", "layers/0/rank"} <= keys
+    out = tmp_path / "o.onnx"
+    code, _, stderr = run_cli(capsys, "factorize", model, "-o", out, "--calib", calib, "--params", "0.5",
+                              "--no-speed-guard", "--report", tmp_path)
+    assert code == 2 and "is a folder" in flat(stderr)
+    assert not out.exists()

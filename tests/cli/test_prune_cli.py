@@ -104,3 +104,23 @@ def test_budget_and_miss(tmp_path, capsys):
     code, _, stderr = run_cli(capsys, "prune", model, "-o", tmp_path / "miss.onnx", "--calib", calib, "--eval", ev,
                               "--budget", "cosine=1.0", "--reconstruct", "none", "--align", "1")
     assert code == 1 and "misses the budget" in flat(stderr) and not (tmp_path / "miss.onnx").exists()
+
+
+def test_report_equals_json_and_bad_report_path(tmp_path, capsys):
+    from graphopt.report import check_numbers, parse_report
+
+    model, calib, ev = _mlp(tmp_path / "m.onnx"), _data(tmp_path / "c", 8, 0), _data(tmp_path / "e", 4, 1)
+    report = tmp_path / "prune.html"
+    code, stdout, stderr = run_cli(capsys, "prune", model, "-o", tmp_path / "p.onnx", "--calib", calib, "--eval", ev,
+                                   "--ratio", "0.5", "--report", report, "--json")
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    parsed = parse_report(report.read_text(encoding="utf-8"))
+    assert check_numbers(parsed, doc) == [] and parsed.doc == json.loads(json.dumps(doc))
+    keys = {k for k, _ in parsed.cells}
+    assert {"params_before", "params_after", "accuracy/cosine", "accuracy/outputs/0/cosine", "groups/0/kept"} <= keys
+    out = tmp_path / "o.onnx"
+    code, _, stderr = run_cli(capsys, "prune", model, "-o", out, "--calib", calib, "--ratio", "0.5",
+                              "--report", tmp_path / "missing" / "r.html")
+    assert code == 2 and "does not exist" in flat(stderr)
+    assert not out.exists() and not (tmp_path / "missing").exists()

@@ -57,7 +57,8 @@ def check(path: Path, pipeline: str, dims: list[str], out_dir: Path, target: str
     before, after = disk_bytes(path), disk_bytes(out)
     row["size"] = f"{before} -> {after} ({(after - before) / before:+.2%})"
     grown = after > before * 1.01
-    onnx.checker.check_model(str(out), full_check=True)
+    if target != "ort":  # ort outputs may hold onnxruntime's default-domain contrib ops onnx.checker lacks
+        onnx.checker.check_model(str(out), full_check=True)
     ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     sig = signature_differences(onnx.load(str(path), load_external_data=False), onnx.load(str(out), load_external_data=False))
     from graphopt.verify.inputs import model_dim_names

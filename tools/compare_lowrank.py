@@ -24,52 +24,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchmarks_common import MODELS, latency_inputs as _latency_inputs  # noqa: E402
+from benchmarks_common import o2 as _o2, outputs as _outputs, quality, split_data, stats as _stats  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHE = Path.home() / ".cache" / "graphopt"
-TEXT = CACHE / "text_minilm"
-MODELS = {"ts": CACHE / "corpus" / "minilm_l6_ts.onnx", "dynamo": CACHE / "corpus" / "minilm_l6_dynamo.onnx"}
 RATIOS = (0.9, 0.8, 0.7, 0.6)
 METHODS = ("svd", "asvd", "svd-llm")
 REFITS = ("none", "least-squares")
-DIMS = {"batch": 1, "sequence": 128}
-
-
-def _data(split: str, proto):  # noqa: ANN001, ANN202
-    from graphopt.calibrate.data import CalibrationData
-
-    return CalibrationData.from_path(TEXT / split, proto)
-
-
-def _outputs(path: str, batches: list[dict]) -> list[dict]:
-    from graphopt.passes.lowrank.budget import run_outputs
-
-    return run_outputs(path, batches)
-
-
-def _quality(out: list[dict], ref: list[dict]) -> dict:
-    from graphopt.calibrate.metrics import rank_fidelity, sentence_embeddings
-
-    a, b = sentence_embeddings(ref), sentence_embeddings(out)
-    cos = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    return {"rank_fidelity": rank_fidelity(out, ref), "cosine": float(cos.mean()), "cosine_min": float(cos.min())}
-
-
-def _o2(src: Path, dst: Path) -> None:
-    from graphopt import ir
-    from graphopt.passmanager import PassContext, PassManager
-
-    result = PassManager("O2", PassContext(target="ort")).run(ir.load(src))
-    ir.save(result.model, dst)
-
-
-def _stats(path: Path) -> dict:
-    from graphopt import ir
-    from graphopt.analysis.stats import model_stats
-
-    st = model_stats(ir.load(path), with_flops=True, dims=DIMS)
-    return {"params": st.parameters, "flops": st.flops}
 
 
 def worker(export: str, method: str, work: Path) -> None:
@@ -78,11 +41,7 @@ def worker(export: str, method: str, work: Path) -> None:
     from graphopt.calibrate.stats import StatsCache
     from graphopt.passes.lowrank import FactorizeOptions, factorize
 
-    src = MODELS[export]
-    proto = ir.load_proto(src)
-    calib = _data("calib", proto)
-    evaluation = list(_data("eval", proto))
-    ref = _outputs(str(src), evaluation)
+    src, _, calib, evaluation, ref = split_data(export)
     cache = StatsCache()
     t0 = time.perf_counter()
     # Prime the statistics (one pass over the calibration sentences), timed on their own.
@@ -99,7 +58,7 @@ def worker(export: str, method: str, work: Path) -> None:
             raw, opt = work / f"{name}.onnx", work / f"{name}_o2.onnx"
             ir.save(model, raw)
             _o2(raw, opt)
-            q = _quality(_outputs(str(opt), evaluation), ref)
+            q = quality(_outputs(str(opt), evaluation), ref, with_min=True)
             rows.append({"export": export, "method": method, "refit": refit, "ratio": ratio, "path": str(opt),
                          "factorized": rep.factorized, "layers": len(rep.layers),
                          "skipped_for_speed": len(rep.skipped_for_speed),
@@ -111,17 +70,6 @@ def worker(export: str, method: str, work: Path) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     (work / f"{export}_{method}.json").write_text(json.dumps({"rows": rows, "stats_seconds": stats_s,
                                                               "peak_rss_mb": peak}))
-
-
-def _latency_inputs(proto) -> dict:  # noqa: ANN001
-    """Sequence 128 of real tokens: evaluation sentences concatenated (CLS/SEP inside), batch 1."""
-    ids = []
-    for sample in _data("eval", proto):
-        ids.extend(sample["input_ids"][0].tolist())
-        if len(ids) >= 128:
-            break
-    ids = np.asarray(ids[:128], dtype=np.int64)[None, :]
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
 
 
 def latency(work: Path, rows: list[dict], seconds: float) -> None:

@@ -31,51 +31,16 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchmarks_common import MODELS, TEXT, data as _data, latency_inputs as _latency_inputs  # noqa: E402
+from benchmarks_common import o2 as _o2, outputs as _outputs, quality, split_data, stats as _stats  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-CACHE = Path.home() / ".cache" / "graphopt"
-TEXT = CACHE / "text_minilm"
-MODELS = {"ts": CACHE / "corpus" / "minilm_l6_ts.onnx", "dynamo": CACHE / "corpus" / "minilm_l6_dynamo.onnx"}
 RATIOS = (0.9, 0.75, 0.6, 0.5)
 KINDS = {"heads+ffn": ("heads", "ffn"), "ffn": ("ffn",)}
 METHODS = ("magnitude", "wanda", "flap")
 RECONS = ("none", "least-squares")
-DIMS = {"batch": 1, "sequence": 128}
-
-
-def _data(split: str, proto, limit: int | None = None):  # noqa: ANN001, ANN202
-    from graphopt.calibrate.data import CalibrationData
-
-    return CalibrationData.from_path(TEXT / split, proto, limit=limit)
-
-
-def _outputs(path, batches: list[dict]) -> list[dict]:  # noqa: ANN001
-    from graphopt.passes.pruning.budget import run_outputs
-
-    return run_outputs(path, batches)
-
-
-def _quality(out: list[dict], ref: list[dict]) -> dict:
-    from graphopt.calibrate.metrics import rank_fidelity, sentence_embeddings
-
-    a, b = sentence_embeddings(ref), sentence_embeddings(out)
-    cos = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    return {"rank_fidelity": rank_fidelity(out, ref), "cosine": float(cos.mean())}
-
-
-def _o2(src: Path, dst: Path) -> None:
-    from graphopt import ir
-    from graphopt.passmanager import PassContext, PassManager
-
-    result = PassManager("O2", PassContext(target="ort")).run(ir.load(src))
-    ir.save(result.model, dst)
-
-
-def _stats(model) -> dict:  # noqa: ANN001
-    from graphopt import ir
-    from graphopt.analysis.stats import model_stats
-
-    st = model_stats(ir.load(model) if isinstance(model, (str, Path)) else model, with_flops=True, dims=DIMS)
-    return {"params": st.parameters, "flops": st.flops}
 
 
 def worker(export: str, work: Path, methods: tuple[str, ...]) -> None:
@@ -84,11 +49,7 @@ def worker(export: str, work: Path, methods: tuple[str, ...]) -> None:
     from graphopt.calibrate.stats import StatsCache
     from graphopt.passes.pruning import PruneOptions, prune
 
-    src = MODELS[export]
-    proto = ir.load_proto(src)
-    calib = _data("calib", proto)
-    evaluation = list(_data("eval", proto))
-    ref = _outputs(str(src), evaluation)
+    src, _, calib, evaluation, ref = split_data(export)
     cache = StatsCache()
     rows = []
     shapes: dict[tuple[str, float], dict] = {}  # FLOPs/params depend only on (kinds, ratio) with uniform allocation
@@ -104,7 +65,7 @@ def worker(export: str, work: Path, methods: tuple[str, ...]) -> None:
                     name = f"{export}_{kname}_{method}_{recon}_{ratio}"
                     path = work / f"{name}.onnx"
                     ir.save(model, path)
-                    q = _quality(_outputs(str(path), evaluation), ref)
+                    q = quality(_outputs(str(path), evaluation), ref)
                     if (kname, ratio) not in shapes:
                         shapes[kname, ratio] = _stats(model)
                     rows.append({"export": export, "kinds": kname, "method": method, "recon": recon,
@@ -154,23 +115,12 @@ def peer(export: str, work: Path, shares: dict[float, float]) -> list[dict]:
                 row["seconds"] = time.perf_counter() - t
                 path = work / f"{export}_onnxsim_{name}_{ratio}.onnx"
                 onnx.save(out, path)
-                row.update(path=str(path), **_stats(path), **_quality(_outputs(str(path), evaluation), ref))
+                row.update(path=str(path), **_stats(path), **quality(_outputs(str(path), evaluation), ref))
             except Exception as e:  # noqa: BLE001 - a peer's failure is a result
                 row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
-
-
-def _latency_inputs(proto) -> dict:  # noqa: ANN001
-    """Sequence 128 of real tokens: evaluation sentences concatenated (CLS/SEP inside), batch 1."""
-    ids = []
-    for sample in _data("eval", proto):
-        ids.extend(sample["input_ids"][0].tolist())
-        if len(ids) >= 128:
-            break
-    ids = np.asarray(ids[:128], dtype=np.int64)[None, :]
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
 
 
 def latency(export: str, work: Path, paths: list[tuple[str, Path]], seconds: float) -> dict[str, float]:
@@ -219,7 +169,7 @@ def stacked(export: str, work: Path, seconds: float) -> list[dict]:
         dst = work / f"{export}_{'stk' if 'prune' in label else 'orig'}_{len(paths)}_int8.onnx"
         subprocess.run([sys.executable, "-m", "graphopt.cli.main", "-q", "quantize", str(src), "-o", str(dst),
                         "--calib", str(TEXT / "calib"), "--calib-limit", "64"], check=True)
-        q = _quality(_outputs(str(dst), evaluation), ref)
+        q = quality(_outputs(str(dst), evaluation), ref)
         rows.append({"label": label, "path": str(dst), **q})
         paths.append((label, dst))
     lat = latency(export, work, paths, seconds)
@@ -251,7 +201,7 @@ def extra(work: Path) -> None:
         path = work / f"extra_{kname}_{alloc}_{ratio}.onnx"
         ir.save(model, path)
         rows.append({"kinds": kname, "allocation": alloc, "ratio": ratio, "achieved": rep.achieved,
-                     "seconds": seconds, "path": str(path), **_quality(_outputs(str(path), evaluation), ref),
+                     "seconds": seconds, "path": str(path), **quality(_outputs(str(path), evaluation), ref),
                      "kept": {g.name: g.kept for g in rep.groups}})
         print(json.dumps(rows[-1]), flush=True)
     (work / "extra.json").write_text(json.dumps(rows))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from graphopt.bench import benchmark, profile_model
 from graphopt.bench.runner import OPT_LEVELS
 from graphopt.cli.common import add_dim_options, console, input_request, stdout
 from graphopt.errors import BackendUnavailableError, InputError
+from graphopt.report.document import short_paths
 
 __all__ = ["add_parsers"]
 
@@ -50,21 +50,6 @@ def _chart(report: Any, path: Path) -> None:
     else:
         fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def short_paths(paths: list[str]) -> tuple[list[str], str]:
-    """Model paths without the folder they share, so that rows differ in
-    what they show at 80 columns: ``(labels, shared folder)``; the folder is
-    "" when they share none or there is one model."""
-    if len(paths) < 2:
-        return list(paths), ""
-    try:
-        folder = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
-    except ValueError:  # different drives
-        return list(paths), ""
-    if folder in ("", os.sep):
-        return list(paths), ""
-    return [os.path.relpath(os.path.abspath(p), folder) for p in paths], folder
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

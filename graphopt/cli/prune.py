@@ -11,16 +11,15 @@ is written unchanged (exit 0) and the report says so.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
 
 from rich.table import Table
 
 from graphopt import ir
-from graphopt.cli.common import add_dim_options, input_request, stdout, want_progress
-from graphopt.cli.lossy import calibration_data, evaluation_batches, first_batches, generated_data
-from graphopt.errors import InputError, VerificationError
+from graphopt.cli import lossy
+from graphopt.cli.common import add_dim_options, want_progress
+from graphopt.errors import InputError
 
 __all__ = ["add_parsers", "parse_budget"]
 
@@ -30,24 +29,8 @@ REPORT_BATCHES = 512
 
 def parse_budget(text: str | None) -> dict[str, float] | None:
     """``"rank-fidelity=0.98"`` -> ``{"rank-fidelity": 0.98}``; any metric of
-    :data:`graphopt.calibrate.metrics.METRICS` (cosine, argmax, rank-fidelity).
-
-    Raises:
-        InputError: an unknown metric, or a value outside (0, 1].
-    """
-    from graphopt.calibrate.metrics import METRICS
-
-    if not text:
-        return None
-    key, sep, value = text.partition("=")
-    try:
-        number = float(value)
-    except ValueError:
-        number = -1.0
-    if key.strip() not in METRICS or not sep or not 0.0 < number <= 1.0:
-        raise InputError(f"--budget expects METRIC=VALUE with METRIC one of {', '.join(METRICS)} and 0 < VALUE <= 1 "
-                         f"(e.g. --budget rank-fidelity=0.98), got {text!r}")
-    return {key.strip(): number}
+    :data:`graphopt.calibrate.metrics.METRICS` (see :func:`graphopt.cli.lossy.parse_budget`)."""
+    return lossy.parse_budget(text, example="rank-fidelity=0.98")
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -79,10 +62,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from graphopt.passes.pruning.prune import PruneOptions, prune
 
     start = time.perf_counter()
-    if args.report:
-        from graphopt.report import check_report_path
-
-        check_report_path(args.report)  # before any work: a bad --report path is exit 2 now
+    lossy.check_report(args)
     budget = parse_budget(args.budget)
     _check_args(args)
     kinds = tuple(k for k in (args.kinds or "").split(",") if k.strip())
@@ -90,65 +70,23 @@ def cmd_prune(args: argparse.Namespace) -> int:
                            align=args.align, reconstruction=args.reconstruct, ridge=args.ridge,
                            tokens=args.tokens, mask=args.mask or "")
     proto = ir.load_proto(args.input)  # LoadError (exit 2) for a missing or unreadable file
-    args.request = input_request(args, proto)
-    calibration = calibration_data(args, proto)
-    if calibration is not None:
-        first_batches(calibration, 1)  # a first sample that does not fit fails now (exit 2), nothing written
-    evaluation = evaluation_batches(args, proto, REPORT_BATCHES)
+    calibration = lossy.read_calibration(args, proto)
+    evaluation = lossy.evaluation_batches(args, proto, REPORT_BATCHES)
     model = ir.load(args.input)
     dims = getattr(args.request, "dims", None) or None
     params0, flops0 = _flops(model, dims)
     report = prune(model, options, calibration, evaluation=evaluation, budget=budget, progress=want_progress(args))
-    if report.budget is not None and report.budget["ratio"] >= 1.0:
-        b = report.budget
-        raise VerificationError(f"even the mildest pruning misses the budget {b['metric']} >= {b['threshold']} "
-                                f"(best {b['score']:.6f}); nothing was written")
-    if evaluation is not None:
-        batches = evaluation
-    elif calibration is not None:
-        batches = first_batches(calibration, 64)
-    else:
-        batches = first_batches(generated_data(args, proto, 2, 1000), 2)
-    box: dict[str, Any] = {}
-
-    def validated(path: Any) -> None:
-        from graphopt.calibrate.report import accuracy_report
-
-        box["accuracy"] = accuracy_report(args.input, path, batches)
-        box["rank_fidelity"] = _rank_fidelity(args.input, str(path), batches)
-
-    saved = ir.save(model, args.output, check=True, validate=validated)
+    lossy.check_budget_met(report.budget, "ratio", "pruning")
+    batches = lossy.report_batches(args, proto, calibration, evaluation, 64)
+    saved, accuracy, rank_fidelity = lossy.save_checked(model, args, batches)
     params1, flops1 = _flops(model, dims)
     seconds = time.perf_counter() - start
-    accuracy = box["accuracy"]
     doc = {"input": args.input, "output": str(saved.path), "seconds": seconds, **report.to_dict(),
            "params_before": params0, "params_after": params1, "flops_before": flops0, "flops_after": flops1,
-           "accuracy": {"data": "evaluation" if evaluation is not None else "calibration", "batches": len(batches),
-                        "cosine": accuracy.cosine, "rank_fidelity": box["rank_fidelity"],
-                        "outputs": [o.__dict__ for o in accuracy.outputs]}}
-    if args.report:
-        from graphopt.report import write_report
-
-        write_report(args.report, doc, kind="prune")
-    if args.json:
-        stdout.print_json(json.dumps(doc, default=str))
-    elif not args.quiet:
-        stdout.print(_table(report, doc))
-        stdout.print(f"wrote {saved.path}" + (" (unchanged)" if report.nothing else ""))
-        if args.report:
-            stdout.print(f"report written to {args.report}")
+           "accuracy": lossy.accuracy_doc(accuracy, rank_fidelity, evaluation, batches)}
+    lossy.show_result(args, doc, "prune", lambda: _table(report, doc),
+                      f"wrote {saved.path}" + (" (unchanged)" if report.nothing else ""))
     return 0
-
-
-def _rank_fidelity(reference: str, path: str, batches: list[dict]) -> float | None:
-    """Rank fidelity on ``batches`` (None when the model has no sentence-embedding-like output or < 3 sentences)."""
-    from graphopt.calibrate.metrics import rank_fidelity
-    from graphopt.passes.pruning.budget import run_outputs
-
-    try:
-        return rank_fidelity(run_outputs(path, batches), run_outputs(reference, batches))
-    except (ValueError, IndexError):
-        return None
 
 
 def _table(report: Any, doc: dict[str, Any]) -> Table:
@@ -177,10 +115,7 @@ def _table(report: Any, doc: dict[str, Any]) -> Table:
         b = report.budget
         outer.add_row(f"budget {b['metric']} >= {b['threshold']}: ratio {b['ratio']:.2f}, score {b['score']:.6f} "
                       f"({len(b['trials'])} trials)")
-    acc = doc["accuracy"]
-    rf = acc["rank_fidelity"]
-    outer.add_row(f"on {acc['batches']} {acc['data']} batches: output cosine {acc['cosine']:.6f}"
-                  + (f", rank fidelity {rf:.4f}" if rf is not None else ""))
+    outer.add_row(lossy.accuracy_line(doc["accuracy"]))
     outer.add_row(f"done in {doc['seconds']:.1f} s")
     return outer
 
@@ -189,15 +124,7 @@ def add_parsers(sub: Any) -> None:
     """Register ``prune``."""
     p = sub.add_parser("prune", help="structured pruning of attention heads, FFN neurons and conv channels, "
                        "with least-squares reconstruction")
-    p.add_argument("input", help="input .onnx model (never modified)")
-    p.add_argument("-o", "--output", required=True, help="output .onnx path (written atomically)")
-    p.add_argument("--calib", metavar="PATH|generate", help=(
-        "calibration data: an .npz file, a folder of .npz files, of input_N.pb tensors or test_data_set_N folders; "
-        "'generate' for synthetic inputs (scores from random inputs mean little)"))
-    p.add_argument("--calib-count", type=int, default=8, help="samples generated by --calib generate (default 8)")
-    p.add_argument("--calib-limit", type=int, help="use at most this many calibration samples")
-    p.add_argument("--batch-size", type=int, default=1, help="samples per onnxruntime run (default 1)")
-    p.add_argument("--eval", metavar="PATH", help="held-out inputs for the accuracy report and the --budget search")
+    lossy.add_data_options(p, "scores from random inputs mean little")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--ratio", type=float, metavar="R", help=(
         "share of the prunable blocks' MatMul/Conv FLOPs kept, in (0, 1) (e.g. 0.6)"))
@@ -219,8 +146,6 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--mask", metavar="INPUT", help="graph input whose zeros drop padded rows from the statistics "
                    "(e.g. attention_mask, for padded calibration data)")
     add_dim_options(p, inputs=False)
-    p.add_argument("--json", action="store_true", help="print a machine-readable report on stdout")
-    p.add_argument("--report", metavar="FILE.html", help="also write a self-contained HTML report (the --json "
-                   "document as tables and figures: kept/total heads, neurons and channels per group, accuracy "
-                   "per output)")
+    lossy.add_output_options(p, "kept/total heads, neurons and channels per group, accuracy per "
+                             "output")
     p.set_defaults(func=cmd_prune)

@@ -15,8 +15,9 @@ from rich.table import Table
 
 from graphopt import ir
 from graphopt.analysis import model_stats
-from graphopt.cli.common import Progress, add_dim_options, input_request, stdout, want_progress
-from graphopt.cli.lossy import calibration_data, evaluation_batches, first_batches, generated_data
+from graphopt.cli import lossy
+from graphopt.cli.common import Progress, add_dim_options, stdout, want_progress
+from graphopt.cli.lossy import evaluation_batches, first_batches, generated_data
 from graphopt.errors import InputError, PassError, SaveError, VerificationError
 from graphopt.passmanager import PROVIDERS, TARGETS, PassContext, PassManager, Pipeline, Reproducer
 from graphopt.passmanager.pipeline import INT8_FUSION
@@ -34,18 +35,9 @@ def parse_budget(text: str | None) -> dict[str, float] | None:
     Raises:
         InputError: another metric, or a value outside (0, 1].
     """
-    if not text:
-        return None
-    key, sep, value = text.partition("=")
-    try:
-        number = float(value)
-    except ValueError:
-        number = -1.0
-    if key.strip() not in ("cosine", "argmax") or not sep or not 0.0 < number <= 1.0:
-        raise InputError(f"--budget expects cosine=VALUE or argmax=VALUE with 0 < VALUE <= 1 (e.g. --budget "
-                         f"cosine=0.99), got {text!r}; for a task metric use the Python API "
-                         "(accuracy_budget={'metric': fn, 'threshold': value})")
-    return {key.strip(): number}
+    return lossy.parse_budget(text, example="cosine=0.99", metrics=("cosine", "argmax"),
+                              hint="; for a task metric use the Python API "
+                                   "(accuracy_budget={'metric': fn, 'threshold': value})")
 
 
 def _budget_score(report: Any, metric: str) -> float:
@@ -98,10 +90,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from graphopt.calibrate.report import accuracy_report
 
     start = time.perf_counter()
-    if args.report:
-        from graphopt.report import check_report_path
-
-        check_report_path(args.report)  # before any work: a bad --report path is exit 2 now
+    lossy.check_report(args)  # before any work: a bad --report path is exit 2 now
     budget = parse_budget(args.budget)
     spec = build_spec(args)
     pipeline = Pipeline.parse(spec)
@@ -110,10 +99,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                          ".npz files or of input_N.pb tensors / test_data_set_N folders) or --calib generate "
                          "(synthetic inputs, as graphopt verify makes them: ranges fit real data less well)")
     proto = ir.load_proto(args.input)  # a LoadError (exit 2) for a missing, unreadable or non-ONNX file
-    args.request = input_request(args, proto)  # --dim/--shape/--value checked before anything runs
-    calibration = calibration_data(args, proto)
-    if calibration is not None:
-        first_batches(calibration, 1)  # a first sample that does not fit the model fails now, before the pipeline runs
+    # --dim/--shape/--value and a first calibration sample checked before the pipeline runs
+    calibration = lossy.read_calibration(args, proto)
     model = ir.load(args.input)
     before = model_stats(model)
     instruments: list[Any] = [Reproducer(args.reproducer_dir)]

@@ -30,7 +30,9 @@ from graphopt.errors import LoadError
 from graphopt.ir.consts import (
     add_initializer, const_array, const_tensor, constant_node_tensor, is_constant, value_names,
 )
-from graphopt.ir.edit import all_graphs, all_nodes, bypass, graphs_and_functions, infer_shapes, subgraphs
+from graphopt.ir.edit import (
+    all_graphs, all_nodes, bypass, graphs_and_functions, infer_shapes, subgraphs, unique_name,
+)
 from graphopt.ir.inliner import inline_functions
 from graphopt.ir.gs import from_graphsurgeon, to_graphsurgeon
 from graphopt.ir.load import deserialize, load, load_proto, validate_model
@@ -45,6 +47,7 @@ __all__ = [
     "from_text", "to_text", "tensor_text", "canonical_order", "clone",
     "from_graphsurgeon", "to_graphsurgeon", "serde", "convenience",
     "bypass", "graphs_and_functions", "infer_shapes", "inline_functions", "subgraphs", "all_graphs", "all_nodes",
+    "unique_name",
     "add_initializer", "const_array", "const_tensor", "constant_node_tensor", "is_constant",
     "ProtoTensor", "cached_tensor", "value_names",
 ]

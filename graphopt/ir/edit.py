@@ -7,7 +7,19 @@ import onnx_ir as ir
 
 from graphopt.ir import shape_io
 
-__all__ = ["bypass", "infer_shapes", "graphs_and_functions", "subgraphs", "all_graphs", "all_nodes"]
+__all__ = ["bypass", "infer_shapes", "graphs_and_functions", "subgraphs", "all_graphs", "all_nodes", "unique_name"]
+
+
+def unique_name(name: str, taken: set[str], sep: str = "_", start: int = 1) -> str:
+    """``name``, or the first of ``name{sep}{start}``, ``name{sep}{start + 1}``... not in ``taken``; the result is
+    added to ``taken`` (a fresh node or value name: ``unique_name("w_lowrank_h", names)`` -> ``w_lowrank_h_1``
+    when ``w_lowrank_h`` is taken)."""
+    candidate, i = name, start
+    while candidate in taken:
+        candidate = f"{name}{sep}{i}"
+        i += 1
+    taken.add(candidate)
+    return candidate
 
 
 def _owner_outputs(value: ir.Value) -> list[ir.Value] | None:

@@ -13,52 +13,18 @@ The metric is assumed to fall as the ratio falls.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
-
 from graphopt import ir
-from graphopt.errors import InputError
+from graphopt.calibrate.evaluate import BudgetCheck, metric_of, run_outputs, smallest_passing
 
-__all__ = ["search", "metric_of", "run_outputs"]
+__all__ = ["search", "metric_of", "run_outputs"]  # metric_of, run_outputs: graphopt.calibrate.evaluate's
 
 log = logging.getLogger(__name__)
 
 RATIOS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 """The parameter ratios the search tries (ascending)."""
-
-
-def metric_of(budget: Mapping[str, Any]) -> tuple[str, Any, float]:
-    """``(name, metric(outputs, reference) -> float, threshold)`` of a budget dict.
-
-    Raises:
-        InputError: not one known metric with a threshold in (0, 1], nor ``{"metric": fn, "threshold": t}``.
-    """
-    from graphopt.calibrate.metrics import METRICS
-
-    if "metric" in budget:
-        if not callable(budget["metric"]) or "threshold" not in budget:
-            raise InputError("accuracy_budget with a metric needs {'metric': callable(outputs, reference) -> float, "
-                             "'threshold': float}")
-        return getattr(budget["metric"], "__name__", "metric"), budget["metric"], float(budget["threshold"])
-    if len(budget) != 1 or next(iter(budget)) not in METRICS:
-        raise InputError(f"unknown accuracy budget {sorted(budget)}; give one of "
-                         f"{', '.join(f'{{{m!r}: value}}' for m in METRICS)} or {{'metric': callable, 'threshold': v}}")
-    name, threshold = next(iter(budget.items()))
-    if not 0 < float(threshold) <= 1:
-        raise InputError(f"the {name} budget must be in (0, 1], got {threshold}")
-    return name, METRICS[name], float(threshold)
-
-
-def run_outputs(model: ir.Model | str, batches: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
-    """Run ``model`` (IR or path) on ``batches`` in onnxruntime (ORT_ENABLE_ALL); one output dict per batch."""
-    from graphopt.verify.runtime import make_session, resolve_model
-
-    session = make_session(resolve_model(model), optimization_level="all")
-    names = [o.name for o in session.get_outputs()]
-    feeds = {i.name for i in session.get_inputs()}
-    return [dict(zip(names, session.run(names, {k: v for k, v in b.items() if k in feeds}))) for b in batches]
 
 
 def search(model: ir.Model, plan: Any, opts: Any, budget: Mapping[str, Any], data: Any) -> dict[str, Any]:
@@ -80,31 +46,18 @@ def search(model: ir.Model, plan: Any, opts: Any, budget: Mapping[str, Any], dat
     """
     from graphopt.passes.lowrank.factorize import apply_plan, choose_ranks
 
-    name, metric, threshold = metric_of(budget)
-    if data is None:
-        raise InputError("an accuracy budget needs evaluation data (--eval PATH, else the calibration data)")
-    batches = list(data)
-    if not batches:
-        raise InputError("the accuracy budget's evaluation data holds no batch")
-    reference = run_outputs(model, batches)
+    check = BudgetCheck.of(model, budget, data)
     scores: dict[float, float] = {}
 
     def score(ratio: float) -> float:
         if ratio not in scores:
             trial = ir.clone(model)
             apply_plan(trial, plan, choose_ranks(plan, opts, params=ratio), opts)
-            scores[ratio] = float(metric(run_outputs(trial, batches), reference))
-            log.info("factorize budget: params %.2f -> %s %.6f", ratio, name, scores[ratio])
+            scores[ratio] = check.score(trial)
+            log.info("factorize budget: params %.2f -> %s %.6f", ratio, check.name, scores[ratio])
         return scores[ratio]
 
-    lo, hi = 0, len(RATIOS) - 2  # RATIOS[-1] == 1.0: nothing to factorize
-    best = 1.0
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        if score(RATIOS[mid]) >= threshold:
-            best, hi = RATIOS[mid], mid - 1
-        else:
-            lo = mid + 1
-    return {"metric": name, "threshold": threshold, "params": best,
+    best = smallest_passing(RATIOS[:-1], score, check.threshold)  # RATIOS[-1] == 1.0: nothing to factorize
+    return {"metric": check.name, "threshold": check.threshold, "params": best,
             "score": scores.get(best, 1.0) if best < 1.0 else min(scores.values(), default=1.0),
             "trials": {str(k): v for k, v in sorted(scores.items())}}

@@ -164,7 +164,7 @@ def rewrite(graph: ir.Graph, layer: Layer, a: np.ndarray, b: np.ndarray, names: 
     second = ir.Node("", layer.kind, [first.outputs[0], wb, *rest], second_attrs, num_outputs=1,
                      name=f"{node.name}_lowrank_b" if node.name else None)
     hidden = first.outputs[0]
-    hidden.name = _unique(f"{base}_lowrank_h", names)
+    hidden.name = ir.unique_name(f"{base}_lowrank_h", names)
     hidden.type = node.outputs[0].type
     out = node.outputs[0]
     if out.shape is not None:
@@ -179,12 +179,3 @@ def rewrite(graph: ir.Graph, layer: Layer, a: np.ndarray, b: np.ndarray, names: 
     if not weight.uses() and weight.is_initializer() and not weight.is_graph_output() \
             and weight.name in graph.initializers and not weight.is_graph_input():
         del graph.initializers[weight.name]
-
-
-def _unique(name: str, names: set[str]) -> str:
-    unique, i = name, 1
-    while unique in names:
-        unique = f"{name}_{i}"
-        i += 1
-    names.add(unique)
-    return unique

@@ -219,7 +219,7 @@ def _private_concats(graph: ir.Graph, tensor_mods: dict, nodes: dict[str, ir.Nod
                 clone = ir.Node(concat.domain, concat.op_type, list(concat.inputs),
                                 attributes=list(concat.attributes.values()), name=f"{concat_name}/{reshape_name}")
                 out = clone.outputs[0]
-                out.name = _fresh(f"{concat.outputs[0].name}_pruned", taken)
+                out.name = ir.unique_name(f"{concat.outputs[0].name}_pruned", taken)
                 out.dtype = concat.outputs[0].dtype
                 graph.insert_before(reshape, clone)
                 for use in list(concat.outputs[0].uses()):
@@ -242,15 +242,6 @@ def _private_concats(graph: ir.Graph, tensor_mods: dict, nodes: dict[str, ir.Nod
         if not concat.outputs[0].uses() and not concat.outputs[0].is_graph_output():
             graph.remove(concat, safe=True)
     return clones
-
-
-def _fresh(name: str, taken: set[str]) -> str:
-    candidate, i = name, 1
-    while candidate in taken:
-        candidate = f"{name}_{i}"
-        i += 1
-    taken.add(candidate)
-    return candidate
 
 
 def _rewrite_constant(graph: ir.Graph, value: ir.Value, per_reader: dict[str, _Mods]) -> None:

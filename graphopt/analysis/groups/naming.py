@@ -33,9 +33,4 @@ def layer_index(nodes: Iterable[ir.Node]) -> int | None:
 
 def unique(name: str, taken: set[str]) -> str:
     """``name``, or ``name#2``, ``name#3``... when taken; the result is added to ``taken``."""
-    candidate, i = name, 2
-    while candidate in taken:
-        candidate = f"{name}#{i}"
-        i += 1
-    taken.add(candidate)
-    return candidate
+    return ir.unique_name(name, taken, sep="#", start=2)

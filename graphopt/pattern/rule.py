@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
@@ -64,6 +64,10 @@ class RuleEnv:
         shapes: a :class:`~graphopt.analysis.shapes.SymbolicShapes` (created
             on first use when None).
         pass_ctx: the :class:`~graphopt.passmanager.PassContext`, or None.
+        serial: numbers the nodes rewrites create (``<root>/<rule>_<n>``),
+            counted per environment, i.e. per pass run, so the names a
+            pipeline gives a model do not depend on what ran before in the
+            same process.
     """
 
     model: ir.Model
@@ -71,6 +75,7 @@ class RuleEnv:
     options: Any = None
     shapes: Any = None
     pass_ctx: Any = None
+    serial: Any = field(default_factory=itertools.count)
 
     def __post_init__(self) -> None:
         if self.shapes is None:
@@ -208,8 +213,6 @@ class RewriteBuilder:
         nodes: the nodes created so far.
     """
 
-    _serial = itertools.count()
-
     def __init__(self, match: Match, rule_name: str, env: "RuleEnv") -> None:
         self.match = match
         self.env = env
@@ -237,7 +240,7 @@ class RewriteBuilder:
             attributes = ir.convenience.convert_attributes({k: v for k, v in attrs.items() if v is not None})
             base = self.match.root.name or op_type
             node = ir.Node(_domain, op_type, list(inputs), attributes, num_outputs=_outputs,
-                           name=_name or f"{base}/{self.rule_name}_{next(self._serial)}",
+                           name=_name or f"{base}/{self.rule_name}_{next(self.env.serial)}",
                            metadata_props={RULE_KEY: self.rule_name})
             dtype = _output_dtype(op_type, list(inputs), attrs)
             if dtype is not None:

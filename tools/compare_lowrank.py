@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import resource
 import subprocess
 import sys
@@ -135,7 +136,7 @@ def write(rows: list[dict], workers: dict, originals: dict, out: Path, load: tup
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", default="/tmp/graphopt_lowrank")
+    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "graphopt_lowrank"))
     p.add_argument("--seconds", type=float, default=6.0, help="timed seconds per latency group")
     p.add_argument("--exports", default="ts,dynamo")
     p.add_argument("--methods", default=",".join(METHODS))

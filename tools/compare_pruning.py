@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import tempfile
 import resource
 import subprocess
 import sys
@@ -328,7 +329,7 @@ def targets(data: dict) -> list[str]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", default="/tmp/graphopt_pruning_bench")
+    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "graphopt_pruning_bench"))
     p.add_argument("--exports", default="ts,dynamo")
     p.add_argument("--methods", default=",".join(METHODS), help="methods of the sweep (per export)")
     p.add_argument("--dynamo-methods", default="wanda", help="methods of the dynamo export's sweep")

@@ -48,6 +48,11 @@ def _check_args(args: argparse.Namespace) -> None:
     if args.params is not None and not 0 < args.params <= 1:
         raise InputError(f"--params must be in (0, 1] (parameters of the factorizable layers after / before), got "
                          f"{args.params}")
+    if args.flops is not None and not 0 < args.flops <= 1:
+        raise InputError(f"--flops must be in (0, 1] (FLOPs of the factorizable layers after / before), got "
+                         f"{args.flops}")
+    if args.blas_threads < 0:
+        raise InputError(f"--blas-threads must be >= 0, got {args.blas_threads}")
     if args.energy is not None and not 0 < args.energy <= 1:
         raise InputError(f"--energy must be in (0, 1], got {args.energy}")
     if args.rank is not None and args.rank < 1:
@@ -75,10 +80,14 @@ def cmd_factorize(args: argparse.Namespace) -> int:
     calibration = lossy.read_calibration(args, proto)
     evaluation = lossy.evaluation_batches(args, proto, REPORT_BATCHES)
     options = FactorizeOptions(method=args.method, refit=args.refit, params=args.params or 0.0,
-                               energy=args.energy or 0.0, rank=args.rank or 0, align=args.align,
+                               flops=args.flops or 0.0, energy=args.energy or 0.0, rank=args.rank or 0,
+                               align=args.align,
                                speed_guard=not args.no_speed_guard, tokens=tokens_of(args), threads=args.threads,
-                               speed_cache=args.speed_cache or "", exclude_nodes=tuple(args.exclude_nodes or ()))
+                               speed_cache=args.speed_cache or "", exclude_nodes=tuple(args.exclude_nodes or ()),
+                               blas_threads=args.blas_threads)
     model = ir.load(args.input)
+    if args.flops:  # each layer's tokens M come from its output's static shape (else --tokens / --dim)
+        ir.infer_shapes(model)
     report = factorize(model, options, calibration, evaluation=evaluation, budget=budget,
                        progress=want_progress(args))
     lossy.check_budget_met(report.budget, "params", "factorization")
@@ -125,6 +134,9 @@ def add_parsers(sub: Any) -> None:
     rank.add_argument("--params", type=float, metavar="P", help=(
         "global budget: parameters of the factorizable layers after / before (e.g. 0.7), allocated greedily by "
         "output error added per parameter saved"))
+    rank.add_argument("--flops", type=float, metavar="F", help=(
+        "global budget: FLOPs of the factorizable layers after / before, each layer's tokens from its output's "
+        "static shape (else --tokens / --dim), allocated greedily by output error added per FLOP saved"))
     rank.add_argument("--energy", type=float, metavar="E", help=(
         "per layer: keep this share of the spectrum's energy (svd-llm: 1 - relative output error)"))
     rank.add_argument("--rank", type=int, metavar="R", help="one rank for every layer (rounded up to --align)")
@@ -138,6 +150,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--align", type=int, default=8, help="ranks are multiples of this (default 8)")
     p.add_argument("--tokens", type=int, help="M of the speed benchmark (default: batch x sequence of --dim, else 128)")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime threads of the speed benchmark (default 2)")
+    p.add_argument("--blas-threads", type=int, default=1, help="BLAS threads of the statistics, decompositions "
+                   "and refits (default 1: fastest measured on a loaded machine; 0: the library's default)")
     p.add_argument("--no-speed-guard", action="store_true", help="factorize without measuring speed")
     p.add_argument("--speed-cache", metavar="PATH", help="the speed measurements' JSON cache "
                    "(default ~/.cache/graphopt/lowrank_speed.json)")

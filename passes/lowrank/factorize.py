@@ -9,7 +9,7 @@ spectrum of each layer for the method (:mod:`.decompose`: ``svd``, ``asvd``
 of Yuan et al. 2023, ``svd-llm`` of Wang et al. 2024); the candidate ranks
 each layer may take (aligned, fewer parameters by a margin, measured faster
 by the speed guard, :mod:`.speed`); the ranks (:mod:`.ranks`: fixed,
-energy, global parameter budget, or the accuracy budget searched on the
+energy, global parameter or FLOPs budget, or the accuracy budget searched on the
 evaluation data, :mod:`.budget`); factors (optionally refit by least
 squares) and the rewrite. The per-layer report is stored as JSON in the
 model's metadata under :data:`METADATA_KEY`.
@@ -52,6 +52,8 @@ class FactorizeOptions:
     refit: str = field(default="least-squares", metadata={"doc": "least-squares refit of B given A, or none"})
     params: float = field(default=0.0, metadata={"doc": "global budget: parameters of the factorizable layers "
                                                         "after / before, in (0, 1]"})
+    flops: float = field(default=0.0, metadata={"doc": "global budget: FLOPs of the factorizable layers after / "
+                                                       "before at each layer's token count, in (0, 1]"})
     energy: float = field(default=0.0, metadata={"doc": "per layer: keep this share of the spectrum's energy "
                                                         "(svd-llm: 1 - relative output error)"})
     rank: int = field(default=0, metadata={"doc": "one fixed rank for every layer (rounded up to align)"})
@@ -71,6 +73,8 @@ class FactorizeOptions:
     speed_cache: str = field(default="", metadata={"doc": "the speed cache JSON file (default "
                                                           "~/.cache/graphopt/lowrank_speed.json)"})
     exclude_nodes: tuple[str, ...] = field(default=(), metadata={"doc": "node-name glob patterns left whole"})
+    blas_threads: int = field(default=1, metadata={"doc": "BLAS threads of the statistics, decompositions and "
+                                                          "refits (threadpoolctl; 0: the library's default)"})
 
 
 @dataclass
@@ -82,8 +86,10 @@ class LayerReport:
         full_rank: ``min(K, N)``; rank: the kept rank (0: left whole).
         error: relative output error ``||X(W - AB)||^2 / ||XW||^2`` on the calibration data (None without data
             or when left whole).
+        tokens: ``M``, the rows the layer multiplies: the product of its output's dims but the channel one
+            when all are known (bound), else the ``tokens`` option.
         params_before, params_after: weight elements; flops_before, flops_after: ``2 M K N`` and
-            ``2 M r (K + N)`` at ``M = tokens``.
+            ``2 M r (K + N)``.
         speed_ratio: the measured latency ratio of the kept rank (None when not measured).
         reason: why the layer was left whole ('' when factorized).
     """
@@ -94,6 +100,7 @@ class LayerReport:
     n: int
     full_rank: int
     rank: int = 0
+    tokens: int = 0
     error: float | None = None
     params_before: int = 0
     params_after: int = 0
@@ -129,6 +136,7 @@ class FactorizeReport:
         doc = asdict(self)
         doc["factorized"] = self.factorized
         doc["param_ratio"] = self.params_after / self.params_before if self.params_before else 1.0
+        doc["flop_ratio"] = self.flops_after / self.flops_before if self.flops_before else 1.0
         return doc
 
 
@@ -152,12 +160,16 @@ def _check(opts: FactorizeOptions, has_budget: bool) -> None:
         raise InputError(f"unknown factorization method {opts.method!r}; choose one of {', '.join(METHODS)}")
     if opts.refit not in REFITS:
         raise InputError(f"unknown refit {opts.refit!r}; choose least-squares or none")
-    given = [name for name, v in (("params", opts.params), ("energy", opts.energy), ("rank", opts.rank)) if v]
+    given = [name for name, v in (("params", opts.params), ("flops", opts.flops), ("energy", opts.energy),
+                                  ("rank", opts.rank)) if v]
     if len(given) + has_budget != 1:
-        raise InputError("factorize needs exactly one of params=P (0 < P <= 1), energy=E (0 < E <= 1), rank=R or an "
-                         f"accuracy budget; got {', '.join(given + (['budget'] if has_budget else [])) or 'none'}")
+        raise InputError("factorize needs exactly one of params=P (0 < P <= 1), flops=F (0 < F <= 1), energy=E "
+                         "(0 < E <= 1), rank=R or an accuracy budget; got "
+                         f"{', '.join(given + (['budget'] if has_budget else [])) or 'none'}")
     if opts.params and not 0 < opts.params <= 1:
         raise InputError(f"params must be in (0, 1], got {opts.params}")
+    if opts.flops and not 0 < opts.flops <= 1:
+        raise InputError(f"flops must be in (0, 1], got {opts.flops}")
     if opts.energy and not 0 < opts.energy <= 1:
         raise InputError(f"energy must be in (0, 1], got {opts.energy}")
     if opts.rank < 0 or opts.align < 1 or opts.tokens < 1 or opts.threads < 1:
@@ -177,6 +189,22 @@ def _stats(model: ir.Model, layers: list[Layer], calibration: Any, cache: Any, p
             continue  # the same value read on another axis (a rare Gemm transA mix): the first wins
         requests[name] = StatRequest(name, axis, gram=True)
     return collect_stats(model, list(requests.values()), calibration, cache=cache, progress=progress)
+
+
+def layer_tokens(layer: Layer, default: int) -> int:
+    """``M`` of ``layer``: the product of its output's dims but the channel axis (a 1x1 Conv's batch x height x
+    width, a MatMul's batch x sequence), ``default`` when a dim is symbolic or the shape unknown."""
+    shape = layer.node.outputs[0].shape
+    if shape is None or len(shape) < 2:
+        return default
+    dims = list(shape)
+    del dims[-1 if layer.kind == "MatMul" else 1]
+    out = 1
+    for d in dims:
+        if not isinstance(d, int):
+            return default
+        out *= d
+    return max(out, 1)
 
 
 def plan_layers(model: ir.Model, opts: FactorizeOptions, calibration: Any = None, *, timing: Timing | None = None,
@@ -218,9 +246,10 @@ def plan_layers(model: ir.Model, opts: FactorizeOptions, calibration: Any = None
         spec = spectrum(w, opts.method, gram=gram, abs_mean=st.abs_mean if st is not None else None,
                         alpha=opts.alpha, where=layer.name)
         allowed = _ranks.candidates(layer.k, layer.n, opts.align, opts.max_param_ratio)
-        report = LayerReport(layer.name, layer.kind, layer.k, layer.n, min(layer.k, layer.n),
+        tokens = layer_tokens(layer, opts.tokens)
+        report = LayerReport(layer.name, layer.kind, layer.k, layer.n, min(layer.k, layer.n), tokens=tokens,
                              params_before=layer.params, params_after=layer.params,
-                             flops_before=2 * opts.tokens * layer.params, flops_after=2 * opts.tokens * layer.params)
+                             flops_before=2 * tokens * layer.params, flops_after=2 * tokens * layer.params)
         if not allowed:
             report.reason = f"no rank saves {1 - opts.max_param_ratio:.0%} of the parameters at align {opts.align}"
         elif guard is not None:
@@ -244,9 +273,11 @@ def plan_layers(model: ir.Model, opts: FactorizeOptions, calibration: Any = None
 def choose_ranks(plan: Plan, opts: FactorizeOptions, params: float | None = None) -> list[int]:
     """The rank of each planned layer (0: whole) for ``opts`` (or a parameter ratio ``params``)."""
     tails = [s.tail for s in plan.spectra]
+    shapes = [(layer.k, layer.n) for layer in plan.layers]
     if params is not None or opts.params:
-        shapes = [(layer.k, layer.n) for layer in plan.layers]
         return _ranks.budget_ranks(plan.allowed, tails, shapes, params if params is not None else opts.params)
+    if opts.flops:  # the same greedy, each layer's parameters weighted by its tokens: FLOPs = 2 M r (K + N)
+        return _ranks.budget_ranks(plan.allowed, tails, shapes, opts.flops, costs=[r.tokens for r in plan.reports])
     if opts.energy:
         return _ranks.energy_ranks(plan.allowed, tails, opts.energy)
     return _ranks.fixed_ranks(plan.allowed, opts.rank)
@@ -317,19 +348,22 @@ def factorize(model: ir.Model, options: FactorizeOptions | None = None, calibrat
     Raises:
         InputError: bad options, missing or mismatched calibration data, an unknown budget metric.
     """
+    from graphopt.calibrate.reconstruct import blas_threads
+
     opts = options or FactorizeOptions()
     _check(opts, bool(budget))
     start = time.perf_counter()
-    plan = plan_layers(model, opts, calibration, timing=timing, cache=cache, progress=progress)
-    found = None
-    if budget:
-        from graphopt.passes.lowrank.budget import search
+    with blas_threads(opts.blas_threads):
+        plan = plan_layers(model, opts, calibration, timing=timing, cache=cache, progress=progress)
+        found = None
+        if budget:
+            from graphopt.passes.lowrank.budget import search
 
-        found = search(model, plan, opts, budget, evaluation if evaluation is not None else calibration)
-        chosen = choose_ranks(plan, opts, params=found["params"])
-    else:
-        chosen = choose_ranks(plan, opts)
-    report = apply_plan(model, plan, chosen, opts)
+            found = search(model, plan, opts, budget, evaluation if evaluation is not None else calibration)
+            chosen = choose_ranks(plan, opts, params=found["params"])
+        else:
+            chosen = choose_ranks(plan, opts)
+        report = apply_plan(model, plan, chosen, opts)
     report.budget = found
     report.seconds = time.perf_counter() - start
     model.metadata_props[METADATA_KEY] = json.dumps(report.to_dict(), default=str)

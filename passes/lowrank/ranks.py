@@ -16,6 +16,10 @@ rank bounds the list). A layer with no candidate stays whole. Then:
   taken until the budget holds (SVD-LLM's observation: with whitening the
   dropped singular values are the output error, so spectra of different
   layers compare directly).
+- ``flops``: the same greedy with each layer's parameters weighted by its
+  token count ``M`` (``costs``): the FLOPs ``2 M r (K + N)`` of the
+  factorizable layers ``<= flops * sum 2 M K N``, error added per FLOP saved.
+  When every layer sees the same tokens it allocates exactly as ``params``.
 """
 
 from __future__ import annotations
@@ -59,14 +63,17 @@ def energy_ranks(allowed: Sequence[Sequence[int]], tails: Sequence[Callable[[int
 
 
 def budget_ranks(allowed: Sequence[Sequence[int]], tails: Sequence[Callable[[int], float]],
-                 shapes: Sequence[tuple[int, int]], ratio: float) -> list[int]:
-    """Greedy global allocation of a parameter budget.
+                 shapes: Sequence[tuple[int, int]], ratio: float,
+                 costs: Sequence[float] | None = None) -> list[int]:
+    """Greedy global allocation of a parameter (or, with ``costs``, FLOPs) budget.
 
     Args:
         allowed: per layer, its candidate ranks (ascending).
         tails: per layer, ``tail(r)``: the relative error truncation to ``r`` adds.
         shapes: per layer ``(K, N)``.
-        ratio: target parameters / the layers' original parameters, in (0, 1].
+        ratio: target parameters / the layers' original parameters, in (0, 1]; with ``costs``, the same
+            ratio of the cost-weighted parameters.
+        costs: per layer, the weight of one parameter (its tokens ``M`` for a FLOPs budget); None: all 1.
 
     Returns:
         Per layer the kept rank (0: whole). When every layer is at its smallest
@@ -75,14 +82,17 @@ def budget_ranks(allowed: Sequence[Sequence[int]], tails: Sequence[Callable[[int
     """
     if not 0 < ratio <= 1:
         raise InputError(f"the parameter ratio must be in (0, 1], got {ratio}")
-    total = sum(k * n for k, n in shapes)
+    weight = [1.0] * len(shapes) if costs is None else [float(c) for c in costs]
+    if len(weight) != len(shapes) or any(c <= 0 for c in weight):
+        raise InputError("budget costs must be one positive number per layer")
+    total = sum(c * k * n for c, (k, n) in zip(weight, shapes))
     target = ratio * total
     state = [-1] * len(allowed)  # -1: whole; else an index into allowed[i] (descending moves)
     heap: list[tuple[float, int]] = []
 
-    def params(i: int, idx: int) -> int:
+    def params(i: int, idx: int) -> float:
         k, n = shapes[i]
-        return k * n if idx < 0 else allowed[i][idx] * (k + n)
+        return weight[i] * (k * n if idx < 0 else allowed[i][idx] * (k + n))
 
     def push(i: int) -> None:
         idx = state[i]
@@ -92,7 +102,7 @@ def budget_ranks(allowed: Sequence[Sequence[int]], tails: Sequence[Callable[[int
         saved = params(i, idx) - params(i, nxt)
         before = 0.0 if idx < 0 else tails[i](allowed[i][idx])
         added = tails[i](allowed[i][nxt]) - before
-        heapq.heappush(heap, (max(added, 0.0) / max(saved, 1), i))
+        heapq.heappush(heap, (max(added, 0.0) / max(saved, 1e-12), i))
 
     for i in range(len(allowed)):
         push(i)

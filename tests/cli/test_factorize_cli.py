@@ -64,6 +64,23 @@ def test_factorize_json_report(files, tmp_path, capsys):
     assert ops.count("MatMul") == 4
 
 
+def test_flops_budget(files, tmp_path, capsys):
+    """--flops: the layers' output shapes are ["batch", 8, K] (symbolic), so both take M = --tokens and the
+    FLOPs budget allocates as the parameter budget; the JSON reports tokens and flop_ratio."""
+    model, calib, _ = files
+    docs = {}
+    for option in ("--flops", "--params"):
+        out = tmp_path / f"{option[2:]}.onnx"
+        code, stdout, stderr = run_cli(capsys, "factorize", model, "-o", out, "--calib", calib, option, "0.5",
+                                       "--tokens", "16", "--no-speed-guard", "--blas-threads", "0", "--json")
+        assert code == 0, stderr
+        docs[option] = json.loads(stdout)
+    doc = docs["--flops"]
+    assert [r["tokens"] for r in doc["layers"]] == [16, 16]
+    assert doc["flops_before"] == 2 * 16 * 2 * K * K and doc["flop_ratio"] <= 0.5
+    assert [r["rank"] for r in doc["layers"]] == [r["rank"] for r in docs["--params"]["layers"]]
+
+
 def test_table_and_speed_cache(files, tmp_path, capsys):
     import onnxruntime
 
@@ -87,6 +104,9 @@ def test_table_and_speed_cache(files, tmp_path, capsys):
     (["--budget", "speed=2"], "--budget expects METRIC=VALUE"),
     (["--params", "0.5", "--method", "tucker"], "invalid choice"),
     (["--params", "0.5", "--align", "0"], "--align must be a positive integer"),
+    (["--flops", "0"], "--flops must be in (0, 1]"),
+    (["--flops", "0.5", "--params", "0.5"], "not allowed with argument"),
+    (["--flops", "0.5", "--blas-threads", "-1"], "--blas-threads must be >= 0"),
 ])
 def test_bad_options_exit_2_nothing_written(files, tmp_path, capsys, argv, message):
     model, calib, _ = files

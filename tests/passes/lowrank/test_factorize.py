@@ -182,6 +182,49 @@ def test_rank_selection():
     assert budget_ranks(allowed, tails, [(64, 64)] * 2, 1.0) == [0, 0]
 
 
+def test_flops_budget_weights_each_layer_by_its_tokens():
+    """Same spectra, the second layer sees 4x the tokens: a FLOPs budget takes from it first, a parameter budget
+    (ties go to the first layer) from the first; equal costs allocate as the parameter budget."""
+    steps = {24: 0.01, 16: 0.02, 8: 0.04}
+    allowed = [candidates(64, 64, 8, 0.9)] * 2
+    assert allowed[0] == [8, 16, 24]
+    tails = [steps.__getitem__] * 2
+    shapes = [(64, 64)] * 2
+    assert budget_ranks(allowed, tails, shapes, 0.8) == [16, 0]
+    # FLOPs 4096 + 4 * 4096 = 20480; rank 24 of the second saves 4 * 1024, rank 16 another 4 * 1024: 0.8, 0.6 exactly
+    assert budget_ranks(allowed, tails, shapes, 0.8, costs=[1, 4]) == [0, 24]
+    assert budget_ranks(allowed, tails, shapes, 0.6, costs=[1, 4]) == [0, 16]
+    for ratio in (0.9, 0.8, 0.6, 0.4):
+        assert budget_ranks(allowed, tails, shapes, ratio, costs=[3, 3]) == budget_ranks(allowed, tails, shapes, ratio)
+    with pytest.raises(InputError, match="costs"):
+        budget_ranks(allowed, tails, shapes, 0.8, costs=[1, 0])
+
+
+def test_flops_budget_on_convs_of_different_spatial_size():
+    """Two 64x64 1x1 Convs on 8x8 and 2x2 maps (tokens 64 and 4): at flops=0.8 only the 8x8 one is cut, to rank 24:
+    FLOPs (64 * 24 * 128 + 4 * 4096) / (68 * 4096) = 0.7647; params=0.8 needs both layers' parameters."""
+    rng = np.random.default_rng(3)
+    convs, inits = [], {}
+    for i, side in enumerate((8, 2)):
+        inits[f"w{i}"] = rng.standard_normal((64, 64, 1, 1)).astype(np.float32)
+        convs.append(helper.make_node("Conv", [f"x{i}", f"w{i}"], [f"y{i}"], name=f"conv{i}"))
+    proto = _model(convs, [_vi("x0", [1, 64, 8, 8]), _vi("x1", [1, 64, 2, 2])],
+                   [_vi("y0", [1, 64, 8, 8]), _vi("y1", [1, 64, 2, 2])], inits)
+    opts = dict(method="svd", refit="none", speed_guard=False)
+    report = factorize(ir.from_proto(proto), FactorizeOptions(flops=0.8, **opts))
+    assert [r.tokens for r in report.layers] == [64, 4]
+    assert [r.rank for r in report.layers] == [24, 0]
+    assert report.flops_before == 2 * 68 * 4096 and report.flops_after == 2 * (64 * 24 * 128 + 4 * 4096)
+    flop_ratio = report.to_dict()["flop_ratio"]
+    assert flop_ratio == pytest.approx(212992 / 278528) and flop_ratio <= 0.8
+    by_params = factorize(ir.from_proto(proto), FactorizeOptions(params=0.8, **opts))
+    assert by_params.params_after <= 0.8 * by_params.params_before
+    with pytest.raises(InputError, match="exactly one of"):
+        factorize(ir.from_proto(proto), FactorizeOptions(flops=0.8, params=0.8, **opts))
+    with pytest.raises(InputError, match="flops must be in"):
+        factorize(ir.from_proto(proto), FactorizeOptions(flops=1.5, **opts))
+
+
 def test_global_budget_meets_the_ratio():
     proto = _mlp(96, 96)
     calib = _calib(proto, "x", [_correlated(4, 96, s) for s in range(6)])

@@ -16,6 +16,9 @@ nodes, none in these exports). Stacked: prune -> O2 -> ``graphopt quantize`` (IN
     .venv/bin/python tools/compare_pruning.py [--exports ts,dynamo] [--seconds 6]
     .venv/bin/python tools/compare_pruning.py --extra      # allocation variants and the 0.8 ratio (ts)
     .venv/bin/python tools/compare_pruning.py --rewrite "COMMAND" [--notes notes.md]   # the report from WORK
+    .venv/bin/python tools/compare_pruning.py --models det,rec [--ocr-methods wanda,flap]   # PaddleOCR sections
+                     (tools/pruning_ocr.py), spliced into the existing report: the MiniLM rows stay as they are
+                     (with --rewrite "COMMAND": only the splice, from WORK/ocr.json)
 """
 
 from __future__ import annotations
@@ -327,6 +330,32 @@ def targets(data: dict) -> list[str]:
     return lines
 
 
+def ocr_main(args: argparse.Namespace, work: Path) -> int:
+    """The PaddleOCR sweeps (one subprocess per model, in parallel), then latency, spliced into ``--out``."""
+    import pruning_ocr
+
+    out = Path(args.out)
+    if args.rewrite:  # only the splice, from WORK/ocr.json
+        out.write_text(pruning_ocr.splice(out.read_text(), json.loads((work / "ocr.json").read_text()), args.rewrite))
+        return 0
+    models = args.models.split(",")
+    workers = [subprocess.Popen([sys.executable, __file__, "--work", str(work), "--ocr-methods", args.ocr_methods,
+                                 "--ocr-worker", m]) for m in models]
+    if any(w.wait() for w in workers):
+        raise SystemExit("a PaddleOCR sweep worker failed")
+    blocks = {}
+    for m in models:
+        block = json.loads((work / f"ocr_{m}.json").read_text())
+        lat = pruning_ocr.latency(m, work, [(str(r), work / f"ocr_{m}_wanda_least-squares_{r}.onnx") for r in RATIOS],
+                                  args.seconds)
+        block["latency"] = lat
+        blocks[m] = block
+    (work / "ocr.json").write_text(json.dumps(blocks))
+    out.write_text(pruning_ocr.splice(out.read_text(), blocks, "python tools/compare_pruning.py "
+                                      + " ".join(sys.argv[1:])))
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "graphopt_pruning_bench"))
@@ -342,9 +371,19 @@ def main() -> int:
     p.add_argument("--rewrite", metavar="COMMAND", help="rewrite the report from WORK/all.json (the command it "
                    "names as the generating one)")
     p.add_argument("--out", default=str(ROOT / "tools" / "benchmarks" / "pruning.md"))
+    p.add_argument("--models", help="PaddleOCR models (det,rec) instead of MiniLM: their sections are spliced "
+                   "into --out, the MiniLM rows kept (tools/pruning_ocr.py)")
+    p.add_argument("--ocr-methods", default="wanda,flap", help="methods of the PaddleOCR sweeps")
+    p.add_argument("--ocr-worker", metavar="MODEL", help=argparse.SUPPRESS)
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.ocr_worker:
+        import pruning_ocr
+        pruning_ocr.worker(args.ocr_worker, work, tuple(args.ocr_methods.split(",")), RATIOS, RECONS)
+        return 0
+    if args.models:
+        return ocr_main(args, work)
     if args.extra:
         extra(work)
         return 0

@@ -293,6 +293,12 @@ def shape(b: Builder, node: ir.Node) -> None:
         raise Refuse(f"Shape {node.name} is a graph output")
 
 
+def _round_trip_of(node: ir.Node, x: ir.Value) -> bool:
+    """Whether ``node`` is one end of a :func:`round_trip` whose first Reshape reads ``x``."""
+    pair = round_trip(node)
+    return pair is not None and pair[0].inputs[0] is x
+
+
 def _feeds_own_reshape(value: ir.Value, x: ir.Value, depth: int = 0) -> bool:
     """Whether every path from the Shape output ``value`` ends, through
     Slice/Gather/Squeeze/Unsqueeze/Cast and one Concat, in the target of a
@@ -307,7 +313,7 @@ def _feeds_own_reshape(value: ir.Value, x: ir.Value, depth: int = 0) -> bool:
         elif reader.op_type == "Concat":
             out = reader.outputs[0]
             if out.is_graph_output() or not all(u.node.op_type == "Reshape" and u.idx == 1 and (
-                    u.node.inputs[0] is x or (round_trip(u.node) or (None,))[0].inputs[0] is x) for u in out.uses()):
+                    u.node.inputs[0] is x or _round_trip_of(u.node, x)) for u in out.uses()):
                 return False
         else:
             return False

@@ -1,0 +1,285 @@
+"""PaddleOCR rows of tools/compare_pruning.py (``--models det,rec``): structured pruning of the PP-OCRv4 text
+recognizer (rec) and detector (det) on inputs rendered by tools/ocr_inputs.py.
+
+rec: ``~/.cache/graphopt/corpus/paddleocr_rec.onnx`` (tools/corpus/ocr.py extracts it from the rapidocr wheel);
+quality is character accuracy (1 - edit distance / characters) and exact-line accuracy of CTC greedy decoding
+against the rendered strings, with the character dictionary the wheel's model carries (its ``character``
+metadata; blank first, space last, as rapidocr's CTCLabelDecode). det: ``models/paddleocr_det.onnx``; quality is
+the mean cosine of the probability map to the original's (no box-F1 helper exists in the repository).
+Calibration, evaluation and the latency input come from different seeds (the evaluation lines and pages are
+used neither for calibration nor for any search).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+OCR_MODELS = {"rec": Path.home() / ".cache" / "graphopt" / "corpus" / "paddleocr_rec.onnx",
+              "det": ROOT / "models" / "paddleocr_det.onnx"}
+KINDS = {"rec": (), "det": ("channels",)}  # rec: every kind the group analysis finds; det: channels
+COUNTS = {"rec": (64, 256), "det": (16, 48)}  # (calibration, evaluation) samples
+
+
+SHAPES = {"rec": (1, 3, 48, 320), "det": (1, 3, 320, 480)}
+
+
+def stats(model: str, path: Path) -> dict:
+    """``{"params", "flops"}`` at the evaluation input shape; parameters count Constant-node weights too (the
+    PaddleOCR exports keep every weight in a Constant; pruned ones become initializers)."""
+    import onnx
+
+    from graphopt import ir
+    from graphopt.analysis.stats import model_stats
+
+    proto = onnx.load(str(path))
+    params = sum(int(np.prod(t.dims)) for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
+    for node in proto.graph.node:
+        for a in node.attribute:
+            if node.op_type == "Constant" and a.name == "value" and a.t.data_type == onnx.TensorProto.FLOAT:
+                params += int(np.prod(a.t.dims))
+    for d, v in zip(proto.graph.input[0].type.tensor_type.shape.dim, SHAPES[model]):
+        d.Clear()
+        d.dim_value = v
+    st = model_stats(ir.from_proto(proto), with_flops=True)
+    return {"params": params, "flops": st.flops}
+
+
+def render(model: str, work: Path) -> tuple[Path, list[np.ndarray], list[str]]:
+    """Calibration folder (seed 0), evaluation inputs (seed 1) and, for rec, the evaluation strings."""
+    import ocr_inputs
+
+    texts: list[str] = []
+    words = ocr_inputs._words
+
+    def spy(rng, count):  # noqa: ANN001, ANN202 - record the string each rendered line shows
+        texts.append(words(rng, count))
+        return texts[-1]
+
+    ocr_inputs._words = spy
+    try:
+        n_calib, n_eval = COUNTS[model]
+        make = ocr_inputs.rec_input if model == "rec" else ocr_inputs.det_input
+        calib = work / f"ocr_{model}_calib"
+        calib.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(0)
+        for i in range(n_calib):
+            np.savez(calib / f"sample_{i:04d}.npz", x=make(rng))
+        texts.clear()
+        rng = np.random.default_rng(1)
+        evaluation = [make(rng) for _ in range(n_eval)]
+        strings = list(texts) if model == "rec" else []
+    finally:
+        ocr_inputs._words = words
+    return calib, evaluation, strings
+
+
+def dictionary(path: Path) -> list[str]:
+    """rapidocr's CTC alphabet: blank, the model's ``character`` metadata lines, space."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return ["blank", *meta["character"].splitlines(), " "]
+
+
+def ctc_greedy(probs: np.ndarray, chars: list[str]) -> str:
+    """Best-path decoding of one ``[T, C]`` probability row: argmax, merge repeats, drop blanks."""
+    idx = probs.argmax(-1)
+    keep = np.ones(len(idx), bool)
+    keep[1:] = idx[1:] != idx[:-1]
+    return "".join(chars[i] for i in idx[keep] if i != 0)
+
+
+def edit_distance(a: str, b: str) -> int:
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def run(path: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 4
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return [sess.run(None, {name: x})[0] for x in inputs]
+
+
+def quality(model: str, out: list[np.ndarray], ref: list[np.ndarray], strings: list[str],
+            chars: list[str] | None) -> dict:
+    if model == "det":
+        cos = [float(np.dot(a.ravel(), b.ravel()) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
+               for a, b in zip(out, ref)]
+        return {"map_cosine": float(np.mean(cos)), "map_cosine_min": float(np.min(cos))}
+    texts = [ctc_greedy(o[0], chars) for o in out]
+    errors = sum(edit_distance(t, s) for t, s in zip(texts, strings))
+    total = sum(len(s) for s in strings)
+    return {"char_acc": 1 - errors / total, "line_acc": float(np.mean([t == s for t, s in zip(texts, strings)]))}
+
+
+def worker(model: str, work: Path, methods: tuple[str, ...], ratios: tuple[float, ...],
+           recons: tuple[str, ...]) -> None:
+    """The sweep of one PaddleOCR model (one process, one statistics cache) to WORK/ocr_MODEL.json."""
+    from graphopt import ir
+    from graphopt.calibrate.data import CalibrationData
+    from graphopt.calibrate.stats import StatsCache
+    from graphopt.passes.pruning import PruneOptions, prune
+
+    src = OCR_MODELS[model]
+    calib_dir, evaluation, strings = render(model, work)
+    calib = CalibrationData.from_path(calib_dir, ir.load_proto(src))
+    chars = dictionary(src) if model == "rec" else None
+    ref = run(src, evaluation)
+    original = {**stats(model, src), **quality(model, ref, ref, strings, chars)}
+    print(model, json.dumps(original), flush=True)
+    cache, rows, shapes = StatsCache(), [], {}
+    for method in methods:
+        for recon in recons:
+            for ratio in ratios:
+                m = ir.load(src)
+                t = time.perf_counter()
+                rep = prune(m, PruneOptions(ratio=ratio, kinds=KINDS[model], method=method, reconstruction=recon),
+                            calib, cache=cache)
+                seconds = time.perf_counter() - t
+                path = work / f"ocr_{model}_{method}_{recon}_{ratio}.onnx"
+                ir.save(m, path)
+                if ratio not in shapes:
+                    shapes[ratio] = stats(model, path)
+                kinds = sorted({g.kind for g in rep.groups}) if hasattr(rep.groups[0], "kind") else []
+                rows.append({"model": model, "kinds": "+".join(kinds) or "all", "method": method, "recon": recon,
+                             "ratio": ratio, "achieved": rep.achieved, "seconds": seconds, "path": str(path),
+                             **shapes[ratio], **quality(model, run(path, evaluation), ref, strings, chars)})
+                print(json.dumps(rows[-1]), flush=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    (work / f"ocr_{model}.json").write_text(json.dumps({"rows": rows, "original": original, "peak_rss_mb": peak,
+                                                        "calib": len(calib), "eval": len(evaluation)}))
+
+
+def latency(model: str, work: Path, paths: list[tuple[str, Path]], seconds: float) -> dict[str, float]:
+    """Latency ratio of each (label, model) after O2 vs the original after O2, interleaved, 3 per run."""
+    from benchmarks_common import o2 as _o2
+
+    from graphopt.bench.runner import benchmark
+
+    base = work / f"ocr_{model}_original_o2.onnx"
+    if not base.exists():
+        _o2(OCR_MODELS[model], base)
+    _, evaluation, _ = render(model, work / "latency_inputs")
+    inputs = {"x": evaluation[0]}
+    done = {}
+    for i in range(0, len(paths), 3):
+        group, o2s = paths[i:i + 3], []
+        for _, p in group:
+            dst = p.with_name(p.stem + "_o2.onnx")
+            if not dst.exists():
+                _o2(p, dst)
+            o2s.append(dst)
+        report = benchmark([base, *o2s], inputs=inputs, threads=2, opt_level="all", warmup=10, seconds=seconds)
+        for (label, _), t in zip(group, report.models[1:]):
+            done[label] = t.ratio
+        print(model, [round(t.ratio, 3) for t in report.models], flush=True)
+    return done
+
+
+def _f(v: float | None, d: int = 4) -> str:
+    return "" if v is None else f"{v:.{d}f}"
+
+
+def section(model: str, block: dict) -> list[str]:
+    """The markdown of one PaddleOCR model."""
+    o = block["original"]
+    rec = model == "rec"
+    head = (f"## PaddleOCR {model} (PP-OCRv4; original: {o['flops'] / 1e9:.3f} GFLOPs, {o['params'] / 1e6:.2f} M "
+            f"params" + (f", char acc {o['char_acc']:.4f}, line acc {o['line_acc']:.4f})" if rec else ")"))
+    lines = [head, "",
+             (f"Calibration: {block['calib']} rendered lines (seed 0); quality: {block['eval']} other rendered lines "
+              "(seed 1) with their strings: `char` character accuracy (1 - edit distance / characters), `line` "
+              "exact-line accuracy, CTC greedy decoding with the wheel model's dictionary. 48 x 320 input."
+              if rec else
+              f"Calibration: {block['calib']} rendered pages (seed 0); quality: {block['eval']} other pages (seed 1): "
+              "`cos` mean (and worst) cosine of the probability map to the original's; box F1 not measured (the "
+              "repository has no box-extraction helper). 320 x 480 input."),
+             "`ratio`: kept share of the prunable groups' Conv/MatMul FLOPs; FLOPs/params at the evaluation input "
+             "size; `latency`: the wanda / least-squares model at that ratio after O2 vs the original after O2 "
+             "(CPU, 2 threads, ORT_ENABLE_ALL, interleaved; every method gives the same shapes with the uniform "
+             f"allocation); `s`: pruning time (statistics cached across the sweep). Sweep peak RSS "
+             f"{block['peak_rss_mb']:.0f} MB.", ""]
+    cols = "| char | line |" if rec else "| cos | cos min |"
+    lines += ["| kinds | method | reconstruction | ratio | kept | GFLOPs | params M | latency " + cols + " s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in block["rows"]:
+        lat = block.get("latency", {}).get(str(r["ratio"]))
+        q = (f"{r['char_acc']:.4f} | {r['line_acc']:.4f}" if rec else
+             f"{r['map_cosine']:.4f} | {r['map_cosine_min']:.4f}")
+        lines.append(f"| {r['kinds']} | {r['method']} | {r['recon']} | {r['ratio']} | {r['achieved']:.3f} | "
+                     f"{r['flops'] / 1e9:.3f} | {r['params'] / 1e6:.2f} | {_f(lat, 3)} | {q} | {r['seconds']:.1f} |")
+    return lines + [""]
+
+
+def targets(blocks: dict) -> list[str]:
+    lines = []
+    key = {"rec": "char_acc", "det": "map_cosine"}
+    for model, block in blocks.items():
+        rows, k = block["rows"], key[model]
+        if model == "rec":
+            base = block["original"]["char_acc"]
+            ok = [r for r in rows if r["achieved"] <= 0.7 and r["char_acc"] >= base - 0.01]
+            low = [r for r in rows if r["achieved"] <= 0.7]
+            best = max(low, key=lambda r: r["char_acc"]) if low else None
+            lines.append(f"- PaddleOCR rec: <= 0.7 of the prunable-group FLOPs within 1 point of the original's "
+                         f"character accuracy ({base:.4f}): {'holds' if ok else 'does NOT hold'}"
+                         + (f"; best at <= 0.7: {best['method']} {best['recon']} ratio {best['ratio']} (kept "
+                            f"{best['achieved']:.3f}): char acc {best['char_acc']:.4f}" if best else "") + ".")
+            whole = [r for r in rows if r["flops"] <= 0.7 * block["original"]["flops"]]
+            near = max(rows, key=lambda r: (r["char_acc"] >= base - 0.01, -r["flops"]))
+            lines.append(f"- PaddleOCR rec, whole-model FLOPs: {len(whole)} rows reach <= 0.7 of the original's "
+                         f"{block['original']['flops'] / 1e9:.3f} GFLOPs; the fewest FLOPs within 1 point: "
+                         + (f"{near['method']} {near['recon']} ratio {near['ratio']}: "
+                            f"{near['flops'] / block['original']['flops']:.3f} of the FLOPs, char acc "
+                            f"{near['char_acc']:.4f}" if near["char_acc"] >= base - 0.01 else "none") + ".")
+        misses, n = [], 0
+        for r in rows:
+            if r["recon"] != "none":
+                continue
+            twin = next((x for x in rows if x["recon"] == "least-squares" and x["method"] == r["method"]
+                         and x["ratio"] == r["ratio"]), None)
+            if twin is None:
+                continue
+            n += 1
+            if twin[k] <= r[k]:
+                misses.append(f"{r['method']} {r['ratio']}")
+        lines.append(f"- PaddleOCR {model}: least squares beats no reconstruction ({k}) in {n - len(misses)} of {n} "
+                     "(method, ratio) cells" + (f"; not in: {', '.join(misses)}" if misses else "") + ".")
+    return lines
+
+
+def splice(md: str, blocks: dict, command: str) -> str:
+    """``md`` (the MiniLM report) with the PaddleOCR sections (re)placed before ``## Targets`` and their target
+    lines appended to that section; everything else kept as it is."""
+    start = md.find("<!-- paddleocr -->")
+    if start >= 0:
+        md = md[:start] + md[md.find("<!-- /paddleocr -->") + len("<!-- /paddleocr -->\n\n"):]
+    md = "\n".join(line for line in md.split("\n") if not line.startswith("- PaddleOCR "))
+    body = ["<!-- paddleocr -->", f"Generated by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+            ""]
+    for model, block in blocks.items():
+        body += section(model, block)
+    body += ["<!-- /paddleocr -->", ""]
+    at = md.find("## Targets")
+    md = md[:at] + "\n".join(body) + "\n" + md[at:]
+    end = md.find("\n## ", md.find("## Targets") + 3)
+    add = "\n".join(targets(blocks)) + "\n"
+    if end < 0:
+        return md.rstrip("\n") + "\n" + add
+    head = md[:end].rstrip("\n") + "\n"
+    return head + add + md[end:]

@@ -10,7 +10,12 @@ sequence 128 built from real sentences, at most the reference plus three variant
 says). Each (export, method) runs in its own subprocess, which collects the activation statistics once (shared by
 its 8 configurations) and reports its own peak RSS.
 
-Usage: python tools/compare_lowrank.py [--work DIR] [--seconds S] [--exports ts,dynamo] [--methods ...]
+``--vit`` instead measures ViT-base (random weights, ``~/.cache/graphopt/corpus/vit_base_ts.onnx``): svd without
+refit at parameter ratios 0.8 / 0.6, speed guard at M = 197 tokens (batch 1), structure, parameters, FLOPs and the
+latency ratio after O2 only (quality means nothing on random weights), and replaces only the ViT-base section of
+the output file.
+
+Usage: python tools/compare_lowrank.py [--work DIR] [--seconds S] [--exports ts,dynamo] [--methods ...] [--vit]
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 RATIOS = (0.9, 0.8, 0.7, 0.6)
 METHODS = ("svd", "asvd", "svd-llm")
 REFITS = ("none", "least-squares")
+VIT = Path.home() / ".cache" / "graphopt" / "corpus" / "vit_base_ts.onnx"
+VIT_RATIOS = (0.8, 0.6)
+VIT_TOKENS = 197  # 14 x 14 patches + the class token, batch 1
 
 
 def worker(export: str, method: str, work: Path) -> None:
@@ -134,6 +142,89 @@ def write(rows: list[dict], workers: dict, originals: dict, out: Path, load: tup
     out.write_text("\n".join(lines) + "\n")
 
 
+def vit(work: Path, seconds: float) -> tuple[dict, list[dict], tuple]:
+    """ViT-base, random weights: svd (no data), no refit, at :data:`VIT_RATIOS`; O2; one interleaved latency run
+    (the original + the variants). Returns (original stats, rows, load averages before / after the latency run)."""
+    import numpy as np
+
+    from graphopt import ir
+    from graphopt.analysis.stats import model_stats
+    from graphopt.bench.runner import benchmark
+    from graphopt.passes.lowrank import FactorizeOptions, factorize
+
+    def counts(model) -> dict:  # noqa: ANN001
+        st = model_stats(model, with_flops=True, dims={"batch": 1})
+        return {"params": st.parameters, "flops": st.flops}
+
+    base = work / "vit_original_o2.onnx"
+    _o2(VIT, base)
+    original = counts(ir.load(VIT))
+    rows = []
+    for ratio in VIT_RATIOS:
+        model = ir.load(VIT)
+        t = time.perf_counter()
+        rep = factorize(model, FactorizeOptions(method="svd", refit="none", params=ratio, tokens=VIT_TOKENS))
+        took = time.perf_counter() - t
+        raw, opt = work / f"vit_svd_{ratio}.onnx", work / f"vit_svd_{ratio}_o2.onnx"
+        ir.save(model, raw)
+        _o2(raw, opt)
+        kinds: dict[str, list[int]] = {}
+        for r in rep.layers:
+            if r.rank:
+                kinds.setdefault(f"{r.k}x{r.n}", []).append(r.rank)
+        rows.append({"ratio": ratio, "path": str(opt), "factorized": rep.factorized, "layers": len(rep.layers),
+                     "skipped_for_speed": len(rep.skipped_for_speed),
+                     "layer_param_ratio": rep.params_after / rep.params_before,
+                     "layer_flop_ratio": rep.flops_after / rep.flops_before, "seconds": took,
+                     "ranks": {k: sorted(v) for k, v in sorted(kinds.items())},
+                     "max_speed_ratio": max((r.speed_ratio for r in rep.layers if r.speed_ratio), default=None),
+                     **counts(model)})
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "ranks"}), flush=True)
+    inputs = {"pixel_values": np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)}
+    before = os.getloadavg()[0]
+    report = benchmark([base, *[r["path"] for r in rows]], inputs=inputs, threads=2, opt_level="all", warmup=5,
+                       seconds=seconds)
+    after = os.getloadavg()[0]
+    for r, t in zip(rows, report.models[1:]):
+        r["latency_ratio"] = t.ratio
+    original["base_ms"] = report.models[0].median_ms
+    print("vit", [round(t.ratio, 3) for t in report.models], flush=True)
+    return original, rows, (before, after)
+
+
+def write_vit(out: Path, original: dict, rows: list[dict], load: tuple, command: str) -> None:
+    """Replace (or add, before the hand-written notes) the ViT-base section of ``out``."""
+    lines = [f"## ViT-base (random weights; `{command}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
+             f"Original: {original['params'] / 1e6:.2f} M params, {original['flops'] / 1e9:.2f} GFLOP at batch 1, "
+             f"{original['base_ms']:.1f} ms median after O2. svd without refit (quality is meaningless on random "
+             f"weights and not reported), speed guard at M = {VIT_TOKENS} tokens; latency: one interleaved run of "
+             f"the original and both variants after O2 (graphopt.bench, ORT_ENABLE_ALL, 2 threads, batch 1), load "
+             f"average before/after {load[0]:.2f} / {load[1]:.2f}. Factorizable layers: {rows[0]['layers']} "
+             "constant-weight MatMul / Gemm. Random weights have no trained low-rank structure: the ranks chosen "
+             "here say nothing about a trained ViT's; `time s` includes the speed micro-benchmarks of shapes not "
+             "yet in the cache.", "",
+             "| ratio | layers factored | layer params | layer FLOPs | model params | model FLOPs | latency "
+             "| max layer speed ratio | ranks (K x N: kept ranks) | time s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lat = f"{r['latency_ratio']:.3f}" if "latency_ratio" in r else "n/a"
+        speed = f"{r['max_speed_ratio']:.3f}" if r["max_speed_ratio"] is not None else "n/a"
+        ranks = "; ".join(f"{k}: {', '.join(map(str, sorted(set(v))))} ({len(v)} layers)"
+                          for k, v in r["ranks"].items())
+        lines.append(f"| {r['ratio']} | {r['factorized']}/{r['layers']} | {r['layer_param_ratio']:.3f} | "
+                     f"{r['layer_flop_ratio']:.3f} | {r['params'] / original['params']:.3f} | "
+                     f"{r['flops'] / original['flops']:.3f} | {lat} | {speed} | {ranks} | {r['seconds']:.1f} |")
+    section = "\n".join(lines) + "\n\n"
+    text = out.read_text() if out.exists() else ""
+    start = text.find("## ViT-base")
+    if start >= 0:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + text[end + 1 if end >= 0 else len(text):]
+    notes = text.find("## Notes")
+    text = text[:notes] + section + text[notes:] if notes >= 0 else text + ("\n" if text else "") + section
+    out.write_text(text)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "graphopt_lowrank"))
@@ -143,9 +234,16 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "tools" / "benchmarks" / "lowrank.md"))
     p.add_argument("--worker", nargs=2, metavar=("EXPORT", "METHOD"), help=argparse.SUPPRESS)
     p.add_argument("--skip-factorize", action="store_true", help="reuse the workers' JSON in --work")
+    p.add_argument("--vit", action="store_true", help="only the ViT-base section (random weights)")
     args = p.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.vit:
+        original, rows, load = vit(work, args.seconds)
+        (work / "vit_rows.json").write_text(json.dumps({"original": original, "rows": rows, "load": load}))
+        write_vit(Path(args.out), original, rows, load, "python tools/compare_lowrank.py --vit")
+        print(f"wrote {args.out}")
+        return 0
     if args.worker:
         worker(args.worker[0], args.worker[1], work)
         return 0

@@ -336,15 +336,17 @@ def ocr_main(args: argparse.Namespace, work: Path) -> int:
 
     out = Path(args.out)
     if args.rewrite:  # only the splice, from WORK/ocr.json
-        out.write_text(pruning_ocr.splice(out.read_text(), json.loads((work / "ocr.json").read_text()), args.rewrite))
+        notes = Path(args.notes).read_text().splitlines() if args.notes else None
+        out.write_text(pruning_ocr.splice(out.read_text(), json.loads((work / "ocr.json").read_text()), args.rewrite,
+                                          notes))
         return 0
     models = args.models.split(",")
     workers = [subprocess.Popen([sys.executable, __file__, "--work", str(work), "--ocr-methods", args.ocr_methods,
                                  "--ocr-worker", m]) for m in models]
     if any(w.wait() for w in workers):
         raise SystemExit("a PaddleOCR sweep worker failed")
-    blocks = {}
-    for m in models:
+    blocks = json.loads((work / "ocr.json").read_text()) if (work / "ocr.json").exists() else {}
+    for m in models:  # merged with the models of earlier runs in WORK
         block = json.loads((work / f"ocr_{m}.json").read_text())
         lat = pruning_ocr.latency(m, work, [(str(r), work / f"ocr_{m}_wanda_least-squares_{r}.onnx") for r in RATIOS],
                                   args.seconds)

@@ -83,3 +83,28 @@ def latency_inputs(proto) -> dict:  # noqa: ANN001
             break
     ids = np.asarray(ids[:128], dtype=np.int64)[None, :]
     return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+
+
+def interleaved_ratios(base: Path, variants: list[tuple[str, Path]], inputs: dict, seconds: float, tag: str) -> dict:
+    """Latency of each variant after O2 as a ratio to ``base`` (already after
+    O2), timed with graphopt.bench's interleaved runner (ORT_ENABLE_ALL, 2
+    threads) in groups of three variants beside the reference (BENCH.md: few
+    live sessions at once). A variant already after O2 (``*_o2.onnx``) or
+    quantized (``int8`` in its name) is timed as it is; others are put
+    through O2 into ``<stem>_o2.onnx`` first (kept for reruns). Returns
+    ``{label: ratio}`` and prints each group's ratios under ``tag``."""
+    from graphopt.bench.runner import benchmark
+
+    done = {}
+    for i in range(0, len(variants), 3):
+        group, after = variants[i:i + 3], []
+        for _, p in group:
+            dst = p if str(p).endswith("_o2.onnx") or "int8" in str(p) else p.with_name(p.stem + "_o2.onnx")
+            if not dst.exists():
+                o2(p, dst)
+            after.append(dst)
+        report = benchmark([base, *after], inputs=inputs, threads=2, opt_level="all", warmup=10, seconds=seconds)
+        for (label, _), t in zip(group, report.models[1:]):
+            done[label] = t.ratio
+        print(tag, [round(t.ratio, 3) for t in report.models], flush=True)
+    return done

@@ -38,7 +38,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchmarks_common import MODELS, TEXT, data as _data, latency_inputs as _latency_inputs  # noqa: E402
-from benchmarks_common import o2 as _o2, outputs as _outputs, quality, split_data, stats as _stats  # noqa: E402
+from benchmarks_common import interleaved_ratios, o2 as _o2, outputs as _outputs, quality, split_data  # noqa: E402
+from benchmarks_common import stats as _stats  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RATIOS = (0.9, 0.75, 0.6, 0.5)
@@ -130,7 +131,6 @@ def peer(export: str, work: Path, shares: dict[float, float]) -> list[dict]:
 def latency(export: str, work: Path, paths: list[tuple[str, Path]], seconds: float) -> dict[str, float]:
     """Latency ratio of each (label, model) after O2 vs the original after O2, reference + 3 per interleaved run."""
     from graphopt import ir
-    from graphopt.bench.runner import benchmark
 
     base = work / f"{export}_original_o2.onnx"
     if not base.exists():
@@ -138,20 +138,7 @@ def latency(export: str, work: Path, paths: list[tuple[str, Path]], seconds: flo
     inputs = _latency_inputs(ir.load_proto(MODELS[export]))
     feeds = {i.name for i in ir.load_proto(MODELS[export]).graph.input}
     inputs = {k: v for k, v in inputs.items() if k in feeds}
-    done = {}
-    for i in range(0, len(paths), 3):
-        group = paths[i:i + 3]
-        o2s = []
-        for label, p in group:
-            dst = p if str(p).endswith("_o2.onnx") or "int8" in str(p) else p.with_name(p.stem + "_o2.onnx")
-            if not dst.exists():
-                _o2(p, dst)
-            o2s.append(dst)
-        report = benchmark([base, *o2s], inputs=inputs, threads=2, opt_level="all", warmup=10, seconds=seconds)
-        for (label, _), t in zip(group, report.models[1:]):
-            done[label] = t.ratio
-        print(export, [round(t.ratio, 3) for t in report.models], flush=True)
-    return done
+    return interleaved_ratios(base, paths, inputs, seconds, export)
 
 
 def stacked(export: str, work: Path, seconds: float) -> list[dict]:

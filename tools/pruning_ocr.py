@@ -187,28 +187,14 @@ def worker(model: str, work: Path, methods: tuple[str, ...], ratios: tuple[float
 
 def latency(model: str, work: Path, paths: list[tuple[str, Path]], seconds: float) -> dict[str, float]:
     """Latency ratio of each (label, model) after O2 vs the original after O2, interleaved, 3 per run."""
-    from benchmarks_common import o2 as _o2
-
-    from graphopt.bench.runner import benchmark
+    from benchmarks_common import interleaved_ratios, o2 as _o2
 
     base = work / f"ocr_{model}_original_o2.onnx"
     if not base.exists():
         _o2(source(model, work), base)
     _, evaluation, _ = render(model, work / "latency_inputs")
     inputs = {"x": evaluation[0]}
-    done = {}
-    for i in range(0, len(paths), 3):
-        group, o2s = paths[i:i + 3], []
-        for _, p in group:
-            dst = p.with_name(p.stem + "_o2.onnx")
-            if not dst.exists():
-                _o2(p, dst)
-            o2s.append(dst)
-        report = benchmark([base, *o2s], inputs=inputs, threads=2, opt_level="all", warmup=10, seconds=seconds)
-        for (label, _), t in zip(group, report.models[1:]):
-            done[label] = t.ratio
-        print(model, [round(t.ratio, 3) for t in report.models], flush=True)
-    return done
+    return interleaved_ratios(base, paths, inputs, seconds, model)
 
 
 def _f(v: float | None, d: int = 4) -> str:

@@ -154,8 +154,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     model = ir.load(args.input)  # the loader's checks first: they say best what is wrong with a file
     runner = _runner(args)  # --dim/--shape/--value/--inputs checked against the model before any pass runs
     before = model_stats(model)
+    feed = None
     if args.verify or args.verify_each:
-        runner.prepare(args.input)  # inputs the original runs on, or exit 2 now
+        feed = runner.prepare(args.input)  # inputs the original runs on (and its outputs), or exit 2 now
     instruments: list[Any] = [Reproducer(args.reproducer_dir)]
     verify_each = None
     if args.verify_each:
@@ -177,7 +178,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
         rtol, atol_scale = verify_tolerance(args, ctx, result.report.records)
         report = compare(args.input, str(path), inputs=runner.inputs, dims=runner.dims,
-                         rtol=rtol, atol=ctx.get("verify.atol"), atol_scale=atol_scale)
+                         rtol=rtol, atol=ctx.get("verify.atol"), atol_scale=atol_scale,
+                         reference=None if feed is None else feed.outputs)  # the original ran once, in prepare
         report_box["verify"] = report
         if not report.ok:
             raise VerificationError(

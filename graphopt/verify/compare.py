@@ -485,6 +485,7 @@ def compare(
     seed: int = 0,
     optimization_level: str = "basic",
     atol_scale: float = 0.0,
+    reference: Mapping[str, Any] | None = None,
 ) -> CompareReport:
     """Run two models in onnxruntime on the same inputs and compare their outputs.
 
@@ -503,6 +504,10 @@ def compare(
         optimization_level: onnxruntime graph optimization level for both
             sessions (``"disable"``, ``"basic"``, ``"extended"``, ``"all"``).
         atol_scale: absolute floor relative to each output's scale (module doc).
+        reference: ``model_a``'s outputs on exactly ``inputs``, already
+            computed with the same providers and optimization level (e.g. the
+            :class:`~graphopt.verify.feed.Feed` that found runnable inputs):
+            ``model_a`` is then not run again.
 
     Returns:
         A :class:`CompareReport`; call ``raise_for_failure()`` to turn a failure
@@ -530,7 +535,7 @@ def compare(
     signature = signature_differences(source_a.proto, source_b.proto)
     described = {name: _describe(value) for name, value in feed.items()}
     seed_used = seed if generated else None
-    ref = run_model(source_a, feed, providers, optimization_level)
+    ref = dict(reference) if reference is not None else run_model(source_a, feed, providers, optimization_level)
     names_b = _runtime_input_names(source_b.proto)
     try:
         if any(name not in feed for name in names_b):

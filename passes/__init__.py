@@ -1,4 +1,4 @@
 """graphopt's rewrite passes (installed as ``graphopt.passes``). Importing this
 package registers every built-in pass with the pass manager."""
 
-from graphopt.passes import cleanup, convert, folding, fusion, lowrank, pruning, quantization  # noqa: F401 - registers the passes
+from graphopt.passes import cleanup, compression, convert, folding, fusion, lowrank, pruning, quantization  # noqa: F401 - registers the passes

@@ -24,7 +24,7 @@ from graphopt.errors import InputError, LoadError
 from graphopt.ir import load_proto
 from graphopt.verify import check_inputs, compare_outputs, generate_inputs
 
-__all__ = ["ModelTiming", "BenchReport", "benchmark", "OPT_LEVELS", "make_bench_session"]
+__all__ = ["ModelTiming", "BenchReport", "benchmark", "interleave", "OPT_LEVELS", "make_bench_session"]
 
 OPT_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -111,6 +111,30 @@ def make_bench_session(path: str | Path, provider: str, threads: int, opt_level:
         raise LoadError(f"onnxruntime cannot load '{path}': {e}") from e
 
 
+def interleave(sessions: Sequence[ort.InferenceSession], feeds: Sequence[dict[str, np.ndarray]], *,
+               min_runs: int = 10, max_runs: int = 1000, seconds: float = 10.0) -> list[list[float]]:
+    """Time warm ``sessions`` round by round on their ``feeds`` (one dict per session), the order rotated each
+    round so that drift of the machine hits every session alike (``shared/BENCH.md``); stops after ``max_runs``
+    rounds, or after ``seconds`` once every session has ``min_runs``.
+
+    Returns:
+        Per session, every timed run in milliseconds, in order.
+    """
+    samples: list[list[float]] = [[] for _ in sessions]
+    order = list(range(len(sessions)))
+    round_no = 0
+    deadline = time.perf_counter() + seconds
+    while True:
+        rotated = order[round_no % len(order):] + order[:round_no % len(order)]
+        for i in rotated:
+            t0 = time.perf_counter()
+            sessions[i].run(None, feeds[i])
+            samples[i].append((time.perf_counter() - t0) * 1e3)
+        round_no += 1
+        if round_no >= max_runs or (round_no >= min_runs and time.perf_counter() > deadline):
+            return samples
+
+
 def _percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -176,19 +200,7 @@ def benchmark(
             result = session.run(None, feed)
         outputs.append(dict(zip([o.name for o in session.get_outputs()], result)))
     feeds = [{k: v for k, v in inputs.items() if k in {i.name for i in s.get_inputs()}} for s in sessions]
-    samples: list[list[float]] = [[] for _ in sessions]
-    order = list(range(len(sessions)))
-    round_no = 0
-    deadline = time.perf_counter() + seconds
-    while True:
-        rotated = order[round_no % len(order):] + order[:round_no % len(order)]
-        for i in rotated:
-            t0 = time.perf_counter()
-            sessions[i].run(None, feeds[i])
-            samples[i].append((time.perf_counter() - t0) * 1e3)
-        round_no += 1
-        if round_no >= max_runs or (round_no >= min_runs and time.perf_counter() > deadline):
-            break
+    samples = interleave(sessions, feeds, min_runs=min_runs, max_runs=max_runs, seconds=seconds)
     reference = statistics.median(samples[0])
     timings = []
     for i, p in enumerate(paths):

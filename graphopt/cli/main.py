@@ -16,7 +16,7 @@ import traceback
 from rich.markup import escape
 
 from graphopt import __version__
-from graphopt.cli import bench, engine, explain, factorize, info, optimize, prune, quantize
+from graphopt.cli import bench, compress, engine, explain, factorize, info, optimize, prune, quantize
 from graphopt.cli.common import console, setup_logging
 from graphopt.errors import GraphoptError, PassError
 
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_parsers(sub)
     factorize.add_parsers(sub)
     prune.add_parsers(sub)
+    compress.add_parsers(sub)
     return parser
 
 

@@ -80,6 +80,14 @@ register_pipeline(
 )
 
 register_pipeline(
+    "O3",
+    "O1,compress",
+    "O1, then structured pruning, low-rank factorization with reconstruction, O2 fusion for the target and "
+    "INT8 QDQ, searched together under the context's one accuracy budget (or compress{speedup=X}), latency "
+    "measured on this machine (needs calibration and evaluation data: graphopt compress)",
+)
+
+register_pipeline(
     "fp16",
     "O2,convert-float16",
     "O2, then float16 weights and compute with numerically sensitive ops kept in float32",

@@ -1,0 +1,258 @@
+"""``graphopt compress``: the fastest model whose metric holds on held-out inputs (``--budget``), or the most
+accurate one at least X times faster (``--speedup``), searched over structured pruning, low-rank factorization
+and INT8 together (pipeline ``O3``), latency measured on this machine against the original.
+
+Data: ``--calib`` (statistics, reconstruction, INT8 ranges), ``--eval`` (what the search scores candidates on)
+and ``--test`` (held-out: the reported figure; without it the second half of ``--eval`` is held out and the
+search sees the first half). Conventions as ``graphopt prune``: everything is checked before work starts (exit
+2), nothing is written when no point meets the goal (exit 1, the best points reached printed), the output is
+written atomically after onnx.checker and an onnxruntime run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.table import Table
+
+from graphopt import ir
+from graphopt.cli import lossy
+from graphopt.cli.common import add_dim_options, console, want_progress
+from graphopt.errors import InputError, VerificationError
+
+__all__ = ["add_parsers", "load_metric", "parse_goal"]
+
+MAX_BATCHES = 512
+"""Evaluation batches read at most (search and held-out together)."""
+
+
+def load_metric(spec: str) -> Callable[..., float]:
+    """``module:function`` or ``path/to/file.py:function`` -> the function, a metric
+    ``metric(outputs, reference) -> float`` (higher is better; each argument a list of per-batch
+    ``{output name: array}``, the compressed model's and the original's).
+
+    Raises:
+        InputError: no ``:``, a module or file that cannot be imported, or no callable of that name.
+    """
+    module, sep, name = spec.rpartition(":")
+    if not sep or not module or not name:
+        raise InputError(f"--metric expects MODULE:FUNCTION or FILE.py:FUNCTION (e.g. --metric "
+                         f"tools/ocr_metric.py:char_accuracy), got {spec!r}")
+    try:
+        if module.endswith(".py"):
+            path = Path(module)
+            if not path.is_file():
+                raise InputError(f"--metric file '{module}' does not exist")
+            loaded = importlib.util.spec_from_file_location(f"graphopt_user_metric_{path.stem}", path)
+            mod = importlib.util.module_from_spec(loaded)
+            loaded.loader.exec_module(mod)
+        else:
+            mod = importlib.import_module(module)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any import failure of the user's module is the user's input error
+        raise InputError(f"--metric: cannot import '{module}': {type(e).__name__}: {e}") from e
+    fn = getattr(mod, name, None)
+    if not callable(fn):
+        raise InputError(f"--metric: '{module}' has no function '{name}'")
+    return fn
+
+
+def parse_goal(args: argparse.Namespace) -> tuple[str, Callable[..., float], float | None, float | None]:
+    """``(metric name, metric, threshold or None, speedup or None)`` of ``--budget``/``--speedup``/``--metric``.
+
+    ``--budget`` is ``METRIC=VALUE`` with a built-in metric (cosine, argmax, rank-fidelity); with ``--metric``
+    it is ``VALUE`` or ``NAME=VALUE`` (NAME the function's name). ``--speedup X`` maximizes the metric (default
+    cosine) at least X times faster.
+
+    Raises:
+        InputError: a malformed budget, an unknown metric, both or neither goal, a speedup <= 1.
+    """
+    from graphopt.calibrate.metrics import METRICS
+
+    user = load_metric(args.metric) if args.metric else None
+    if user is not None:
+        name = getattr(user, "__name__", "metric")
+        threshold = None
+        if args.budget is not None:
+            key, sep, value = args.budget.rpartition("=")
+            try:
+                threshold = float(value)
+            except ValueError:
+                threshold = None
+            if threshold is None or (sep and key.strip() not in (name, "metric")):
+                raise InputError(f"with --metric, --budget expects VALUE or {name}=VALUE (e.g. --budget "
+                                 f"{name}=0.99), got {args.budget!r}")
+        return name, user, threshold, args.speedup
+    if args.budget is not None:
+        budget = lossy.parse_budget(args.budget, example="rank-fidelity=0.97")
+        name, threshold = next(iter(budget.items()))
+        return name, METRICS[name], threshold, args.speedup
+    return "cosine", METRICS["cosine"], None, args.speedup
+
+
+def _latency_inputs(args: argparse.Namespace, proto: Any, first: dict) -> dict:
+    """The inputs latency is timed on: generated at ``--dim``/``--shape``/``--value`` when given, else the first
+    evaluation batch."""
+    request = args.request
+    if not (request.dims or request.shapes or request.values):
+        return dict(first)
+    from graphopt.verify.feed import runnable_inputs
+
+    return runnable_inputs(args.input, request, seed=0).sample(0)
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    """Check options and data, search, check the chosen point on held-out data, write it atomically, report."""
+    from graphopt.compress import CompressOptions, compress
+    from graphopt.compress.run import frontier_doc
+
+    start = time.perf_counter()
+    lossy.check_report(args)
+    name, metric, threshold, speedup = parse_goal(args)
+    techniques = tuple(t.strip() for t in args.techniques.split(","))
+    options = CompressOptions(techniques=techniques, target=args.target, threshold=threshold, speedup=speedup,
+                              time_limit=args.time_limit * 60 if args.time_limit is not None else None,
+                              latency_seconds=args.latency_seconds, threads=args.threads, mask=args.mask or "")
+    from graphopt.compress.run import check_options
+
+    check_options(options)  # exit 2 before any data is read
+    if args.calib is None or not args.eval:
+        raise InputError("compress needs --calib PATH (calibration data, or 'generate') and --eval PATH (held-out "
+                         "inputs the search scores candidates on)")
+    proto = ir.load_proto(args.input)
+    calibration = lossy.read_calibration(args, proto)
+    if not args.mask:
+        from graphopt.calibrate.metrics import MASK_NAMES
+
+        options.mask = next((i.name for i in proto.graph.input if i.name in MASK_NAMES), "")
+    evaluation = lossy.evaluation_batches(args, proto, MAX_BATCHES)
+    if args.test:
+        from graphopt.calibrate.data import CalibrationData
+
+        held = lossy.first_batches(CalibrationData.from_path(args.test, proto, batch_size=args.batch_size),
+                                   MAX_BATCHES)
+        searched = evaluation
+    else:
+        if len(evaluation) < 2:
+            raise InputError("--eval holds fewer than 2 batches: give more evaluation inputs, or a held-out set with "
+                             "--test PATH")
+        half = len(evaluation) // 2
+        searched, held = evaluation[:half], evaluation[half:]
+    calib = lossy.first_batches(calibration, args.calib_limit or 10 ** 9)
+    inputs = _latency_inputs(args, proto, searched[0])
+    show = want_progress(args)
+    with tempfile.TemporaryDirectory(prefix="graphopt-compress-") as work:
+        result = compress(args.input, Path(work), calib, searched, metric, options, held_out=held,
+                          latency_inputs=inputs,
+                          progress=(lambda line: console.print(f"[dim]compress: {line}[/dim]")) if show else None)
+        doc = _document(args, result, name, threshold, speedup, searched, held, start)
+        doc["frontier"] = frontier_doc(result, name, threshold)
+        if result.built is None:
+            _print_best(doc, result)
+            goal = f"{name} >= {threshold}" if threshold is not None else f"a {speedup:g}x speedup"
+            raise VerificationError(f"no point of the search meets {goal} ({result.search.stopped}); nothing was "
+                                    "written")
+        model = ir.load(result.built.path)
+        batches = held
+        saved, accuracy, rank_fidelity = lossy.save_checked(model, args, batches)
+    doc["output"] = str(saved.path)
+    doc["accuracy"] = lossy.accuracy_doc(accuracy, rank_fidelity, batches, batches)
+    doc["accuracy"]["data"] = "held-out"
+    doc["seconds"] = time.perf_counter() - start
+    lossy.show_result(args, doc, "compress", lambda: _table(doc), f"wrote {saved.path}")
+    return 0
+
+
+def _document(args: argparse.Namespace, result: Any, name: str, threshold: float | None, speedup: float | None,
+              searched: list, held: list, start: float) -> dict[str, Any]:
+    from graphopt.analysis.stats import model_stats
+
+    chosen = result.points[result.chosen] if result.chosen is not None else None
+    doc: dict[str, Any] = {
+        "input": args.input, "target": args.target, "metric": name, "budget": threshold, "speedup": speedup,
+        "techniques": args.techniques, "stopped": result.search.stopped, "points_measured": len(result.points),
+        "search_batches": len(searched), "held_out_batches": len(held), "chosen": chosen,
+        "held_out": result.held_out, "stepped_back": [result.points[i]["label"] for i in result.stepped_back],
+        "original_ms": result.original_ms, "seconds": time.perf_counter() - start,
+    }
+    if result.built is not None:
+        docs = result.built.docs
+        doc["pipeline"] = docs.get("spec")
+        for key in ("prune", "factorize", "quantize"):
+            if docs.get(key):
+                doc[key] = docs[key]
+        before = model_stats(ir.load(args.input), with_flops=True)
+        after = model_stats(ir.load(result.built.path), with_flops=True)
+        doc["before"], doc["after"] = before.to_dict(), after.to_dict()
+        doc["latency_ms"] = {"before": result.original_ms, "after": chosen.get("latency_ms")}
+        doc["quality"] = {name: {"before": 1.0 if name != "metric" else None, "after": result.held_out}}
+    return doc
+
+
+def _print_best(doc: dict[str, Any], result: Any) -> None:
+    points = [p for p in doc["frontier"]["points"] if p.get("frontier")]
+    if not points:
+        console.print("no candidate could be measured")
+        return
+    console.print("best points reached (the Pareto frontier of the search):")
+    for p in points:
+        console.print(f"  {p['label']}: latency ratio {p['latency_ratio']:.3f}, {doc['metric']} {p['quality']:.4f}")
+
+
+def _table(doc: dict[str, Any]) -> Table:
+    outer = Table.grid(padding=1)
+    front = Table(title=f"compress: {doc['points_measured']} points measured ({doc['stopped']})", show_edge=False)
+    for col in ("point", "latency ratio", doc["metric"], "frontier"):
+        front.add_column(col, justify="left" if col == "point" else "right")
+    chosen = doc["frontier"]["chosen"]
+    for i, p in enumerate(doc["frontier"]["points"]):
+        mark = "chosen" if i == chosen else ("yes" if p.get("frontier") else "")
+        front.add_row(p["label"], f"{p['latency_ratio']:.3f}", f"{p['quality']:.4f}", mark)
+    outer.add_row(front)
+    c = doc["chosen"]
+    outer.add_row(f"chosen: {c['label']} ({doc.get('pipeline')}): latency ratio {c['latency_ratio']:.3f} "
+                  f"({c['latency_ms']:.2f} ms against {doc['original_ms']:.2f} ms), {doc['metric']} "
+                  f"{c['quality']:.4f} on the search split, {doc['held_out']:.4f} held out")
+    if doc["stepped_back"]:
+        outer.add_row(f"passed over (missed the budget on the held-out split): {', '.join(doc['stepped_back'])}")
+    outer.add_row(lossy.accuracy_line(doc["accuracy"]))
+    outer.add_row(f"done in {doc['seconds']:.1f} s")
+    return outer
+
+
+def add_parsers(sub: Any) -> None:
+    """Register ``compress``."""
+    from graphopt.compress import TECHNIQUES
+    from graphopt.passmanager import TARGETS
+
+    p = sub.add_parser("compress", help="pruning, low-rank and INT8 searched together under one accuracy budget "
+                       "(pipeline O3), latency measured on this machine")
+    lossy.add_data_options(p, "scores from random inputs mean little")
+    p.add_argument("--test", metavar="PATH", help="held-out inputs for the reported figure (default: the second "
+                   "half of --eval; the search then sees the first half)")
+    goal = p.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--budget", metavar="METRIC=VALUE", help=(
+        "the fastest model whose METRIC (cosine, argmax, rank-fidelity; or VALUE with --metric) holds on the "
+        "evaluation inputs"))
+    goal.add_argument("--speedup", type=float, metavar="X", help="the most accurate model at least X times faster")
+    p.add_argument("--metric", metavar="MODULE:FUNCTION", help=(
+        "a task metric: metric(outputs, reference) -> float, higher is better (FILE.py:FUNCTION works too)"))
+    p.add_argument("--target", choices=tuple(TARGETS), default="ort", help="fusions and INT8 placement for this "
+                   "runtime (default ort)")
+    p.add_argument("--techniques", default=",".join(TECHNIQUES), help=f"searched techniques (default "
+                   f"{','.join(TECHNIQUES)})")
+    p.add_argument("--time-limit", type=float, metavar="MIN", help="minutes for the search (default: no limit)")
+    p.add_argument("--latency-seconds", type=float, default=2.0, help="timed seconds per candidate (default 2)")
+    p.add_argument("--threads", type=int, default=2, help="onnxruntime threads for the latency (default 2)")
+    p.add_argument("--mask", metavar="INPUT", help="graph input whose zeros drop padded rows from the statistics "
+                   "(default: attention_mask when the model has it)")
+    add_dim_options(p, inputs=False)
+    lossy.add_output_options(p, "the latency vs quality frontier, kept heads/neurons, ranks, INT8 SQNR")
+    p.set_defaults(func=cmd_compress)

@@ -1,0 +1,273 @@
+"""``compress``: the fastest model that keeps an accuracy budget (or the most accurate one at a speedup), searched
+over structured pruning, low-rank factorization and INT8 together, latency measured on this machine.
+
+:func:`compress` wires the pieces: the original's outputs on the search split, the
+:class:`~graphopt.compress.candidates.CandidateBuilder`, a warm :class:`~graphopt.bench.probe.LatencyProbe`
+against the original, :func:`~graphopt.compress.search.search`, and the chosen point measured again on a
+held-out split no search saw (the figure reported; when it misses the budget there, the next more accurate
+frontier point is taken and the report says so).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from graphopt.compress.candidates import TECHNIQUES, Built, CandidateBuilder, failure, spec_of
+from graphopt.compress.search import Knob, Measure, SearchResult, search
+from graphopt.errors import GraphoptError, InputError
+
+__all__ = ["CompressOptions", "CompressResult", "check_options", "compress", "frontier_doc", "PRUNE_LEVELS", "LOWRANK_LEVELS"]
+
+log = logging.getLogger(__name__)
+
+PRUNE_LEVELS = (1.0, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
+"""Kept block-FLOP ratios the pruning knob walks (1.0 = off)."""
+
+LOWRANK_LEVELS = (1.0, 0.9, 0.8, 0.7, 0.6)
+"""Kept parameter ratios of the factorizable layers the low-rank knob walks (1.0 = off)."""
+
+
+@dataclass
+class CompressOptions:
+    """Options of :func:`compress`.
+
+    Attributes:
+        techniques: which of ``prune``, ``lowrank``, ``int8`` the search may use.
+        target: ``ort``, ``onnx`` or ``tensorrt``.
+        threshold: the budget: the chosen model's metric on the search split is at least this (or ``speedup``).
+        speedup: the chosen model is at least this many times faster than the original (or ``threshold``).
+        time_limit: seconds for the search (None: until it ends by itself).
+        latency_seconds: timed seconds per candidate against the warm original.
+        threads: onnxruntime intra-op threads of the latency measurements.
+        prune_levels, lowrank_levels: the knobs' ladders.
+        prune, lowrank: base pass options (None: wanda scores with the error allocation and least squares;
+            svd-llm with the refit).
+        mask: graph input whose zeros drop padded rows from the statistics.
+    """
+
+    techniques: tuple[str, ...] = TECHNIQUES
+    target: str = "ort"
+    threshold: float | None = None
+    speedup: float | None = None
+    time_limit: float | None = None
+    latency_seconds: float = 2.0
+    threads: int = 2
+    prune_levels: tuple[float, ...] = PRUNE_LEVELS
+    lowrank_levels: tuple[float, ...] = LOWRANK_LEVELS
+    prune: Any = None
+    lowrank: Any = None
+    mask: str = ""
+
+
+@dataclass
+class CompressResult:
+    """What :func:`compress` found.
+
+    Attributes:
+        search: the :class:`~graphopt.compress.search.SearchResult` (every point, frontier, chosen, why it stopped).
+        built: the chosen candidate (its file in the work folder), or None when no point meets the goal.
+        chosen: index of the chosen point in ``search.points`` (after the held-out check), or None.
+        held_out: the chosen point's metric on the held-out split (None without one).
+        stepped_back: frontier points passed over because they missed the budget on the held-out split.
+        points: per measured point ``{"label", "latency_ratio", "latency_ms", "quality", "techniques", levels,
+            "seconds", "error"}``.
+        original_ms: the original's median latency (milliseconds) in the probe.
+        seconds: wall time.
+    """
+
+    search: SearchResult
+    built: Built | None
+    chosen: int | None
+    held_out: float | None
+    stepped_back: list[int] = field(default_factory=list)
+    points: list[dict[str, Any]] = field(default_factory=list)
+    original_ms: float = 0.0
+    seconds: float = 0.0
+
+
+def check_options(opts: CompressOptions) -> tuple[str, ...]:
+    """The techniques of ``opts``, checked.
+
+    Raises:
+        InputError: an unknown technique, neither or both goals, a speedup <= 1, a time limit <= 0, bad levels.
+    """
+    techniques = tuple(dict.fromkeys(t.strip() for t in opts.techniques if t.strip()))
+    unknown = [t for t in techniques if t not in TECHNIQUES]
+    if unknown or not techniques:
+        raise InputError(f"unknown technique(s) {', '.join(unknown) or '(none given)'}; choose from "
+                         f"{', '.join(TECHNIQUES)} (e.g. --techniques prune,int8)")
+    if (opts.threshold is None) == (opts.speedup is None):
+        raise InputError("give exactly one goal: an accuracy budget (--budget METRIC=VALUE) or a speedup "
+                         "(--speedup X)")
+    if opts.speedup is not None and not opts.speedup > 1.0:
+        raise InputError(f"--speedup must be above 1 (times faster than the original), got {opts.speedup}")
+    if opts.time_limit is not None and not opts.time_limit > 0:
+        raise InputError(f"--time-limit must be positive, got {opts.time_limit}")
+    for name, levels in (("prune", opts.prune_levels), ("lowrank", opts.lowrank_levels)):
+        if not levels or levels[0] != 1.0 or any(not 0 < v <= 1 for v in levels) or list(levels) != sorted(
+                levels, reverse=True):
+            raise InputError(f"the {name} levels must start at 1.0 and fall within (0, 1], got {levels}")
+    return techniques
+
+
+def _label(levels: Mapping[str, Any]) -> str:
+    parts = []
+    if levels.get("prune", 1.0) < 1.0:
+        parts.append(f"prune {levels['prune']:g}")
+    if levels.get("lowrank", 1.0) < 1.0:
+        parts.append(f"lowrank {levels['lowrank']:g}")
+    if levels.get("int8"):
+        parts.append("int8")
+    return " + ".join(parts) or "fp32 (O2)"
+
+
+def compress(source: str | Path, work: Path, calibration: Sequence[dict], search_batches: Sequence[dict],
+             metric: Callable[..., float], options: CompressOptions, *, held_out: Sequence[dict] | None = None,
+             latency_inputs: dict[str, np.ndarray] | None = None, progress: Callable[[str], None] | None = None,
+             evaluate: Callable[[dict[str, Any]], Measure] | None = None) -> CompressResult:
+    """Search ``source``'s compressed variants and build the chosen one into ``work``.
+
+    Args:
+        source: the original .onnx path (never modified).
+        work: a folder for intermediate and candidate models (the caller removes it).
+        calibration: calibration batches (input dicts): statistics, reconstruction, INT8 ranges.
+        search_batches: evaluation batches the search scores candidates on (never calibration samples).
+        metric: ``metric(outputs, reference) -> float`` (higher is better), e.g. a value of
+            :data:`graphopt.calibrate.metrics.METRICS` or a user's task metric.
+        options: :class:`CompressOptions` (the goal: ``threshold`` or ``speedup``).
+        held_out: batches no search saw; the chosen point's reported metric is measured on them.
+        latency_inputs: the inputs latency is timed on (default the first search batch).
+        progress: called with a one-line status after each measured point.
+        evaluate: replaces building and measuring (tests): ``evaluate(levels) -> Measure``.
+
+    Returns:
+        :class:`CompressResult` (``built`` None when no point meets the goal).
+
+    Raises:
+        InputError: bad options, no calibration or search batches.
+    """
+    from graphopt.bench.probe import LatencyProbe
+    from graphopt.calibrate.evaluate import run_outputs
+    from graphopt.passes.lowrank.factorize import FactorizeOptions
+    from graphopt.passes.pruning.prune import PruneOptions
+
+    start = time.perf_counter()
+    techniques = check_options(options)
+    if not calibration or not search_batches:
+        raise InputError("compress needs calibration batches (--calib) and evaluation batches (--eval) the search "
+                         "scores candidates on")
+    knobs = []
+    if "prune" in techniques:
+        knobs.append(Knob("prune", tuple(options.prune_levels)))
+    if "lowrank" in techniques:
+        knobs.append(Knob("lowrank", tuple(options.lowrank_levels)))
+    if "int8" in techniques:
+        knobs.append(Knob("int8", (False, True)))
+    prune_opts = options.prune or PruneOptions(method="wanda", allocation="error")
+    lowrank_opts = options.lowrank or FactorizeOptions(threads=options.threads)
+    reference = run_outputs(str(source), list(search_batches))
+    builder = probe = None
+    if evaluate is None:
+        builder = CandidateBuilder(source, work, target=options.target, calibration=list(calibration),
+                                   search=list(search_batches), reference=reference, metric=metric,
+                                   threshold=options.threshold, prune=prune_opts, lowrank=lowrank_opts,
+                                   mask=options.mask)
+        probe = LatencyProbe(source, latency_inputs or dict(search_batches[0]), threads=options.threads,
+                             seconds=options.latency_seconds)
+    built: dict[tuple, Built] = {}
+    details: list[dict[str, Any]] = []
+
+    def levels_of(point: tuple[int, ...]) -> dict[str, Any]:
+        return {k.name: k.levels[i] for k, i in zip(knobs, point)}
+
+    def measure(point: tuple[int, ...]) -> Measure:
+        levels = levels_of(point)
+        began = time.perf_counter()
+        detail = {"label": _label(levels), **{k: levels.get(k) for k in ("prune", "lowrank", "int8")},
+                  "techniques": ",".join(k for k in ("prune", "lowrank", "int8")
+                                         if levels.get(k) not in (None, False, 1.0)) or "-"}
+        if evaluate is not None:
+            m = evaluate(levels)
+            detail.update(latency_ratio=m.latency, quality=m.quality, latency_ms=m.latency, error=m.error)
+        else:
+            try:
+                b = builder.build(levels)
+                quality = builder.quality(b.path)
+                timing = probe.measure(b.path)
+            except GraphoptError as e:
+                log.info("compress: %s failed: %s", detail["label"], failure(e))
+                m = Measure(math.inf, -math.inf, failure(e))
+                detail.update(latency_ratio=None, quality=None, latency_ms=None, error=m.error)
+            else:
+                built[point] = b
+                m = Measure(timing.ratio, quality)
+                detail.update(latency_ratio=timing.ratio, latency_ms=timing.median_ms, quality=quality, error="",
+                              original_ms=timing.original_ms, load=round(timing.load, 2),
+                              kept_float=len(b.docs.get("quantize", {}).get("kept_float", [])))
+        detail["seconds"] = round(time.perf_counter() - began, 2)
+        details.append(detail)
+        if progress is not None:
+            progress(f"{len(details)} points; last {detail['label']}: latency "
+                     f"{_fmt(detail['latency_ratio'])}, quality {_fmt(detail['quality'])}")
+        return m
+
+    result = search(knobs, measure, threshold=options.threshold, speedup=options.speedup,
+                    time_limit=options.time_limit)
+    originals = [d["original_ms"] for d in details if d.get("original_ms")]
+    out = CompressResult(result, None, result.chosen, None, points=details,
+                         original_ms=float(np.median(originals)) if originals else 0.0)
+    chosen = result.chosen
+    if chosen is not None and held_out is not None and evaluate is None:
+        ref_held = run_outputs(str(source), list(held_out))
+        # Walk from the chosen point towards more accurate frontier points until the held-out split holds too.
+        order = [chosen] + [i for i in sorted(result.frontier, key=lambda i: result.points[i][1].latency)
+                            if result.points[i][1].latency > result.points[chosen][1].latency]
+        for i in order:
+            score = builder.quality(built[result.points[i][0]].path, list(held_out), ref_held)
+            if options.threshold is None or score >= options.threshold:
+                chosen, out.held_out = i, score
+                break
+            out.stepped_back.append(i)
+        else:
+            chosen = None
+    out.chosen = chosen
+    if chosen is not None and evaluate is None:
+        levels = levels_of(result.points[chosen][0])
+        out.built = builder.build(levels, sqnr=bool(levels.get("int8")), name="chosen")
+        out.built.docs["spec"] = spec_of(levels, options.target, prune_opts, lowrank_opts)
+    out.seconds = time.perf_counter() - start
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def frontier_doc(result: CompressResult, ylabel: str, budget: float | None) -> dict[str, Any]:
+    """The ``frontier`` entry of the compress document (see :mod:`graphopt.report.document`): every measured
+    point with its latency (ms) and quality, the chosen index, the frontier flags."""
+    frontier = set(result.search.frontier)
+    points = []
+    for i, d in enumerate(result.points):
+        if d.get("error"):
+            continue
+        points.append({**d, "frontier": i in frontier, "index": i})
+    index = {p["index"]: n for n, p in enumerate(points)}
+    return {"points": points, "chosen": index.get(result.chosen) if result.chosen is not None else None,
+            "x": "latency_ms", "y": "quality", "xlabel": "latency (ms, median, interleaved with the original)",
+            "ylabel": ylabel, "budget": budget,
+            "columns": [["techniques", "techniques", ""], ["latency ratio", "latency_ratio", ""],
+                        ["INT8 layers kept float", "kept_float", ""], ["seconds", "seconds", "s"]]}
+
+
+def asdict_levels(result: CompressResult) -> list[dict[str, Any]]:
+    """Every measured point as ``{levels..., latency, quality, error}`` (for JSON)."""
+    return [{**result.search.levels(i), **asdict(m)} for i, (_, m) in enumerate(result.search.points)]

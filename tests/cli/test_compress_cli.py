@@ -1,0 +1,170 @@
+"""``graphopt compress`` and pipeline O3: the written model and its report, a budget nothing meets (exit 1,
+nothing written, the best points printed), bad metric specs, techniques and data (exit 2, nothing written), and
+the search through :func:`graphopt.compress.compress` with injected latency and quality."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from graphopt import ir
+from graphopt.compress import CompressOptions, Measure, compress
+from graphopt.compress.search import best
+from graphopt.errors import PassError
+from helpers import flat, restore_logging, run_cli  # noqa: F401 - autouse fixture
+
+D, H = 16, 256
+
+
+def _mlp(path: Path) -> Path:
+    """x [batch, 4, 16] -> MatMul 16x256 -> Relu -> MatMul 256x16 (an FFN the prune knob can cut)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in (
+        ("w1", rng.standard_normal((D, H)) / 4), ("b1", rng.standard_normal(H) / 4),
+        ("w2", rng.standard_normal((H, D)) / 16), ("b2", rng.standard_normal(D)))]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["hb"]),
+             helper.make_node("Relu", ["hb"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["o"]),
+             helper.make_node("Add", ["o", "b2"], ["y"])]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, D])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, D])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    return path
+
+
+def _data(folder: Path, count: int, seed: int, name: str = "x") -> Path:
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        np.savez(folder / f"sample_{i:03d}.npz", **{name: rng.standard_normal((1, 4, D)).astype(np.float32)})
+    return folder
+
+
+@pytest.fixture()
+def setup(tmp_path: Path) -> tuple[Path, Path, Path]:
+    return _mlp(tmp_path / "m.onnx"), _data(tmp_path / "c", 16, 0), _data(tmp_path / "e", 8, 1)
+
+
+def test_compress_writes_the_chosen_model_and_report(setup, tmp_path, capsys):
+    model, calib, ev = setup
+    out, report = tmp_path / "c.onnx", tmp_path / "r.html"
+    code, stdout, stderr = run_cli(capsys, "compress", model, "-o", out, "--calib", calib, "--eval", ev,
+                                   "--budget", "cosine=0.98", "--techniques", "prune", "--latency-seconds", "0.05",
+                                   "--json", "--report", report)
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    assert doc["search_batches"] == 4 and doc["held_out_batches"] == 4  # --eval split in halves, no --test
+    chosen = doc["chosen"]
+    assert chosen["quality"] >= 0.98 and doc["held_out"] >= 0.98
+    assert doc["accuracy"]["data"] == "held-out" and doc["accuracy"]["batches"] == 4
+    assert doc["accuracy"]["cosine"] == pytest.approx(doc["held_out"], abs=1e-6)
+    points = doc["frontier"]["points"]
+    assert len(points) == doc["points_measured"] and points[0]["label"] == "fp32 (O2)"
+    assert points[doc["frontier"]["chosen"]]["label"] == chosen["label"]
+    assert doc["pipeline"].startswith("O1,") and doc["pipeline"].endswith(",O2")
+    if chosen["prune"] < 1.0:
+        assert doc["prune"]["pruned"] == 1 and doc["after"]["parameters"] < doc["before"]["parameters"]
+    onnx.checker.check_model(onnx.load(out))
+    html = report.read_text()
+    assert 'id="frontier"' in html and "data:image/png;base64," in html and chosen["label"] in html
+
+
+def test_budget_nothing_meets_exits_1_and_writes_nothing(setup, tmp_path, capsys):
+    model, calib, ev = setup
+    metric = tmp_path / "never.py"
+    metric.write_text("def never(outputs, reference):\n    return 0.0\n")
+    out = tmp_path / "c.onnx"
+    code, stdout, stderr = run_cli(capsys, "compress", model, "-o", out, "--calib", calib, "--eval", ev,
+                                   "--metric", f"{metric}:never", "--budget", "never=0.5", "--techniques", "prune",
+                                   "--latency-seconds", "0.05")
+    assert code == 1
+    text = flat(stderr)
+    assert "no point of the search meets never >= 0.5 (no step keeps the budget); nothing was written" in text
+    assert "best points reached (the Pareto frontier of the search):" in text and ": latency ratio " in text
+    assert ", never 0.0000" in text
+    assert not out.exists() and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--metric", "no_such_module_xyz:f", "--budget", "0.9"], "--metric: cannot import 'no_such_module_xyz'"),
+    (["--metric", "json", "--budget", "0.9"], "--metric expects MODULE:FUNCTION or FILE.py:FUNCTION"),
+    (["--metric", "json:no_such_fn", "--budget", "0.9"], "--metric: 'json' has no function 'no_such_fn'"),
+    (["--metric", "missing_file.py:f", "--budget", "0.9"], "--metric file 'missing_file.py' does not exist"),
+    (["--metric", "json:dumps", "--budget", "cosine=0.9"], "with --metric, --budget expects VALUE or dumps=VALUE"),
+    (["--budget", "bleu=0.9"], "--budget expects METRIC=VALUE with METRIC one of cosine, argmax, rank-fidelity"),
+    (["--budget", "cosine=0.9", "--techniques", "prune,magic"], "unknown technique(s) magic; choose from prune, "
+                                                                 "lowrank, int8"),
+    (["--speedup", "0.5"], "--speedup must be above 1"),
+    (["--budget", "cosine=0.9", "--time-limit", "0"], "--time-limit must be positive"),
+])
+def test_bad_options_exit_2(setup, tmp_path, capsys, extra, message):
+    model, calib, ev = setup
+    out = tmp_path / "c.onnx"
+    code, _, stderr = run_cli(capsys, "compress", model, "-o", out, "--calib", calib, "--eval", ev, *extra)
+    assert code == 2 and message in flat(stderr) and not out.exists() and "Traceback" not in stderr
+
+
+def test_bad_data_exit_2(setup, tmp_path, capsys):
+    model, calib, ev = setup
+    out = tmp_path / "c.onnx"
+    wrong = _data(tmp_path / "w", 2, 0, name="z")
+    code, _, stderr = run_cli(capsys, "compress", model, "-o", out, "--calib", wrong, "--eval", ev, "--budget",
+                              "cosine=0.9")
+    assert code == 2 and "'z' is not an input of the model" in flat(stderr) and not out.exists()
+    code, _, stderr = run_cli(capsys, "compress", model, "-o", out, "--calib", calib, "--eval", wrong, "--budget",
+                              "cosine=0.9")
+    assert code == 2 and "'z' is not an input of the model" in flat(stderr) and not out.exists()
+    code, _, stderr = run_cli(capsys, "compress", model, "-o", out, "--calib", calib, "--budget", "cosine=0.9")
+    assert code == 2 and "compress needs --calib PATH" in flat(stderr) and not out.exists()
+
+
+def test_injected_latency_and_quality_pick_the_brute_force_point(setup, tmp_path):
+    """compress() on a small model with evaluate= injected: the chosen levels are the brute-force best."""
+    model, calib, ev = setup
+    speed = {"prune": dict(zip((1.0, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5), (1, .92, .88, .83, .79, .75, .66, .57))),
+             "lowrank": dict(zip((1.0, 0.9, 0.8, 0.7, 0.6), (1, 1.02, .9, .81, .72))), "int8": {False: 1, True: .38}}
+    loss = {"prune": dict(zip((1.0, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5), (0, .003, .006, .01, .016, .025, .05, .09))),
+            "lowrank": dict(zip((1.0, 0.9, 0.8, 0.7, 0.6), (0, .02, .05, .09, .14))), "int8": {False: 0, True: .009}}
+
+    def evaluate(levels: dict) -> Measure:
+        return Measure(float(np.prod([speed[k][v] for k, v in levels.items()])),
+                       1.0 - sum(loss[k][v] for k, v in levels.items()))
+
+    grid = [dict(zip(speed, combo)) for combo in itertools.product(*(list(speed[k]) for k in speed))]
+    batches = [{"x": np.random.default_rng(i).standard_normal((1, 4, D)).astype(np.float32)} for i in range(4)]
+    for threshold in (0.99, 0.98, 0.97, 0.95):
+        result = compress(model, tmp_path, batches, batches, lambda o, r: 1.0, CompressOptions(threshold=threshold),
+                          evaluate=evaluate)
+        expected = grid[best([evaluate(g) for g in grid], threshold=threshold)]
+        assert result.search.levels(result.chosen) == expected
+        assert len(result.points) < len(grid) // 2
+
+
+def test_o3_pipeline(setup, tmp_path):
+    from graphopt.calibrate.data import CalibrationData
+    from graphopt.passmanager import PassContext, PassManager, Pipeline
+
+    model_path, calib, ev = setup
+    proto = onnx.load(model_path)
+    calibration = list(CalibrationData.from_path(calib, proto))
+    evaluation = list(CalibrationData.from_path(ev, proto))
+    model = ir.load(model_path)
+    with pytest.raises(PassError, match="needs an accuracy budget") as info:
+        PassManager("O3", PassContext(calibration=calibration, evaluation=evaluation)).run(model)
+    assert info.value.exit_code == 2
+    ctx = PassContext(calibration=calibration, evaluation=evaluation, accuracy_budget={"cosine": 0.98})
+    assert Pipeline.parse("O3").expanded().to_spec() == Pipeline.parse("O1").expanded().to_spec() + ",compress"
+    result = PassManager("O1,compress{techniques=prune,latency-seconds=0.05}", ctx).run(model)
+    record = json.loads(result.model.metadata_props["graphopt.compress"])
+    assert record["metric"] == "cosine" and record["held_out"] >= 0.98
+    assert record["pipeline"].startswith("O1,") and len(record["points"]) >= 2
+    with pytest.raises(PassError, match="no candidate meets the goal") as info:
+        PassManager("O1,compress{techniques=prune,latency-seconds=0.05}", PassContext(
+            calibration=calibration, evaluation=evaluation, accuracy_budget={"metric": lambda o, r: 0.0, "threshold": 0.5})
+                    ).run(ir.load(model_path))  # quality 0 everywhere: the first round ends the walk
+    assert info.value.exit_code == 1

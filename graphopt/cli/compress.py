@@ -12,12 +12,15 @@ written atomically after onnx.checker and an onnxruntime run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import tempfile
+import logging
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rich.table import Table
 
@@ -27,6 +30,8 @@ from graphopt.cli.common import add_dim_options, console, want_progress
 from graphopt.errors import InputError, VerificationError
 
 __all__ = ["add_parsers", "load_metric", "parse_goal"]
+
+log = logging.getLogger(__name__)
 
 MAX_BATCHES = 512
 """Evaluation batches read at most (search and held-out together)."""
@@ -147,11 +152,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
         searched, held = evaluation[:half], evaluation[half:]
     calib = lossy.first_batches(calibration, args.calib_limit or 10 ** 9)
     inputs = _latency_inputs(args, proto, searched[0])
-    show = want_progress(args)
-    with tempfile.TemporaryDirectory(prefix="graphopt-compress-") as work:
+    with tempfile.TemporaryDirectory(prefix="graphopt-compress-") as work, _progress(args) as status:
         result = compress(args.input, Path(work), calib, searched, metric, options, held_out=held,
-                          latency_inputs=inputs,
-                          progress=(lambda line: console.print(f"[dim]compress: {line}[/dim]")) if show else None)
+                          latency_inputs=inputs, progress=status)
         doc = _document(args, result, name, threshold, speedup, searched, held, start)
         doc["frontier"] = frontier_doc(result, name, threshold)
         if result.built is None:
@@ -163,11 +166,47 @@ def cmd_compress(args: argparse.Namespace) -> int:
         batches = held
         saved, accuracy, rank_fidelity = lossy.save_checked(model, args, batches)
     doc["output"] = str(saved.path)
+    doc["file_bytes"] = {"before": _file_bytes(args.input), "after": saved.bytes_written}
+    doc["profiles"] = _profiles([args.input, str(saved.path)], inputs, args.threads)
     doc["accuracy"] = lossy.accuracy_doc(accuracy, rank_fidelity, batches, batches)
     doc["accuracy"]["data"] = "held-out"
     doc["seconds"] = time.perf_counter() - start
     lossy.show_result(args, doc, "compress", lambda: _table(doc), f"wrote {saved.path}")
     return 0
+
+
+@contextlib.contextmanager
+def _progress(args: argparse.Namespace) -> Iterator[Callable[[str], None] | None]:
+    """A spinner whose line is the search's status (points measured, the last, the best so far) on a terminal;
+    a log line per point under --verbose; None otherwise."""
+    if not want_progress(args):
+        yield (lambda line: log.info("compress: %s", line)) if getattr(args, "verbose", False) else None
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console,
+                  transient=True) as bar:
+        task = bar.add_task("compress: measuring the fp32 point", total=None)
+        yield lambda line: bar.update(task, description=f"compress: {line}")
+
+
+def _file_bytes(path: str) -> int:
+    """Bytes of a model file and the external-data files it names."""
+    import onnx
+
+    proto = onnx.load(path, load_external_data=False)
+    folder = Path(path).parent
+    files = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
+    return Path(path).stat().st_size + sum((folder / f).stat().st_size for f in files if (folder / f).is_file())
+
+
+def _profiles(paths: list[str], inputs: dict, threads: int) -> dict[str, list[dict[str, Any]]]:
+    """The per-operator latency profile (graphopt.bench.profile_model, 10 runs) of the original and the output."""
+    from dataclasses import asdict
+
+    from graphopt.bench import profile_model
+
+    return {p: [asdict(t) for t in profile_model(p, inputs, threads=threads, runs=10)] for p in paths}
 
 
 def _document(args: argparse.Namespace, result: Any, name: str, threshold: float | None, speedup: float | None,

@@ -75,8 +75,8 @@ class CandidateBuilder:
         search: the search's evaluation batches (INT8 float fallbacks are decided on them).
         reference: the original's outputs on ``search`` (the metric compares against them).
         metric: ``metric(outputs, reference) -> float``, higher is better.
-        threshold: the budget (INT8 keeps its most sensitive layers float until the metric against the original
-            holds on ``search``); None for no fallback (speedup mode).
+        threshold: the budget (with ``build(fallback=True)``, INT8 keeps its most sensitive layers float until the
+            metric against the original holds on ``search``); None in speedup mode.
         prune, lowrank: base :class:`~graphopt.passes.pruning.prune.PruneOptions` and
             :class:`~graphopt.passes.lowrank.factorize.FactorizeOptions` (the ratio is set per candidate).
         mask: graph input whose zeros drop padded rows from the statistics ('' for none).
@@ -154,11 +154,15 @@ class CandidateBuilder:
         against_original.__name__ = getattr(metric, "__name__", "metric")
         return {"metric": against_original, "threshold": self.threshold}
 
-    def build(self, levels: Mapping[str, Any], *, sqnr: bool = False, name: str | None = None) -> Built:
+    def build(self, levels: Mapping[str, Any], *, sqnr: bool = False, fallback: bool = False,
+              name: str | None = None) -> Built:
         """The candidate at ``levels`` (``{"prune": ratio, "lowrank": params, "int8": bool}``, absent = off).
 
         Args:
             sqnr: measure INT8 per-layer SQNR into the quantization record (the final model's report).
+            fallback: with INT8 and a threshold, keep the most sensitive layers float until the metric against
+                the original holds on the search batches (a sensitivity run per layer: minutes on a Transformer,
+                so the walk quantizes every layer and only the final point may fall back).
             name: the file name stem (default from the levels).
 
         Raises:
@@ -177,14 +181,15 @@ class CandidateBuilder:
         if int8:
             spec = f"{INT8_FUSION},qdq{{report-sqnr={'true' if sqnr else 'false'}}}"
             ctx = PassContext(target=self.target, config={"opset.upgrade": 13}, calibration=self.calibration,
-                              accuracy_budget=self._budget(), evaluation=self.search)
+                              accuracy_budget=self._budget() if fallback else None, evaluation=self.search)
         else:
             spec, ctx = "O2", PassContext(target=self.target)
         PassManager(spec, ctx).run(model)
         docs = dict(docs)
         if int8:
             docs["quantize"] = json.loads(model.metadata_props.get(QUANT_KEY, "{}"))
-        stem = name or f"c_p{self._tag(ratio)}_l{self._tag(params)}_{'int8' if int8 else 'fp32'}"
+        kind = ("int8f" if fallback else "int8") if int8 else "fp32"
+        stem = name or f"c_p{self._tag(ratio)}_l{self._tag(params)}_{kind}"
         path = self._save(model, stem)
         return Built(path, dict(levels), docs, time.perf_counter() - start)
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from graphopt.compress.candidates import TECHNIQUES, Built, CandidateBuilder, failure, spec_of
-from graphopt.compress.search import Knob, Measure, SearchResult, search
+from graphopt.compress.search import Knob, Measure, SearchResult, best, pareto, search
 from graphopt.errors import GraphoptError, InputError
 
 __all__ = ["CompressOptions", "CompressResult", "check_options", "compress", "frontier_doc", "PRUNE_LEVELS", "LOWRANK_LEVELS"]
@@ -125,7 +125,7 @@ def _label(levels: Mapping[str, Any]) -> str:
     if levels.get("lowrank", 1.0) < 1.0:
         parts.append(f"lowrank {levels['lowrank']:g}")
     if levels.get("int8"):
-        parts.append("int8")
+        parts.append("int8 (float fallbacks)" if levels["int8"] == "fallback" else "int8")
     return " + ".join(parts) or "fp32 (O2)"
 
 
@@ -170,7 +170,8 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
     if "lowrank" in techniques:
         knobs.append(Knob("lowrank", tuple(options.lowrank_levels)))
     if "int8" in techniques:
-        knobs.append(Knob("int8", (False, True)))
+        # "fallback": INT8 with the most sensitive layers kept float, measured once after the walk (budget mode)
+        knobs.append(Knob("int8", (False, True, "fallback"), searched=2))
     prune_opts = options.prune or PruneOptions(method="wanda", allocation="error")
     lowrank_opts = options.lowrank or FactorizeOptions(threads=options.threads)
     reference = run_outputs(str(source), list(search_batches))
@@ -184,6 +185,7 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
                              seconds=options.latency_seconds)
     built: dict[tuple, Built] = {}
     details: list[dict[str, Any]] = []
+    measures: list[Measure] = []
 
     def levels_of(point: tuple[int, ...]) -> dict[str, Any]:
         return {k.name: k.levels[i] for k, i in zip(knobs, point)}
@@ -199,7 +201,8 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
             detail.update(latency_ratio=m.latency, quality=m.quality, latency_ms=m.latency, error=m.error)
         else:
             try:
-                b = builder.build(levels)
+                b = builder.build({**levels, "int8": bool(levels.get("int8"))},
+                                  fallback=levels.get("int8") == "fallback")
                 quality = builder.quality(b.path)
                 timing = probe.measure(b.path)
             except GraphoptError as e:
@@ -214,13 +217,20 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
                               kept_float=len(b.docs.get("quantize", {}).get("kept_float", [])))
         detail["seconds"] = round(time.perf_counter() - began, 2)
         details.append(detail)
+        measures.append(m)
         if progress is not None:
-            progress(f"{len(details)} points; last {detail['label']}: latency "
-                     f"{_fmt(detail['latency_ratio'])}, quality {_fmt(detail['quality'])}")
+            i = best(measures, threshold=options.threshold, speedup=options.speedup)
+            top = "none meets the goal yet" if i is None else (
+                f"best {details[i]['label']} (latency {_fmt(details[i]['latency_ratio'])}, quality "
+                f"{_fmt(details[i]['quality'])})")
+            progress(f"{len(details)} points; last {detail['label']}: latency {_fmt(detail['latency_ratio'])}, "
+                     f"quality {_fmt(detail['quality'])}; {top}")
         return m
 
     result = search(knobs, measure, threshold=options.threshold, speedup=options.speedup,
                     time_limit=options.time_limit)
+    if options.threshold is not None and "int8" in techniques and result.chosen is not None:
+        _try_fallback(result, knobs, measure, options, start)
     originals = [d["original_ms"] for d in details if d.get("original_ms")]
     out = CompressResult(result, None, result.chosen, None, points=details,
                          original_ms=float(np.median(originals)) if originals else 0.0)
@@ -241,10 +251,31 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
     out.chosen = chosen
     if chosen is not None and evaluate is None:
         levels = levels_of(result.points[chosen][0])
-        out.built = builder.build(levels, sqnr=bool(levels.get("int8")), name="chosen")
+        if levels.get("int8") is True:  # rebuilt with the per-layer SQNR for the report
+            out.built = builder.build(levels, sqnr=True, name="chosen")
+        else:  # fp32 (nothing to add) or INT8 with fallbacks (its sensitivity runs are not repeated)
+            out.built = built[result.points[chosen][0]]
         out.built.docs["spec"] = spec_of(levels, options.target, prune_opts, lowrank_opts)
     out.seconds = time.perf_counter() - start
     return out
+
+
+def _try_fallback(result: SearchResult, knobs: list[Knob], measure: Callable[[tuple[int, ...]], Measure],
+                  options: CompressOptions, start: float) -> None:
+    """Budget mode, the chosen point without INT8 (every layer quantized broke the budget): measure it with INT8
+    and its most sensitive layers kept float, and take it when it keeps the budget and is faster."""
+    k = [knob.name for knob in knobs].index("int8")
+    point = result.points[result.chosen][0]
+    if point[k] != 0:
+        return
+    if options.time_limit is not None and time.perf_counter() - start > options.time_limit:
+        return
+    extra = point[:k] + (2,) + point[k + 1:]
+    m = measure(extra)
+    result.points.append((extra, m))
+    measures = [x for _, x in result.points]
+    result.frontier = pareto(measures)
+    result.chosen = best(measures, threshold=options.threshold)
 
 
 def _fmt(value: float | None) -> str:

@@ -27,10 +27,18 @@ Point = tuple[int, ...]
 
 @dataclass(frozen=True)
 class Knob:
-    """One technique's ladder: ``levels[0]`` is "off", later levels are stronger (faster, less accurate)."""
+    """One technique's ladder: ``levels[0]`` is "off", later levels are stronger (faster, less accurate).
+    ``searched``: how many levels the walk moves over (0: all); later ones are variants the caller measures
+    itself (e.g. INT8 with float fallbacks, too costly to measure at every step)."""
 
     name: str
     levels: tuple[Any, ...]
+    searched: int = 0
+
+    @property
+    def size(self) -> int:
+        """The number of levels the walk moves over."""
+        return self.searched or len(self.levels)
 
 
 @dataclass(frozen=True)
@@ -163,7 +171,7 @@ def search(knobs: Sequence[Knob], evaluate: Callable[[Point], Measure], *, thres
             for k, knob in enumerate(knobs):
                 for step in range(1, lookahead + 1):
                     level = current[k] + step
-                    if level >= len(knob.levels):
+                    if level >= knob.size:
                         break
                     p = current[:k] + (level,) + current[k + 1:]
                     m = measure(p)
@@ -194,7 +202,7 @@ def search(knobs: Sequence[Knob], evaluate: Callable[[Point], Measure], *, thres
             for k, knob in enumerate(knobs):
                 for d in (-1, 1):
                     level = centre[k] + d
-                    if 0 <= level < len(knob.levels):
+                    if 0 <= level < knob.size and centre[k] < knob.size:
                         measure(centre[:k] + (level,) + centre[k + 1:])
             improved = goal_best() != b
     except _Timeout:

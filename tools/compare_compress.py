@@ -1,0 +1,274 @@
+#!/usr/bin/env python
+"""``graphopt compress`` on trained models against INT8 alone, and ``--speedup 2`` on the full-size corpus:
+writes ``tools/benchmarks/compress.md`` and the reports' screenshots beside it.
+
+Sections (``--sections``, each merged into WORK/compress.json so one can be rerun alone):
+
+- ``minilm``: all-MiniLM-L6-v2 (tools/make_corpus.py --trained), sentences padded to 128 tokens
+  (tools/text_inputs.py --pad): calibration 256, search ("tune") 128, held-out ("eval") 512, batches of 16.
+  ``compress --budget rank-fidelity=0.97`` against ``quantize`` (INT8 alone, the int8 pipeline), quality on the
+  held-out split, latency of original / INT8 alone / compressed in one interleaved run (batch 1, 128 real
+  tokens, 2 threads, ORT_ENABLE_ALL).
+- ``ocr``: PaddleOCR rec (PP-OCRv4, input fixed to 1x3x48x320) on rendered lines with known strings: calibration
+  64, search 128, held-out 128 lines; ``compress --metric tools/ocr_metric.py:char_accuracy --budget
+  char_accuracy=0.99`` against INT8 alone; ground-truth character and line accuracy on the held-out lines.
+- ``full``: random-init BERT-base, ViT-base and GPT-2 small (tools/make_corpus.py --full), ``--speedup 2
+  --time-limit M`` on generated inputs: whether it ends within the limit and what it reached.
+
+Usage::
+
+    python tools/compare_compress.py [--work DIR] [--sections minilm,ocr,full] [--time-limit 6] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+OUT = ROOT / "tools" / "benchmarks" / "compress.md"
+CACHE = Path.home() / ".cache" / "graphopt"
+FULL = ("bert_base_ts", "vit_base_ts", "gpt2_small_ts")
+
+
+def graphopt(*args: object) -> tuple[int, float, float, str, str]:
+    """Run the graphopt CLI in a child process: (exit code, wall seconds, peak RSS MB of the children so far,
+    stderr tail, stdout)."""
+    exe = shutil.which("graphopt", path=str(Path(sys.executable).parent)) or "graphopt"
+    t = time.perf_counter()
+    proc = subprocess.run([exe, *map(str, args)], capture_output=True, text=True)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return proc.returncode, time.perf_counter() - t, peak, proc.stderr[-3000:], proc.stdout
+
+
+def compress_json(stdout: str) -> dict:
+    """The ``--json`` document a compress run printed ({} when it printed none: exit 1 or 2)."""
+    try:
+        return json.loads(stdout)
+    except ValueError:
+        return {}
+
+
+def interleaved(models: list[Path], inputs: dict, seconds: float) -> tuple[list[float], list[float], list[float]]:
+    """(ratios to the first, medians in ms, load before) of ``models``, one interleaved run (graphopt.bench, 2
+    threads, ORT_ENABLE_ALL)."""
+    from graphopt.bench.runner import benchmark
+
+    report = benchmark(models, inputs=inputs, threads=2, opt_level="all", warmup=10, seconds=seconds)
+    return [t.ratio for t in report.models], [t.median_ms for t in report.models], list(report.load_before)
+
+
+def screenshot(html: Path, name: str) -> str:
+    """A PNG of the report beside compress.md (empty string when chromium is missing)."""
+    from screenshot_report import find_chromium, screenshot as shot
+
+    if not html.exists() or find_chromium() is None:
+        return ""
+    png = OUT.parent / f"compress_{name}.png"
+    shot(html, png, width=1280, height=2600)
+    return png.name
+
+
+def minilm(work: Path, seconds: float) -> dict:
+    from benchmarks_common import latency_inputs, quality
+
+    from graphopt import ir
+    from graphopt.calibrate.data import CalibrationData
+    from graphopt.calibrate.evaluate import run_outputs
+
+    text = CACHE / "text_minilm_pad"
+    if not (text / "eval").is_dir():
+        subprocess.run([sys.executable, str(ROOT / "tools" / "text_inputs.py"), str(text), "--pad"], check=True)
+    src = CACHE / "corpus" / "minilm_l6_ts.onnx"
+    chosen, int8, html = work / "minilm_compressed.onnx", work / "minilm_int8.onnx", work / "minilm.html"
+    code, wall, peak, err, out = graphopt("compress", src, "-o", chosen, "--calib", text / "calib", "--eval", text / "tune",
+                                     "--test", text / "eval", "--batch-size", 16, "--budget", "rank-fidelity=0.97",
+                                     "--dim", "batch=1", "--dim", "sequence=128", "--json", "--report", html)
+    doc = compress_json(out)
+    print("minilm compress", code, round(wall), err[-600:] if code else "", flush=True)
+    q = graphopt("quantize", src, "-o", int8, "--calib", text / "calib", "--batch-size", 16)
+    print("minilm int8", q[0], flush=True)
+    proto = ir.load_proto(src)
+    held = list(CalibrationData.from_path(text / "eval", proto, batch_size=16))
+    ref = run_outputs(str(src), held)
+    rows = {"original": {"rank_fidelity": 1.0, "cosine": 1.0}}
+    for label, path in (("int8 alone", int8), ("compressed", chosen)):
+        if path.exists():
+            rows[label] = quality(run_outputs(str(path), held), ref)
+    paths = [src] + [p for p in (int8, chosen) if p.exists()]
+    ratios, ms, load = interleaved(paths, latency_inputs(proto), seconds)
+    for label, r, m in zip(rows, ratios, ms):
+        rows[label].update(latency_ratio=r, median_ms=m)
+    return {"code": code, "wall": wall, "peak_mb": peak, "doc": doc, "rows": rows, "load": load,
+            "png": screenshot(html, "minilm")}
+
+
+def ocr(work: Path, seconds: float) -> dict:
+    import pruning_ocr as po
+
+    src = po.source("rec48", work)
+    calib, evaluation, strings = po.render("rec48", work)
+    half = len(evaluation) // 2
+    folders = {}
+    for name, part in (("search", evaluation[:half]), ("test", evaluation[half:])):
+        folder = work / f"ocr_{name}"
+        folder.mkdir(exist_ok=True)
+        for i, x in enumerate(part):
+            np.savez(folder / f"sample_{i:04d}.npz", x=x)
+        folders[name] = folder
+    chosen, int8, html = work / "rec_compressed.onnx", work / "rec_int8.onnx", work / "rec.html"
+    code, wall, peak, err, out = graphopt("compress", src, "-o", chosen, "--calib", calib, "--eval", folders["search"],
+                                     "--test", folders["test"], "--metric",
+                                     ROOT / "tools" / "ocr_metric.py:char_accuracy", "--budget",
+                                     "char_accuracy=0.99", "--json", "--report", html)
+    doc = compress_json(out)
+    print("rec compress", code, round(wall), err[-600:] if code else "", flush=True)
+    q = graphopt("quantize", src, "-o", int8, "--calib", calib)
+    print("rec int8", q[0], flush=True)
+    chars = po.dictionary(src)
+    test, truth = evaluation[half:], strings[half:]
+    ref = po.run(src, test)
+    rows = {"original": po.quality("rec", ref, ref, truth, chars)}
+    for label, path in (("int8 alone", int8), ("compressed", chosen)):
+        if path.exists():
+            rows[label] = po.quality("rec", po.run(path, test), ref, truth, chars)
+    paths = [src] + [p for p in (int8, chosen) if p.exists()]
+    ratios, ms, load = interleaved(paths, {"x": evaluation[0]}, seconds)
+    for label, r, m in zip(rows, ratios, ms):
+        rows[label].update(latency_ratio=r, median_ms=m)
+    return {"code": code, "wall": wall, "peak_mb": peak, "doc": doc, "rows": rows, "load": load,
+            "png": screenshot(html, "rec")}
+
+
+def full(work: Path, minutes: float) -> dict:
+    from graphopt import ir
+    from graphopt.calibrate.data import CalibrationData
+
+    rows = {}
+    for name in FULL:
+        src = CACHE / "corpus" / f"{name}.onnx"
+        if not src.exists():
+            rows[name] = {"missing": True}
+            continue
+        proto = ir.load_proto(src)
+        names = {d.dim_param for i in proto.graph.input for d in i.type.tensor_type.shape.dim if d.dim_param}
+        dims = {k: v for k, v in {"batch": 1, "batch_size": 1, "sequence": 128, "sequence_length": 128}.items()
+                if k in names}
+        folders = {}
+        for split, seed, count in (("calib", 0, 8), ("eval", 100, 8)):
+            folder = work / f"{name}_{split}"
+            folder.mkdir(exist_ok=True)
+            for i, sample in enumerate(CalibrationData.generated(proto, count=count, seed=seed, dims=dims)):
+                np.savez(folder / f"sample_{i:04d}.npz", **sample)
+            folders[split] = folder
+        code, wall, peak, err, out = graphopt("compress", src, "-o", work / f"{name}_compressed.onnx", "--calib",
+                                         folders["calib"], "--eval", folders["eval"], "--speedup", 2,
+                                         "--time-limit", minutes, "--json")
+        doc = compress_json(out)
+        if not doc:  # exit 1 prints the frontier on stderr, not the JSON document
+            doc = {"stderr": err[-1500:]}
+        rows[name] = {"code": code, "wall": wall, "limit_s": minutes * 60, "peak_mb": peak, "doc": doc}
+        print(name, code, round(wall), flush=True)
+    return rows
+
+
+def _f(v: float | None, d: int = 4) -> str:
+    return "-" if v is None else f"{v:.{d}f}"
+
+
+def markdown(results: dict, command: str) -> str:
+    lines = ["# graphopt compress: pruning, low-rank and INT8 under one accuracy budget", "",
+             f"Written by `{command}` (onnxruntime CPU, 2 threads, ORT_ENABLE_ALL; latency ratios from one "
+             "interleaved run per model, graphopt.bench). The machine has 2 cores shared with other jobs: the load "
+             "average at the start of each latency run is given; ratios move by a few percent between runs.", ""]
+    for key, title, metric in (("minilm", "all-MiniLM-L6-v2 (trained), `--budget rank-fidelity=0.97`",
+                                "rank_fidelity"),
+                               ("ocr", "PaddleOCR rec (PP-OCRv4), `--metric tools/ocr_metric.py:char_accuracy "
+                                       "--budget char_accuracy=0.99`", "char_acc")):
+        r = results.get(key)
+        if not r:
+            continue
+        doc = r["doc"]
+        lines += [f"## {title}", ""]
+        if r.get("png"):
+            lines += [f"![compress report]({r['png']})", ""]
+        lines += [f"compress exit code {r['code']}, {r['wall']:.0f} s wall, peak RSS {r['peak_mb']:.0f} MB; "
+                  f"{doc.get('points_measured', '-')} points measured, stopped: {doc.get('stopped', '-')}; chosen "
+                  f"`{doc.get('pipeline', '-')}`; load {', '.join(f'{x:.1f}' for x in r['load'])}.", ""]
+        cols = ["rank_fidelity", "cosine"] if key == "minilm" else ["char_acc", "line_acc"]
+        lines += ["| model | latency ratio | median ms | " + " | ".join(cols) + " |",
+                  "|---|---:|---:|" + "---:|" * len(cols)]
+        for label, row in r["rows"].items():
+            lines.append(f"| {label} | {_f(row.get('latency_ratio'), 3)} | {_f(row.get('median_ms'), 2)} | "
+                         + " | ".join(_f(row.get(c)) for c in cols) + " |")
+        points = doc.get("frontier", {}).get("points", [])
+        if points:
+            lines += ["", "Every point the search measured (latency against the warm original during the search, "
+                      f"{metric.replace('_', ' ')} on the search split; * = Pareto frontier, ** = chosen):", "",
+                      "| point | latency ratio | quality | INT8 layers kept float | build+measure s |",
+                      "|---|---:|---:|---:|---:|"]
+            chosen = doc["frontier"].get("chosen")
+            for i, p in enumerate(points):
+                mark = " **" if i == chosen else (" *" if p.get("frontier") else "")
+                lines.append(f"| {p['label']}{mark} | {_f(p['latency_ratio'], 3)} | {_f(p['quality'])} | "
+                             f"{p.get('kept_float', '-') if p.get('int8') else '-'} | {p.get('seconds', '-')} |")
+        lines.append("")
+    rows = results.get("full")
+    if rows:
+        lines += ["## Full-size random-init corpus, `--speedup 2 --time-limit M`", "",
+                  "Random weights: quality means nothing here (cosine to the original on generated inputs); this "
+                  "shows that the search ends within its limit and what it reached.", "",
+                  "| model | exit | wall s | limit s | points | stopped | chosen / best reached | latency ratio | cosine |",
+                  "|---|---:|---:|---:|---:|---|---|---:|---:|"]
+        for name, row in rows.items():
+            if row.get("missing"):
+                lines.append(f"| {name} | missing | | | | | | | |")
+                continue
+            doc = row["doc"]
+            c = doc.get("chosen") or {}
+            lines.append(f"| {name} | {row['code']} | {row['wall']:.0f} | {row['limit_s']:.0f} | "
+                         f"{doc.get('points_measured', '-')} | {doc.get('stopped', '-')} | {c.get('label', '-')} | "
+                         f"{_f(c.get('latency_ratio'), 3)} | {_f(c.get('quality'))} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "graphopt_compress"))
+    p.add_argument("--sections", default="minilm,ocr,full")
+    p.add_argument("--time-limit", type=float, default=6.0, help="minutes per full-size model (--speedup 2)")
+    p.add_argument("--seconds", type=float, default=20.0, help="timed seconds of each final latency run")
+    p.add_argument("--out", default=str(OUT))
+    args = p.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    store = work / "compress.json"
+    results = json.loads(store.read_text()) if store.exists() else {}
+    for section in args.sections.split(","):
+        if section == "minilm":
+            results["minilm"] = minilm(work, args.seconds)
+        elif section == "ocr":
+            results["ocr"] = ocr(work, args.seconds)
+        elif section == "full":
+            results["full"] = full(work, args.time_limit)
+        store.write_text(json.dumps(results, default=str))
+    command = "python tools/compare_compress.py" + (f" --time-limit {args.time_limit:g}" if args.time_limit != 6 else "")
+    Path(args.out).write_text(markdown(results, command))
+    print("wrote", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -227,6 +227,9 @@ def _document(args: argparse.Namespace, result: Any, name: str, threshold: float
         for key in ("prune", "factorize", "quantize"):
             if docs.get(key):
                 doc[key] = docs[key]
+        # the sites the steps left whole, with their reasons, in the report's "Left whole" notes
+        doc["refused"] = list((docs.get("prune") or {}).get("refused") or [])
+        doc["not_factorizable"] = dict((docs.get("factorize") or {}).get("not_factorizable") or {})
         before = model_stats(ir.load(args.input), with_flops=True)
         after = model_stats(ir.load(result.built.path), with_flops=True)
         doc["before"], doc["after"] = before.to_dict(), after.to_dict()

@@ -17,6 +17,7 @@ from graphopt import ir
 from graphopt.compress import CompressOptions, Measure, compress
 from graphopt.compress.search import best
 from graphopt.errors import PassError
+from graphopt.report import check_numbers, parse_report
 from helpers import flat, restore_logging, run_cli  # noqa: F401 - autouse fixture
 
 D, H = 16, 256
@@ -70,8 +71,20 @@ def test_compress_writes_the_chosen_model_and_report(setup, tmp_path, capsys):
     if chosen["prune"] < 1.0:
         assert doc["prune"]["pruned"] == 1 and doc["after"]["parameters"] < doc["before"]["parameters"]
     onnx.checker.check_model(onnx.load(out))
-    html = report.read_text()
-    assert 'id="frontier"' in html and "data:image/png;base64," in html and chosen["label"] in html
+    parsed = parse_report(report.read_text(encoding="utf-8"))
+    assert parsed.references == [] and parsed.doc == json.loads(json.dumps(doc))
+    assert parsed.images and all(src.startswith("data:image/png;base64,") for src in parsed.images)
+    assert check_numbers(parsed, doc) == [] and parsed.cells
+    expected = ["summary", "frontier", "verification", "ops"]
+    if chosen["prune"] < 1.0:
+        expected.append("prune-pruning-layers")
+    assert parsed.sections == expected + ["profile"] + (["refused"] if chosen["prune"] < 1.0 else [])
+    if chosen["prune"] < 1.0:  # the site prune left whole, with its reason
+        assert doc["refused"] == [{"site": "MatMul:MatMul_3", "kind": "ffn",
+                                   "reason": "y is a graph output (the output signature never changes)"}]
+    keys = {k for k, _ in parsed.cells}
+    assert {"latency_ms/before", "latency_ms/after", "file_bytes/after", "after/parameters",
+            f"frontier/points/{doc['frontier']['chosen']}/latency_ms"} <= keys
 
 
 def test_budget_nothing_meets_exits_1_and_writes_nothing(setup, tmp_path, capsys):

@@ -1,6 +1,6 @@
 """``graphopt prune``: structured pruning of attention heads, FFN neurons and conv channels (magnitude, Wanda, FLAP;
 uniform, global or error-driven allocation), least-squares reconstruction, with an accuracy report against the
-original.
+original; or whole layers (``--kinds layers``, ``--layers N`` or ``--ratio``) lowest ShortGPT Block Influence first.
 
 Conventions as ``graphopt quantize``: options and calibration data are checked before anything is written (exit
 2 with a message), the output is written atomically after it passes onnx.checker and runs in onnxruntime, and
@@ -41,6 +41,14 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--align must be a positive integer, got {args.align}")
     if args.ridge < 0:
         raise InputError(f"--ridge must be >= 0, got {args.ridge}")
+    if args.layers is not None and args.layers < 1:
+        raise InputError(f"--layers must be a positive integer (whole layers to remove), got {args.layers}")
+    kinds = {k.strip() for k in (args.kinds or "").split(",")}
+    if args.layers is not None or kinds & {"layer", "layers"}:
+        if args.calib is None:
+            raise InputError("whole-layer removal ranks layers by Block Influence on calibration data: --calib PATH "
+                             "(an .npz file or a folder of them) or --calib generate")
+        return
     needs = args.method != "magnitude" or args.reconstruct != "none" or args.allocation == "error" or args.budget
     if needs and args.calib is None:
         raise InputError(f"--method {args.method} with --reconstruct {args.reconstruct} needs calibration data: "
@@ -68,7 +76,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     kinds = tuple(k for k in (args.kinds or "").split(",") if k.strip())
     options = PruneOptions(ratio=args.ratio or 0.0, kinds=kinds, method=args.method, allocation=args.allocation,
                            align=args.align, reconstruction=args.reconstruct, ridge=args.ridge,
-                           tokens=args.tokens, mask=args.mask or "")
+                           tokens=args.tokens, mask=args.mask or "", layers=args.layers or 0)
     proto = ir.load_proto(args.input)  # LoadError (exit 2) for a missing or unreadable file
     calibration = lossy.read_calibration(args, proto)
     evaluation = lossy.evaluation_batches(args, proto, REPORT_BATCHES)
@@ -84,9 +92,21 @@ def cmd_prune(args: argparse.Namespace) -> int:
     doc = {"input": args.input, "output": str(saved.path), "seconds": seconds, **report.to_dict(),
            "params_before": params0, "params_after": params1, "flops_before": flops0, "flops_after": flops1,
            "accuracy": lossy.accuracy_doc(accuracy, rank_fidelity, evaluation, batches)}
+    if report.whole_layers:
+        doc["layer_tables"] = [_layers_table(doc["whole_layers"])]
     lossy.show_result(args, doc, "prune", lambda: _table(report, doc),
                       f"wrote {saved.path}" + (" (unchanged)" if report.nothing else ""))
     return 0
+
+
+def _layers_table(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The whole layers as a ``layer_tables`` entry of the HTML report (:mod:`graphopt.report.document`)."""
+    return {"id": "pruning-whole-layers", "title": "Whole layers by Block Influence (lowest first)",
+            "columns": [["layer", "name", ""], ["block influence", "influence", ""], ["FLOPs", "flops", ""],
+                        ["removed", "removed", ""]],
+            "rows": rows, "note": "ShortGPT's Block Influence, 1 - mean cos(block input, block output) over the "
+                                  "calibration tokens, measured on the original model; no reconstruction applies "
+                                  "to a removed layer"}
 
 
 def _table(report: Any, doc: dict[str, Any]) -> Table:
@@ -94,6 +114,19 @@ def _table(report: Any, doc: dict[str, Any]) -> Table:
     o = report.options
     if report.nothing:
         outer.add_row(f"nothing pruned: {report.nothing}; the model is written unchanged")
+    if report.whole_layers:
+        layers = Table(title="prune whole layers (ShortGPT Block Influence on the calibration data, lowest first)",
+                       show_edge=False)
+        for col in ("layer", "branches", "block influence", "FLOPs share", "removed"):
+            layers.add_column(col, justify="left" if col in ("layer", "branches") else "right")
+        total = report.block_flops_before or 1.0
+        for lay in report.whole_layers:
+            layers.add_row(lay.name, ", ".join(lay.branches), f"{lay.influence:.6f}", f"{lay.flops / total:.3f}",
+                           "removed" if lay.removed else "kept")
+        outer.add_row(layers)
+        asked = f"asked {o['layers']} layer(s)" if o.get("layers") else f"asked {report.ratio:.3f}"
+        outer.add_row(f"block FLOPs kept {report.achieved:.3f} ({asked}); {report.pruned} of "
+                      f"{len(report.whole_layers)} layers removed; no reconstruction applies to a removed layer")
     if report.groups:
         groups = Table(title=f"prune ({o['method']}, {o['allocation']} allocation, reconstruction "
                        f"{o['reconstruction']})", show_edge=False)
@@ -123,18 +156,22 @@ def _table(report: Any, doc: dict[str, Any]) -> Table:
 def add_parsers(sub: Any) -> None:
     """Register ``prune``."""
     p = sub.add_parser("prune", help="structured pruning of attention heads, FFN neurons and conv channels, "
-                       "with least-squares reconstruction")
+                       "with least-squares reconstruction, or of whole layers by Block Influence")
     lossy.add_data_options(p, "scores from random inputs mean little")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--ratio", type=float, metavar="R", help=(
-        "share of the prunable blocks' MatMul/Conv FLOPs kept, in (0, 1) (e.g. 0.6)"))
+        "share of the prunable blocks' MatMul/Conv FLOPs kept, in (0, 1) (e.g. 0.6); with --kinds layers, the "
+        "lowest Block Influence layers are removed until the layers' FLOPs kept are at most R"))
+    how.add_argument("--layers", type=int, metavar="N", help=(
+        "remove N whole layers (Transformer blocks, residual blocks), lowest ShortGPT Block Influence "
+        "(1 - cos(block input, block output), measured on --calib) first; implies --kinds layers"))
     how.add_argument("--budget", metavar="METRIC=VALUE", help=(
         "the smallest ratio whose METRIC (cosine, argmax, rank-fidelity) on the --eval (else calibration) data "
         "stays >= VALUE; exit 1, nothing written, when even the mildest misses"))
     p.add_argument("--method", choices=("magnitude", "wanda", "flap"), default="wanda",
                    help="unit importance (default wanda)")
     p.add_argument("--kinds", metavar="K[,K]", help="group kinds to prune: heads, ffn, channels (default: all the "
-                   "model has)")
+                   "model has), or layers alone (whole layers; not mixed with the others: prune twice)")
     p.add_argument("--allocation", choices=("uniform", "global", "error"), default="uniform", help=(
         "kept units per group: uniform, global (FLAP's standardized scores) or error (least output error per "
         "FLOP saved; default uniform)"))

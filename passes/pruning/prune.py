@@ -9,6 +9,12 @@ the target ratio of block FLOPs (:mod:`.allocation`: uniform, FLAP's standardize
 error per FLOP); :func:`~graphopt.analysis.groups.apply_pruning`; the consumers refitted (:mod:`.refit`:
 least squares, bias compensation, none). With an accuracy budget the ratio is searched on the evaluation data
 (:mod:`.budget`). The report is stored as JSON in the model's metadata under :data:`METADATA_KEY`.
+
+Whole layers (``kinds=("layers",)``, :mod:`.layers`): the layers of lowest ShortGPT Block Influence (Men et al.
+2024), measured in one onnxruntime run of the original model on the calibration data, are removed (``layers``
+of them, or as many as bring the layers' FLOPs to at most ``ratio``); each residual Add then reads only the
+residual stream and the dead branches are removed. No reconstruction applies to a removed layer. Layers are
+not mixed with heads, FFN or channels in one call (an InputError): prune twice.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from graphopt.passes.pruning.refit import RECONSTRUCTIONS, SiteRefit, error_curv
 from graphopt.passes.pruning.scoring import METHODS, score_groups
 from graphopt.passmanager import Pass, PassResult, register_pass
 
-__all__ = ["Prune", "PruneOptions", "PruneReport", "GroupReport", "prune", "METADATA_KEY", "PRUNABLE_KINDS"]
+__all__ = ["Prune", "PruneOptions", "PruneReport", "GroupReport", "LayerReport", "prune", "METADATA_KEY",
+           "PRUNABLE_KINDS", "LAYER_KIND"]
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +42,12 @@ METADATA_KEY = "graphopt.pruning"
 """Model metadata key holding the JSON :class:`PruneReport`."""
 
 PRUNABLE_KINDS = ("heads", "ffn", "channels")
-"""Group kinds ``prune`` removes units of (whole layers are not allocated yet)."""
+"""Group kinds ``prune`` removes units of (the default kinds; whole layers are :data:`LAYER_KIND`)."""
 
-_ALIASES = {"head": "heads", "neurons": "ffn", "mlp": "ffn", "channel": "channels"}
+LAYER_KIND = "layers"
+"""The ``kinds`` entry that removes whole layers (the analysis's ``layer`` groups) by Block Influence."""
+
+_ALIASES = {"head": "heads", "neurons": "ffn", "mlp": "ffn", "channel": "channels", "layer": "layers"}
 
 
 @dataclass(frozen=True)
@@ -47,9 +57,13 @@ class PruneOptions:
     ratio: float = field(default=0.0, metadata={"doc": "block FLOPs kept, in (0, 1): MatMul/Conv FLOPs of every "
                                                        "prunable group (heads, FFN, channels; kinds left out stay "
                                                        "whole and still count) after / before; 0 or 1 prunes "
-                                                       "nothing"})
+                                                       "nothing; with kinds=layers, the layers' FLOPs kept (whole "
+                                                       "layers go until at most this much is left)"})
     kinds: tuple[str, ...] = field(default=(), metadata={"doc": "group kinds to prune: heads, ffn, channels "
-                                                                "(default: every one the model has)"})
+                                                                "(default: every one the model has), or layers "
+                                                                "alone (whole layers by Block Influence)"})
+    layers: int = field(default=0, metadata={"doc": "whole layers to remove, lowest Block Influence first "
+                                                    "(implies kinds=layers; 0: use ratio)"})
     method: str = field(default="wanda", metadata={"doc": "unit importance: magnitude, wanda or flap"})
     allocation: str = field(default="uniform", metadata={"doc": "uniform, global (FLAP's standardized) or error "
                                                                 "(output error per FLOP saved)"})
@@ -74,12 +88,26 @@ class GroupReport:
 
 
 @dataclass
+class LayerReport:
+    """One whole layer (``kinds=layers``): ``name``, its residual ``branches`` (group names), its Block
+    Influence ``influence`` on the calibration data (ShortGPT), its MatMul/Conv ``flops`` per position, and
+    whether it was ``removed``."""
+
+    name: str
+    branches: list[str]
+    influence: float
+    flops: float
+    removed: bool
+
+
+@dataclass
 class PruneReport:
     """What :func:`prune` did.
 
     Attributes:
         options: the options as a dict.
         groups: per group kept/total.
+        whole_layers: with ``kinds=layers``: every removable layer with its Block Influence, lowest first.
         refused: ``[{"site", "kind", "reason"}]``: sites left whole, as ``graphopt explain`` gives them.
         refits: per consumer: how it was reconstructed, input channels before/after.
         ratio: the kept block-FLOP ratio asked (or found by the budget); achieved: after rounding.
@@ -91,6 +119,7 @@ class PruneReport:
 
     options: dict[str, Any]
     groups: list[GroupReport] = field(default_factory=list)
+    whole_layers: list[LayerReport] = field(default_factory=list)
     refused: list[dict[str, str]] = field(default_factory=list)
     refits: list[SiteRefit] = field(default_factory=list)
     ratio: float = 1.0
@@ -103,8 +132,8 @@ class PruneReport:
 
     @property
     def pruned(self) -> int:
-        """Groups that lost units."""
-        return sum(1 for g in self.groups if g.kept < g.size)
+        """Groups that lost units, and whole layers removed."""
+        return sum(1 for g in self.groups if g.kept < g.size) + sum(1 for lay in self.whole_layers if lay.removed)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -128,11 +157,21 @@ def _check(opts: PruneOptions, has_budget: bool) -> tuple[str, ...]:
         raise InputError("align, tokens and levels must be positive integers and ridge >= 0")
     kinds = tuple(dict.fromkeys(_ALIASES.get(k.strip(), k.strip()) for k in opts.kinds if k.strip()))
     for k in kinds:
-        if k in ("layer", "layers"):
-            raise InputError("whole-layer removal (kind 'layer') is found by the group analysis but not allocated "
-                             "by prune yet; choose from heads, ffn, channels")
-        if k not in PRUNABLE_KINDS:
-            raise InputError(f"unknown group kind {k!r}; choose from {', '.join(PRUNABLE_KINDS)}")
+        if k not in PRUNABLE_KINDS and k != LAYER_KIND:
+            raise InputError(f"unknown group kind {k!r}; choose from {', '.join(PRUNABLE_KINDS)}, {LAYER_KIND}")
+    if int(opts.layers) != opts.layers or opts.layers < 0:
+        raise InputError(f"layers must be a non-negative integer (whole layers to remove), got {opts.layers!r}")
+    if opts.layers and not kinds:
+        kinds = (LAYER_KIND,)
+    if LAYER_KIND in kinds and len(kinds) > 1:
+        others = ", ".join(k for k in kinds if k != LAYER_KIND)
+        raise InputError(f"whole layers cannot be removed together with {others} in one prune; prune layers first "
+                         "(--kinds layers), then the other kinds on the result")
+    if opts.layers and LAYER_KIND not in kinds:
+        raise InputError(f"layers={opts.layers} removes whole layers; it goes with kinds=layers, not "
+                         f"{', '.join(kinds)}")
+    if opts.layers and (has_budget or opts.ratio not in (0, 1)):
+        raise InputError("give the number of layers to remove, a ratio or an accuracy budget, only one of them")
     return kinds
 
 
@@ -159,9 +198,10 @@ def prune(model: ir.Model, options: PruneOptions | None = None, calibration: Any
 
     Args:
         model: the IR model (constant weights).
-        options: :class:`PruneOptions` (a ``ratio`` in (0, 1), or ``budget``).
+        options: :class:`PruneOptions` (a ``ratio`` in (0, 1), or ``budget``; with ``kinds=("layers",)`` also
+            ``layers=N``).
         calibration: batches of model inputs (a :class:`~graphopt.calibrate.data.CalibrationData`); needed by
-            wanda, flap, least squares, bias compensation and the error allocation.
+            wanda, flap, least squares, bias compensation, the error allocation and whole layers (Block Influence).
         evaluation: held-out batches the budget is searched on (default: the calibration data).
         budget: ``{"cosine" | "argmax" | "rank-fidelity": threshold}`` or ``{"metric": fn, "threshold": t}``.
         cache: a :class:`~graphopt.calibrate.stats.StatsCache`.
@@ -174,7 +214,8 @@ def prune(model: ir.Model, options: PruneOptions | None = None, calibration: Any
 
     Raises:
         InputError: bad options, a kind the model has no group of, missing or mismatched calibration data,
-            a bad budget.
+            a bad budget; layers mixed with other kinds, no removable layer, ``layers`` above the removable
+            layers, a ratio whole layers cannot reach.
     """
     from graphopt.analysis.groups import KINDS, find_groups, apply_pruning
 
@@ -182,6 +223,8 @@ def prune(model: ir.Model, options: PruneOptions | None = None, calibration: Any
     kinds = _check(opts, bool(budget))
     start = time.perf_counter()
     report = PruneReport(asdict(opts), ratio=opts.ratio or 1.0)
+    if kinds == (LAYER_KIND,):
+        return _prune_layers(model, opts, report, calibration, evaluation, budget, progress, start)
     if not budget and opts.ratio in (0, 1):
         report.nothing = f"ratio {opts.ratio:g} keeps every unit"
         return report
@@ -261,10 +304,68 @@ def prune(model: ir.Model, options: PruneOptions | None = None, calibration: Any
     return report
 
 
+def _prune_layers(model: ir.Model, opts: PruneOptions, report: PruneReport, calibration: Any, evaluation: Any,
+                  budget: dict[str, Any] | None, progress: bool, start: float) -> PruneReport:
+    """Whole-layer removal by Block Influence (see :mod:`.layers`); fills and returns ``report``."""
+    from graphopt.analysis.groups import KINDS, apply_pruning, find_groups
+    from graphopt.passes.pruning.layers import build_layers, choose_layers, score_layers
+
+    if not budget and not opts.layers and opts.ratio in (0, 1):
+        report.nothing = f"ratio {opts.ratio:g} keeps every layer (give layers=N or a ratio in (0, 1))"
+        return report
+    analysis = find_groups(model, KINDS)
+    layers, refused, total = build_layers(model, analysis, opts.tokens)
+    report.refused = [{"site": r.site, "kind": r.kind, "reason": r.reason} for r in analysis.refused
+                      if r.kind == "layer"] + refused
+    if not layers:
+        why = "; ".join(f"{r['site']}: {r['reason']}" for r in refused)
+        raise InputError("the model has no whole layer to remove: no residual branch (Add(branch(x), x) through a "
+                         "MatMul/Gemm/Conv) was found" + (f", or each was refused ({why})" if why else "")
+                         + "; choose --kinds among heads, ffn, channels")
+    if opts.layers > len(layers):
+        raise InputError(f"cannot remove {opts.layers} layers: the model has {len(layers)} removable layer(s) "
+                         f"({', '.join(lp.name for lp in layers)}); lower --layers")
+    score_layers(model, layers, calibration, mask=opts.mask, progress=progress)
+
+    def remove(target: ir.Model, ratio: float) -> list:
+        chosen = choose_layers(layers, count=opts.layers, ratio=ratio, total=total)
+        keep = {g.name: [] for lp in chosen for g in lp.branches}
+        if keep:
+            apply_pruning(target, keep, analysis if target is model else None)
+        return chosen
+
+    ratio = opts.ratio
+    if budget:
+        from graphopt.passes.pruning.budget import search
+
+        report.budget = search(model, remove, budget, evaluation if evaluation is not None else calibration)
+        ratio = report.budget["ratio"]
+    chosen = [] if not opts.layers and ratio >= 1 else remove(model, ratio)
+    gone = {lp.name for lp in chosen}
+    ranked = sorted(layers, key=lambda lp: (lp.influence, layers.index(lp)))
+    report.whole_layers = [LayerReport(lp.name, [g.name for g in lp.branches], float(lp.influence), lp.flops,
+                                       lp.name in gone) for lp in ranked]
+    removed_flops = sum(lp.flops for lp in chosen)
+    report.block_flops_before = total
+    report.block_flops_after = total - removed_flops
+    report.achieved = report.block_flops_after / total if total else 1.0
+    report.ratio = report.achieved if opts.layers else ratio
+    report.refits = [SiteRefit(g.residual_add or g.name, "not applicable: the whole layer is removed (least "
+                               "squares refits only consumers that stay)", 1, 0)
+                     for lp in chosen for g in lp.branches]
+    if not chosen:
+        report.nothing = "the budget holds at no layer removal" if budget else "no layer removed"
+    report.seconds = time.perf_counter() - start
+    if chosen:
+        model.metadata_props[METADATA_KEY] = json.dumps(report.to_dict(), default=str)
+    return report
+
+
 @register_pass("prune")
 class Prune(Pass):
     """Structured pruning of attention heads, FFN neurons and conv channels (magnitude, Wanda or FLAP scores;
-    uniform, global or error-driven allocation), with least-squares reconstruction of the consumers.
+    uniform, global or error-driven allocation), with least-squares reconstruction of the consumers; or of whole
+    layers (``kinds=layers``), lowest ShortGPT Block Influence first.
 
     Reads ``ctx.calibration`` (needed by every method but magnitude, and by reconstruction),
     ``ctx.accuracy_budget`` and ``ctx.evaluation``; writes the report to the model's ``graphopt.pruning``
@@ -286,5 +387,8 @@ class Prune(Pass):
                        budget=ctx.accuracy_budget or None, cache=cache)
         if report.nothing:
             log.info("prune: %s", report.nothing)
-        return PassResult(report.pruned > 0, {"groups pruned": report.pruned, "groups": len(report.groups),
-                                              "kept ratio": round(report.achieved, 4)})
+        stats = {"groups pruned": report.pruned, "groups": len(report.groups), "kept ratio": round(report.achieved, 4)}
+        if report.whole_layers:
+            stats["layers removed"] = sum(1 for lay in report.whole_layers if lay.removed)
+            stats["layers"] = len(report.whole_layers)
+        return PassResult(report.pruned > 0, stats)

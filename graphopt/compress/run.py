@@ -195,7 +195,8 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
         began = time.perf_counter()
         detail = {"label": _label(levels), **{k: levels.get(k) for k in ("prune", "lowrank", "int8")},
                   "techniques": ",".join(k for k in ("prune", "lowrank", "int8")
-                                         if levels.get(k) not in (None, False, 1.0)) or "-"}
+                                         if levels.get(k) is not None and levels[k] is not False
+                                         and not (k != "int8" and levels[k] >= 1.0)) or "-"}
         if evaluate is not None:
             m = evaluate(levels)
             detail.update(latency_ratio=m.latency, quality=m.quality, latency_ms=m.latency, error=m.error)
@@ -261,21 +262,30 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
 
 
 def _try_fallback(result: SearchResult, knobs: list[Knob], measure: Callable[[tuple[int, ...]], Measure],
-                  options: CompressOptions, start: float) -> None:
-    """Budget mode, the chosen point without INT8 (every layer quantized broke the budget): measure it with INT8
-    and its most sensitive layers kept float, and take it when it keeps the budget and is faster."""
+                  options: CompressOptions, start: float, tries: int = 2) -> None:
+    """Budget mode: INT8 with the most sensitive layers kept float (a sensitivity run per layer, so only a few
+    points): at the chosen point when it has no INT8 (every layer quantized broke the budget), else at the INT8
+    points faster than the chosen one that missed the budget, closest to it first (their float layers may
+    recover it). A variant is taken when it keeps the budget and is faster."""
     k = [knob.name for knob in knobs].index("int8")
-    point = result.points[result.chosen][0]
-    if point[k] != 0:
-        return
-    if options.time_limit is not None and time.perf_counter() - start > options.time_limit:
-        return
-    extra = point[:k] + (2,) + point[k + 1:]
-    m = measure(extra)
-    result.points.append((extra, m))
-    measures = [x for _, x in result.points]
-    result.frontier = pareto(measures)
-    result.chosen = best(measures, threshold=options.threshold)
+    here = result.points[result.chosen]
+    if here[0][k] == 0:
+        bases = [here[0]]
+    else:
+        missed = [(p, m) for p, m in result.points if p[k] == 1 and not m.error and m.latency < here[1].latency
+                  and m.quality < (options.threshold or 0.0)]
+        bases = [p for p, _ in sorted(missed, key=lambda pm: -pm[1].quality)]
+    seen = {p for p, _ in result.points}
+    for base in bases[:tries]:
+        if options.time_limit is not None and time.perf_counter() - start > options.time_limit:
+            return
+        extra = base[:k] + (2,) + base[k + 1:]
+        if extra in seen:
+            continue
+        result.points.append((extra, measure(extra)))
+        measures = [x for _, x in result.points]
+        result.frontier = pareto(measures)
+        result.chosen = best(measures, threshold=options.threshold)
 
 
 def _fmt(value: float | None) -> str:

@@ -140,15 +140,19 @@ def test_injected_latency_and_quality_pick_the_brute_force_point(setup, tmp_path
     """compress() on a small model with evaluate= injected: the chosen levels are the brute-force best."""
     model, calib, ev = setup
     speed = {"prune": dict(zip((1.0, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5), (1, .92, .88, .83, .79, .75, .66, .57))),
-             "lowrank": dict(zip((1.0, 0.9, 0.8, 0.7, 0.6), (1, 1.02, .9, .81, .72))), "int8": {False: 1, True: .38}}
+             "lowrank": dict(zip((1.0, 0.9, 0.8, 0.7, 0.6), (1, 1.02, .9, .81, .72))),
+             "int8": {False: 1, True: .38, "fallback": 1.0}}
     loss = {"prune": dict(zip((1.0, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5), (0, .003, .006, .01, .016, .025, .05, .09))),
-            "lowrank": dict(zip((1.0, 0.9, 0.8, 0.7, 0.6), (0, .02, .05, .09, .14))), "int8": {False: 0, True: .009}}
+            "lowrank": dict(zip((1.0, 0.9, 0.8, 0.7, 0.6), (0, .02, .05, .09, .14))),
+            "int8": {False: 0, True: .009, "fallback": 0.0}}
+    # the float-fallback variant (measured after the walk) scores as fp32 here: never faster, never chosen
 
     def evaluate(levels: dict) -> Measure:
         return Measure(float(np.prod([speed[k][v] for k, v in levels.items()])),
                        1.0 - sum(loss[k][v] for k, v in levels.items()))
 
-    grid = [dict(zip(speed, combo)) for combo in itertools.product(*(list(speed[k]) for k in speed))]
+    grid = [dict(zip(speed, combo)) for combo in itertools.product(*([v for v in speed[k] if v != "fallback"]
+                                                                     for k in speed))]
     batches = [{"x": np.random.default_rng(i).standard_normal((1, 4, D)).astype(np.float32)} for i in range(4)]
     for threshold in (0.99, 0.98, 0.97, 0.95):
         result = compress(model, tmp_path, batches, batches, lambda o, r: 1.0, CompressOptions(threshold=threshold),
@@ -181,3 +185,21 @@ def test_o3_pipeline(setup, tmp_path):
             calibration=calibration, evaluation=evaluation, accuracy_budget={"metric": lambda o, r: 0.0, "threshold": 0.5})
                     ).run(ir.load(model_path))  # quality 0 everywhere: the first round ends the walk
     assert info.value.exit_code == 1
+
+
+def test_int8_float_fallback_is_measured_after_the_walk(setup, tmp_path):
+    """Every layer quantized misses the budget, INT8 with float fallbacks keeps it: the fallback is chosen."""
+    model, _, _ = setup
+    table = {False: Measure(1.0, 1.0), True: Measure(0.4, 0.95), "fallback": Measure(0.6, 0.99)}
+    seen = []
+
+    def evaluate(levels: dict) -> Measure:
+        seen.append(levels["int8"])
+        return table[levels["int8"]]
+
+    batches = [{"x": np.zeros((1, 4, D), np.float32)}]
+    result = compress(model, tmp_path, batches, batches, lambda o, r: 1.0,
+                      CompressOptions(techniques=("int8",), threshold=0.97), evaluate=evaluate)
+    assert seen == [False, True, "fallback"]
+    assert result.search.levels(result.chosen) == {"int8": "fallback"}
+    assert [p["label"] for p in result.points] == ["fp32 (O2)", "int8", "int8 (float fallbacks)"]

@@ -230,9 +230,12 @@ def _document(args: argparse.Namespace, result: Any, name: str, threshold: float
         # the sites the steps left whole, with their reasons, in the report's "Left whole" notes
         doc["refused"] = list((docs.get("prune") or {}).get("refused") or [])
         doc["not_factorizable"] = dict((docs.get("factorize") or {}).get("not_factorizable") or {})
-        before = model_stats(ir.load(args.input), with_flops=True)
-        after = model_stats(ir.load(result.built.path), with_flops=True)
+        dims = getattr(args.request, "dims", None) or None
+        before = model_stats(ir.load(args.input), with_flops=True, dims=dims)
+        after = model_stats(ir.load(result.built.path), with_flops=True, dims=dims)
         doc["before"], doc["after"] = before.to_dict(), after.to_dict()
+        if result.built.float_path is not None:  # INT8 MatMuls are not counted as MatMul: the float model's FLOPs
+            doc["after"]["flops"] = model_stats(ir.load(result.built.float_path), with_flops=True, dims=dims).flops
         doc["latency_ms"] = {"before": result.original_ms, "after": chosen.get("latency_ms")}
         doc["quality"] = {name: {"before": 1.0 if name != "metric" else None, "after": result.held_out}}
     return doc

@@ -36,12 +36,14 @@ Metric = Callable[[Sequence[Mapping[str, np.ndarray]], Sequence[Mapping[str, np.
 @dataclass
 class Built:
     """One candidate model: its ``path``, the levels it was built at, the steps' reports (``prune``,
-    ``factorize``, ``quantize`` documents from the model's metadata) and build seconds."""
+    ``factorize``, ``quantize`` documents from the model's metadata), build seconds, and ``float_path``: the
+    model before O2/INT8 (its MatMul/Conv FLOPs are the candidate's; INT8 does the same products)."""
 
     path: Path
     levels: dict[str, Any]
     docs: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    float_path: Path | None = None
 
 
 def spec_of(levels: Mapping[str, Any], target: str, prune: Any = None, lowrank: Any = None) -> str:
@@ -191,7 +193,7 @@ class CandidateBuilder:
         kind = ("int8f" if fallback else "int8") if int8 else "fp32"
         stem = name or f"c_p{self._tag(ratio)}_l{self._tag(params)}_{kind}"
         path = self._save(model, stem)
-        return Built(path, dict(levels), docs, time.perf_counter() - start)
+        return Built(path, dict(levels), docs, time.perf_counter() - start, base)
 
     def quality(self, path: Path, batches: list[dict] | None = None, reference: list[dict] | None = None) -> float:
         """The metric of the model at ``path`` on ``batches`` (default the search batches) against ``reference``

@@ -1,10 +1,11 @@
 """A task metric for ``graphopt compress --metric tools/ocr_metric.py:char_accuracy`` on a CTC text recognizer
-(PaddleOCR rec): character accuracy of the compressed model's transcripts against the original model's.
+(PaddleOCR rec): character accuracy against ground truth, or against the original model's reading.
 
-A budget metric gets the compressed model's and the original's outputs on the same inputs (``metric(outputs,
-reference) -> float``), not the ground-truth strings, so the reference transcript is the original's reading:
-``char_accuracy=0.99`` keeps at most 1 character in 100 read differently from the fp32 model, which bounds the
-change of ground-truth character accuracy by about 1 point. Decoding is CTC best path (Graves et al. 2006: argmax
+With a ``labels.json`` beside the evaluation samples (each line's class indices in the model's dictionary; e.g.
+tools/compare_compress.py writes them for rendered lines), ``graphopt compress`` passes the labels and the
+metric is ground-truth character accuracy, so ``--budget char_accuracy=A`` is an absolute accuracy. Without
+labels the truth is the original's own transcript: agreement, a stricter proxy (the original itself misreads
+some characters, and a compressed model that misreads others loses twice). Decoding is CTC best path (Graves et al. 2006: argmax
 per frame, repeats merged, blanks, index 0, dropped), as rapidocr's CTCLabelDecode does; transcripts are
 compared as class-index sequences, so no character dictionary is needed.
 """
@@ -37,21 +38,30 @@ def edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
     return prev[-1]
 
 
-def char_accuracy(outputs: Sequence[Mapping[str, np.ndarray]], reference: Sequence[Mapping[str, np.ndarray]]) -> float:
-    """``1 - sum(edit distance) / sum(reference characters)`` over every line of every batch, the first output
-    being the CTC scores ``[batch, T, C]``; 1.0 when the reference reads no character at all.
+def char_accuracy(outputs: Sequence[Mapping[str, np.ndarray]], reference: Sequence[Mapping[str, np.ndarray]],
+                  labels: Sequence[Sequence[int]] | None = None) -> float:
+    """``1 - sum(edit distance) / sum(characters)`` over every line of every batch, the first output being the CTC
+    scores ``[batch, T, C]``. The truth is ``labels`` when given (``graphopt compress`` passes the entries of
+    ``labels.json`` beside the evaluation samples: each line's class indices, blank = 0, in the model's
+    dictionary), else the original's transcripts. 1.0 when the truth holds no character.
 
     Raises:
-        ValueError: the first output is not 3-D.
+        ValueError: the first output is not 3-D, or fewer labels than lines.
     """
-    errors = total = 0
+    errors = total = line = 0
     for out, ref in zip(outputs, reference):
         name = next(iter(ref))
         r, o = np.asarray(ref[name]), np.asarray(out[name])
         if r.ndim != 3:
             raise ValueError(f"char_accuracy expects CTC scores [batch, T, classes], got {r.shape} for {name!r}")
         for rr, oo in zip(r, o):
-            truth = ctc_indices(rr)
+            if labels is not None:
+                if line >= len(labels):
+                    raise ValueError(f"char_accuracy: {len(labels)} labels for more lines")
+                truth = [int(i) for i in labels[line]]
+            else:
+                truth = ctc_indices(rr)
+            line += 1
             errors += edit_distance(ctc_indices(oo), truth)
             total += len(truth)
     return 1.0 - errors / total if total else 1.0

@@ -29,7 +29,7 @@ from graphopt.cli import lossy
 from graphopt.cli.common import add_dim_options, console, want_progress
 from graphopt.errors import InputError, VerificationError
 
-__all__ = ["add_parsers", "load_metric", "parse_goal"]
+__all__ = ["add_parsers", "load_metric", "parse_goal", "read_labels", "with_labels"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,61 @@ def parse_goal(args: argparse.Namespace) -> tuple[str, Callable[..., float], flo
     return "cosine", METRICS["cosine"], None, args.speedup
 
 
+def read_labels(folder: str | None, proto: Any) -> list | None:
+    """The ground-truth labels of an evaluation folder: ``labels.json`` beside its samples, a JSON list with one
+    entry per sample in file order (None when the folder has none).
+
+    Raises:
+        InputError: ``labels.json`` is not a JSON list, or its length is not the number of samples.
+    """
+    import json
+
+    from graphopt.calibrate.data import CalibrationData
+
+    if not folder or not (Path(folder) / "labels.json").is_file():
+        return None
+    path = Path(folder) / "labels.json"
+    try:
+        labels = json.loads(path.read_text())
+    except ValueError as e:
+        raise InputError(f"'{path}' is not JSON: {e}") from e
+    count = len(CalibrationData.from_path(folder, proto))
+    if not isinstance(labels, list) or len(labels) != count:
+        raise InputError(f"'{path}' must be a JSON list with one label per sample ({count} samples in "
+                         f"'{folder}'), got {len(labels) if isinstance(labels, list) else type(labels).__name__}")
+    return labels
+
+
+def with_labels(metric: Callable[..., float], labels: list | None) -> Callable[..., float]:
+    """``metric`` as a two-argument budget metric: a user metric taking a third argument ``labels`` gets the
+    labels of the samples it scores (the first ones of ``labels``, as many as the outputs' batch rows); with
+    ``labels`` None a third argument with a default is left out.
+
+    Raises:
+        InputError: the metric needs labels (a third argument without default) and the data has none.
+    """
+    import inspect
+
+    try:
+        params = list(inspect.signature(metric).parameters.values())
+    except (TypeError, ValueError):
+        params = []
+    if len(params) < 3:
+        return metric
+    if labels is None:
+        if params[2].default is not inspect.Parameter.empty:
+            return metric  # labels are optional: scored against the original's outputs
+        raise InputError(f"--metric {getattr(metric, '__name__', 'metric')} takes labels: put a labels.json (a JSON "
+                         "list, one label per sample in file order) beside the --eval (and --test) samples")
+
+    def labelled(outputs: Any, reference: Any) -> float:
+        rows = sum(int(next(iter(r.values())).shape[0]) for r in reference)
+        return metric(outputs, reference, labels[:rows])
+
+    labelled.__name__ = getattr(metric, "__name__", "metric")
+    return labelled
+
+
 def _latency_inputs(args: argparse.Namespace, proto: Any, first: dict) -> dict:
     """The inputs latency is timed on: generated at ``--dim``/``--shape``/``--value`` when given, else the first
     evaluation batch."""
@@ -124,7 +179,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     techniques = tuple(t.strip() for t in args.techniques.split(","))
     options = CompressOptions(techniques=techniques, target=args.target, threshold=threshold, speedup=speedup,
                               time_limit=args.time_limit * 60 if args.time_limit is not None else None,
-                              latency_seconds=args.latency_seconds, threads=args.threads, mask=args.mask or "")
+                              latency_seconds=args.latency_seconds, threads=args.threads, mask=args.mask or "",
+                              int8_method=args.int8_method)
     from graphopt.compress.run import check_options
 
     check_options(options)  # exit 2 before any data is read
@@ -150,11 +206,18 @@ def cmd_compress(args: argparse.Namespace) -> int:
                              "--test PATH")
         half = len(evaluation) // 2
         searched, held = evaluation[:half], evaluation[half:]
+    labels = read_labels(args.eval, proto)
+    if args.test:
+        search_metric, held_metric = with_labels(metric, labels), with_labels(metric, read_labels(args.test, proto))
+    else:
+        rows = sum(int(next(iter(b.values())).shape[0]) for b in searched)
+        search_metric = with_labels(metric, labels)
+        held_metric = with_labels(metric, labels[rows:] if labels is not None else None)
     calib = lossy.first_batches(calibration, args.calib_limit or 10 ** 9)
     inputs = _latency_inputs(args, proto, searched[0])
     with tempfile.TemporaryDirectory(prefix="graphopt-compress-") as work, _progress(args) as status:
-        result = compress(args.input, Path(work), calib, searched, metric, options, held_out=held,
-                          latency_inputs=inputs, progress=status)
+        result = compress(args.input, Path(work), calib, searched, search_metric, options, held_out=held,
+                          latency_inputs=inputs, progress=status, held_out_metric=held_metric)
         doc = _document(args, result, name, threshold, speedup, searched, held, start)
         doc["frontier"] = frontier_doc(result, name, threshold)
         if result.built is None:
@@ -288,12 +351,15 @@ def add_parsers(sub: Any) -> None:
         "evaluation inputs"))
     goal.add_argument("--speedup", type=float, metavar="X", help="the most accurate model at least X times faster")
     p.add_argument("--metric", metavar="MODULE:FUNCTION", help=(
-        "a task metric: metric(outputs, reference) -> float, higher is better (FILE.py:FUNCTION works too)"))
+        "a task metric: metric(outputs, reference) -> float, higher is better (FILE.py:FUNCTION works too); "
+        "metric(outputs, reference, labels) gets ground truth from labels.json beside the --eval/--test samples"))
     p.add_argument("--target", choices=tuple(TARGETS), default="ort", help="fusions and INT8 placement for this "
                    "runtime (default ort)")
     p.add_argument("--techniques", default=",".join(TECHNIQUES), help=f"searched techniques (default "
                    f"{','.join(TECHNIQUES)})")
     p.add_argument("--time-limit", type=float, metavar="MIN", help="minutes for the search (default: no limit)")
+    p.add_argument("--int8-method", choices=("minmax", "percentile", "entropy", "mse"), default="minmax",
+                   help="INT8 activation range calibration, as graphopt quantize --method (default minmax)")
     p.add_argument("--latency-seconds", type=float, default=2.0, help="timed seconds per candidate (default 2)")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime threads for the latency (default 2)")
     p.add_argument("--mask", metavar="INPUT", help="graph input whose zeros drop padded rows from the statistics "

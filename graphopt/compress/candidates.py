@@ -82,6 +82,8 @@ class CandidateBuilder:
         prune, lowrank: base :class:`~graphopt.passes.pruning.prune.PruneOptions` and
             :class:`~graphopt.passes.lowrank.factorize.FactorizeOptions` (the ratio is set per candidate).
         mask: graph input whose zeros drop padded rows from the statistics ('' for none).
+        int8_method: the INT8 activation range calibration (the ``qdq`` pass's ``method``: minmax, percentile,
+            entropy, mse).
         progress: progress bars of the steps.
 
     Raises:
@@ -90,7 +92,7 @@ class CandidateBuilder:
 
     def __init__(self, source: str | Path, work: Path, *, target: str, calibration: list[dict], search: list[dict],
                  reference: list[dict], metric: Metric, threshold: float | None, prune: Any, lowrank: Any,
-                 mask: str = "", progress: bool = False) -> None:
+                 mask: str = "", int8_method: str = "minmax", progress: bool = False) -> None:
         from graphopt.calibrate.cache import StatsCache
         from graphopt.passmanager import PassContext, PassManager
 
@@ -98,7 +100,7 @@ class CandidateBuilder:
         self.calibration, self.search, self.reference = calibration, search, reference
         self.metric, self.threshold = metric, threshold
         self.prune_options, self.lowrank_options = replace(prune, mask=mask), lowrank
-        self.progress = progress
+        self.progress, self.int8_method = progress, int8_method
         self.cache = StatsCache()
         self._files: dict[tuple, Path] = {}
         self._docs: dict[tuple, dict[str, Any]] = {}
@@ -181,7 +183,7 @@ class CandidateBuilder:
         base, docs = self._factored(ratio, params)
         model = ir.load(base)
         if int8:
-            spec = f"{INT8_FUSION},qdq{{report-sqnr={'true' if sqnr else 'false'}}}"
+            spec = f"{INT8_FUSION},qdq{{method={self.int8_method},report-sqnr={'true' if sqnr else 'false'}}}"
             ctx = PassContext(target=self.target, config={"opset.upgrade": 13}, calibration=self.calibration,
                               accuracy_budget=self._budget() if fallback else None, evaluation=self.search)
         else:
@@ -195,13 +197,15 @@ class CandidateBuilder:
         path = self._save(model, stem)
         return Built(path, dict(levels), docs, time.perf_counter() - start, base)
 
-    def quality(self, path: Path, batches: list[dict] | None = None, reference: list[dict] | None = None) -> float:
-        """The metric of the model at ``path`` on ``batches`` (default the search batches) against ``reference``
-        (default the original's outputs on the search batches)."""
+    def quality(self, path: Path, batches: list[dict] | None = None, reference: list[dict] | None = None,
+                metric: Metric | None = None) -> float:
+        """``metric`` (default the search's) of the model at ``path`` on ``batches`` (default the search batches)
+        against ``reference`` (default the original's outputs on the search batches)."""
         from graphopt.calibrate.evaluate import run_outputs
 
         batches = self.search if batches is None else batches
-        return float(self.metric(run_outputs(str(path), batches), self.reference if reference is None else reference))
+        fn = self.metric if metric is None else metric
+        return float(fn(run_outputs(str(path), batches), self.reference if reference is None else reference))
 
 
 def failure(error: BaseException) -> str:

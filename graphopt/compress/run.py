@@ -51,6 +51,7 @@ class CompressOptions:
         prune, lowrank: base pass options (None: wanda scores with the error allocation and least squares;
             svd-llm with the refit).
         mask: graph input whose zeros drop padded rows from the statistics.
+        int8_method: INT8 activation range calibration (minmax, percentile, entropy, mse).
     """
 
     techniques: tuple[str, ...] = TECHNIQUES
@@ -65,6 +66,7 @@ class CompressOptions:
     prune: Any = None
     lowrank: Any = None
     mask: str = ""
+    int8_method: str = "minmax"
 
 
 @dataclass
@@ -109,6 +111,9 @@ def check_options(opts: CompressOptions) -> tuple[str, ...]:
                          "(--speedup X)")
     if opts.speedup is not None and not opts.speedup > 1.0:
         raise InputError(f"--speedup must be above 1 (times faster than the original), got {opts.speedup}")
+    if opts.int8_method not in ("minmax", "percentile", "entropy", "mse"):
+        raise InputError(f"unknown INT8 calibration method {opts.int8_method!r}; choose minmax, percentile, entropy "
+                         "or mse")
     if opts.time_limit is not None and not opts.time_limit > 0:
         raise InputError(f"--time-limit must be positive, got {opts.time_limit}")
     for name, levels in (("prune", opts.prune_levels), ("lowrank", opts.lowrank_levels)):
@@ -132,7 +137,8 @@ def _label(levels: Mapping[str, Any]) -> str:
 def compress(source: str | Path, work: Path, calibration: Sequence[dict], search_batches: Sequence[dict],
              metric: Callable[..., float], options: CompressOptions, *, held_out: Sequence[dict] | None = None,
              latency_inputs: dict[str, np.ndarray] | None = None, progress: Callable[[str], None] | None = None,
-             evaluate: Callable[[dict[str, Any]], Measure] | None = None) -> CompressResult:
+             evaluate: Callable[[dict[str, Any]], Measure] | None = None,
+             held_out_metric: Callable[..., float] | None = None) -> CompressResult:
     """Search ``source``'s compressed variants and build the chosen one into ``work``.
 
     Args:
@@ -147,6 +153,8 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
         latency_inputs: the inputs latency is timed on (default the first search batch).
         progress: called with a one-line status after each measured point.
         evaluate: replaces building and measuring (tests): ``evaluate(levels) -> Measure``.
+        held_out_metric: the metric on ``held_out`` (default ``metric``; a task metric with ground-truth labels
+            needs the held-out samples' labels).
 
     Returns:
         :class:`CompressResult` (``built`` None when no point meets the goal).
@@ -180,7 +188,7 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
         builder = CandidateBuilder(source, work, target=options.target, calibration=list(calibration),
                                    search=list(search_batches), reference=reference, metric=metric,
                                    threshold=options.threshold, prune=prune_opts, lowrank=lowrank_opts,
-                                   mask=options.mask)
+                                   mask=options.mask, int8_method=options.int8_method)
         probe = LatencyProbe(source, latency_inputs or dict(search_batches[0]), threads=options.threads,
                              seconds=options.latency_seconds)
     built: dict[tuple, Built] = {}
@@ -242,7 +250,7 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
         order = [chosen] + [i for i in sorted(result.frontier, key=lambda i: result.points[i][1].latency)
                             if result.points[i][1].latency > result.points[chosen][1].latency]
         for i in order:
-            score = builder.quality(built[result.points[i][0]].path, list(held_out), ref_held)
+            score = builder.quality(built[result.points[i][0]].path, list(held_out), ref_held, held_out_metric)
             if options.threshold is None or score >= options.threshold:
                 chosen, out.held_out = i, score
                 break

@@ -203,3 +203,30 @@ def test_int8_float_fallback_is_measured_after_the_walk(setup, tmp_path):
     assert seen == [False, True, "fallback"]
     assert result.search.levels(result.chosen) == {"int8": "fallback"}
     assert [p["label"] for p in result.points] == ["fp32 (O2)", "int8", "int8 (float fallbacks)"]
+
+
+def test_metric_with_labels_reads_labels_json(setup, tmp_path, capsys):
+    """A metric(outputs, reference, labels) gets the labels.json entries of the samples it scores: the search's
+    (the first half of --eval) and then the held-out ones (the second half)."""
+    model, calib, ev = setup
+    metric = tmp_path / "labelled.py"
+    metric.write_text("SEEN = []\n"
+                      "def share(outputs, reference, labels):\n"
+                      "    SEEN.append(list(labels))\n"
+                      "    return sum(labels) / len(labels)\n")
+    out = tmp_path / "c.onnx"
+    common = ["compress", model, "-o", out, "--calib", calib, "--eval", ev, "--metric", f"{metric}:share",
+              "--budget", "0.5", "--techniques", "prune", "--latency-seconds", "0.05", "--json"]
+    code, _, stderr = run_cli(capsys, *common)
+    assert code == 2 and "--metric share takes labels: put a labels.json" in flat(stderr) and not out.exists()
+    (ev / "labels.json").write_text("[1, 1]")
+    code, _, stderr = run_cli(capsys, *common)
+    assert code == 2 and "must be a JSON list with one label per sample (8 samples" in flat(stderr)
+    (ev / "labels.json").write_text("[1, 1, 0, 1, 0, 0, 1, 0]")  # search half: 3/4, held-out half: 1/4
+    code, stdout, stderr = run_cli(capsys, *common)
+    assert code == 1 and "nothing was written" in flat(stderr)  # 0.75 on the search split, 0.25 held out
+    (ev / "labels.json").write_text("[1, 1, 0, 1, 1, 0, 1, 1]")  # held-out half: 3/4
+    code, stdout, stderr = run_cli(capsys, *common)
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    assert doc["chosen"]["quality"] == 0.75 and doc["held_out"] == 0.75

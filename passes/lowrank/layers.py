@@ -176,6 +176,13 @@ def rewrite(graph: ir.Graph, layer: Layer, a: np.ndarray, b: np.ndarray, names: 
     ir.bypass(node, out, second.outputs[0])
     weight = node.inputs[1]
     graph.remove(node, safe=True)
-    if not weight.uses() and weight.is_initializer() and not weight.is_graph_output() \
-            and weight.name in graph.initializers and not weight.is_graph_input():
+    if weight.uses() or weight.is_graph_output():
+        return
+    if weight.is_initializer() and weight.name in graph.initializers and not weight.is_graph_input():
         del graph.initializers[weight.name]
+    producer = weight.producer()
+    if producer is not None and producer.op_type == "Constant" and producer.domain in ("", "ai.onnx") \
+            and producer.graph is graph:
+        # A weight held by a Constant node (PaddleOCR's exports keep every weight so): the node is dead now; left
+        # in place it would keep the unfactored weight in the saved model.
+        graph.remove(producer, safe=True)

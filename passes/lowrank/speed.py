@@ -132,10 +132,19 @@ class SpeedGuard:
         return self._cache
 
     def _save(self) -> None:
+        # Merge with what is on disk now: another guard (in this process or another) may have added entries since
+        # this one read the file, and writing this guard's snapshot alone would drop them, so that they are
+        # measured again (with a different reading) later.
+        try:
+            on_disk = {str(k): float(v) for k, v in json.loads(self.path.read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            on_disk = {}
+        merged = {**on_disk, **self._load()}
+        self._cache = merged
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile("w", dir=self.path.parent, delete=False, suffix=".tmp") as f:
-                json.dump(dict(sorted(self._load().items())), f, indent=0)
+                json.dump(dict(sorted(merged.items())), f, indent=0)
             os.replace(f.name, self.path)
         except OSError as e:  # a read-only cache costs re-measuring, nothing else
             log.warning("lowrank speed cache %s not written: %s", self.path, e)

@@ -275,3 +275,59 @@ def test_speed_guard_checks_the_allocated_rank_itself():
     model = ir.from_proto(proto)
     report = factorize(model, FactorizeOptions(rank=24), calib, timing=lambda m, k, n, r: 1.5 if r <= 24 else 0.5)
     assert report.factorized == 0 and report.skipped_for_speed == ["h", "y"]
+
+
+def test_weight_in_a_constant_node_is_removed_with_the_layer():
+    """PaddleOCR-style weights held by Constant nodes: the factored layer's Constant goes away (not left dead with
+    the unfactored weight); a Constant still read elsewhere stays."""
+    rng = np.random.default_rng(7)
+    w = _lowrank(64, 64, 8, 7).astype(np.float32)
+    const = helper.make_node("Constant", [], ["w"], value=numpy_helper.from_array(w, "w"))
+    mm = helper.make_node("MatMul", ["x", "w"], ["y"])
+    proto = _model([const, mm], [_vi("x", [4, 64])], [_vi("y", [4, 64])], {})
+    x = rng.standard_normal((4, 64)).astype(np.float32)
+    model = ir.from_proto(proto)
+    report = factorize(model, FactorizeOptions(rank=8, method="svd", refit="none", speed_guard=False))
+    assert report.factorized == 1
+    assert [n.op_type for n in model.graph] == ["MatMul", "MatMul"]
+    np.testing.assert_allclose(_run(ir.to_proto(model), {"x": x}), x @ w, rtol=1e-4, atol=1e-4)
+    shared = _model([const, mm, helper.make_node("Add", ["y", "w"], ["z"])], [_vi("x", [4, 64])],
+                    [_vi("z", [4, 64])], {})
+    model = ir.from_proto(shared)
+    assert factorize(model, FactorizeOptions(rank=8, method="svd", refit="none", speed_guard=False)).factorized == 1
+    assert sorted(n.op_type for n in model.graph) == ["Add", "Constant", "MatMul", "MatMul"]
+
+
+def test_plan_keeps_only_the_factors_a_rank_can_use():
+    """The plan holds each layer's singular vectors only up to its largest candidate rank (the speed guard's cap
+    included) and the float64 weight only where the refit or the output error reads it; the factors are unchanged."""
+    from graphopt.passes.lowrank.factorize import plan_layers
+
+    proto = _mlp(96, 96)
+    opts = FactorizeOptions(rank=16, method="svd", refit="none")
+    plan = plan_layers(ir.from_proto(proto), opts, timing=lambda m, k, n, r: 0.5 if r <= 24 else 1.5)
+    assert [a[-1] for a in plan.allowed] == [24, 24]
+    assert all(s.u.shape == (96, 24) and s.vt.shape == (24, 96) and s.s.shape == (96,) for s in plan.spectra)
+    assert plan.weights == [None, None]
+    model = ir.from_proto(proto)
+    factorize(model, opts, timing=lambda m, k, n, r: 0.5 if r <= 24 else 1.5)
+    w1 = numpy_helper.to_array(proto.graph.initializer[0]).astype(np.float64)
+    u, s, vt = np.linalg.svd(w1, full_matrices=False)
+    a = [numpy_helper.to_array(t) for t in ir.to_proto(model).graph.initializer if "w1_lowrank" in t.name]
+    np.testing.assert_allclose(a[0] @ a[1], (u[:, :16] * s[:16]) @ vt[:16], rtol=1e-4, atol=1e-4)
+    calib = _calib(proto, "x", [_correlated(4, 96, s) for s in range(4)])
+    plan = plan_layers(ir.from_proto(proto), FactorizeOptions(rank=16), calib, timing=lambda *a: 0.5)
+    assert all(w is not None and w.shape == (96, 96) for w in plan.weights)
+    assert all(s.u.shape[1] == plan.allowed[0][-1] for s in plan.spectra)
+
+
+def test_speed_cache_keeps_entries_another_guard_wrote(tmp_path):
+    """Two guards on one cache file, each loaded before the other wrote: the second write keeps the first's entry
+    (no lost update, so nothing is measured twice with two different readings)."""
+    path = tmp_path / "speed.json"
+    first, second = SpeedGuard(tokens=16, cache=path, threads=1), SpeedGuard(tokens=16, cache=path, threads=1)
+    assert second._load() == {}
+    a = first.ratio(32, 32, 8)
+    b = second.ratio(32, 32, 16)
+    third = SpeedGuard(tokens=16, cache=path, threads=1)
+    assert third.ratio(32, 32, 8) == a and third.ratio(32, 32, 16) == b and third.measured == 0

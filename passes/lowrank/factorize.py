@@ -66,7 +66,8 @@ class FactorizeOptions:
     speed_guard: bool = field(default=True, metadata={"doc": "factorize only layers measured faster "
                                                              "(onnxruntime micro-benchmark, cached on disk)"})
     tokens: int = field(default=128, metadata={"doc": "M, rows of the products in the speed benchmark "
-                                                      "(batch x sequence)"})
+                                                      "(batch x sequence) where a layer's output shape does "
+                                                      "not give them; else the layer's own rows"})
     threads: int = field(default=2, metadata={"doc": "onnxruntime threads of the speed benchmark"})
     max_speed_ratio: float = field(default=1.0, metadata={"doc": "a factored layer must measure below this "
                                                                  "latency ratio"})
@@ -232,7 +233,7 @@ def plan_layers(model: ir.Model, opts: FactorizeOptions, calibration: Any = None
     guard = SpeedGuard(opts.tokens, timing, opts.speed_cache or None, opts.threads, opts.max_speed_ratio) \
         if opts.speed_guard else None
     plan = Plan(layers, [], [], [], [], [], [], skipped, guard)
-    fast: dict[tuple[int, int], int] = {}
+    fast: dict[tuple[int, int, int], int] = {}
     kept: list[Layer] = []
     for layer in layers:
         st = stats.get(layer.input.name)
@@ -253,9 +254,9 @@ def plan_layers(model: ir.Model, opts: FactorizeOptions, calibration: Any = None
         if not allowed:
             report.reason = f"no rank saves {1 - opts.max_param_ratio:.0%} of the parameters at align {opts.align}"
         elif guard is not None:
-            key = (layer.k, layer.n)
+            key = (tokens, layer.k, layer.n)  # measured at the layer's own rows where its shape says them
             if key not in fast:
-                fast[key] = guard.largest_fast_rank(layer.k, layer.n, allowed)
+                fast[key] = guard.largest_fast_rank(layer.k, layer.n, allowed, tokens)
             allowed = [r for r in allowed if r <= fast[key]]
             if not allowed:
                 report.reason = "slower at every rank that saves parameters (speed guard)"
@@ -301,11 +302,11 @@ def apply_plan(model: ir.Model, plan: Plan, chosen: list[int], opts: FactorizeOp
                                                 chosen):
         rep = LayerReport(**asdict(base))
         report.layers.append(rep)
-        if rank and plan.guard is not None and not plan.guard.faster(layer.k, layer.n, rank):
+        if rank and plan.guard is not None and not plan.guard.faster(layer.k, layer.n, rank, base.tokens):
             # The bisection measured only some ranks: the chosen one is measured too, and a noisy or non-monotone
             # slower reading steps down to the next allowed rank measured faster (fewer parameters, never more).
             lower = [r for r in plan.allowed[plan.layers.index(layer)] if r < rank]
-            rank = next((r for r in reversed(lower) if plan.guard.faster(layer.k, layer.n, r)), 0)
+            rank = next((r for r in reversed(lower) if plan.guard.faster(layer.k, layer.n, r, base.tokens)), 0)
             if not rank:
                 rep.reason = "slower at the allocated rank and every rank below it (speed guard)"
                 report.skipped_for_speed.append(layer.name)
@@ -323,7 +324,7 @@ def apply_plan(model: ir.Model, plan: Plan, chosen: list[int], opts: FactorizeOp
         rep.flops_after = rep.flops_before * rep.params_after // layer.params
         rep.error = relative_output_error(gram, w, a @ b) if gram is not None else None
         if plan.guard is not None:
-            rep.speed_ratio = plan.guard.ratio(layer.k, layer.n, rank)
+            rep.speed_ratio = plan.guard.ratio(layer.k, layer.n, rank, base.tokens)
         rep.reason = ""
     for rep in report.layers:
         report.params_before += rep.params_before

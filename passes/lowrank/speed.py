@@ -118,10 +118,10 @@ class SpeedGuard:
         self._cache: dict[str, float] | None = None
         self.measured = 0
 
-    def _key(self, k: int, n: int, r: int) -> str:
+    def _key(self, m: int, k: int, n: int, r: int) -> str:
         import onnxruntime as ort
 
-        return f"ort{ort.__version__}/t{self.threads}/{self.tokens}x{k}x{n}/r{r}"
+        return f"ort{ort.__version__}/t{self.threads}/{m}x{k}x{n}/r{r}"
 
     def _load(self) -> dict[str, float]:
         if self._cache is None:
@@ -149,29 +149,31 @@ class SpeedGuard:
         except OSError as e:  # a read-only cache costs re-measuring, nothing else
             log.warning("lowrank speed cache %s not written: %s", self.path, e)
 
-    def ratio(self, k: int, n: int, r: int) -> float:
-        """``t(x A B) / t(x W)`` at ``M = tokens`` for ``W [k, n]`` and rank ``r`` (measured or cached)."""
+    def ratio(self, k: int, n: int, r: int, m: int | None = None) -> float:
+        """``t(x A B) / t(x W)`` for ``x [M, k]``, ``W [k, n]`` and rank ``r`` (measured or cached); ``M`` is
+        ``m`` (a layer's own rows, where its input shape says them) or the guard's ``tokens``."""
+        rows = int(m) if m else self.tokens
         if self.timing is not None:
-            return float(self.timing(self.tokens, k, n, r))
+            return float(self.timing(rows, k, n, r))
         cache = self._load()
-        key = self._key(k, n, r)
+        key = self._key(rows, k, n, r)
         if key not in cache:
-            cache[key] = round(measure_ratio(self.tokens, k, n, r, threads=self.threads), 4)
+            cache[key] = round(measure_ratio(rows, k, n, r, threads=self.threads), 4)
             self.measured += 1
             self._save()
         return cache[key]
 
-    def faster(self, k: int, n: int, r: int) -> bool:
-        """True when rank ``r`` measures below ``max_ratio``."""
-        return self.ratio(k, n, r) < self.max_ratio
+    def faster(self, k: int, n: int, r: int, m: int | None = None) -> bool:
+        """True when rank ``r`` measures below ``max_ratio`` (at ``m`` rows, see :meth:`ratio`)."""
+        return self.ratio(k, n, r, m) < self.max_ratio
 
-    def largest_fast_rank(self, k: int, n: int, candidates: Sequence[int]) -> int:
+    def largest_fast_rank(self, k: int, n: int, candidates: Sequence[int], m: int | None = None) -> int:
         """The largest of ``candidates`` (ascending) the guard calls faster, by bisection
         (the cost of ``x A B`` grows with ``r``); 0 when none is."""
         lo, hi, best = 0, len(candidates) - 1, 0
         while lo <= hi:
             mid = (lo + hi) // 2
-            if self.faster(k, n, candidates[mid]):
+            if self.faster(k, n, candidates[mid], m):
                 best, lo = candidates[mid], mid + 1
             else:
                 hi = mid - 1

@@ -103,7 +103,6 @@ class CandidateBuilder:
         self.progress, self.int8_method = progress, int8_method
         self.cache = StatsCache()
         self._files: dict[tuple, Path] = {}
-        self._regrouped: tuple[list[dict], list[dict]] | None = None
         self._docs: dict[tuple, dict[str, Any]] = {}
         model = ir.load(self.source)
         PassManager("O1", PassContext(target=target)).run(model)
@@ -147,33 +146,10 @@ class CandidateBuilder:
             self._docs[key] = {**docs, "factorize": report.to_dict()}
         return self._files[key], self._docs[key]
 
-    def _fallback_data(self) -> tuple[list[dict], list[dict]]:
-        """The search batches regrouped into at most the sensitivity analysis's batch count (it reads no more:
-        ``passes.quantization.sensitivity.MAX_BATCHES``), so the float fallbacks are decided on every search
-        sample, and the original's outputs on them. Batches whose inputs differ beyond the batch axis stay as
-        they are (the first ones are then used)."""
-        from graphopt.calibrate.evaluate import run_outputs
-        from graphopt.passes.quantization.sensitivity import MAX_BATCHES
-
-        if self._regrouped is None:
-            batches, groups = self.search, []
-            size = -(-len(batches) // MAX_BATCHES)
-            same = all(b.keys() == batches[0].keys() and all(np.shape(b[k])[1:] == np.shape(batches[0][k])[1:]
-                                                             for k in b) for b in batches)
-            if size > 1 and same:
-                for i in range(0, len(batches), size):
-                    part = batches[i:i + size]
-                    groups.append({k: np.concatenate([b[k] for b in part]) for k in part[0]})
-                self._regrouped = (groups, run_outputs(str(self.source), groups))
-            else:
-                self._regrouped = (batches, self.reference)
-        return self._regrouped
-
     def _budget(self) -> dict[str, Any] | None:
         if self.threshold is None:
             return None
-        metric = self.metric
-        _, reference = self._fallback_data()
+        metric, reference = self.metric, self.reference
 
         def against_original(outputs: Sequence[Mapping[str, np.ndarray]], _float: Any) -> float:
             # the fallback is decided against the ORIGINAL's outputs, not the pruned float model's: one budget
@@ -207,10 +183,11 @@ class CandidateBuilder:
         base, docs = self._factored(ratio, params)
         model = ir.load(base)
         if int8:
-            spec = f"{INT8_FUSION},qdq{{method={self.int8_method},report-sqnr={'true' if sqnr else 'false'}}}"
+            # float fallbacks are decided on every search batch (the qdq pass reads its first 8 by default)
+            spec = (f"{INT8_FUSION},qdq{{method={self.int8_method},report-sqnr={'true' if sqnr else 'false'},"
+                    f"budget-batches={max(len(self.search), 1)}}}")
             ctx = PassContext(target=self.target, config={"opset.upgrade": 13}, calibration=self.calibration,
-                              accuracy_budget=self._budget() if fallback else None,
-                              evaluation=self._fallback_data()[0] if fallback else self.search)
+                              accuracy_budget=self._budget() if fallback else None, evaluation=self.search)
         else:
             spec, ctx = "O2", PassContext(target=self.target)
         PassManager(spec, ctx).run(model)

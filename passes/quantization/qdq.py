@@ -53,6 +53,8 @@ class QDQOptions:
     report_sqnr: bool = field(default=True, metadata={"doc": "measure each site's output SQNR (all sites "
                                                              "quantized vs float, on the calibration data) into "
                                                              "the metadata record"})
+    budget_batches: int = field(default=8, metadata={"doc": "evaluation batches the float fallbacks of a budget "
+                                                           "are decided on (the first ones)"})
     budget_cosine: float = field(default=0.0, metadata={"doc": "keep the most sensitive sites float until output "
                                                                "cosine on the evaluation (else calibration) data is at least this "
                                                                "(0: the context's budget, or none)"})
@@ -121,11 +123,11 @@ class QDQ(Pass):
                 raise InputError("accuracy_budget with a metric needs {'metric': callable(outputs, reference) -> "
                                  "float, 'threshold': float}")
             kept = keep_float_for_budget(model, plan, ranges, config, held_out, float(budget["threshold"]),
-                                         budget["metric"])
+                                         budget["metric"], max_batches=opts.budget_batches)
         elif len(budget) == 1 and next(iter(budget)) in METRICS:
             name, threshold = next(iter(budget.items()))
             kept = keep_float_for_budget(model, plan, ranges, config, held_out, float(threshold),
-                                         METRICS[name])
+                                         METRICS[name], max_batches=opts.budget_batches)
         elif budget:
             raise InputError(f"unknown accuracy budget {sorted(budget)}; give one of {{'cosine': 0.99}}, "
                              "{'argmax': 0.99} or {'metric': callable, 'threshold': value}")

@@ -140,11 +140,12 @@ def layer_sqnr(model: ir.Model, plan: Plan, ranges: Mapping[str, Any], config: Q
 
 
 def _switched(model: ir.Model, plan: Plan, ranges: Mapping[str, Any], config: QuantConfig,
-              data: Iterable[Mapping[str, np.ndarray]], expose: Sequence[str] = ()) -> _Switched:
+              data: Iterable[Mapping[str, np.ndarray]], expose: Sequence[str] = (),
+              max_batches: int = MAX_BATCHES) -> _Switched:
     batches = []
     for batch in data:
         batches.append(batch)
-        if len(batches) == MAX_BATCHES:
+        if len(batches) == max_batches:
             break
     if not batches:
         raise InputError("the accuracy budget needs at least one calibration batch")
@@ -153,7 +154,7 @@ def _switched(model: ir.Model, plan: Plan, ranges: Mapping[str, Any], config: Qu
 
 def keep_float_for_budget(model: ir.Model, plan: Plan, ranges: Mapping[str, Any], config: QuantConfig,
                           data: Iterable[Mapping[str, np.ndarray]], threshold: float,
-                          metric: Metric = output_cosine) -> list[str]:
+                          metric: Metric = output_cosine, max_batches: int = MAX_BATCHES) -> list[str]:
     """Remove from ``plan`` (in place) the fewest most-sensitive sites so that
     ``metric`` of the quantized outputs is at least ``threshold``.
 
@@ -162,6 +163,8 @@ def keep_float_for_budget(model: ir.Model, plan: Plan, ranges: Mapping[str, Any]
     written, under onnxruntime's ``ORT_ENABLE_ALL`` (integer kernels, whose
     requantization rounds differently): while that misses the budget, the next
     most sensitive site goes back to float too.
+
+    Decided on the first ``max_batches`` batches of ``data``.
 
     Returns:
         The names of the sites kept float, most sensitive first (all sites when
@@ -173,7 +176,7 @@ def keep_float_for_budget(model: ir.Model, plan: Plan, ranges: Mapping[str, Any]
     """
     if metric in METRICS.values() and not 0.0 < threshold <= 1.0:
         raise InputError(f"a {', '.join(METRICS)} budget must be in (0, 1], not {threshold}")
-    switched = _switched(model, plan, ranges, config, data)
+    switched = _switched(model, plan, ranges, config, data, max_batches=max_batches)
     try:
         reference = switched.run(set())
         order = [i for _, i in sorted((metric(switched.run({i}), reference), i) for i in range(len(plan.sites)))]

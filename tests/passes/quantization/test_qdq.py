@@ -493,6 +493,23 @@ def test_budget_callable_metric():
     assert sorted(record(model)["activations"]) == ["a"]
 
 
+def test_budget_batches_sets_how_many_evaluation_batches_decide():
+    sizes = []
+
+    def counting(outputs, reference):  # noqa: ANN001, ANN202
+        sizes.append(len(outputs))
+        return 1.0
+
+    data = outlier_data()
+    evaluation = [b for _ in range(6) for b in data]  # 12 batches
+    run(ir.from_text(TWO), data, evaluation=evaluation, accuracy_budget={"metric": counting, "threshold": 0.5})
+    assert sizes and set(sizes) == {8}  # the default: the first 8
+    sizes.clear()
+    run(ir.from_text(TWO), data, spec="qdq{budget-batches=12}", evaluation=evaluation,
+        accuracy_budget={"metric": counting, "threshold": 0.5})
+    assert sizes and set(sizes) == {12}
+
+
 @pytest.mark.parametrize("budget, message", [
     ({"psnr": 30.0}, r"unknown accuracy budget \['psnr'\]; give one of \{'cosine': 0.99\}"),
     ({"cosine": 0.9, "argmax": 0.9}, r"unknown accuracy budget \['argmax', 'cosine'\]"),

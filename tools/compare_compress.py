@@ -245,6 +245,10 @@ def markdown(results: dict, command: str) -> str:
         lines += [f"compress exit code {r['code']}, {r['wall']:.0f} s wall, peak RSS {r['peak_mb']:.0f} MB; "
                   f"{doc.get('points_measured', '-')} points measured, stopped: {doc.get('stopped', '-')}; chosen "
                   f"`{doc.get('pipeline', '-')}`; load {', '.join(f'{x:.1f}' for x in r['load'])}.", ""]
+        if r.get("budget") is not None:
+            lines += [f"Budget: ground-truth character accuracy >= {r['budget']} on the 128 search lines (the "
+                      f"original reads {r['original_search']:.4f} of their characters); the table's accuracies are "
+                      "on the 128 held-out lines.", ""]
         cols = ["rank_fidelity", "cosine"] if key == "minilm" else ["char_acc", "line_acc"]
         lines += ["| model | latency ratio | median ms | " + " | ".join(cols) + " |",
                   "|---|---:|---:|" + "---:|" * len(cols)]

@@ -355,6 +355,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+OTHER_BENCHMARKS = """## Other benchmarks
+
+Each written by one command (run from the repository root; models and data are made into `~/.cache/graphopt` by
+`tools/make_corpus.py --full --trained`, `tools/text_inputs.py` and the scripts themselves):
+
+| file | command | what |
+|---|---|---|
+| `tools/benchmarks/fusers.md` | `python tools/compare_fusers.py` | O2 fusions against onnxruntime's transformers optimizer and onnxscript |
+| `tools/benchmarks/quantizers.md` | `python tools/compare_quantizers.py` | INT8 QDQ against onnxruntime's quantize_static |
+| `tools/benchmarks/pruning.md` | `python tools/compare_pruning.py` (`--models det,rec` for PaddleOCR) | structured pruning on all-MiniLM-L6-v2 and PaddleOCR |
+| `tools/benchmarks/lowrank.md` | `python tools/compare_lowrank.py` (`--vit`, `--ocr`, `--llama` sections) | low-rank factorization |
+| `tools/benchmarks/compress.md` | `python tools/compare_compress.py` | `graphopt compress` against INT8 alone; `--speedup 2` on the full-size corpus |
+| `tools/benchmarks/backend_sweep.md` | `python tools/sweep_backend.py --workers 2 --timeout 120 --report tools/benchmarks/backend_sweep.md` | O1/O2 on onnx's backend test cases |
+| `tools/benchmarks/fuzz.md` | `python tools/fuzz.py --count 1000 --markdown tools/benchmarks/fuzz.md` | generated graphs through O1/O2 |
+"""
+"""The benchmark index appended to BENCHMARKS.md (kept when the peer report is republished)."""
+
+
 def publish(out: Path, doc: dict[str, Any]) -> None:
     """Copy the report to ``BENCHMARKS.md`` (the chart and JSON to
     ``tools/benchmarks/``), with how to regenerate it."""
@@ -376,7 +394,7 @@ def publish(out: Path, doc: dict[str, Any]) -> None:
              "`tools/compare_peers.py --publish` (the command below; add `--previous OLD/report.json` to report "
              "the spread against an earlier run). The data: `tools/benchmarks/report.json`.\n")
     tmp = root / ".BENCHMARKS.md.tmp"
-    tmp.write_text(title + intro + rest)
+    tmp.write_text(title + intro + rest.rstrip("\n") + "\n\n" + OTHER_BENCHMARKS)
     os.replace(tmp, root / "BENCHMARKS.md")
 
 

@@ -362,8 +362,6 @@ Each written by one command (run from the repository root; models and data are m
 
 | file | command | what |
 |---|---|---|
-| `tools/benchmarks/fusers.md` | `python tools/compare_fusers.py` | O2 fusions against onnxruntime's transformers optimizer and onnxscript |
-| `tools/benchmarks/quantizers.md` | `python tools/compare_quantizers.py` | INT8 QDQ against onnxruntime's quantize_static |
 | `tools/benchmarks/pruning.md` | `python tools/compare_pruning.py` (`--models det,rec` for PaddleOCR) | structured pruning on all-MiniLM-L6-v2 and PaddleOCR |
 | `tools/benchmarks/lowrank.md` | `python tools/compare_lowrank.py` (`--vit`, `--ocr`, `--llama` sections) | low-rank factorization |
 | `tools/benchmarks/compress.md` | `python tools/compare_compress.py` | `graphopt compress` against INT8 alone; `--speedup 2` on the full-size corpus |

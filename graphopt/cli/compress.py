@@ -233,6 +233,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     doc["profiles"] = _profiles([args.input, str(saved.path)], inputs, args.threads)
     doc["accuracy"] = lossy.accuracy_doc(accuracy, rank_fidelity, batches, batches)
     doc["accuracy"]["data"] = "held-out"
+    if name != "rank-fidelity":  # the generic sentence-embedding figure means nothing for other models
+        doc["accuracy"]["rank_fidelity"] = None
     doc["seconds"] = time.perf_counter() - start
     lossy.show_result(args, doc, "compress", lambda: _table(doc), f"wrote {saved.path}")
     return 0
@@ -281,7 +283,8 @@ def _document(args: argparse.Namespace, result: Any, name: str, threshold: float
         "input": args.input, "target": args.target, "metric": name, "budget": threshold, "speedup": speedup,
         "techniques": args.techniques, "stopped": result.search.stopped, "points_measured": len(result.points),
         "search_batches": len(searched), "held_out_batches": len(held), "chosen": chosen,
-        "held_out": result.held_out, "stepped_back": [result.points[i]["label"] for i in result.stepped_back],
+        "held_out": result.held_out, "original_held_out": result.original_held_out,
+        "stepped_back": [result.points[i]["label"] for i in result.stepped_back],
         "original_ms": result.original_ms, "seconds": time.perf_counter() - start,
     }
     if result.built is not None:
@@ -300,7 +303,7 @@ def _document(args: argparse.Namespace, result: Any, name: str, threshold: float
         if result.built.float_path is not None:  # INT8 MatMuls are not counted as MatMul: the float model's FLOPs
             doc["after"]["flops"] = model_stats(ir.load(result.built.float_path), with_flops=True, dims=dims).flops
         doc["latency_ms"] = {"before": result.original_ms, "after": chosen.get("latency_ms")}
-        doc["quality"] = {name: {"before": 1.0 if name != "metric" else None, "after": result.held_out}}
+        doc["quality"] = {name: {"before": result.original_held_out, "after": result.held_out}}
     return doc
 
 

@@ -92,7 +92,8 @@ def minilm(work: Path, seconds: float) -> dict:
         subprocess.run([sys.executable, str(ROOT / "tools" / "text_inputs.py"), str(text), "--pad"], check=True)
     src = CACHE / "corpus" / "minilm_l6_ts.onnx"
     chosen, int8, html = work / "minilm_compressed.onnx", work / "minilm_int8.onnx", work / "minilm.html"
-    code, wall, peak, err, out = graphopt("compress", src, "-o", chosen, "--calib", text / "calib", "--eval", text / "tune",
+    code, wall, peak, err, out = graphopt("compress", src, "-o", chosen, "--calib", text / "calib", "--eval",
+                                          text / "tune",
                                      "--test", text / "eval", "--batch-size", 16, "--budget", "rank-fidelity=0.97",
                                      "--dim", "batch=1", "--dim", "sequence=128", "--json", "--report", html)
     doc = compress_json(out)
@@ -272,7 +273,8 @@ def markdown(results: dict, command: str) -> str:
         lines += ["## Full-size random-init corpus, `--speedup 2 --time-limit M`", "",
                   "Random weights: quality means nothing here (cosine to the original on generated inputs); this "
                   "shows that the search ends within its limit and what it reached.", "",
-                  "| model | exit | wall s | limit s | points | stopped | chosen / best reached | latency ratio | cosine |",
+                  "| model | exit | wall s | limit s | points | stopped | chosen / best reached | latency ratio "
+                  "| cosine |",
                   "|---|---:|---:|---:|---:|---|---|---:|---:|"]
         for name, row in rows.items():
             if row.get("missing"):
@@ -311,7 +313,8 @@ def main() -> int:
         elif section == "full":
             results["full"] = full(work, args.time_limit)
         store.write_text(json.dumps(results, default=str))
-    command = "python tools/compare_compress.py" + (f" --time-limit {args.time_limit:g}" if args.time_limit != 6 else "")
+    command = "python tools/compare_compress.py" + (
+        f" --time-limit {args.time_limit:g}" if args.time_limit != 6 else "")
     Path(args.out).write_text(markdown(results, command))
     print("wrote", args.out)
     return 0

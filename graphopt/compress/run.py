@@ -24,7 +24,8 @@ from graphopt.compress.candidates import TECHNIQUES, Built, CandidateBuilder, fa
 from graphopt.compress.search import Knob, Measure, SearchResult, best, pareto, search
 from graphopt.errors import GraphoptError, InputError
 
-__all__ = ["CompressOptions", "CompressResult", "check_options", "compress", "frontier_doc", "PRUNE_LEVELS", "LOWRANK_LEVELS"]
+__all__ = ["CompressOptions", "CompressResult", "check_options", "compress", "frontier_doc", "PRUNE_LEVELS",
+           "LOWRANK_LEVELS"]
 
 log = logging.getLogger(__name__)
 

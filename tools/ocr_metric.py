@@ -5,10 +5,9 @@ With a ``labels.json`` beside the evaluation samples (each line's class indices 
 tools/compare_compress.py writes them for rendered lines), ``graphopt compress`` passes the labels and the
 metric is ground-truth character accuracy, so ``--budget char_accuracy=A`` is an absolute accuracy. Without
 labels the truth is the original's own transcript: agreement, a stricter proxy (the original itself misreads
-some characters, and a compressed model that misreads others loses twice). Decoding is CTC best path (Graves et al.
-2006: argmax
-per frame, repeats merged, blanks, index 0, dropped), as rapidocr's CTCLabelDecode does; transcripts are
-compared as class-index sequences, so no character dictionary is needed.
+some characters, and a compressed model that misreads others loses twice). Decoding is CTC best path (Graves et
+al. 2006: argmax per frame, repeats merged, blanks, index 0, dropped), as rapidocr's CTCLabelDecode does;
+transcripts are compared as class-index sequences, so no character dictionary is needed.
 """
 
 from __future__ import annotations

@@ -230,3 +230,12 @@ def test_metric_with_labels_reads_labels_json(setup, tmp_path, capsys):
     assert code == 0, stderr
     doc = json.loads(stdout)
     assert doc["chosen"]["quality"] == 0.75 and doc["held_out"] == 0.75
+
+
+def test_optimize_o3_without_data_exits_2(setup, tmp_path, capsys):
+    model, _, _ = setup
+    out = tmp_path / "o.onnx"
+    code, _, stderr = run_cli(capsys, "optimize", model, "-o", out, "-p", "O3")
+    assert code == 2 and not out.exists()
+    assert "the compress pass (O3) needs calibration data and evaluation data" in flat(stderr)
+    assert "graphopt compress --calib --eval" in flat(stderr)

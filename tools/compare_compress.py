@@ -164,12 +164,12 @@ def ocr(work: Path, seconds: float) -> dict:
             "budget": budget, "original_search": original_search, "png": screenshot(html, "rec")}
 
 
-def full(work: Path, minutes: float) -> dict:
+def full(work: Path, minutes: float, models: tuple[str, ...] = FULL, rows: dict | None = None) -> dict:
     from graphopt import ir
     from graphopt.calibrate.data import CalibrationData
 
-    rows = {}
-    for name in FULL:
+    rows = dict(rows or {})
+    for name in models:
         src = CACHE / "corpus" / f"{name}.onnx"
         if not src.exists():
             rows[name] = {"missing": True}
@@ -296,6 +296,7 @@ def main() -> int:
     p.add_argument("--time-limit", type=float, default=6.0, help="minutes per full-size model (--speedup 2)")
     p.add_argument("--seconds", type=float, default=20.0, help="timed seconds of each final latency run")
     p.add_argument("--out", default=str(OUT))
+    p.add_argument("--full-models", help=f"models of the full section (default {','.join(FULL)}); others kept")
     p.add_argument("--latency-only", action="store_true", help="rerun only the final interleaved latency runs of "
                    "minilm and ocr on the models already in WORK (e.g. on a quieter machine)")
     args = p.parse_args()
@@ -311,7 +312,8 @@ def main() -> int:
         elif section == "ocr":
             results["ocr"] = ocr(work, args.seconds)
         elif section == "full":
-            results["full"] = full(work, args.time_limit)
+            models = tuple(args.full_models.split(",")) if args.full_models else FULL
+            results["full"] = full(work, args.time_limit, models, results.get("full"))
         store.write_text(json.dumps(results, default=str))
     command = "python tools/compare_compress.py" + (
         f" --time-limit {args.time_limit:g}" if args.time_limit != 6 else "")

@@ -176,14 +176,17 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
     if not calibration or not search_batches:
         raise InputError("compress needs calibration batches (--calib) and evaluation batches (--eval) the search "
                          "scores candidates on")
+    # INT8 first: each round measures its proposals in knob order, and INT8 costs seconds where a first pruning
+    # or low-rank level costs its statistics pass (minutes on a full-size model), so under a time limit the
+    # cheap, large step is never the one left unmeasured
     knobs = []
+    if "int8" in techniques:
+        # "fallback": INT8 with the most sensitive layers kept float, measured once after the walk (budget mode)
+        knobs.append(Knob("int8", (False, True, "fallback"), searched=2))
     if "prune" in techniques:
         knobs.append(Knob("prune", tuple(options.prune_levels)))
     if "lowrank" in techniques:
         knobs.append(Knob("lowrank", tuple(options.lowrank_levels)))
-    if "int8" in techniques:
-        # "fallback": INT8 with the most sensitive layers kept float, measured once after the walk (budget mode)
-        knobs.append(Knob("int8", (False, True, "fallback"), searched=2))
     prune_opts = options.prune or PruneOptions(method="wanda", allocation="error")
     lowrank_opts = options.lowrank or FactorizeOptions(threads=options.threads)
     reference = run_outputs(str(source), list(search_batches))

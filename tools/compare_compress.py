@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -43,13 +42,24 @@ FULL = ("bert_base_ts", "vit_base_ts", "gpt2_small_ts")
 
 
 def graphopt(*args: object) -> tuple[int, float, float, str, str]:
-    """Run the graphopt CLI in a child process: (exit code, wall seconds, peak RSS MB of the children so far,
-    stderr tail, stdout)."""
+    """Run the graphopt CLI in a child process: (exit code, wall seconds, the child's own peak RSS in MB, stderr
+    tail, stdout)."""
+    import threading
+
     exe = shutil.which("graphopt", path=str(Path(sys.executable).parent)) or "graphopt"
     t = time.perf_counter()
-    proc = subprocess.run([exe, *map(str, args)], capture_output=True, text=True)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return proc.returncode, time.perf_counter() - t, peak, proc.stderr[-3000:], proc.stdout
+    proc = subprocess.Popen([exe, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    streams: dict[str, str] = {}
+    readers = [threading.Thread(target=lambda k=k, f=f: streams.__setitem__(k, f.read()))
+               for k, f in (("out", proc.stdout), ("err", proc.stderr))]
+    for r in readers:
+        r.start()
+    _, status, usage = os.wait4(proc.pid, 0)  # this child's rusage, not the maximum over every child so far
+    for r in readers:
+        r.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return (proc.returncode, time.perf_counter() - t, usage.ru_maxrss / 1024, streams["err"][-3000:],
+            streams["out"])
 
 
 def compress_json(stdout: str) -> dict:
@@ -275,16 +285,17 @@ def markdown(results: dict, command: str) -> str:
                   "Random weights: quality means nothing here (cosine to the original on 4 of 8 generated inputs, the "
                   "other 4 held out); this shows that the search ends within its limit and what it reached. "
                   "Calibration: 8 generated inputs (sequence 128).", "",
-                  "| model | exit | wall s | limit s | points | stopped | chosen / best reached | latency ratio "
-                  "| cosine |",
-                  "|---|---:|---:|---:|---:|---|---|---:|---:|"]
+                  "| model | exit | wall s | limit s | peak RSS MB | points | stopped | chosen / best reached | "
+                  "latency ratio | cosine |",
+                  "|---|---:|---:|---:|---:|---:|---|---|---:|---:|"]
         for name, row in rows.items():
             if row.get("missing"):
-                lines.append(f"| {name} | missing | | | | | | | |")
+                lines.append(f"| {name} | missing | | | | | | | | |")
                 continue
             doc = row["doc"]
             c = doc.get("chosen") or {}
             lines.append(f"| {name} | {row['code']} | {row['wall']:.0f} | {row['limit_s']:.0f} | "
+                         f"{row['peak_mb']:.0f} | "
                          f"{doc.get('points_measured', '-')} | {doc.get('stopped', '-')} | {c.get('label', '-')} | "
                          f"{_f(c.get('latency_ratio'), 3)} | {_f(c.get('quality'))} |")
         lines.append("")

@@ -298,6 +298,9 @@ def markdown(results: dict, command: str) -> str:
                          f"{row['peak_mb']:.0f} | "
                          f"{doc.get('points_measured', '-')} | {doc.get('stopped', '-')} | {c.get('label', '-')} | "
                          f"{_f(c.get('latency_ratio'), 3)} | {_f(c.get('quality'))} |")
+        lines += ["", "Peak RSS is the compress process's own: it holds the O1 model, the pruned and factored models "
+                  "it is building, the float64 activation statistics (Gram matrices of every consumer input) and the "
+                  "onnxruntime sessions of the original and the candidate at once; it is not reduced yet."]
         lines.append("")
     return "\n".join(lines)
 

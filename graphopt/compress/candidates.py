@@ -203,11 +203,13 @@ class CandidateBuilder:
                 metric: Metric | None = None) -> float:
         """``metric`` (default the search's) of the model at ``path`` on ``batches`` (default the search batches)
         against ``reference`` (default the original's outputs on the search batches)."""
-        from graphopt.calibrate.evaluate import run_outputs
+        from graphopt.calibrate.evaluate import BudgetCheck
 
-        batches = self.search if batches is None else batches
         fn = self.metric if metric is None else metric
-        return float(fn(run_outputs(str(path), batches), self.reference if reference is None else reference))
+        check = BudgetCheck(getattr(fn, "__name__", "metric"), fn, self.threshold or 0.0,
+                            self.search if batches is None else batches,
+                            self.reference if reference is None else reference)
+        return check.score(str(path))
 
 
 def failure(error: BaseException) -> str:

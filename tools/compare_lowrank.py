@@ -369,7 +369,8 @@ def write_ocr(out: Path, block: dict, load: tuple, command: str) -> None:
                     (f"{r['method']}/{r['refit']}/{r['ratio']}", s["rank"], s["guard"], s["own"]))
     factored = sum(len(r["speed"]) for r in rows)
     worst_guard = max((s["guard"] for r in rows for s in r["speed"] if s["guard"] is not None), default=None)
-    lines += ["", f"Speed (the guard, passes/lowrank/speed.py, decides per layer at the layer's own M where its output shape gives it, else M = {OCR_TOKENS}): skipped for "
+    lines += ["", "Speed (the guard, passes/lowrank/speed.py, decides per layer at the layer's own M where its "
+              f"output shape gives it, else M = {OCR_TOKENS}): skipped for "
               f"speed in at least one row: {', '.join(skipped) or 'none'}; largest guard ratio among the factored "
               f"layers: {worst_guard if worst_guard is not None else 'n/a'}. Each factored layer re-measured at its "
               f"own M (the same micro-benchmark, speed.SpeedGuard(tokens=M)): {factored} factored layer-instances, "

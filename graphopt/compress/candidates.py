@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from graphopt import ir
-from graphopt.errors import GraphoptError, InputError
+from graphopt.errors import GraphoptError
 
 __all__ = ["Built", "CandidateBuilder", "TECHNIQUES", "spec_of"]
 
@@ -214,6 +214,6 @@ class CandidateBuilder:
 
 def failure(error: BaseException) -> str:
     """The one-line reason a candidate could not be built (a graphopt error's message)."""
-    if isinstance(error, (GraphoptError, InputError)):
+    if isinstance(error, GraphoptError):
         return str(error).splitlines()[0]
     return f"{type(error).__name__}: {error}"

@@ -68,8 +68,12 @@ class _Switched:
         self.feeds = [{k: np.asarray(v) for k, v in b.items() if k in names} for b in batches]
 
     def run(self, on: set[int]) -> list[dict[str, np.ndarray]]:
+        return [self.run_batch(on, i) for i in range(len(self.feeds))]
+
+    def run_batch(self, on: set[int], index: int) -> dict[str, np.ndarray]:
+        """The outputs on batch ``index`` with the sites ``on`` quantized."""
         flags = {name: np.array(i in on) for i, name in enumerate(self.flags)}
-        return [dict(zip(self.outputs, self.session.run(self.outputs, {**feed, **flags}))) for feed in self.feeds]
+        return dict(zip(self.outputs, self.session.run(self.outputs, {**self.feeds[index], **flags})))
 
     def close(self) -> None:
         self._workdir.cleanup()
@@ -126,17 +130,20 @@ def layer_sqnr(model: ir.Model, plan: Plan, ranges: Mapping[str, Any], config: Q
     """
     names = [s.node.outputs[0].name for s in plan.sites]
     switched = _switched(model, plan, ranges, config, data, names)
-    try:
-        ref, out = switched.run(set()), switched.run(set(range(len(plan.sites))))
+    signal = dict.fromkeys(names, 0.0)
+    noise = dict.fromkeys(names, 0.0)
+    every = set(range(len(plan.sites)))
+    try:  # batch by batch: every layer's output of one batch alive at a time, not of all of them
+        for i in range(len(switched.feeds)):
+            ref, out = switched.run_batch(set(), i), switched.run_batch(every, i)
+            for name in names:
+                r = ref[name].astype(np.float64)
+                signal[name] += float(np.sum(np.square(r)))
+                noise[name] += float(np.sum(np.square(r - out[name])))
     finally:
         switched.close()
-    sqnr = {}
-    for name in names:
-        signal = sum(float(np.sum(np.square(r[name], dtype=np.float64))) for r in ref)
-        noise = sum(float(np.sum(np.square(r[name].astype(np.float64) - o[name], dtype=np.float64)))
-                    for r, o in zip(ref, out))
-        sqnr[name] = 10.0 * np.log10(signal / noise) if noise > 0 and signal > 0 else float("inf")
-    return sqnr
+    return {name: 10.0 * np.log10(signal[name] / noise[name]) if noise[name] > 0 and signal[name] > 0
+            else float("inf") for name in names}
 
 
 def _switched(model: ir.Model, plan: Plan, ranges: Mapping[str, Any], config: QuantConfig,

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from ocr_metric import ctc_indices, edit_distance  # noqa: F401 - edit_distance is this module's metric too
 
 ROOT = Path(__file__).resolve().parent.parent
 OCR_MODELS = {"rec": Path.home() / ".cache" / "graphopt" / "corpus" / "paddleocr_rec.onnx",
@@ -108,21 +109,8 @@ def dictionary(path: Path) -> list[str]:
 
 
 def ctc_greedy(probs: np.ndarray, chars: list[str]) -> str:
-    """Best-path decoding of one ``[T, C]`` probability row: argmax, merge repeats, drop blanks."""
-    idx = probs.argmax(-1)
-    keep = np.ones(len(idx), bool)
-    keep[1:] = idx[1:] != idx[:-1]
-    return "".join(chars[i] for i in idx[keep] if i != 0)
-
-
-def edit_distance(a: str, b: str) -> int:
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
+    """Best-path decoding of one ``[T, C]`` probability row (:func:`ocr_metric.ctc_indices`) as a string."""
+    return "".join(chars[i] for i in ctc_indices(probs))
 
 
 def run(path: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:

@@ -78,3 +78,34 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:  # noqa: ANN001 - pytest's c
 def flat(text: str) -> str:
     """The console wraps long messages at 80 columns: compare with single spaces."""
     return " ".join(text.split())
+
+
+def mlp_file(path, d: int, h: int, scales: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)):  # noqa: ANN001, ANN201
+    """x ``[batch, 4, d]`` -> MatMul ``d x h`` + bias -> Relu -> MatMul ``h x d`` + bias, saved to ``path``
+    (opset 17): an FFN the pruning groups find. Weights w1, b1, w2, b2 from ``default_rng(0)`` times ``scales``."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(0)
+    shapes = (("w1", (d, h)), ("b1", (h,)), ("w2", (h, d)), ("b2", (d,)))
+    inits = [numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+             for (name, shape), scale in zip(shapes, scales)]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["hb"]),
+             helper.make_node("Relu", ["hb"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["o"]),
+             helper.make_node("Add", ["o", "b2"], ["y"])]
+    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, d])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, d])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    return path
+
+
+def npz_samples(folder, count: int, seed: int, d: int, name: str = "x"):  # noqa: ANN001, ANN201
+    """``count`` samples ``{name: float32 [1, 4, d]}`` from ``default_rng(seed)`` as ``sample_NNN.npz`` in a new
+    ``folder``."""
+    import numpy as np
+
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        np.savez(folder / f"sample_{i:03d}.npz", **{name: rng.standard_normal((1, 4, d)).astype(np.float32)})
+    return folder

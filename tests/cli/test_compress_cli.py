@@ -11,39 +11,24 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from graphopt import ir
 from graphopt.compress import CompressOptions, Measure, compress
 from graphopt.compress.search import best
 from graphopt.errors import PassError
 from graphopt.report import check_numbers, parse_report
-from helpers import flat, restore_logging, run_cli  # noqa: F401 - autouse fixture
+from helpers import flat, mlp_file, npz_samples, restore_logging, run_cli  # noqa: F401 - autouse fixture
 
 D, H = 16, 256
 
 
 def _mlp(path: Path) -> Path:
     """x [batch, 4, 16] -> MatMul 16x256 -> Relu -> MatMul 256x16 (an FFN the prune knob can cut)."""
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in (
-        ("w1", rng.standard_normal((D, H)) / 4), ("b1", rng.standard_normal(H) / 4),
-        ("w2", rng.standard_normal((H, D)) / 16), ("b2", rng.standard_normal(D)))]
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["hb"]),
-             helper.make_node("Relu", ["hb"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["o"]),
-             helper.make_node("Add", ["o", "b2"], ["y"])]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, D])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, D])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
-    return path
+    return mlp_file(path, D, H, (1 / 4, 1 / 4, 1 / 16, 1.0))
 
 
 def _data(folder: Path, count: int, seed: int, name: str = "x") -> Path:
-    folder.mkdir()
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        np.savez(folder / f"sample_{i:03d}.npz", **{name: rng.standard_normal((1, 4, D)).astype(np.float32)})
-    return folder
+    return npz_samples(folder, count, seed, D, name)
 
 
 @pytest.fixture()

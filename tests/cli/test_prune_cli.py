@@ -6,37 +6,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from graphopt import ir
-from helpers import flat, restore_logging, run_cli  # noqa: F401 - autouse fixture
+from helpers import flat, mlp_file, npz_samples, restore_logging, run_cli  # noqa: F401 - autouse fixture
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 D, H = 8, 64
 
 
 def _mlp(path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(a.astype(np.float32), n) for n, a in (
-        ("w1", rng.standard_normal((D, H))), ("b1", rng.standard_normal(H)), ("w2", rng.standard_normal((H, D))),
-        ("b2", rng.standard_normal(D)))]
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Add", ["h", "b1"], ["hb"]),
-             helper.make_node("Relu", ["hb"], ["r"]), helper.make_node("MatMul", ["r", "w2"], ["o"]),
-             helper.make_node("Add", ["o", "b2"], ["y"])]
-    graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, D])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4, D])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
-    return path
+    return mlp_file(path, D, H)
 
 
 def _data(folder: Path, count: int, seed: int, name: str = "x") -> Path:
-    folder.mkdir()
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        np.savez(folder / f"sample_{i:03d}.npz", **{name: rng.standard_normal((1, 4, D)).astype(np.float32)})
-    return folder
+    return npz_samples(folder, count, seed, D, name)
 
 
 def test_prune_json_and_table(tmp_path, capsys):

@@ -286,7 +286,16 @@ def _document(args: argparse.Namespace, result: Any, name: str, threshold: float
         "held_out": result.held_out, "original_held_out": result.original_held_out,
         "stepped_back": [result.points[i]["label"] for i in result.stepped_back],
         "original_ms": result.original_ms, "seconds": time.perf_counter() - start,
+        "int8_fusions": result.int8_fusions,
     }
+    if result.int8_fusions:
+        doc["layer_tables"] = [{
+            "id": "int8-fusions", "title": "INT8 fusion variants (built and timed at the first INT8 point)",
+            "columns": [["fusion", "fusion", ""], ["latency ratio", "latency_ratio", ""],
+                        ["latency (ms)", "latency_ms", "ms"], [name, "quality", ""], ["seconds", "seconds", "s"]],
+            "rows": result.int8_fusions, "highlight": "chosen",
+            "note": "highlighted: the variant every INT8 candidate used (the fastest within "
+                    "FUSION_TOLERANCE of the default's quality)"}]
     if result.built is not None:
         docs = result.built.docs
         doc["pipeline"] = docs.get("spec")
@@ -331,6 +340,9 @@ def _table(doc: dict[str, Any]) -> Table:
     outer.add_row(f"chosen: {c['label']} ({doc.get('pipeline')}): latency ratio {c['latency_ratio']:.3f} "
                   f"({c['latency_ms']:.2f} ms against {doc['original_ms']:.2f} ms), {doc['metric']} "
                   f"{c['quality']:.4f} on the search split, {doc['held_out']:.4f} held out")
+    if doc.get("int8_fusions"):
+        outer.add_row("INT8 fusions measured: " + ", ".join(
+            f"{f['fusion']} {f['latency_ratio']:.3f}{' (used)' if f['chosen'] else ''}" for f in doc["int8_fusions"]))
     if doc["stepped_back"]:
         outer.add_row(f"passed over (missed the budget on the held-out split): {', '.join(doc['stepped_back'])}")
     outer.add_row(lossy.accuracy_line(doc["accuracy"]))

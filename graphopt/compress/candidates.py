@@ -46,10 +46,15 @@ class Built:
     float_path: Path | None = None
 
 
-def spec_of(levels: Mapping[str, Any], target: str, prune: Any = None, lowrank: Any = None) -> str:
+def spec_of(levels: Mapping[str, Any], target: str, prune: Any = None, lowrank: Any = None,
+            fusion: str = "default") -> str:
     """The O3 pipeline spec that rebuilds a candidate at ``levels`` (``{"prune": kept block-FLOP ratio,
     "lowrank": kept parameter ratio, "int8": bool}``), e.g. ``O1,prune{ratio=0.8},factorize{params=0.9},int8``;
-    ``prune``/``lowrank``: the options the search used (method, allocation, refit)."""
+    ``prune``/``lowrank``: the options the search used (method, allocation, refit); ``fusion``: the name of the
+    :data:`~graphopt.passmanager.pipeline.INT8_FUSION_VARIANTS` entry before QDQ (``default``: the ``int8``
+    pipeline)."""
+    from graphopt.passmanager.pipeline import INT8_FUSION_VARIANTS
+
     parts = ["O1"]
     if levels.get("prune", 1.0) < 1.0:
         opts = {"ratio": levels["prune"]}
@@ -62,7 +67,10 @@ def spec_of(levels: Mapping[str, Any], target: str, prune: Any = None, lowrank: 
         if lowrank is not None:
             opts.update({"method": lowrank.method, "refit": lowrank.refit})
         parts.append("factorize{" + ",".join(f"{k}={v}" for k, v in opts.items()) + "}")
-    parts.append("int8" if levels.get("int8") else "O2")
+    if levels.get("int8") and fusion != "default":
+        parts.append(f"{INT8_FUSION_VARIANTS[fusion]},qdq")
+    else:
+        parts.append("int8" if levels.get("int8") else "O2")
     return ",".join(parts)
 
 
@@ -101,6 +109,7 @@ class CandidateBuilder:
         self.metric, self.threshold = metric, threshold
         self.prune_options, self.lowrank_options = replace(prune, mask=mask), lowrank
         self.progress, self.int8_method = progress, int8_method
+        self.int8_fusion = "default"
         self.cache = StatsCache()
         self._files: dict[tuple, Path] = {}
         self._docs: dict[tuple, dict[str, Any]] = {}
@@ -158,8 +167,29 @@ class CandidateBuilder:
         against_original.__name__ = getattr(metric, "__name__", "metric")
         return {"metric": against_original, "threshold": self.threshold}
 
+    def fusion_variants(self) -> list[str]:
+        """The :data:`~graphopt.passmanager.pipeline.INT8_FUSION_VARIANTS` that fuse this model differently from
+        ``default`` (compared by the O1 model's op histogram after each variant's fusions; no calibration),
+        ``default`` first. A model none of whose variants changes anything gets ``["default"]``.
+
+        Raises:
+            PassError: a fusion pipeline fails on the O1 model.
+        """
+        from collections import Counter
+
+        from graphopt.passmanager import PassContext, PassManager
+        from graphopt.passmanager.pipeline import INT8_FUSION_VARIANTS
+
+        seen: dict[tuple, str] = {}
+        for name, spec in INT8_FUSION_VARIANTS.items():
+            model = ir.load(self._files[()])
+            PassManager(spec, PassContext(target=self.target, config={"opset.upgrade": 13})).run(model)
+            ops = tuple(sorted(Counter(f"{n.domain}::{n.op_type}" for n in ir.all_nodes(model.graph)).items()))
+            seen.setdefault(ops, name)
+        return list(seen.values())
+
     def build(self, levels: Mapping[str, Any], *, sqnr: bool = False, fallback: bool = False,
-              name: str | None = None) -> Built:
+              name: str | None = None, fusion: str | None = None) -> Built:
         """The candidate at ``levels`` (``{"prune": ratio, "lowrank": params, "int8": bool}``, absent = off).
 
         Args:
@@ -168,6 +198,9 @@ class CandidateBuilder:
                 the original holds on the search batches (a sensitivity run per layer: minutes on a Transformer,
                 so the walk quantizes every layer and only the final point may fall back).
             name: the file name stem (default from the levels).
+            fusion: the INT8 fusion variant (a name of
+                :data:`~graphopt.passmanager.pipeline.INT8_FUSION_VARIANTS`; default the builder's
+                ``int8_fusion``, which ``compress`` sets to the fastest it measured).
 
         Raises:
             InputError: a level a technique cannot reach on this model (e.g. nothing prunable).
@@ -175,7 +208,7 @@ class CandidateBuilder:
         """
         from graphopt.passes.quantization.qdq import METADATA_KEY as QUANT_KEY
         from graphopt.passmanager import PassContext, PassManager
-        from graphopt.passmanager.pipeline import INT8_FUSION
+        from graphopt.passmanager.pipeline import INT8_FUSION_VARIANTS
 
         start = time.perf_counter()
         ratio, params, int8 = float(levels.get("prune", 1.0)), float(levels.get("lowrank", 1.0)), bool(
@@ -184,7 +217,8 @@ class CandidateBuilder:
         model = ir.load(base)
         if int8:
             # float fallbacks are decided on every search batch (the qdq pass reads its first 8 by default)
-            spec = (f"{INT8_FUSION},qdq{{method={self.int8_method},report-sqnr={'true' if sqnr else 'false'},"
+            fusion = fusion or self.int8_fusion
+            spec = (f"{INT8_FUSION_VARIANTS[fusion]},qdq{{method={self.int8_method},report-sqnr={'true' if sqnr else 'false'},"
                     f"budget-batches={max(len(self.search), 1)}}}")
             ctx = PassContext(target=self.target, config={"opset.upgrade": 13}, calibration=self.calibration,
                               accuracy_budget=self._budget() if fallback else None, evaluation=self.search)
@@ -195,6 +229,9 @@ class CandidateBuilder:
         if int8:
             docs["quantize"] = json.loads(model.metadata_props.get(QUANT_KEY, "{}"))
         kind = ("int8f" if fallback else "int8") if int8 else "fp32"
+        if int8:
+            docs["int8_fusion"] = fusion
+            kind += "" if fusion == "default" else "_" + fusion.replace("+", "_")
         stem = name or f"c_p{self._tag(ratio)}_l{self._tag(params)}_{kind}"
         path = self._save(model, stem)
         return Built(path, dict(levels), docs, time.perf_counter() - start, base)

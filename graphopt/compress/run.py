@@ -25,9 +25,13 @@ from graphopt.compress.search import Knob, Measure, SearchResult, best, pareto, 
 from graphopt.errors import GraphoptError, InputError
 
 __all__ = ["CompressOptions", "CompressResult", "check_options", "compress", "frontier_doc", "PRUNE_LEVELS",
-           "LOWRANK_LEVELS"]
+           "LOWRANK_LEVELS", "FUSION_TOLERANCE"]
 
 log = logging.getLogger(__name__)
+
+FUSION_TOLERANCE = 1e-3
+"""How much lower than the default fusion's quality an INT8 fusion variant may score and still be taken for its
+speed (the variants quantize the same products; their quality differs by the ops left float around them)."""
 
 PRUNE_LEVELS = (1.0, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
 """Kept block-FLOP ratios the pruning knob walks (1.0 = off)."""
@@ -85,6 +89,8 @@ class CompressResult:
         points: per measured point ``{"label", "latency_ratio", "latency_ms", "quality", "techniques", levels,
             "seconds", "error"}``.
         original_ms: the original's median latency (milliseconds) in the probe.
+        int8_fusions: the INT8 fusion variants measured at the first INT8 point: ``{"fusion", "latency_ratio",
+            "latency_ms", "quality", "seconds", "chosen"}`` each (empty without INT8).
         seconds: wall time.
     """
 
@@ -96,6 +102,7 @@ class CompressResult:
     original_held_out: float | None = None
     points: list[dict[str, Any]] = field(default_factory=list)
     original_ms: float = 0.0
+    int8_fusions: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -202,6 +209,32 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
     details: list[dict[str, Any]] = []
     measures: list[Measure] = []
 
+    fusions: list[dict[str, Any]] | None = None
+
+    def choose_fusion(levels: dict[str, Any]) -> tuple[Built, float, Any]:
+        # The first INT8 point is built with every fusion variant that changes the graph; the fastest whose
+        # quality is within FUSION_TOLERANCE of the default's is used for every later INT8 candidate. Under a
+        # time limit a variant is only tried while the limit leaves room for three more builds like the first.
+        nonlocal fusions
+        fusions = []
+        taken = None
+        for name in builder.fusion_variants():
+            began = time.perf_counter()
+            if fusions and options.time_limit is not None and (
+                    time.perf_counter() - start + 3 * fusions[0]["seconds"] > options.time_limit):
+                break
+            b = builder.build({**levels, "int8": True}, fallback=levels.get("int8") == "fallback", fusion=name)
+            quality, timing = builder.quality(b.path), probe.measure(b.path)
+            fusions.append({"fusion": name, "latency_ratio": timing.ratio, "latency_ms": timing.median_ms,
+                            "quality": quality, "seconds": round(time.perf_counter() - began, 2)})
+            if taken is None or (timing.ratio < taken[2].ratio
+                                 and quality >= fusions[0]["quality"] - FUSION_TOLERANCE):
+                taken = (b, quality, timing)
+        builder.int8_fusion = taken[0].docs["int8_fusion"]
+        for f in fusions:
+            f["chosen"] = f["fusion"] == builder.int8_fusion
+        return taken
+
     def levels_of(point: tuple[int, ...]) -> dict[str, Any]:
         return {k.name: k.levels[i] for k, i in zip(knobs, point)}
 
@@ -217,10 +250,13 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
             detail.update(latency_ratio=m.latency, quality=m.quality, latency_ms=m.latency, error=m.error)
         else:
             try:
-                b = builder.build({**levels, "int8": bool(levels.get("int8"))},
-                                  fallback=levels.get("int8") == "fallback")
-                quality = builder.quality(b.path)
-                timing = probe.measure(b.path)
+                if levels.get("int8") and fusions is None:
+                    b, quality, timing = choose_fusion(levels)
+                else:
+                    b = builder.build({**levels, "int8": bool(levels.get("int8"))},
+                                      fallback=levels.get("int8") == "fallback")
+                    quality = builder.quality(b.path)
+                    timing = probe.measure(b.path)
             except GraphoptError as e:
                 log.info("compress: %s failed: %s", detail["label"], failure(e))
                 m = Measure(math.inf, -math.inf, failure(e))
@@ -230,7 +266,8 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
                 m = Measure(timing.ratio, quality)
                 detail.update(latency_ratio=timing.ratio, latency_ms=timing.median_ms, quality=quality, error="",
                               original_ms=timing.original_ms, load=round(timing.load, 2),
-                              kept_float=len(b.docs.get("quantize", {}).get("kept_float", [])))
+                              kept_float=len(b.docs.get("quantize", {}).get("kept_float", [])),
+                              int8_fusion=b.docs.get("int8_fusion"))
         detail["seconds"] = round(time.perf_counter() - began, 2)
         details.append(detail)
         measures.append(m)
@@ -249,7 +286,7 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
         _try_fallback(result, knobs, measure, options, start)
     originals = [d["original_ms"] for d in details if d.get("original_ms")]
     out = CompressResult(result, None, result.chosen, None, points=details,
-                         original_ms=float(np.median(originals)) if originals else 0.0)
+                         original_ms=float(np.median(originals)) if originals else 0.0, int8_fusions=fusions or [])
     chosen = result.chosen
     if chosen is not None and held_out is not None and evaluate is None:
         ref_held = run_outputs(str(source), list(held_out))
@@ -272,7 +309,8 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
             out.built = builder.build(levels, sqnr=True, name="chosen")
         else:  # fp32 (nothing to add) or INT8 with fallbacks (its sensitivity runs are not repeated)
             out.built = built[result.points[chosen][0]]
-        out.built.docs["spec"] = spec_of(levels, options.target, prune_opts, lowrank_opts)
+        fusion = out.built.docs.get("int8_fusion", "default")
+        out.built.docs["spec"] = spec_of(levels, options.target, prune_opts, lowrank_opts, fusion)
     out.seconds = time.perf_counter() - start
     return out
 

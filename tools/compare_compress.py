@@ -110,14 +110,25 @@ def minilm(work: Path, seconds: float) -> dict:
     print("minilm compress", code, round(wall), err[-600:] if code else "", flush=True)
     q = graphopt("quantize", src, "-o", int8, "--calib", text / "calib", "--batch-size", 16)
     print("minilm int8", q[0], flush=True)
+    # INT8 alone with the fusion variant compress measured fastest, so that the comparison separates the
+    # pruning's gain from the fusion choice's
+    fused = work / "minilm_int8_fusion.onnx"
+    fused.unlink(missing_ok=True)
+    variant = next((f["fusion"] for f in doc.get("int8_fusions") or [] if f.get("chosen")), "default")
+    if variant != "default":
+        from graphopt.passmanager.pipeline import INT8_FUSION_VARIANTS
+
+        q = graphopt("quantize", src, "-o", fused, "--calib", text / "calib", "--batch-size", 16, "-p",
+                     INT8_FUSION_VARIANTS[variant] + ",qdq")
+        print("minilm int8", variant, q[0], flush=True)
     proto = ir.load_proto(src)
     held = list(CalibrationData.from_path(text / "eval", proto, batch_size=16))
     ref = run_outputs(str(src), held)
     rows = {"original": {"rank_fidelity": 1.0, "cosine": 1.0}}
-    for label, path in (("int8 alone", int8), ("compressed", chosen)):
+    for label, path in (("int8 alone", int8), (f"int8 alone, fusion {variant}", fused), ("compressed", chosen)):
         if path.exists():
             rows[label] = quality(run_outputs(str(path), held), ref)
-    paths = [src] + [p for p in (int8, chosen) if p.exists()]
+    paths = [src] + [p for p in (int8, fused, chosen) if p.exists()]
     ratios, ms, load = interleaved(paths, latency_inputs(proto), seconds)
     for label, r, m in zip(rows, ratios, ms):
         rows[label].update(latency_ratio=r, median_ms=m)
@@ -216,8 +227,8 @@ def relatency(work: Path, section: str, results: dict, seconds: float) -> None:
         return
     if section == "minilm":
         src = CACHE / "corpus" / "minilm_l6_ts.onnx"
-        paths, inputs = [src, work / "minilm_int8.onnx", work / "minilm_compressed.onnx"], latency_inputs(
-            ir.load_proto(src))
+        paths = [src, work / "minilm_int8.onnx", work / "minilm_int8_fusion.onnx", work / "minilm_compressed.onnx"]
+        inputs = latency_inputs(ir.load_proto(src))
     else:
         import pruning_ocr as po
 
@@ -256,6 +267,11 @@ def markdown(results: dict, command: str) -> str:
         lines += [f"compress exit code {r['code']}, {r['wall']:.0f} s wall, peak RSS {r['peak_mb']:.0f} MB; "
                   f"{doc.get('points_measured', '-')} points measured, stopped: {doc.get('stopped', '-')}; chosen "
                   f"`{doc.get('pipeline', '-')}`; load {', '.join(f'{x:.1f}' for x in r['load'])}.", ""]
+        if doc.get("int8_fusions"):
+            lines += ["INT8 fusion variants built and timed at the first INT8 point (latency ratio during the search; "
+                      "the one used for every INT8 candidate in bold): " + ", ".join(
+                          (f"**{f['fusion']} {f['latency_ratio']:.3f}**" if f.get("chosen") else
+                           f"{f['fusion']} {f['latency_ratio']:.3f}") for f in doc["int8_fusions"]) + ".", ""]
         if r.get("budget") is not None:
             lines += [f"Budget: ground-truth character accuracy >= {r['budget']} on the 128 search lines (the "
                       f"original reads {r['original_search']:.4f} of their characters); the table's accuracies are "

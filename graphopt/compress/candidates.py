@@ -218,8 +218,8 @@ class CandidateBuilder:
         if int8:
             # float fallbacks are decided on every search batch (the qdq pass reads its first 8 by default)
             fusion = fusion or self.int8_fusion
-            spec = (f"{INT8_FUSION_VARIANTS[fusion]},qdq{{method={self.int8_method},report-sqnr={'true' if sqnr else 'false'},"
-                    f"budget-batches={max(len(self.search), 1)}}}")
+            spec = (f"{INT8_FUSION_VARIANTS[fusion]},qdq{{method={self.int8_method},"
+                    f"report-sqnr={'true' if sqnr else 'false'},budget-batches={max(len(self.search), 1)}}}")
             ctx = PassContext(target=self.target, config={"opset.upgrade": 13}, calibration=self.calibration,
                               accuracy_budget=self._budget() if fallback else None, evaluation=self.search)
         else:

@@ -5,7 +5,9 @@ rec: ``~/.cache/graphopt/corpus/paddleocr_rec.onnx`` (tools/corpus/ocr.py extrac
 quality is character accuracy (1 - edit distance / characters) and exact-line accuracy of CTC greedy decoding
 against the rendered strings, with the character dictionary the wheel's model carries (its ``character``
 metadata; blank first, space last, as rapidocr's CTCLabelDecode). det: ``models/paddleocr_det.onnx``; quality is
-the mean cosine of the probability map to the original's (no box-F1 helper exists in the repository).
+the mean cosine of the probability map to the original's, and box-level F1 against the original's text boxes
+(:func:`ocr_metric.db_boxes`, rapidocr's DB post-processing; one-to-one matching at IoU >= 0.5, counts summed over
+the pages). The original's boxes are checked against the lines the pages show (:func:`page_lines`).
 Calibration, evaluation and the latency input come from different seeds (the evaluation lines and pages are
 used neither for calibration nor for any search).
 """
@@ -18,7 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from ocr_metric import ctc_indices, edit_distance  # noqa: F401 - edit_distance is this module's metric too
+from ocr_metric import ctc_indices, db_boxes, edit_distance, f1, match_boxes  # noqa: F401 - edit_distance too
 
 ROOT = Path(__file__).resolve().parent.parent
 OCR_MODELS = {"rec": Path.home() / ".cache" / "graphopt" / "corpus" / "paddleocr_rec.onnx",
@@ -113,6 +115,39 @@ def ctc_greedy(probs: np.ndarray, chars: list[str]) -> str:
     return "".join(chars[i] for i in ctc_indices(probs))
 
 
+def page_lines(x: np.ndarray, white: float = 250 / 255) -> np.ndarray:
+    """The rectangles of the text lines on one rendered det page (:func:`ocr_inputs.det_input`'s ``[1, 3, H, W]``
+    ImageNet-normalized float32): ``[N, 4]`` float64 ``(x0, y0, x1, y1)`` pixel indices, top to bottom, each the
+    extent of a band of rows holding a pixel darker than ``white`` in some channel. A line is its pasted image (text
+    on its own light background, padded 8 px left/right): det_input stacks lines with gaps of >= 4 white rows, so
+    one band is one line."""
+    from ocr_inputs import MEAN, STD
+
+    pixels = np.asarray(x, np.float32)[0].transpose(1, 2, 0) * STD + MEAN
+    ink = (pixels < white).any(axis=2)
+    rows = np.concatenate([[False], ink.any(axis=1), [False]])
+    starts = np.flatnonzero(~rows[:-1] & rows[1:])
+    stops = np.flatnonzero(rows[:-1] & ~rows[1:]) - 1
+    out = []
+    for y0, y1 in zip(starts, stops):
+        cols = np.flatnonzero(ink[y0:y1 + 1].any(axis=0))
+        out.append([cols[0], y0, cols[-1], y1])
+    return np.array(out, np.float64).reshape(-1, 4)
+
+
+def boxes_vs_lines(evaluation: list[np.ndarray], ref: list[np.ndarray]) -> dict:
+    """The sanity check of the det reference: the original's boxes (:func:`ocr_metric.db_boxes`) against the
+    rendered lines (:func:`page_lines`) of each evaluation page: counts, pages where they agree, and the matching of
+    boxes to line rectangles at IoU >= 0.5 (``line_tp/fp/fn``; a line rectangle includes its padded background, so
+    a short word's tight box can fall under 0.5)."""
+    boxes = [db_boxes(r) for r in ref]
+    lines = [page_lines(x) for x in evaluation]
+    tp, fp, fn = np.sum([match_boxes(b, g) for b, g in zip(boxes, lines)], axis=0).tolist()
+    return {"boxes": sum(map(len, boxes)), "lines": sum(map(len, lines)),
+            "pages_equal": sum(len(b) == len(g) for b, g in zip(boxes, lines)), "pages": len(lines),
+            "line_tp": tp, "line_fp": fp, "line_fn": fn, "line_f1": f1(tp, fp, fn)}
+
+
 def run(path: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
     import onnxruntime as ort
 
@@ -128,7 +163,9 @@ def quality(model: str, out: list[np.ndarray], ref: list[np.ndarray], strings: l
     if model == "det":
         cos = [float(np.dot(a.ravel(), b.ravel()) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
                for a, b in zip(out, ref)]
-        return {"map_cosine": float(np.mean(cos)), "map_cosine_min": float(np.min(cos))}
+        tp, fp, fn = np.sum([match_boxes(db_boxes(a), db_boxes(b)) for a, b in zip(out, ref)], axis=0).tolist()
+        return {"map_cosine": float(np.mean(cos)), "map_cosine_min": float(np.min(cos)), "box_f1": f1(tp, fp, fn),
+                "box_tp": tp, "box_fp": fp, "box_fn": fn}
     texts = [ctc_greedy(o[0], chars) for o in out]
     errors = sum(edit_distance(t, s) for t, s in zip(texts, strings))
     total = sum(len(s) for s in strings)
@@ -148,7 +185,8 @@ def worker(model: str, work: Path, methods: tuple[str, ...], ratios: tuple[float
     calib = CalibrationData.from_path(calib_dir, ir.load_proto(src))
     chars = dictionary(src) if model != "det" else None
     ref = run(src, evaluation)
-    original = {**stats(model, src), **quality(model, ref, ref, strings, chars)}
+    original = {**stats(model, src), **quality(model, ref, ref, strings, chars),
+                **(boxes_vs_lines(evaluation, ref) if model == "det" else {})}
     print(model, json.dumps(original), flush=True)
     cache, rows, shapes = StatsCache(), [], {}
     for method in methods:
@@ -189,6 +227,21 @@ def _f(v: float | None, d: int = 4) -> str:
     return "" if v is None else f"{v:.{d}f}"
 
 
+def _ratio(tp: int | None, other: int | None) -> str:
+    """``tp / (tp + other)`` (precision, recall) to 4 places; empty when undefined (no box on that side)."""
+    return "" if tp is None or other is None or tp + other == 0 else f"{tp / (tp + other):.4f}"
+
+
+def _boxes_note(o: dict) -> str:
+    """The det section's sentence on the original's boxes against the rendered lines (empty without the check)."""
+    if "boxes" not in o:
+        return ""
+    return (f" The original finds {o['boxes']} boxes on the {o['pages']} evaluation pages, which show {o['lines']} "
+            f"rendered lines; box count = line count on {o['pages_equal']} of {o['pages']} pages; against the lines' "
+            f"rectangles (text on its padded background) {o['line_tp']} boxes match at IoU >= 0.5 (F1 "
+            f"{o['line_f1']:.4f}).")
+
+
 def section(model: str, block: dict) -> list[str]:
     """The markdown of one PaddleOCR model."""
     o = block["original"]
@@ -203,20 +256,25 @@ def section(model: str, block: dict) -> list[str]:
               "exact-line accuracy, CTC greedy decoding with the wheel model's dictionary. 48 x 320 input."
               if rec else
               f"Calibration: {block['calib']} rendered pages (seed 0); quality: {block['eval']} other pages (seed 1): "
-              "`cos` mean (and worst) cosine of the probability map to the original's; box F1 not measured (the "
-              "repository has no box-extraction helper). 320 x 480 input."),
+              "`cos` mean (and worst) cosine of the probability map to the original's; `F1`, `P`, `R`: box-level F1, "
+              "precision and recall against the original's text boxes on the same pages (rapidocr's DB "
+              "post-processing, `tools/ocr_metric.py` `db_boxes`: thresh 0.3, box_thresh 0.5, unclip 1.6, "
+              "axis-aligned; one-to-one matching at IoU >= 0.5, counts summed over the pages; `P` blank: no box "
+              "found). 320 x 480 input."
+              + _boxes_note(o)),
              "`ratio`: kept share of the prunable groups' Conv/MatMul FLOPs; FLOPs/params at the evaluation input "
              "size; `latency`: the wanda / least-squares model at that ratio after O2 vs the original after O2 "
              "(CPU, 2 threads, ORT_ENABLE_ALL, interleaved; every method gives the same shapes with the uniform "
              f"allocation); `s`: pruning time (statistics cached across the sweep). Sweep peak RSS "
              f"{block['peak_rss_mb']:.0f} MB.", ""]
-    cols = "| char | line |" if rec else "| cos | cos min |"
+    cols = "| char | line |" if rec else "| cos | cos min | F1 | P | R |"
     lines += ["| kinds | method | reconstruction | ratio | kept | GFLOPs | params M | latency " + cols + " s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|" + ("" if rec else "---|---|---|")]
     for r in block["rows"]:
         lat = block.get("latency", {}).get(str(r["ratio"]))
         q = (f"{r['char_acc']:.4f} | {r['line_acc']:.4f}" if rec else
-             f"{r['map_cosine']:.4f} | {r['map_cosine_min']:.4f}")
+             f"{r['map_cosine']:.4f} | {r['map_cosine_min']:.4f} | {_f(r.get('box_f1'))} | "
+             f"{_ratio(r.get('box_tp'), r.get('box_fp'))} | {_ratio(r.get('box_tp'), r.get('box_fn'))}")
         lines.append(f"| {r['kinds']} | {r['method']} | {r['recon']} | {r['ratio']} | {r['achieved']:.3f} | "
                      f"{r['flops'] / 1e9:.3f} | {r['params'] / 1e6:.2f} | {_f(lat, 3)} | {q} | {r['seconds']:.1f} |")
     return lines + [""]
@@ -245,20 +303,40 @@ def targets(blocks: dict) -> list[str]:
                          + (f"{near['method']} {near['recon']} ratio {near['ratio']}: "
                             f"{near['flops'] / block['original']['flops']:.3f} of the FLOPs, char acc "
                             f"{near['char_acc']:.4f}" if near["char_acc"] >= base - 0.01 else "none") + ".")
-        misses, n = [], 0
-        for r in rows:
-            if r["recon"] != "none":
-                continue
-            twin = next((x for x in rows if x["recon"] == "least-squares" and x["method"] == r["method"]
-                         and x["ratio"] == r["ratio"]), None)
-            if twin is None:
-                continue
-            n += 1
-            if twin[k] <= r[k]:
-                misses.append(f"{r['method']} {r['ratio']}")
-        lines.append(f"- PaddleOCR {model}: least squares beats no reconstruction ({k}) in {n - len(misses)} of {n} "
-                     "(method, ratio) cells" + (f"; not in: {', '.join(misses)}" if misses else "") + ".")
+        if model == "det" and "box_f1" in rows[0]:
+            n_ref = block["original"].get("boxes")
+            cells = []
+            for ratio in dict.fromkeys(r["ratio"] for r in rows):
+                at = [r for r in rows if r["ratio"] == ratio]
+                top = max(r["box_f1"] for r in at)
+                best = [r for r in at if r["box_f1"] == top]
+                who = (f"all {len(at)} rows" if len(best) == len(at) > 1 else
+                       f"{best[0]['method']} {best[0]['recon']}, cos {best[0]['map_cosine']:.4f}" if len(best) == 1
+                       else ", ".join(f"{r['method']} {r['recon']}" for r in best))
+                cells.append(f"{ratio}: {top:.4f} ({who})")
+            lines.append(f"- PaddleOCR det, box F1 against the original's boxes"
+                         + (f" ({n_ref} on {block['eval']} pages)" if n_ref else "") + ": best per ratio: "
+                         + "; ".join(cells) + ".")
+        for k in [k] + (["box_f1"] if model == "det" and "box_f1" in rows[0] else []):
+            lines += _recon_line(model, rows, k)
     return lines
+
+
+def _recon_line(model: str, rows: list[dict], k: str) -> list[str]:
+    """The "least squares beats no reconstruction" target line of one model on metric ``k`` (a tie is no win)."""
+    misses, n = [], 0
+    for r in rows:
+        if r["recon"] != "none":
+            continue
+        twin = next((x for x in rows if x["recon"] == "least-squares" and x["method"] == r["method"]
+                     and x["ratio"] == r["ratio"]), None)
+        if twin is None:
+            continue
+        n += 1
+        if twin[k] <= r[k]:
+            misses.append(f"{r['method']} {r['ratio']}" + (" (tie)" if twin[k] == r[k] else ""))
+    return [f"- PaddleOCR {model}: least squares beats no reconstruction ({k}) in {n - len(misses)} of {n} "
+            "(method, ratio) cells" + (f"; not in: {', '.join(misses)}" if misses else "") + "."]
 
 
 def splice(md: str, blocks: dict, command: str, notes: list[str] | None = None) -> str:

@@ -42,3 +42,51 @@ def test_splice_keeps_the_rest_and_is_idempotent() -> None:
     assert pruning_ocr.splice(once, {"rec": block}, "cmd") == once
     assert once.startswith("# t\n\nrows\n\n<!-- paddleocr -->") and once.endswith("## Notes\n\nnote\n")
     assert "- minilm: holds.\n- PaddleOCR rec: <= 0.7" in once and "1 of 1 (method, ratio) cells" in once
+
+
+def _page(rects: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """A white 64 x 96 page, ImageNet-normalized as ocr_inputs.det_input, with grey (x0, y0, x1, y1) rectangles."""
+    import ocr_inputs
+
+    pixels = np.ones((64, 96, 3), np.float32)
+    for x0, y0, x1, y1 in rects:
+        pixels[y0:y1 + 1, x0:x1 + 1] = 0.3
+    return ((pixels - ocr_inputs.MEAN) / ocr_inputs.STD).transpose(2, 0, 1)[None].astype(np.float32)
+
+
+def test_page_lines_finds_each_rendered_band() -> None:
+    x = _page([(10, 5, 60, 20), (3, 30, 40, 40), (50, 33, 90, 38)])  # the last two share a band: one line
+    assert pruning_ocr.page_lines(x).tolist() == [[10, 5, 60, 20], [3, 30, 90, 40]]
+    assert pruning_ocr.page_lines(_page([])).shape == (0, 4)
+
+
+def test_boxes_vs_lines_counts_the_originals_boxes_against_the_lines() -> None:
+    prob = np.zeros((1, 1, 64, 96), np.float32)
+    prob[0, 0, 8:18, 14:57] = 0.9  # inside the first line; no box for the second
+    check = pruning_ocr.boxes_vs_lines([_page([(10, 5, 60, 20), (3, 30, 40, 40)])], [prob])
+    assert check == {"boxes": 1, "lines": 2, "pages_equal": 0, "pages": 1, "line_tp": 1, "line_fp": 0,
+                     "line_fn": 1, "line_f1": 2 / 3}
+
+
+def test_det_section_has_box_f1_and_its_targets() -> None:
+    row = {"model": "det", "kinds": "channels", "method": "wanda", "ratio": 0.5, "achieved": 0.5, "seconds": 1.0,
+           "flops": 5e8, "params": 1e6, "map_cosine_min": 0.1}
+    block = {"rows": [{**row, "recon": "none", "map_cosine": 0.2, "box_f1": 0.0, "box_tp": 0, "box_fp": 0,
+                       "box_fn": 4},
+                      {**row, "recon": "least-squares", "map_cosine": 0.6, "box_f1": 0.8, "box_tp": 4, "box_fp": 2,
+                       "box_fn": 0}],
+             "original": {"flops": 1e9, "params": 2e6, "boxes": 4, "lines": 4, "pages": 2, "pages_equal": 2,
+                          "line_tp": 4, "line_f1": 1.0}, "peak_rss_mb": 1.0, "calib": 2, "eval": 2}
+    text = "\n".join(pruning_ocr.section("det", block))
+    assert "| cos | cos min | F1 | P | R | s |" in text and "box count = line count on 2 of 2 pages" in text
+    assert "| 0.2000 | 0.1000 | 0.0000 |  | 0.0000 | 1.0 |" in text  # no box found: P blank
+    assert "| 0.6000 | 0.1000 | 0.8000 | 0.6667 | 1.0000 | 1.0 |" in text
+    lines = pruning_ocr.targets({"det": block})
+    assert lines[0] == ("- PaddleOCR det, box F1 against the original's boxes (4 on 2 pages): best per ratio: 0.5: "
+                        "0.8000 (wanda least-squares, cos 0.6000).")
+    tied = {**block, "rows": [{**r, "box_f1": 0.0} for r in block["rows"]]}
+    assert pruning_ocr.targets({"det": tied})[0].endswith("best per ratio: 0.5: 0.0000 (all 2 rows).")
+    assert pruning_ocr.targets({"det": tied})[2].endswith("in 0 of 1 (method, ratio) cells; not in: wanda 0.5 (tie).")
+    assert lines[1:] == ["- PaddleOCR det: least squares beats no reconstruction (map_cosine) in 1 of 1 (method, "
+                         "ratio) cells.", "- PaddleOCR det: least squares beats no reconstruction (box_f1) in 1 of 1 "
+                         "(method, ratio) cells."]

@@ -15,7 +15,7 @@ from tests.analysis.groups_helpers import (
 )
 
 MODELS = ("bert_tiny_ts", "bert_tiny_dynamo", "bert_tiny_sdpa_ts", "bert_tiny_sdpa_dynamo", "gpt2_tiny_ts", "gpt2_tiny_dynamo",
-          "llama_gqa_tiny_ts", "llama_gqa_tiny_dynamo", "vit_tiny_ts", "vit_tiny_dynamo", "paddleocr_cls",
+          "llama_gqa_tiny_ts", "llama_gqa_tiny_dynamo", "llama_gqa_tiny_sdpa_ts", "llama_gqa_tiny_sdpa_dynamo", "vit_tiny_ts", "vit_tiny_dynamo", "paddleocr_cls",
           "paddleocr_det")
 CASES = [(m, p) for m in MODELS for p in ("", "O1")] + [("bert_tiny_ts", "O2"), ("vit_tiny_ts", "O2")]
 IDS = [f"{m}{'-' + p if p else ''}" for m, p in CASES]

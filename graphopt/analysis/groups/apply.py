@@ -204,13 +204,14 @@ def _private_concats(graph: ir.Graph, tensor_mods: dict, nodes: dict[str, ir.Nod
     for value, per_reader in tensor_mods.items():
         for reader, mods in per_reader.items():
             if "|" in reader:
-                concat, reshape = reader.split("|", 1)
-                paths[concat][reshape].append((value, mods.key()))
+                concat, rest = reader.split("|", 1)
+                reshape, position = _position(rest)
+                paths[concat][reshape].append((value, position, mods.key()))
     taken = ir.value_names(graph)
     for concat_name, by_reshape in paths.items():
         concat = nodes[concat_name]
         readers = {u.node.name for u in concat.outputs[0].uses()}
-        keys = {tuple(sorted((v.name, k) for v, k in items)) for items in by_reshape.values()}
+        keys = {tuple(sorted((v.name, p, k) for v, p, k in items)) for items in by_reshape.values()}
         shared = readers <= set(by_reshape) and len(keys) == 1 and not concat.outputs[0].is_graph_output()
         for reshape_name in by_reshape:
             target = concat_name
@@ -228,10 +229,12 @@ def _private_concats(graph: ir.Graph, tensor_mods: dict, nodes: dict[str, ir.Nod
                 target = clone.name
                 nodes[target] = clone
                 clones.append(clone)
-            for value, per_reader in tensor_mods.items():
-                mods = per_reader.pop(f"{concat_name}|{reshape_name}", None)
+            for value, position, _ in by_reshape[reshape_name]:
+                per_reader = tensor_mods[value]
+                suffix = "" if position is None else f"#{position}"
+                mods = per_reader.pop(f"{concat_name}|{reshape_name}{suffix}", None)
                 if mods is not None:
-                    merged = per_reader[target]
+                    merged = per_reader[target + suffix]
                     if not shared or not merged.key()[0] and not merged.key()[1]:
                         for axis, idx in mods.remove.items():
                             merged.remove[axis].update(idx)
@@ -244,15 +247,27 @@ def _private_concats(graph: ir.Graph, tensor_mods: dict, nodes: dict[str, ir.Nod
     return clones
 
 
+def _position(reader: str) -> tuple[str, int | None]:
+    """``("node", k)`` for a reader ``"node#k"`` (input ``k`` of the node only), else ``(reader, None)``."""
+    name, sep, tail = reader.rpartition("#")
+    return (name, int(tail)) if sep and tail.isdigit() else (reader, None)
+
+
+def _mods_of(per_reader: dict[str, _Mods], node: ir.Node, idx: int) -> _Mods | None:
+    """The edit input ``idx`` of ``node`` needs: by ``"node#idx"`` first, then by node name."""
+    return per_reader.get(f"{node.name}#{idx}") or per_reader.get(node.name)
+
+
 def _rewrite_constant(graph: ir.Graph, value: ir.Value, per_reader: dict[str, _Mods]) -> None:
-    """Edit ``value`` in place when every reader needs the same edit; else a copy per reader."""
+    """Edit ``value`` in place when every reader needs the same edit; else a copy per reader
+    (readers ``"node#k"`` name one input of a node that reads ``value`` at several)."""
     array = ir.const_array(value)
     uses = value.uses()
-    readers = {u.node.name for u in uses}
+    needed = [_mods_of(per_reader, u.node, u.idx) for u in uses]
     keys = {mods.key() for mods in per_reader.values()}
     producer = value.producer()
-    if (len(keys) == 1 and readers <= set(per_reader) and value.is_initializer() and not value.is_graph_output()
-            and not value.is_graph_input()):
+    if (len(keys) == 1 and all(m is not None for m in needed) and value.is_initializer()
+            and not value.is_graph_output() and not value.is_graph_input()):
         new = next(iter(per_reader.values())).apply(array)
         value.const_value = ir.Tensor(new, name=value.name)
         value.shape = ir.Shape(new.shape)
@@ -260,7 +275,7 @@ def _rewrite_constant(graph: ir.Graph, value: ir.Value, per_reader: dict[str, _M
     by_key: dict[tuple, ir.Value] = {}
     taken = ir.value_names(graph)
     for use in list(uses):
-        mods = per_reader.get(use.node.name)
+        mods = _mods_of(per_reader, use.node, use.idx)
         if mods is None:
             continue
         key = mods.key()

@@ -17,7 +17,7 @@ from collections import Counter
 from typing import Collection
 
 from graphopt import ir
-from graphopt.analysis.groups import rules_attention, rules_shape, rules_weights  # noqa: F401 - register their rules
+from graphopt.analysis.groups import rules_attention, rules_gqa, rules_shape, rules_weights  # noqa: F401 - rules
 from graphopt.analysis.groups.dims import Dims
 from graphopt.analysis.groups.layers import find_layers
 from graphopt.analysis.groups.model import KINDS, CoupledGroup, GroupAnalysis, Refusal
@@ -103,7 +103,9 @@ def _name(kind: str, b: Builder, seed: ir.Node, ordinals: Counter, order: dict[i
     if index is None:
         index = ordinals[kind]
     ordinals[kind] += 1
-    return f"layer{index}.attn.heads" if kind == "heads" else f"layer{index}.{kind}"
+    if kind == "heads":
+        return f"layer{index}.attn.kv-heads" if b.repeats else f"layer{index}.attn.heads"
+    return f"layer{index}.{kind}"
 
 
 def _group(name: str, kind: str, b: Builder, order: dict[ir.Node, int]) -> CoupledGroup:
@@ -118,6 +120,16 @@ def _group(name: str, kind: str, b: Builder, order: dict[ir.Node, int]) -> Coupl
     consumers = sorted(b.consumers, key=order.get)
     return CoupledGroup(name, kind, b.size, slices, edits, producers, tuple(n.name or "" for n in consumers),
                         b.consumer_inputs[consumers[0]].name or "", weights)
+
+
+def _within_groups(name: str, b: Builder, order: dict[ir.Node, int]) -> Refusal:
+    """The refusal of the other GQA form of group ``name`` (its units are KV heads with their query groups)."""
+    expands = sorted(b.repeats, key=order.get)
+    reps = sorted(set(b.repeats.values()))
+    return Refusal(name, "heads", f"query heads within their KV group: {', '.join(str(r) for r in reps)} query heads "
+                                  f"share each KV head (repeat_kv Expand {', '.join(n.name or '' for n in expands)}); "
+                                  "removing the same number from every group (n_rep -> n_rep') is not implemented, "
+                                  "a unit is a KV head with its whole group")
 
 
 def _value(b: Builder, name: str) -> ir.Value | None:
@@ -198,6 +210,8 @@ def find_groups(model: ir.Model, kinds: Collection[str] = DEFAULT_KINDS) -> Grou
             name = unique(_name(kind, b, seed, ordinals, order), taken)
             if kind in kinds:
                 groups.append(_group(name, kind, b, order))
+                if b.repeats:
+                    refused.append(_within_groups(name, b, order))
         elif (kind in kinds or (kind == "hidden" and "ffn" in kinds)) and reason not in reasons:
             reasons.add(reason)
             refused.append(Refusal(f"{seed.op_type}:{seed.name}", kind, reason))

@@ -21,7 +21,7 @@ from graphopt import ir
 from graphopt.analysis.groups.dims import Dims
 from graphopt.analysis.groups.model import ShapeEdit, Slice
 
-__all__ = ["Site", "Refuse", "Regranulate", "Builder", "MAX_RESTARTS"]
+__all__ = ["Site", "Refuse", "Regranulate", "Builder", "MAX_RESTARTS", "make_site", "mixed_ok"]
 
 MAX_RESTARTS = 4
 
@@ -29,11 +29,54 @@ MAX_RESTARTS = 4
 @dataclass(frozen=True)
 class Site:
     """Where the group's units sit on a value: unit ``u`` of section ``s``
-    covers elements ``[s + u*unit, s + (u+1)*unit)`` of ``axis`` (non-negative)."""
+    covers elements ``[s + u*unit, s + (u+1)*unit)`` of ``axis`` (non-negative).
+
+    ``units``, when not empty, gives each section its own unit (parallel to
+    ``starts``): a packed Q/K/V projection of grouped-query attention, where
+    one unit (a KV head with its group) is ``n_rep * head_dim`` columns of Q
+    and ``head_dim`` columns of K and of V. Such *mixed* sites are allowed
+    only on values that :meth:`Builder.put` proves every neighbour reads by
+    section (see :func:`mixed_ok`); ``unit`` is then the first section's."""
 
     axis: int
     unit: int
     starts: tuple[int, ...]
+    units: tuple[int, ...] = ()
+
+    def unit_at(self, start: int) -> int:
+        """The unit of the section that begins at ``start``."""
+        return self.units[self.starts.index(start)] if self.units else self.unit
+
+    def sections(self) -> dict[int, int]:
+        """start -> unit of every section."""
+        return {s: self.unit_at(s) for s in self.starts}
+
+
+def make_site(axis: int, sections: dict[int, int]) -> Site:
+    """A :class:`Site` from ``{start: unit}`` (mixed only when the units differ)."""
+    starts = tuple(sorted(sections))
+    units = tuple(sections[s] for s in starts)
+    if len(set(units)) <= 1:
+        return Site(axis, units[0], starts)
+    return Site(axis, units[0], starts, units)
+
+
+def mixed_ok(value: ir.Value, axis: int) -> str | None:
+    """None when every neighbour of ``value`` reads a mixed site section by
+    section: its producer is a MatMul by a constant 2-D weight (the site on
+    its output's last axis slices weight columns per section) and its
+    readers are Splits along ``axis``; else the reason."""
+    nodes = [(u.node, u.idx) for u in value.uses()]
+    producer = value.producer()
+    plain = ("", "ai.onnx")
+    if producer is not None:
+        w = producer.inputs[1] if len(producer.inputs) > 1 else None
+        if not (producer.op_type == "MatMul" and producer.domain in plain and w is not None and ir.is_constant(w)):
+            return f"{producer.op_type} {producer.name} produces sections of different unit sizes in {value.name}"
+    for node, idx in nodes:
+        if not (node.op_type == "Split" and node.domain in plain and idx == 0):
+            return f"{node.op_type} {node.name} reads sections of different unit sizes in {value.name}"
+    return None
 
 
 class Refuse(Exception):  # noqa: N818 - a control-flow signal, not an error
@@ -64,6 +107,8 @@ class Builder:
         tags: facts the rules noticed (``"heads"``, ``"conv"``, ``"gqa"``).
         pending: node -> a refusal that stands unless a later run of the
             node's rule lifts it (a check that needs the whole group).
+        repeats: Expand node -> how many query heads share each unit
+            (``n_rep`` of a GQA ``repeat_kv``, :mod:`.rules_gqa`).
     """
 
     def __init__(self, dims: Dims, size: int) -> None:
@@ -77,6 +122,7 @@ class Builder:
         self.consumer_inputs: dict[ir.Node, ir.Value] = {}
         self.tags: set[str] = set()
         self.pending: dict[ir.Node, str] = {}
+        self.repeats: dict[ir.Node, int] = {}
         self.queue: deque[ir.Node] = deque()
         self.queued: set[ir.Node] = set()
         self.visited: set[ir.Node] = set()
@@ -101,21 +147,27 @@ class Builder:
             raise Refuse(f"the units reach constant {value.name} outside a rule that slices it")
         old = self.sites.get(value)
         if old is not None:
-            if old.axis != site.axis or old.unit != site.unit:
+            sections = old.sections()
+            clash = old.axis != site.axis or any(sections.get(s, u) != u for s, u in site.sections().items())
+            if clash:
                 raise Refuse(f"{value.name} carries the units on axis {old.axis} (unit {old.unit}) and on axis "
                              f"{site.axis} (unit {site.unit})")
-            starts = tuple(sorted(set(old.starts) | set(site.starts)))
-            if starts == old.starts:
+            sections.update(site.sections())
+            if len(sections) == len(old.starts):
                 return
-            site = Site(site.axis, site.unit, starts)
+            site = make_site(site.axis, sections)
+        if site.units:
+            reason = mixed_ok(value, site.axis)
+            if reason is not None:
+                raise Refuse(reason)
         dims = self.dims.of(value)
         if dims is not None and site.axis < len(dims) and dims[site.axis] is not None:
             for s in site.starts:
-                if s + self.size * site.unit > dims[site.axis]:
+                if s + self.size * site.unit_at(s) > dims[site.axis]:
                     raise Refuse(f"{value.name}: the units overrun axis {site.axis} ({dims[site.axis]})")
             ends = sorted(site.starts)
             for a, b in zip(ends, ends[1:]):
-                if a + self.size * site.unit > b:
+                if a + self.size * site.unit_at(a) > b:
                     raise Refuse(f"{value.name}: two sections of the units overlap on axis {site.axis}")
         self.sites[value] = site
         producer = value.producer()
@@ -147,9 +199,10 @@ class Builder:
         tensor_name = value.name or ""
         dims = self.dims.of(value)
         for s in (site.starts if starts is None else starts):
-            if dims is None or axis >= len(dims) or s + self.size * site.unit > dims[axis]:
+            unit = site.unit_at(s) if starts is None else site.unit
+            if dims is None or axis >= len(dims) or s + self.size * unit > dims[axis]:
                 raise Refuse(f"constant {tensor_name} of {node.name} is too small for the units on axis {axis}")
-            self.slices.setdefault(node, []).append(Slice(tensor_name, axis, s, site.unit, role, (node.name or "",)))
+            self.slices.setdefault(node, []).append(Slice(tensor_name, axis, s, unit, role, (node.name or "",)))
 
     def edit(self, node: ir.Node, edit: ShapeEdit) -> None:
         """Record a shape edit for ``node``'s rule."""

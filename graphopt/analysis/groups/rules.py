@@ -17,7 +17,7 @@ from typing import Callable
 
 from graphopt import ir
 from graphopt.analysis.groups.model import ShapeEdit
-from graphopt.analysis.groups.propagate import Builder, Refuse, Regranulate, Site
+from graphopt.analysis.groups.propagate import Builder, Refuse, Regranulate, Site, make_site
 
 __all__ = ["RULES", "rule_of", "attr_int", "attr_ints", "const_ints", "const_target", "norm", "rank_of", "dim_of",
            "unused_extra_outputs"]
@@ -261,6 +261,10 @@ def _reduce(b: Builder, node: ir.Node, a: int) -> int:
 
 def _slice(b: Builder, node: ir.Node, a: int) -> int:
     r = rank_of(b, node.inputs[0])
+    if len(node.inputs) > 3 and node.inputs[3] is not None:
+        axes = const_ints(node.inputs[3])
+        if axes is not None and a not in [norm(v, r) for v in axes]:
+            return a  # another axis is sliced, by bounds computed at run time or not (TorchScript's rotate_half)
     starts, ends = const_ints(node.inputs[1]), const_ints(node.inputs[2])
     if starts is None or ends is None:
         if attr_ints(node, "starts") is not None:
@@ -368,23 +372,23 @@ def split(b: Builder, node: ir.Node) -> None:
     for k, out in enumerate(node.outputs):
         s = b.site(out)
         if s is not None:
-            b.put(x, Site(axis, s.unit, tuple(v + offsets[k] for v in s.starts)))
+            b.put(x, make_site(axis, {v + offsets[k]: u for v, u in s.sections().items()}))
     sx = b.site(x)
     counts = [0] * len(sizes)
-    for start in sx.starts:
-        end = start + b.size * sx.unit
+    for start, unit in sx.sections().items():
+        end = start + b.size * unit
         k = next((k for k in range(len(sizes)) if offsets[k] <= start and end <= offsets[k] + sizes[k]), None)
         if k is None:
             raise Refuse(f"Split {node.name}: a section of the units straddles two outputs")
-        counts[k] += 1
-        b.put(node.outputs[k], Site(axis, sx.unit, (start - offsets[k],)))
+        counts[k] += unit
+        b.put(node.outputs[k], Site(axis, unit, (start - offsets[k],)))
     if where is None:
         if len(set(counts)) != 1:
             b.pending[node] = f"Split {node.name} splits evenly and the units are not in every output"
         return
     for k, count in enumerate(counts):
         if count:
-            b.edit(node, ShapeEdit(where[0], where[1], k, sx.unit * count,
+            b.edit(node, ShapeEdit(where[0], where[1], k, count,
                                    (node.name or "",) if where[1] != "split" else ()))
 
 

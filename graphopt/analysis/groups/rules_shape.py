@@ -1,4 +1,4 @@
-"""Channel rules for ops that reinterpret shapes: Reshape, Shape, Expand.
+"""Channel rules for ops that reinterpret shapes: Reshape and Shape (Expand: :mod:`.rules_gqa`).
 
 Reshape maps the channel axis by the concrete dims of its input and output
 (:mod:`.dims`): the same axis, a split of the axis into (units, rest) — the
@@ -18,8 +18,9 @@ from graphopt import ir
 from graphopt.analysis.groups.model import ShapeEdit
 from graphopt.analysis.groups.propagate import Builder, Refuse, Regranulate, Site
 from graphopt.analysis.groups.rules import RULES, attr_int, attr_ints, const_ints, const_target, norm
+from graphopt.analysis.groups.shape_entries import check_entries, shape_terminals
 
-__all__ = ["map_site", "reshape", "shape", "expand"]
+__all__ = ["map_site", "reshape", "shape", "own_dim", "entry_edit"]
 
 
 def _trailing(dims: tuple[int, ...], first: int, product: int) -> bool:
@@ -145,28 +146,40 @@ def _fold_axes(b: Builder, a_node: ir.Node, b_node: ir.Node, axis: int) -> bool:
     return k is not None and axis < k and tuple(dout[:k]) == tuple(din[:k])
 
 
-def _entry_edit(b: Builder, node: ir.Node, target: ir.Value, index: int, per_unit: int, copies: bool) -> None:
-    """Edit the entry ``index`` of a Reshape target (constant or Concat-built)."""
+def entry_edit(b: Builder, node: ir.Node, target: ir.Value, index: int, per_unit: int, copies: bool,
+                keep: tuple[int, ...] = (-1,)) -> None:
+    """Edit the entry ``index`` of a Reshape target or an Expand shape
+    (constant or Concat-built); an entry in ``keep`` (Reshape's ``-1``,
+    Expand's ``1``) needs no edit.
+
+    A piece of a Concat-built target is named by ``"concat|reader#k"`` (input
+    ``k`` of the Concat as read through ``reader``): the same constant may
+    sit at several inputs of one Concat (``[B, 2, 2, S, D]`` of a GQA
+    ``repeat_kv`` whose KV heads and repeats are both 2), and only this one
+    changes."""
+    op = f"{node.op_type} {node.name}"
+    if check_entries(b, node, target, index, per_unit):
+        return  # the entry reads the units' own count at run time (TorchScript's shape arithmetic)
     reader = node
     value = target
     path: tuple[str, ...] | None = None
     if not ir.is_constant(value):
         producer = value.producer()
         if producer is None or producer.op_type != "Concat":
-            raise Refuse(f"Reshape {node.name}: its target is computed at run time")
+            raise Refuse(f"{op}: its target is computed at run time")
         offset = 0
-        for piece in producer.inputs:
+        for k, piece in enumerate(producer.inputs):
             dims = b.dims.of(piece)
             n = dims[0] if dims and len(dims) == 1 and dims[0] is not None else None
             if n is None:
-                raise Refuse(f"Reshape {node.name}: a piece of its target has unknown length")
+                raise Refuse(f"{op}: a piece of its target has unknown length")
             if offset <= index < offset + n:
                 break
             offset += n
         else:
-            raise Refuse(f"Reshape {node.name}: its target is shorter than its output's rank")
+            raise Refuse(f"{op}: its target is shorter than its output's rank")
         reader, value, index = producer, piece, index - offset
-        path = (producer.name or "", node.name or "")
+        path = (producer.name or "", f"{node.name or ''}#{k}")
         if not ir.is_constant(value):
             inner = value.producer()
             sx = b.site(node.inputs[0])
@@ -177,17 +190,17 @@ def _entry_edit(b: Builder, node: ir.Node, target: ir.Value, index: int, per_uni
                 reader, value, index = inner, inner.inputs[0], 0
                 path = None
             else:
-                raise Refuse(f"Reshape {node.name}: the target entry of the channel axis is computed at run time")
+                raise Refuse(f"{op}: the target entry of the channel axis is computed at run time")
     entries = const_ints(value)
     if entries is None or index >= len(entries):
-        raise Refuse(f"Reshape {node.name}: its target is not readable")
+        raise Refuse(f"{op}: its target is not readable")
     entry = entries[index]
-    if entry == -1:
+    if entry in keep:
         return
     if entry == 0 and not attr_int(node, "allowzero", 0):
         if copies:
             return
-        raise Refuse(f"Reshape {node.name}: a 0 entry copies another axis into the channel axis")
+        raise Refuse(f"{op}: a 0 entry copies another axis into the channel axis")
     name, attribute = const_target(value)
     # a Concat-built target shared by several Reshapes (after CSE) is copied per Reshape when applied
     b.edit(node, ShapeEdit(name, attribute, index, per_unit, ("|".join(path),) if path else (reader.name or "",)))
@@ -222,7 +235,7 @@ def reshape(b: Builder, node: ir.Node) -> None:
     sx, sy = b.site(x) or map_site(dout, din, sy, where), b.site(y)
     if dout[sy.axis] != din[sx.axis]:
         b.tags.add("heads")
-    _entry_edit(b, node, target, sy.axis, sy.unit * len(sy.starts), copies=sx.axis == sy.axis and sx.unit == sy.unit)
+    entry_edit(b, node, target, sy.axis, sy.unit * len(sy.starts), copies=sx.axis == sy.axis and sx.unit == sy.unit)
 
 
 def _trip_entries(b: Builder, a_node: ir.Node, b_node: ir.Node, site: Site) -> None:
@@ -288,9 +301,22 @@ def shape(b: Builder, node: ir.Node) -> None:
                     continue
         if _feeds_own_reshape(node.outputs[0], x):
             continue
-        raise Refuse(f"the channel count is read at run time by Shape {node.name} ({reader.op_type} {reader.name})")
+        terminals = [reader] if reader.op_type in ("Reshape", "Expand") and use.idx == 1 else (
+            shape_terminals(reader.outputs[0]) if reader.op_type in _ARITHMETIC else None)
+        if terminals is None:
+            raise Refuse(f"the channel count is read at run time by Shape {node.name} ({reader.op_type} "
+                         f"{reader.name})")
+        for t in terminals:  # their rules check the entries (shape_entries.check_entries)
+            if b.site(t.inputs[0]) is not None:
+                b.enqueue(t)
+            else:
+                b.pending[t] = (f"the channel count read by Shape {node.name} reaches the shape of {t.op_type} "
+                                f"{t.name}, whose data does not carry the units")
     if node.outputs[0].is_graph_output():
         raise Refuse(f"Shape {node.name} is a graph output")
+
+
+_ARITHMETIC = ("Gather", "Slice", "Squeeze", "Unsqueeze", "Cast", "Identity", "Concat", "Mul")
 
 
 def _round_trip_of(node: ir.Node, x: ir.Value) -> bool:
@@ -320,15 +346,5 @@ def _feeds_own_reshape(value: ir.Value, x: ir.Value, depth: int = 0) -> bool:
     return True
 
 
-def expand(b: Builder, node: ir.Node) -> None:
-    """Expand of a value with units: refused. In LLaMA exports it is the GQA
-    ``repeat_kv`` that tiles each KV head over its query heads."""
-    b.tags.add("gqa")
-    raise Refuse(f"{node.op_type} {node.name} tiles the units (LLaMA's GQA repeat_kv, ViT's class token): pruning "
-                 "query heads within a KV group, or a KV head with its group, is not implemented")
-
-
 RULES["", "Reshape"] = reshape
 RULES["", "Shape"] = shape
-RULES["", "Expand"] = expand
-RULES["", "Tile"] = expand

@@ -14,10 +14,11 @@ from tests.analysis.groups_helpers import (
     GOLDEN, expected_shapes, feed_for, groups_of, load, random_plan, run, signature, zero_removed_inputs,
 )
 
-MODELS = ("bert_tiny_ts", "bert_tiny_dynamo", "bert_tiny_sdpa_ts", "bert_tiny_sdpa_dynamo", "gpt2_tiny_ts", "gpt2_tiny_dynamo",
-          "llama_gqa_tiny_ts", "llama_gqa_tiny_dynamo", "llama_gqa_tiny_sdpa_ts", "llama_gqa_tiny_sdpa_dynamo", "vit_tiny_ts", "vit_tiny_dynamo", "paddleocr_cls",
-          "paddleocr_det")
-CASES = [(m, p) for m in MODELS for p in ("", "O1")] + [("bert_tiny_ts", "O2"), ("vit_tiny_ts", "O2")]
+MODELS = ("bert_tiny_ts", "bert_tiny_dynamo", "bert_tiny_sdpa_ts", "bert_tiny_sdpa_dynamo", "gpt2_tiny_ts",
+          "gpt2_tiny_dynamo", "llama_gqa_tiny_ts", "llama_gqa_tiny_dynamo", "llama_gqa_tiny_sdpa_ts",
+          "llama_gqa_tiny_sdpa_dynamo", "vit_tiny_ts", "vit_tiny_dynamo", "paddleocr_cls", "paddleocr_det")
+CASES = [(m, p) for m in MODELS for p in ("", "O1")] + [("bert_tiny_ts", "O2"), ("vit_tiny_ts", "O2"),
+                                                         ("llama_gqa_tiny_ts", "O2"), ("llama_gqa_tiny_dynamo", "O2")]
 IDS = [f"{m}{'-' + p if p else ''}" for m, p in CASES]
 
 
@@ -83,7 +84,8 @@ def test_prune_random_plan_with_layers_runs(name: str, pipeline: str) -> None:
         assert outputs[key].shape == value.shape and outputs[key].dtype == value.dtype
 
 
-@pytest.mark.parametrize(("name", "pipeline"), [("bert_tiny_ts", "O1"), ("paddleocr_cls", "O1")])
+@pytest.mark.parametrize(("name", "pipeline"), [("bert_tiny_ts", "O1"), ("paddleocr_cls", "O1"),
+                                                ("llama_gqa_tiny_ts", ""), ("llama_gqa_tiny_dynamo", "O1")])
 def test_keep_all_is_identity(name: str, pipeline: str) -> None:
     model = load(name, pipeline)
     analysis = groups_of(model)

@@ -124,12 +124,11 @@ def _group(name: str, kind: str, b: Builder, order: dict[ir.Node, int]) -> Coupl
 
 def _within_groups(name: str, b: Builder, order: dict[ir.Node, int]) -> Refusal:
     """The refusal of the other GQA form of group ``name`` (its units are KV heads with their query groups)."""
-    expands = sorted(b.repeats, key=order.get)
-    reps = sorted(set(b.repeats.values()))
-    return Refusal(name, "heads", f"query heads within their KV group: {', '.join(str(r) for r in reps)} query heads "
-                                  f"share each KV head (repeat_kv Expand {', '.join(n.name or '' for n in expands)}); "
-                                  "removing the same number from every group (n_rep -> n_rep') is not implemented, "
-                                  "a unit is a KV head with its whole group")
+    sites = ", ".join(f"{n.op_type} {n.name}" for n in sorted(b.repeats, key=order.get))
+    reps = ", ".join(str(r) for r in sorted(set(b.repeats.values())))
+    return Refusal(name, "heads", f"query heads within their KV group: {reps} query heads share each KV head "
+                                  f"({sites}); removing the same number from every group (n_rep -> n_rep') is not "
+                                  "implemented, a unit is a KV head with its whole group")
 
 
 def _value(b: Builder, name: str) -> ir.Value | None:
@@ -173,8 +172,11 @@ def find_groups(model: ir.Model, kinds: Collection[str] = DEFAULT_KINDS) -> Grou
         kinds: which of ``heads``, ``kv-heads``, ``ffn``, ``channels``,
             ``layer`` to report (groups and refusals alike). Refusals of the
             residual stream's width (normalized by LayerNorm/RMSNorm) have
-            kind ``hidden`` and come with ``ffn``. No rule yields
-            ``kv-heads`` yet (GQA is refused with its reason).
+            kind ``hidden`` and come with ``ffn``. Grouped-query attention
+            gives kind ``heads`` groups named ``layerN.attn.kv-heads`` whose
+            unit is a KV head with its whole query group
+            (:mod:`.rules_gqa`), each with a refusal of the other form
+            (query heads within their group); no rule yields ``kv-heads``.
 
     Returns:
         A :class:`GroupAnalysis`; groups in the order of their first

@@ -77,7 +77,8 @@ class CoupledGroup:
     """A prunable dimension and everything that must shrink with it.
 
     Attributes:
-        name: stable, readable: ``layer3.attn.heads``, ``layer3.ffn``,
+        name: stable, readable: ``layer3.attn.heads``, ``layer3.attn.kv-heads``
+            (grouped-query attention: a unit is a KV head with its query group), ``layer3.ffn``,
             ``conv:<node>``, ``layer3.attn`` / ``layer3.mlp`` (kind ``layer``).
         kind: ``heads`` | ``kv-heads`` | ``ffn`` | ``channels`` | ``layer``.
         size: number of units (1 for a layer branch).

@@ -61,20 +61,24 @@ def make_site(axis: int, sections: dict[int, int]) -> Site:
     return Site(axis, units[0], starts, units)
 
 
-def mixed_ok(value: ir.Value, axis: int) -> str | None:
+def mixed_ok(value: ir.Value, axis: int, rank: int | None) -> str | None:
     """None when every neighbour of ``value`` reads a mixed site section by
     section: its producer is a MatMul by a constant 2-D weight (the site on
     its output's last axis slices weight columns per section) and its
-    readers are Splits along ``axis``; else the reason."""
-    nodes = [(u.node, u.idx) for u in value.uses()]
+    readers are Splits along ``axis`` (``rank``: the value's); else the reason."""
     producer = value.producer()
     plain = ("", "ai.onnx")
     if producer is not None:
         w = producer.inputs[1] if len(producer.inputs) > 1 else None
-        if not (producer.op_type == "MatMul" and producer.domain in plain and w is not None and ir.is_constant(w)):
+        if not (producer.op_type == "MatMul" and producer.domain in plain and w is not None and ir.is_constant(w)
+                and rank is not None and axis == rank - 1):
             return f"{producer.op_type} {producer.name} produces sections of different unit sizes in {value.name}"
-    for node, idx in nodes:
-        if not (node.op_type == "Split" and node.domain in plain and idx == 0):
+    for use in value.uses():
+        node = use.node
+        split_axis = node.attributes.get("axis")
+        at = int(split_axis.value) if split_axis is not None else 0
+        if not (node.op_type == "Split" and node.domain in plain and use.idx == 0 and rank is not None
+                and (at + rank if at < 0 else at) == axis):
             return f"{node.op_type} {node.name} reads sections of different unit sizes in {value.name}"
     return None
 
@@ -157,7 +161,7 @@ class Builder:
                 return
             site = make_site(site.axis, sections)
         if site.units:
-            reason = mixed_ok(value, site.axis)
+            reason = mixed_ok(value, site.axis, self.dims.rank(value))
             if reason is not None:
                 raise Refuse(reason)
         dims = self.dims.of(value)

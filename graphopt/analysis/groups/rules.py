@@ -264,7 +264,7 @@ def _slice(b: Builder, node: ir.Node, a: int) -> int:
     if len(node.inputs) > 3 and node.inputs[3] is not None:
         axes = const_ints(node.inputs[3])
         if axes is not None and a not in [norm(v, r) for v in axes]:
-            return a  # another axis is sliced, by bounds computed at run time or not (TorchScript's rotate_half)
+            return a  # another axis is sliced, by bounds known or computed (TorchScript's rotate_half)
     starts, ends = const_ints(node.inputs[1]), const_ints(node.inputs[2])
     if starts is None or ends is None:
         if attr_ints(node, "starts") is not None:

@@ -6,7 +6,8 @@ three sections (Q, K, V at 0, hidden, 2*hidden), ``num_heads`` and
 ``qkv_hidden_sizes`` decrease. ``MultiHeadAttention`` (separate 3-D query,
 key, value): query, key, value and output share the site, the optional
 packed bias is sliced in three sections, ``num_heads`` decreases.
-``GroupQueryAttention`` and the packed/past forms are refused with a reason.
+``GroupQueryAttention`` lives in :mod:`.rules_gqa`; the packed/past forms
+are refused with a reason.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from graphopt.analysis.groups.model import ShapeEdit
 from graphopt.analysis.groups.propagate import Builder, Refuse, Regranulate, Site
 from graphopt.analysis.groups.rules import RULES, attr_int, attr_ints
 
-__all__ = ["attention", "multi_head_attention", "group_query_attention"]
+__all__ = ["attention", "multi_head_attention"]
 
 
 def _present(node: ir.Node, index: int) -> bool:
@@ -122,13 +123,5 @@ def multi_head_attention(b: Builder, node: ir.Node) -> None:
     b.edit(node, ShapeEdit(node.name or "", "num_heads", 0, s.unit // hd))
 
 
-def group_query_attention(b: Builder, node: ir.Node) -> None:
-    """com.microsoft.GroupQueryAttention: refused (KV heads shared by query groups)."""
-    b.tags.add("heads")
-    b.tags.add("gqa")
-    raise Refuse(f"GroupQueryAttention {node.name}: pruning heads of the fused GQA op is not implemented")
-
-
 RULES["com.microsoft", "Attention"] = attention
 RULES["com.microsoft", "MultiHeadAttention"] = multi_head_attention
-RULES["com.microsoft", "GroupQueryAttention"] = group_query_attention

@@ -17,19 +17,21 @@ and the Expand shape's ``kv`` entry.
 
 :func:`expand` lets the units through an Expand on an axis it does not
 broadcast (the ``kv`` axis of ``repeat_kv``), editing the shape entry that
-states that axis. Pruning query heads within their KV group (``n_rep ->
-n_rep'`` in every group), ``Tile``, and the fused
-``com.microsoft.GroupQueryAttention`` are refused with their reason.
+states that axis; :func:`group_query_attention` does the same for
+onnxruntime's fused ``com.microsoft.GroupQueryAttention`` (graphopt's O2).
+Pruning query heads within their KV group (``n_rep -> n_rep'`` in every
+group) and ``Tile`` are refused with their reason.
 """
 
 from __future__ import annotations
 
 from graphopt import ir
-from graphopt.analysis.groups.propagate import Builder, Refuse, Site
-from graphopt.analysis.groups.rules import RULES, dim_of, rank_of
+from graphopt.analysis.groups.model import ShapeEdit
+from graphopt.analysis.groups.propagate import Builder, Refuse, Regranulate, Site
+from graphopt.analysis.groups.rules import RULES, attr_int, dim_of, rank_of
 from graphopt.analysis.groups.rules_shape import entry_edit
 
-__all__ = ["expand", "tile", "repeat_factor"]
+__all__ = ["expand", "tile", "repeat_factor", "group_query_attention"]
 
 
 def repeat_factor(b: Builder, node: ir.Node, axis_y: int) -> int:
@@ -90,6 +92,69 @@ def expand(b: Builder, node: ir.Node) -> None:
         b.repeats[node] = repeats
 
 
+def group_query_attention(b: Builder, node: ir.Node) -> None:
+    """com.microsoft.GroupQueryAttention (attributes ``num_heads``,
+    ``kv_num_heads``; query ``[B, S, H*D]``, key and value ``[B, S, kv*D]``,
+    output ``[B, S, H*D]``): a KV head with its group. A unit is ``n_rep*D``
+    elements of query and output for ``D`` of key and value (n_rep = H / kv,
+    Ainslie et al. 2023; onnxruntime's kernel maps query head ``h`` to KV
+    head ``h // n_rep``, as HF's ``repeat_kv``); ``num_heads`` decreases by
+    ``n_rep`` and ``kv_num_heads`` by 1 per removed unit. Rotary caches
+    ``[S, D/2]`` are per position, not per head.
+
+    Raises:
+        Regranulate: a unit is smaller than a KV head's group.
+        Refuse: packed QKV (no key/value inputs), past key/value inputs or
+            used present outputs, a per-head attention bias, inputs beyond
+            the bias (head sinks), units on another axis or in several sections.
+    """
+    q = node.inputs[0]
+    k = node.inputs[1] if len(node.inputs) > 1 else None
+    v = node.inputs[2] if len(node.inputs) > 2 else None
+    y = node.outputs[0]
+    where = f"GroupQueryAttention {node.name}"
+    b.tags.add("heads")
+    if k is None or v is None:
+        raise Refuse(f"{where}: packed QKV input is not supported")
+    for i in (3, 4):
+        if len(node.inputs) > i and node.inputs[i] is not None:
+            raise Refuse(f"{where}: past key/value inputs are not supported")
+    if any(node.inputs[i] is not None for i in range(11, len(node.inputs))):
+        raise Refuse(f"{where}: inputs after the attention bias (head sinks) are not supported")
+    for out in node.outputs[1:]:
+        if out is not None and (out.uses() or out.is_graph_output()):
+            raise Refuse(f"{where}: its present key/value outputs are used")
+    if len(node.inputs) > 10 and node.inputs[10] is not None:
+        dims = b.dims.of(node.inputs[10])
+        if dims is None or len(dims) != 4 or dims[1] != 1:
+            raise Refuse(f"{where}: its attention bias {node.inputs[10].name} is per head (or of unknown dims)")
+    heads, kv = attr_int(node, "num_heads"), attr_int(node, "kv_num_heads")
+    if not heads or not kv or heads % kv or any(rank_of(b, t) != 3 for t in (q, k, v)):
+        raise Refuse(f"{where}: num_heads / kv_num_heads or the 3-D inputs are not as expected")
+    hd = dim_of(b, q, 2) // heads
+    n_rep = heads // kv
+    if dim_of(b, k, 2) != kv * hd or dim_of(b, v, 2) != kv * hd:
+        raise Refuse(f"{where}: key/value widths are not kv_num_heads x head_size")
+    big = next((b.site(t) for t in (q, y) if b.site(t) is not None), None)
+    small = next((b.site(t) for t in (k, v) if b.site(t) is not None), None)
+    s = big or small
+    if s is None:
+        return
+    if s.axis != 2 or s.starts != (0,) or s.units:
+        raise Refuse(f"{where}: the units are not on the hidden axis in one section")
+    if big is None:
+        big = Site(2, small.unit * n_rep, (0,))
+    if big.unit % (n_rep * hd):
+        raise Regranulate(big.unit, n_rep * hd)
+    small = Site(2, big.unit // n_rep, (0,))
+    for t, site in ((q, big), (y, big), (k, small), (v, small)):
+        b.put(t, site)
+    b.edit(node, ShapeEdit(node.name or "", "num_heads", 0, big.unit // hd))
+    b.edit(node, ShapeEdit(node.name or "", "kv_num_heads", 0, small.unit // hd))
+    b.tags.add("gqa")
+    b.repeats[node] = n_rep
+
+
 def tile(b: Builder, node: ir.Node) -> None:
     """Tile of a value with units: refused (it would repeat the units)."""
     raise Refuse(f"Tile {node.name} tiles the units: not supported")
@@ -97,3 +162,4 @@ def tile(b: Builder, node: ir.Node) -> None:
 
 RULES["", "Expand"] = expand
 RULES["", "Tile"] = tile
+RULES["com.microsoft", "GroupQueryAttention"] = group_query_attention

@@ -49,7 +49,7 @@ def entries(b: Builder, value: ir.Value | None, depth: int = 0) -> list[Entry] |
     constants, ``Unsqueeze``, ``Squeeze``, ``Cast``, ``Identity``,
     ``Reshape``, ``Concat``, ``Mul`` by a constant scalar, and
     ``Where(Equal(s, c), t, s)`` where no entry of ``s`` can equal ``c``
-    (dims are at least 1)."""
+    (a dim is never negative)."""
     if value is None or depth > _MAX_DEPTH:
         return None
     if ir.is_constant(value):
@@ -133,7 +133,7 @@ def _where(b: Builder, node: ir.Node, depth: int) -> list[Entry] | None:
     for e, c in zip(se, ce):
         if c.value is not None:
             return None
-        if (e.value is None and e.const == c.const) or (e.value is not None and c.const >= 1):
+        if (e.value is None and e.const == c.const) or (e.value is not None and c.const >= 0):
             return None
     return se
 

@@ -194,3 +194,20 @@ def test_expand_tiling_the_units_refused() -> None:
     analysis = find_groups(m)
     assert not analysis.groups
     assert analysis.refused[0].reason.startswith("Expand Expand_2 tiles the units")
+
+
+@pytest.mark.parametrize(("name", "pipeline"), [("llama_gqa_tiny_ts", ""), ("llama_gqa_tiny_dynamo", "O1"),
+                                                ("llama_gqa_tiny_ts", "O2")])
+def test_kv_head_unit_flops(name: str, pipeline: str) -> None:
+    """A KV unit costs its q/k/v columns and o_proj rows (2 FLOPs each per token) and the QK^T / AV
+    products of its n_rep query heads (4 * tokens * head_dim each)."""
+    from graphopt.passes.pruning.plan import build_plan
+
+    model = load(name, pipeline)
+    analysis = groups_of(model)
+    plans, _ = build_plan(model, analysis, ("heads",), tokens=128)
+    (plan,) = [p for p in plans if p.name == "layer0.attn.kv-heads"]
+    weights = 64 * NREP * HD + 2 * 64 * HD + NREP * HD * 64
+    assert plan.group.weights_per_unit == weights
+    assert plan.unit_flops == 2 * weights + 4 * 128 * HD * NREP
+    assert plan.step == 1 and plan.rows[plan.group.consumers[0]].shape == (2, NREP * HD)

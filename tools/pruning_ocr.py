@@ -15,6 +15,7 @@ used neither for calibration nor for any search).
 from __future__ import annotations
 
 import json
+import os
 import resource
 import time
 from pathlib import Path
@@ -71,6 +72,42 @@ def stats(model: str, path: Path) -> dict:
         d.dim_value = v
     st = model_stats(ir.from_proto(proto), with_flops=True)
     return {"params": params, "flops": st.flops}
+
+
+def measured_flops(path: Path, x: np.ndarray) -> float:
+    """MatMul/Gemm/Conv FLOPs (2 per multiply-add) of one run of the model at ``path`` on input ``x``, from the
+    shapes onnxruntime computes (every operand of those ops exposed as an output): exact where graphopt's
+    estimator leaves nodes uncounted (rec's SVTR neck, whose shapes ONNX shape inference cannot follow)."""
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.load(str(path))
+    ops = [n for n in proto.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
+    have = {o.name for o in proto.graph.output}
+    names = list(dict.fromkeys(v for n in ops for v in (n.input[0], n.input[1], n.output[0])))
+    consts = {t.name: tuple(t.dims) for t in proto.graph.initializer}
+    consts.update({n.output[0]: tuple(a.t.dims) for n in proto.graph.node if n.op_type == "Constant"
+                   for a in n.attribute if a.name == "value"})
+    for name in names:
+        if name not in have and name not in consts:
+            proto.graph.output.append(onnx.ValueInfoProto(name=name))
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    wanted = [o.name for o in sess.get_outputs()]
+    shapes = dict(consts)
+    shapes.update({k: v.shape for k, v in zip(wanted, sess.run(wanted, {sess.get_inputs()[0].name: x}))})
+    total = 0.0
+    for n in ops:
+        out = shapes[n.output[0]]
+        if n.op_type == "Conv":
+            w = shapes[n.input[1]]
+            total += 2.0 * np.prod(out) * np.prod(w[1:])
+        elif n.op_type == "Gemm":
+            trans_a = next((a.i for a in n.attribute if a.name == "transA"), 0)
+            a = shapes[n.input[0]]
+            total += 2.0 * np.prod(out) * (a[0] if trans_a else a[1])
+        else:
+            total += 2.0 * np.prod(out) * shapes[n.input[0]][-1]
+    return float(total)
 
 
 def render(model: str, work: Path) -> tuple[Path, list[np.ndarray], list[str]]:
@@ -277,6 +314,24 @@ def section(model: str, block: dict) -> list[str]:
              f"{_ratio(r.get('box_tp'), r.get('box_fp'))} | {_ratio(r.get('box_tp'), r.get('box_fn'))}")
         lines.append(f"| {r['kinds']} | {r['method']} | {r['recon']} | {r['ratio']} | {r['achieved']:.3f} | "
                      f"{r['flops'] / 1e9:.3f} | {r['params'] / 1e6:.2f} | {_f(lat, 3)} | {q} | {r['seconds']:.1f} |")
+    study = block.get("allocation")
+    if study and rec:
+        lines += ["", f"### PaddleOCR {model}: allocation, whole-model FLOPs measured "
+                  f"(`python tools/pruning_ocr.py --allocation {model}`)", "",
+                  "The `ratio` above is the pass's: the kept share of the prunable groups' FLOPs counted per unit, "
+                  "linear in the units kept. In a CNN a Conv between two pruned groups loses FLOPs in both, and the "
+                  "groups sit at different resolutions, so it is not the model's FLOP ratio. Here `FLOPs` is "
+                  "measured: every MatMul/Gemm/Conv of one run at 48 x 320, shapes from onnxruntime (the SVTR neck "
+                  f"included; original {study['original_flops'] / 1e9:.3f} GFLOPs), as a share of the original's. "
+                  "Least squares throughout; `error`: kept counts by consumer output error per FLOP saved. "
+                  f"Latency: after O2 vs the original after O2, one interleaved run (load {study['load']:.1f} "
+                  "before it).", "",
+                  "| method | allocation | ratio | kept | FLOPs | latency | char | line | s |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in study["rows"]:
+            lines.append(f"| {r['method']} | {r['allocation']} | {r['ratio']} | {r['achieved']:.3f} | "
+                         f"{r['flops_ratio']:.3f} | {_f(r.get('latency'), 3)} | {r['char_acc']:.4f} | "
+                         f"{r['line_acc']:.4f} | {r['seconds']:.1f} |")
     return lines + [""]
 
 
@@ -303,6 +358,17 @@ def targets(blocks: dict) -> list[str]:
                          + (f"{near['method']} {near['recon']} ratio {near['ratio']}: "
                             f"{near['flops'] / block['original']['flops']:.3f} of the FLOPs, char acc "
                             f"{near['char_acc']:.4f}" if near["char_acc"] >= base - 0.01 else "none") + ".")
+        study = block.get("allocation")
+        if study and model != "det":
+            base = block["original"]["char_acc"]
+            ok = [r for r in study["rows"] if r["flops_ratio"] <= 0.7 and r["char_acc"] >= base - 0.01]
+            top = min(ok, key=lambda r: r["flops_ratio"]) if ok else max(
+                study["rows"], key=lambda r: (r["flops_ratio"] <= 0.7, r["char_acc"]))
+            lines.append(f"- PaddleOCR {model}, whole-model FLOPs measured (the allocation rows): <= 0.7 of the "
+                         f"FLOPs within 1 point of {base:.4f}: {'holds' if ok else 'does NOT hold'}; "
+                         f"{'the fewest FLOPs within 1 point' if ok else 'best at <= 0.7'}: {top['method']} "
+                         f"{top['allocation']} ratio {top['ratio']}: {top['flops_ratio']:.3f} of the FLOPs, char acc "
+                         f"{top['char_acc']:.4f}, latency {_f(top.get('latency'), 3)}.")
         if model == "det" and "box_f1" in rows[0]:
             n_ref = block["original"].get("boxes")
             cells = []
@@ -362,3 +428,74 @@ def splice(md: str, blocks: dict, command: str, notes: list[str] | None = None) 
         return md.rstrip("\n") + "\n" + add
     head = md[:end].rstrip("\n") + "\n"
     return head + add + md[end:]
+
+
+def allocation_study(model: str, work: Path, ratios: tuple[float, ...] = (0.7, 0.65),
+                     methods: tuple[str, ...] = ("flap", "wanda"), seconds: float = 4.0) -> dict:
+    """Least-squares pruning of ``model`` (rec or rec48) with the uniform and the ``error`` allocation at
+    ``ratios``: quality on the evaluation lines, whole-model FLOPs measured (:func:`measured_flops`) as a share of
+    the original's, and latency after O2 against the original after O2 in one interleaved run."""
+    from graphopt import ir
+    from graphopt.calibrate.data import CalibrationData
+    from graphopt.calibrate.stats import StatsCache
+    from graphopt.passes.pruning import PruneOptions, prune
+
+    src = source(model, work)
+    calib_dir, evaluation, strings = render(model, work)
+    calib = CalibrationData.from_path(calib_dir, ir.load_proto(src))
+    chars = dictionary(src)
+    ref = run(src, evaluation)
+    original = measured_flops(src, evaluation[0])
+    cache, rows = StatsCache(), []
+    for ratio in ratios:
+        for method in methods:
+            for allocation in ("uniform", "error"):
+                m = ir.load(src)
+                t = time.perf_counter()
+                rep = prune(m, PruneOptions(ratio=ratio, kinds=KINDS[model], method=method, allocation=allocation),
+                            calib, cache=cache)
+                path = work / f"ocr_{model}_alloc_{method}_{allocation}_{ratio}.onnx"
+                ir.save(m, path)
+                rows.append({"method": method, "allocation": allocation, "ratio": ratio, "achieved": rep.achieved,
+                             "seconds": time.perf_counter() - t, "path": str(path),
+                             "flops_ratio": measured_flops(path, evaluation[0]) / original,
+                             **quality(model, run(path, evaluation), ref, strings, chars)})
+                print(json.dumps(rows[-1]), flush=True)
+    load = os.getloadavg()[0]
+    lat = latency(model, work, [(r["path"], Path(r["path"])) for r in rows], seconds)
+    for r in rows:
+        r["latency"] = lat[r["path"]]
+    return {"rows": rows, "original_flops": original, "load": load}
+
+
+def _notes(md: str) -> list[str]:
+    """The PaddleOCR block's notes (from ``### PaddleOCR notes`` to the block's end marker) of a report."""
+    start, end = md.find("### PaddleOCR notes"), md.find("<!-- /paddleocr -->")
+    return md[start:end].rstrip("\n").split("\n") + [""] if 0 <= start < end else []
+
+
+def main() -> int:
+    """``--allocation MODEL``: :func:`allocation_study` into WORK/ocr.json (the blocks of the last
+    ``compare_pruning.py --models`` run, which must be in WORK), spliced into the report."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    p.add_argument("--allocation", required=True, choices=("rec", "rec48"))
+    p.add_argument("--work", required=True, help="the folder of the compare_pruning.py --models run (ocr.json)")
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "benchmarks" / "pruning.md"))
+    args = p.parse_args()
+    work, out = Path(args.work), Path(args.out)
+    blocks = json.loads((work / "ocr.json").read_text())
+    blocks[args.allocation]["allocation"] = allocation_study(args.allocation, work, seconds=args.seconds)
+    (work / "ocr.json").write_text(json.dumps(blocks))
+    md = out.read_text()
+    line = next((x for x in md.split("\n") if x.startswith("Generated by `") and "compare_pruning.py" in x), "")
+    earlier = line[len("Generated by `"):line.rfind("` on ")] if line else "python tools/compare_pruning.py --models"
+    command = f"{earlier}; then python tools/pruning_ocr.py --allocation {args.allocation} --work WORK"
+    out.write_text(splice(md, blocks, command, _notes(md)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -90,3 +90,29 @@ def test_det_section_has_box_f1_and_its_targets() -> None:
     assert lines[1:] == ["- PaddleOCR det: least squares beats no reconstruction (map_cosine) in 1 of 1 (method, "
                          "ratio) cells.", "- PaddleOCR det: least squares beats no reconstruction (box_f1) in 1 of 1 "
                          "(method, ratio) cells."]
+
+
+def test_measured_flops_counts_every_matmul_gemm_and_conv(tmp_path) -> None:
+    """x [1, 2, 6, 6] -> Conv 3x3 (4 out, pad 1) -> Reshape [1, 144] -> Gemm (144 -> 5, transB) -> Reshape
+    [1, 1, 5] -> MatMul (5 -> 3): 2 * (4*6*6 * 2*3*3) + 2 * 5 * 144 + 2 * 3 * 5 FLOPs; the Reshape target is
+    computed (a Concat) so that shape inference alone would not know the MatMul's input shape."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+             for n, s in (("w", (4, 2, 3, 3)), ("g", (5, 144)), ("m", (5, 3)))]
+    inits += [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in
+              (("s1", [1, 144]), ("a", [1, 1]), ("b", [5]))]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Reshape", ["c", "s1"], ["r"]),
+             helper.make_node("Gemm", ["r", "g"], ["y"], transB=1),
+             helper.make_node("Concat", ["a", "b"], ["s2"], axis=0),
+             helper.make_node("Reshape", ["y", "s2"], ["y3"]),
+             helper.make_node("MatMul", ["y3", "m"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 6, 6])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = rng.standard_normal((1, 2, 6, 6)).astype(np.float32)
+    assert pruning_ocr.measured_flops(path, x) == 2 * (4 * 36 * 18) + 2 * 5 * 144 + 2 * 3 * 5

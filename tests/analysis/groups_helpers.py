@@ -74,6 +74,8 @@ def random_plan(analysis: GroupAnalysis, seed: int, layers: bool = True) -> dict
     rng = random.Random(seed)
     keep = {}
     for g in analysis.groups:
+        if set(g.exclusive) & set(keep):
+            continue  # another form of the same tensors (GQA kv-heads / query-heads): one per plan
         if g.kind == "layer":
             if layers:
                 keep[g.name] = rng.choice([[], [0]])
@@ -114,7 +116,7 @@ def zero_removed_inputs(model: ir.Model, analysis: GroupAnalysis, keep: dict[str
 
 
 def groups_of(model: ir.Model) -> GroupAnalysis:
-    return find_groups(model, ("heads", "kv-heads", "ffn", "channels", "layer"))
+    return find_groups(model, ("heads", "kv-heads", "query-heads", "ffn", "channels", "layer"))
 
 
 def constant(model: ir.Model, name: str) -> ir.Value:

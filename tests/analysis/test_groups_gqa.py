@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from graphopt import ir
 from graphopt.analysis.groups import apply_pruning, find_groups
 from graphopt.analysis.groups.dims import Dims
+from graphopt.errors import InputError
 from tests.analysis.groups_helpers import feed_for, groups_of, load, run, signature, zero_removed_inputs
 
 HD, NREP = 16, 2
@@ -129,11 +130,65 @@ def test_kv_head_fused_group_query_attention_o2() -> None:
         assert value.shape == run(before, feed)[key].shape
 
 
-def test_within_group_refused() -> None:
-    """Query heads within their KV group stay refused, with the reason."""
-    analysis = groups_of(load("llama_gqa_tiny_dynamo", "O1"))
-    reasons = [r for r in analysis.refused if r.site == "layer0.attn.kv-heads"]
-    assert len(reasons) == 1 and "query heads within their KV group" in reasons[0].reason
+def test_query_heads_within_groups_dynamo() -> None:
+    """Query head 0 of each KV group removed (heads 0 and 2 of 4), every KV head kept: n_rep 2 -> 1."""
+    before = load("llama_gqa_tiny_dynamo")
+    model = load("llama_gqa_tiny_dynamo")
+    analysis = groups_of(model)
+    g = analysis.group("layer0.attn.query-heads")
+    assert (g.kind, g.size, g.exclusive) == ("query-heads", NREP, ("layer0.attn.kv-heads",))
+    assert analysis.group("layer0.attn.kv-heads").exclusive == (g.name,)
+    apply_pruning(model, {g.name: [1]}, analysis)
+    nodes = {n.name: n for n in model.graph}
+    old = {n.name: n for n in before.graph}
+    q, k, v = (nodes[n] for n in ("node_linear", "node_linear_1", "node_linear_2"))
+    kept = np.r_[HD:2 * HD, 3 * HD:4 * HD]
+    np.testing.assert_array_equal(_const(q, 1), _const(old["node_linear"], 1)[:, kept])
+    assert _const(k, 1).shape == (64, 32) and _const(v, 1).shape == (64, 32)
+    np.testing.assert_array_equal(_const(nodes[g.consumers[0]], 1), _const(old[g.consumers[0]], 1)[kept])
+    repeat_kv = [n for n in model.graph if n.op_type == "Expand" and n.name.startswith("node_expand_")]
+    for e in repeat_kv[:2]:
+        concat = e.inputs[1].producer()
+        assert [_const(concat, i).tolist() for i in (1, 2)] == [[2], [1]]  # KV heads stay 2, n_rep 2 -> 1
+        assert _const(e.outputs[0].uses()[0].node.inputs[1].producer(), 1).tolist() == [2]  # heads 4 -> 2
+    for e in repeat_kv[2:]:
+        assert [_const(e.inputs[1].producer(), i).tolist() for i in (1, 2)] == [[2], [2]]
+
+
+@pytest.mark.parametrize(("name", "pipeline"), [("llama_gqa_tiny_ts", "O1"), ("llama_gqa_tiny_dynamo", ""),
+                                                ("llama_gqa_tiny_sdpa_dynamo", "O1"), ("llama_gqa_tiny_sdpa_ts", "O1"),
+                                                ("llama_gqa_tiny_ts", "O2"), ("llama_gqa_tiny_dynamo", "O2")])
+@pytest.mark.parametrize("keep", [[0], [1]])
+def test_query_heads_within_groups_exact(name: str, pipeline: str, keep: list[int]) -> None:
+    _exact(name, pipeline, "layer0.attn.query-heads", keep)
+    _exact(name, pipeline, "layer1.attn.query-heads", keep)
+
+
+def test_fused_query_heads_within_groups_o2() -> None:
+    model = load("llama_gqa_tiny_ts", "O2")
+    analysis = groups_of(model)
+    apply_pruning(model, {"layer1.attn.query-heads": [0]}, analysis)
+    gqa = [n for n in model.graph if n.op_type == "GroupQueryAttention"]
+    assert [(n.attributes["num_heads"].value, n.attributes["kv_num_heads"].value) for n in gqa] == [(4, 2), (2, 2)]
+
+
+def test_two_forms_exclusive() -> None:
+    """A plan may not remove units of both forms of one layer (their shape edits would not add up)."""
+    model = load("llama_gqa_tiny_dynamo", "O1")
+    analysis = groups_of(model)
+    text = ir.to_text(model)
+    with pytest.raises(InputError, match="two forms"):
+        apply_pruning(model, {"layer0.attn.kv-heads": [1], "layer0.attn.query-heads": [0]}, analysis)
+    assert ir.to_text(model) == text
+    apply_pruning(model, {"layer0.attn.kv-heads": [1], "layer1.attn.query-heads": [0]}, analysis)
+
+
+def test_query_heads_refused_on_raw_torchscript() -> None:
+    """Raw TorchScript states n_rep as arithmetic on Shape (Where-guarded Expand shape): refused, with the reason."""
+    analysis = groups_of(load("llama_gqa_tiny_ts"))
+    reasons = [r for r in analysis.refused if r.site == "layer0.attn.query-heads"]
+    assert len(reasons) == 1 and reasons[0].kind == "query-heads"
+    assert "its shape is computed at run time" in reasons[0].reason
 
 
 def _repeat_kv(expand_kv: int, opset: int = 17) -> ir.Model:

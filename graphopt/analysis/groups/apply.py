@@ -98,7 +98,8 @@ def apply_pruning(model: ir.Model, keep: Mapping[str, Sequence[int]], analysis: 
 
     Raises:
         InputError: an unknown group name, indices out of range, unsorted or
-            repeated, an empty keep list, a tensor or node of the plan missing
+            repeated, an empty keep list, units removed from two exclusive
+            groups (:attr:`CoupledGroup.exclusive`), a tensor or node of the plan missing
             or of other dims than the analysis saw, a count that would drop
             below one. Raised before anything is modified.
     """
@@ -111,6 +112,11 @@ def apply_pruning(model: ir.Model, keep: Mapping[str, Sequence[int]], analysis: 
         raise InputError(f"unknown group(s) {', '.join(unknown)}; the model's groups are: {names or 'none'}")
     removed = {name: _check_keep(by_name[name], idx, allow_empty) for name, idx in keep.items()}
     removed = {name: units for name, units in removed.items() if units}
+    for name in removed:
+        both = sorted(set(by_name[name].exclusive) & set(removed))
+        if both:
+            raise InputError(f"groups {name} and {', '.join(both)} prune the same tensors in two forms (a KV head "
+                             "with its query group, query heads within every group); remove units of one of them")
     if not removed:
         return
     graph = model.graph

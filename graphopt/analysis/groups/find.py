@@ -8,6 +8,9 @@ com.microsoft.Attention. From each seed not yet covered, :class:`.Builder`
 propagates the units to a fixpoint with the rules of :mod:`.rules`
 (DepGraph, Fang et al., CVPR 2023; Torch-Pruning's ``DependencyGraph``);
 a group that needs coarser units (a Reshape into heads) restarts with them.
+A grouped-query attention group (a KV head with its query group) is
+followed by the other form, query heads within every group, grown from
+its output projection's input (:mod:`.rules_gqa`).
 """
 
 from __future__ import annotations
@@ -122,13 +125,48 @@ def _group(name: str, kind: str, b: Builder, order: dict[ir.Node, int]) -> Coupl
                         b.consumer_inputs[consumers[0]].name or "", weights)
 
 
-def _within_groups(name: str, b: Builder, order: dict[ir.Node, int]) -> Refusal:
-    """The refusal of the other GQA form of group ``name`` (its units are KV heads with their query groups)."""
-    sites = ", ".join(f"{n.op_type} {n.name}" for n in sorted(b.repeats, key=order.get))
-    reps = ", ".join(str(r) for r in sorted(set(b.repeats.values())))
-    return Refusal(name, "heads", f"query heads within their KV group: {reps} query heads share each KV head "
-                                  f"({sites}); removing the same number from every group (n_rep -> n_rep') is not "
-                                  "implemented, a unit is a KV head with its whole group")
+def _grow_within(dims: Dims, kv_builder: Builder) -> tuple[Builder, str | None]:
+    """Query heads within their KV groups, seeded at the input of the
+    attention output projection of a KV-head group (:mod:`.rules_gqa`):
+    unit ``j`` is query head ``j`` of every KV group, ``n_rep`` units."""
+    consumer = next(iter(kv_builder.consumers))
+    value = kv_builder.consumer_inputs[consumer]
+    reps = set(kv_builder.repeats.values())
+    full = dims.of(value)
+    kv = kv_builder.size
+    if len(reps) != 1 or full is None or full[-1] is None:
+        return Builder(dims, 0), "the repeat counts of the KV heads differ or the dims are unknown"
+    n_rep = reps.pop()
+    if full[-1] % (kv * n_rep):
+        return Builder(dims, 0), f"{value.name}: {full[-1]} elements are not {kv} KV groups of {n_rep} heads"
+    hd = full[-1] // (kv * n_rep)
+    b = Builder(dims, n_rep, within=True)
+    try:
+        b.put(value, Site(len(full) - 1, hd, tuple(g * n_rep * hd for g in range(kv))))
+        b.run(rule_of)
+    except Regranulate:
+        return b, "the units would need to be coarser than one query head"
+    except Refuse as e:
+        return b, str(e)
+    if not b.producers or not b.consumers:
+        return b, "no projection with a constant weight carries the query heads"
+    return b, None
+
+
+def _within_group(groups: list[CoupledGroup], refused: list[Refusal], kv_builder: Builder,
+                  order: dict[ir.Node, int], taken: set[str]) -> None:
+    """Add the ``query-heads`` group of the ``kv-heads`` group just added
+    (``groups[-1]``), the two marked exclusive, or its refusal."""
+    kv_group = groups[-1]
+    name = unique(kv_group.name.replace(".kv-heads", ".query-heads"), taken)
+    b, reason = _grow_within(kv_builder.dims, kv_builder)
+    if reason is not None:
+        refused.append(Refusal(name, "query-heads", f"query heads within their KV group: {reason}"))
+        return
+    g = _group(name, "query-heads", b, order)
+    g.exclusive = (kv_group.name,)
+    kv_group.exclusive = (name,)
+    groups.append(g)
 
 
 def _value(b: Builder, name: str) -> ir.Value | None:
@@ -174,9 +212,10 @@ def find_groups(model: ir.Model, kinds: Collection[str] = DEFAULT_KINDS) -> Grou
             residual stream's width (normalized by LayerNorm/RMSNorm) have
             kind ``hidden`` and come with ``ffn``. Grouped-query attention
             gives kind ``heads`` groups named ``layerN.attn.kv-heads`` whose
-            unit is a KV head with its whole query group
-            (:mod:`.rules_gqa`), each with a refusal of the other form
-            (query heads within their group); no rule yields ``kv-heads``.
+            unit is a KV head with its whole query group, and with
+            ``query-heads`` asked, the other form ``layerN.attn.query-heads``
+            (query head ``j`` of every group; the two are exclusive) or its
+            refusal (:mod:`.rules_gqa`); no rule yields ``kv-heads``.
 
     Returns:
         A :class:`GroupAnalysis`; groups in the order of their first
@@ -212,8 +251,8 @@ def find_groups(model: ir.Model, kinds: Collection[str] = DEFAULT_KINDS) -> Grou
             name = unique(_name(kind, b, seed, ordinals, order), taken)
             if kind in kinds:
                 groups.append(_group(name, kind, b, order))
-                if b.repeats:
-                    refused.append(_within_groups(name, b, order))
+                if b.repeats and "query-heads" in kinds:
+                    _within_group(groups, refused, b, order, taken)
         elif (kind in kinds or (kind == "hidden" and "ffn" in kinds)) and reason not in reasons:
             reasons.add(reason)
             refused.append(Refusal(f"{seed.op_type}:{seed.name}", kind, reason))

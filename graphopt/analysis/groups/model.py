@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 __all__ = ["Slice", "ShapeEdit", "CoupledGroup", "Refusal", "GroupAnalysis", "describe", "KINDS"]
 
-KINDS = ("heads", "kv-heads", "ffn", "channels", "layer")
+KINDS = ("heads", "kv-heads", "query-heads", "ffn", "channels", "layer")
 """Every group kind :func:`graphopt.analysis.groups.find_groups` reports."""
 
 
@@ -80,7 +80,9 @@ class CoupledGroup:
         name: stable, readable: ``layer3.attn.heads``, ``layer3.attn.kv-heads``
             (grouped-query attention: a unit is a KV head with its query group), ``layer3.ffn``,
             ``conv:<node>``, ``layer3.attn`` / ``layer3.mlp`` (kind ``layer``).
-        kind: ``heads`` | ``kv-heads`` | ``ffn`` | ``channels`` | ``layer``.
+        kind: ``heads`` | ``kv-heads`` | ``query-heads`` | ``ffn`` | ``channels`` | ``layer``
+            (``query-heads``: grouped-query attention's query heads within
+            their KV group, a unit is one query head of every group).
         size: number of units (1 for a layer branch).
         slices: tensor slices removed with each unit.
         edits: shape constants and attributes decreased per removed unit.
@@ -97,6 +99,9 @@ class CoupledGroup:
             all constant elements only the branch reads).
         residual_add: kind ``layer``: the residual Add node whose branch input is dropped.
         branch_nodes: kind ``layer``: the nodes removed with the branch.
+        exclusive: groups that share this one's tensors in another form
+            (a GQA layer's ``kv-heads`` and ``query-heads``): one plan may
+            remove units of only one of them (their shape edits do not add up).
     """
 
     name: str
@@ -110,6 +115,7 @@ class CoupledGroup:
     weights_per_unit: int
     residual_add: str | None = None
     branch_nodes: tuple[str, ...] = field(default=())
+    exclusive: tuple[str, ...] = field(default=())
 
 
 @dataclass
@@ -151,7 +157,8 @@ class GroupAnalysis:
 
 def describe(analysis: GroupAnalysis, slices: bool = True) -> str:
     """A compact deterministic text of an analysis: one block per group
-    (name, kind, size, producers, consumers, consumer input, and with
+    (name, kind, size, producers, consumers, consumer input, the groups it
+    excludes, and with
     ``slices`` the slices and edits), then one line per refusal."""
     lines: list[str] = []
     for g in analysis.groups:
@@ -161,6 +168,8 @@ def describe(analysis: GroupAnalysis, slices: bool = True) -> str:
         lines.append(f"  consumer_input: {g.consumer_input}")
         if g.residual_add:
             lines.append(f"  residual_add: {g.residual_add} (branch of {len(g.branch_nodes)} nodes)")
+        if g.exclusive:
+            lines.append(f"  exclusive: {', '.join(g.exclusive)}")
         if slices:
             for s in g.slices:
                 lines.append(f"  slice {s.role} {s.tensor} axis={s.axis} start={s.start} unit={s.unit}")

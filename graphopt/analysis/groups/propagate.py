@@ -113,11 +113,14 @@ class Builder:
             node's rule lifts it (a check that needs the whole group).
         repeats: Expand node -> how many query heads share each unit
             (``n_rep`` of a GQA ``repeat_kv``, :mod:`.rules_gqa`).
+        within: the group is GQA query heads within their KV groups (unit
+            ``j``: query head ``j`` of every group; :mod:`.rules_gqa`).
     """
 
-    def __init__(self, dims: Dims, size: int) -> None:
+    def __init__(self, dims: Dims, size: int, within: bool = False) -> None:
         self.dims = dims
         self.size = size
+        self.within = within
         self.sites: dict[ir.Value, Site] = {}
         self.slices: dict[ir.Node, list[Slice]] = {}
         self.edits: dict[ir.Node, list[ShapeEdit]] = {}

@@ -19,8 +19,17 @@ and the Expand shape's ``kv`` entry.
 broadcast (the ``kv`` axis of ``repeat_kv``), editing the shape entry that
 states that axis; :func:`group_query_attention` does the same for
 onnxruntime's fused ``com.microsoft.GroupQueryAttention`` (graphopt's O2).
-Pruning query heads within their KV group (``n_rep -> n_rep'`` in every
-group) and ``Tile`` are refused with their reason.
+
+The other form, query heads within their KV groups (kind ``query-heads``,
+``n_rep -> n_rep'`` in every group, every KV head kept), is a builder in
+``within`` mode seeded at the output projection's input (unit ``j``: query
+head ``j`` of every group, sections ``g * n_rep * D``): the repeat Reshape
+maps those sections onto ``repeat_kv``'s repeat axis
+(:func:`.rules_shape.within_site`), where the Expand is a sink whose repeat
+entry decreases (the copies are identical); the fused op's ``num_heads``
+decreases by ``kv_num_heads`` per unit. Both forms share every tensor, so a
+plan removes units of one of them only (:attr:`CoupledGroup.exclusive`).
+``Tile`` is refused.
 """
 
 from __future__ import annotations
@@ -71,6 +80,9 @@ def expand(b: Builder, node: ir.Node) -> None:
     off = rank_of(b, y) - rank_of(b, x)
     axis_y = sy.axis if sy is not None else sx.axis + off
     axis_x = axis_y - off
+    if b.within and sy is not None and sx is None and (axis_x < 0 or dim_of(b, x, axis_x) == 1):
+        _repeats_sink(b, node, sy)
+        return
     if axis_x < 0 or dim_of(b, x, axis_x) != dim_of(b, y, axis_y):
         raise Refuse(f"Expand {node.name} tiles the units: it broadcasts their axis {axis_y} from 1")
     if ir.is_constant(x):
@@ -90,6 +102,44 @@ def expand(b: Builder, node: ir.Node) -> None:
     if repeats > 1:
         b.tags.add("gqa")
         b.repeats[node] = repeats
+
+
+def _repeats_sink(b: Builder, node: ir.Node, sy: Site) -> None:
+    """Query heads within their KV groups reach ``repeat_kv``'s repeat axis:
+    its copies are identical, so removing units only lowers the repeat count
+    (the shape entry), and nothing reaches the input."""
+    shape, y = node.inputs[1], node.outputs[0]
+    lengths = b.dims.of(shape)
+    if lengths is None or len(lengths) != 1 or lengths[0] is None:
+        raise Refuse(f"Expand {node.name}: the length of its shape input is unknown")
+    index = sy.axis - (rank_of(b, y) - lengths[0])
+    if index < 0:
+        raise Refuse(f"Expand {node.name}: its shape does not state the repeat axis")
+    entry_edit(b, node, shape, index, sy.unit * len(sy.starts), copies=False, keep=())
+    b.tags.add("gqa")
+    b.repeats[node] = dim_of(b, y, sy.axis)
+
+
+def _within(b: Builder, node: ir.Node, q: ir.Value, k: ir.Value, v: ir.Value, heads: int, kv: int, hd: int) -> None:
+    """GroupQueryAttention with query heads removed within their KV groups:
+    the query/output sections start at ``g * n_rep * D`` for every KV head
+    ``g``; ``num_heads`` decreases by ``kv_num_heads`` per removed unit."""
+    y, n_rep = node.outputs[0], heads // kv
+    where = f"GroupQueryAttention {node.name}"
+    if b.site(k) is not None or b.site(v) is not None:
+        raise Refuse(f"{where}: query heads within their groups reach the key/value inputs")
+    s = b.site(q) or b.site(y)
+    if s is None:
+        return
+    off = s.starts[0]
+    if (s.axis != 2 or s.units or s.unit % hd or s.starts != tuple(g * n_rep * hd + off for g in range(kv))
+            or off % hd or off + b.size * s.unit > n_rep * hd):
+        raise Refuse(f"{where}: the units are not the same query heads of every KV group")
+    b.put(q, s)
+    b.put(y, s)
+    b.edit(node, ShapeEdit(node.name or "", "num_heads", 0, kv * s.unit // hd))
+    b.tags.add("gqa")
+    b.repeats[node] = n_rep
 
 
 def group_query_attention(b: Builder, node: ir.Node) -> None:
@@ -135,6 +185,9 @@ def group_query_attention(b: Builder, node: ir.Node) -> None:
     n_rep = heads // kv
     if dim_of(b, k, 2) != kv * hd or dim_of(b, v, 2) != kv * hd:
         raise Refuse(f"{where}: key/value widths are not kv_num_heads x head_size")
+    if b.within:
+        _within(b, node, q, k, v, heads, kv, hd)
+        return
     big = next((b.site(t) for t in (q, y) if b.site(t) is not None), None)
     small = next((b.site(t) for t in (k, v) if b.site(t) is not None), None)
     s = big or small

@@ -20,7 +20,7 @@ from graphopt.analysis.groups.propagate import Builder, Refuse, Regranulate, Sit
 from graphopt.analysis.groups.rules import RULES, attr_int, attr_ints, const_ints, const_target, norm
 from graphopt.analysis.groups.shape_entries import check_entries, shape_terminals
 
-__all__ = ["map_site", "reshape", "shape", "own_dim", "entry_edit"]
+__all__ = ["map_site", "within_site", "reshape", "shape", "own_dim", "entry_edit"]
 
 
 def _trailing(dims: tuple[int, ...], first: int, product: int) -> bool:
@@ -68,6 +68,31 @@ def map_site(din: tuple[int, ...], dout: tuple[int, ...], site: Site, where: str
         inner = dout[b] // din[a]
         return Site(b, site.unit * inner, tuple(s * inner for s in site.starts))
     raise Refuse(f"{where}: the channel axis is mixed with others")
+
+
+def within_site(src: tuple[int, ...], dst: tuple[int, ...], site: Site, size: int) -> Site | None:
+    """A reshape's other side for units that sit at the same offset in every
+    block of an axis (GQA query heads within their KV groups,
+    :mod:`.rules_gqa`): a merged axis of ``outer * inner`` whose sections
+    start at ``g * inner + off`` for every ``g`` maps to the ``inner`` axis
+    of the split side (one section at ``off``), and back. None when
+    ``src -> dst`` is not such a split or merge of the site's axis."""
+    a = site.axis
+    if site.units:
+        return None
+    for b in range(len(dst) - 1):  # src axis a splits into dst axes (b, b+1) = (outer, inner)
+        outer, inner = dst[b], dst[b + 1]
+        if math.prod(dst[:b]) != math.prod(src[:a]) or outer * inner != src[a] or outer < 2 or inner < 2:
+            continue
+        off = site.starts[0]
+        if site.starts == tuple(g * inner + off for g in range(outer)) and off + size * site.unit <= inner:
+            return Site(b + 1, site.unit, (off,))
+    if a >= 1 and len(site.starts) == 1:  # src axes (a-1, a) = (outer, inner) merge into one dst axis
+        outer, inner = src[a - 1], src[a]
+        for b in range(len(dst)):
+            if math.prod(dst[:b]) == math.prod(src[:a - 1]) and dst[b] == outer * inner and outer >= 2:
+                return Site(b, site.unit, tuple(g * inner + site.starts[0] for g in range(outer)))
+    return None
 
 
 _DIM_PATH = ("Slice", "Squeeze", "Unsqueeze", "Cast", "Gather")
@@ -158,6 +183,7 @@ def entry_edit(b: Builder, node: ir.Node, target: ir.Value, index: int, per_unit
     ``repeat_kv`` whose KV heads and repeats are both 2), and only this one
     changes."""
     op = f"{node.op_type} {node.name}"
+    noun = "target" if node.op_type == "Reshape" else "shape"
     if check_entries(b, node, target, index, per_unit):
         return  # the entry reads the units' own count at run time (TorchScript's shape arithmetic)
     reader = node
@@ -166,18 +192,18 @@ def entry_edit(b: Builder, node: ir.Node, target: ir.Value, index: int, per_unit
     if not ir.is_constant(value):
         producer = value.producer()
         if producer is None or producer.op_type != "Concat":
-            raise Refuse(f"{op}: its target is computed at run time")
+            raise Refuse(f"{op}: its {noun} is computed at run time")
         offset = 0
         for k, piece in enumerate(producer.inputs):
             dims = b.dims.of(piece)
             n = dims[0] if dims and len(dims) == 1 and dims[0] is not None else None
             if n is None:
-                raise Refuse(f"{op}: a piece of its target has unknown length")
+                raise Refuse(f"{op}: a piece of its {noun} has unknown length")
             if offset <= index < offset + n:
                 break
             offset += n
         else:
-            raise Refuse(f"{op}: its target is shorter than its output's rank")
+            raise Refuse(f"{op}: its {noun} is shorter than its output's rank")
         reader, value, index = producer, piece, index - offset
         path = (producer.name or "", f"{node.name or ''}#{k}")
         if not ir.is_constant(value):
@@ -190,10 +216,10 @@ def entry_edit(b: Builder, node: ir.Node, target: ir.Value, index: int, per_unit
                 reader, value, index = inner, inner.inputs[0], 0
                 path = None
             else:
-                raise Refuse(f"{op}: the target entry of the channel axis is computed at run time")
+                raise Refuse(f"{op}: the {noun} entry of the channel axis is computed at run time")
     entries = const_ints(value)
     if entries is None or index >= len(entries):
-        raise Refuse(f"{op}: its target is not readable")
+        raise Refuse(f"{op}: its {noun} is not readable")
     entry = entries[index]
     if entry in keep:
         return
@@ -226,13 +252,17 @@ def reshape(b: Builder, node: ir.Node) -> None:
     if din is None or dout is None or None in din or None in dout:
         raise Refuse(f"Reshape {node.name}: its input or output dims are unknown")
     where = f"Reshape {node.name}"
+
+    def across(src: tuple[int, ...], dst: tuple[int, ...], s: Site) -> Site:
+        return (b.within and within_site(src, dst, s, b.size)) or map_site(src, dst, s, where)
+
     sx = b.site(x)
     if sx is not None:
-        b.put(y, map_site(din, dout, sx, where))
+        b.put(y, across(din, dout, sx))
     sy = b.site(y)
     if sy is not None:
-        b.put_or_slice(node, x, map_site(dout, din, sy, where))
-    sx, sy = b.site(x) or map_site(dout, din, sy, where), b.site(y)
+        b.put_or_slice(node, x, across(dout, din, sy))
+    sx, sy = b.site(x) or across(dout, din, sy), b.site(y)
     if dout[sy.axis] != din[sx.axis]:
         b.tags.add("heads")
     entry_edit(b, node, target, sy.axis, sy.unit * len(sy.starts), copies=sx.axis == sy.axis and sx.unit == sy.unit)

@@ -266,3 +266,26 @@ def test_kv_head_unit_flops(name: str, pipeline: str) -> None:
     assert plan.group.weights_per_unit == weights
     assert plan.unit_flops == 2 * weights + 4 * 128 * HD * NREP
     assert plan.step == 1 and plan.rows[plan.group.consumers[0]].shape == (2, NREP * HD)
+
+
+def test_shape_entry_reading_the_units_elsewhere_refused() -> None:
+    """An Expand whose shape reads the channel count at run time into another entry (its
+    output's axis 0) would change shape when pruned: refused, naming the entry."""
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]),
+             helper.make_node("Shape", ["h"], ["s"]),
+             helper.make_node("Gather", ["s", "two"], ["c"], axis=0),
+             helper.make_node("Unsqueeze", ["c", "zero"], ["c1"]),
+             helper.make_node("Concat", ["c1", "b2", "s5", "c1"], ["shape"], axis=0),
+             helper.make_node("Expand", ["h", "shape"], ["e"]),
+             helper.make_node("ReduceSum", ["e", "zero"], ["r"], keepdims=0),
+             helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    rng = np.random.default_rng(0)
+    inits = {"w1": rng.standard_normal((8, 8)).astype(np.float32), "two": np.array(2), "zero": np.array([0]),
+             "b2": np.array([2]), "s5": np.array([5]), "w2": rng.standard_normal((8, 8)).astype(np.float32)}
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 8])],
+                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    m = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10))
+    analysis = find_groups(m)
+    assert not analysis.groups
+    assert analysis.refused[0].reason == "Expand Expand_5: entry 0 of its shape reads the channel count of h at run time"

@@ -6,12 +6,14 @@ dims (``unk__10``) prove neither, so ONNX shape inference runs once more
 with the graph inputs' symbolic dims bound to sample sizes (batch 3, image
 dims 224/160, other dims distinct primes) and data propagation on, which
 resolves the mask and shape arithmetic of both torch exporters. Initializers
-over 1 KiB are handed to inference as typed inputs, without their bytes.
+over 1 KiB, and external ones, are handed to inference as typed inputs,
+without their bytes (a model over protobuf's 2 GiB works too).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import onnx
 
@@ -57,10 +59,14 @@ def concrete_dims(model: ir.Model, types: dict[str, int] | None = None) -> dict[
     initializers' and inputs' dims only. ``types``, when given, receives
     the inferred element type (``onnx.TensorProto`` code) of each value.
     """
-    proto = ir.to_proto(model)
+    proto = ir.to_proto(model, inline_external=False)  # weights stay where they are (a model over 2 GiB too)
+
+    def large(t: onnx.TensorProto) -> bool:
+        return t.data_location == onnx.TensorProto.EXTERNAL or len(t.raw_data) > 1024 or t.ByteSize() > 1200
+
     graph = proto.graph
-    big = [t for t in graph.initializer if len(t.raw_data) > 1024 or t.ByteSize() > 1200]
-    keep = [t for t in graph.initializer if not (len(t.raw_data) > 1024 or t.ByteSize() > 1200)]
+    big = [t for t in graph.initializer if large(t)]
+    keep = [t for t in graph.initializer if not large(t)]
     dims: dict[str, tuple[int | None, ...]] = {}
     for t in graph.initializer:
         dims[t.name] = tuple(int(d) for d in t.dims)
@@ -138,12 +144,19 @@ class Dims:
 
 def _run_shapes(model: ir.Model, types: dict[str, int]) -> dict[str, tuple[int, ...]]:
     """Run the main graph once in onnxruntime, every node output fetched;
-    name -> the shape it had."""
+    name -> the shape it had. A model over 2 GiB goes without its weights,
+    which onnxruntime reads from their files."""
     import onnxruntime as ort
 
+    from graphopt.errors import SaveError
     from graphopt.verify.inputs import generate_inputs, model_dim_names
 
-    proto = ir.to_proto(model)
+    try:
+        proto = ir.to_proto(model)
+        folder = None
+    except SaveError:  # over 2 GiB: onnxruntime reads the weights from their own files
+        proto = ir.to_proto(model, inline_external=False)
+        folder = _weights_folder(model)
     bound = onnx.ModelProto()
     bound.CopyFrom(proto.graph.input and onnx.helper.make_model(onnx.helper.make_graph(
         [], "inputs", list(proto.graph.input), [])) or proto)
@@ -165,7 +178,18 @@ def _run_shapes(model: ir.Model, types: dict[str, int]) -> dict[str, tuple[int, 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
+    if folder is not None:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
     session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names_out = [o.name for o in session.get_outputs()]
     results = session.run(names_out, feed)
     return {name: tuple(int(d) for d in getattr(r, "shape", ())) for name, r in zip(names_out, results)}
+
+
+def _weights_folder(model: ir.Model) -> str | None:
+    """The folder the external data files of ``model`` are relative to (None: no external data)."""
+    for value in model.graph.initializers.values():
+        base = getattr(value.const_value, "base_dir", None)
+        if base:
+            return os.path.abspath(base)
+    return None

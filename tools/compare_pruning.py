@@ -15,6 +15,8 @@ nodes, none in these exports). Stacked: prune -> O2 -> ``graphopt quantize`` (IN
 
     .venv/bin/python tools/compare_pruning.py [--exports ts,dynamo] [--seconds 6]
     .venv/bin/python tools/compare_pruning.py --extra      # allocation variants and the 0.8 ratio (ts)
+    .venv/bin/python tools/compare_pruning.py --work DIR --worker ts sensitivity   # one export's sweep of other
+                     methods (any of graphopt.passes.pruning.scoring.METHODS, e.g. sensitivity) into DIR/ts.json
     .venv/bin/python tools/compare_pruning.py --rewrite "COMMAND" [--notes notes.md]   # the report from WORK
     .venv/bin/python tools/compare_pruning.py --models det,rec [--ocr-methods wanda,flap]   # PaddleOCR sections
                      (tools/pruning_ocr.py), spliced into the existing report: the MiniLM rows stay as they are

@@ -1,6 +1,7 @@
-"""``graphopt prune``: structured pruning of attention heads, FFN neurons and conv channels (magnitude, Wanda, FLAP;
-uniform, global or error-driven allocation), least-squares reconstruction, with an accuracy report against the
-original; or whole layers (``--kinds layers``, ``--layers N`` or ``--ratio``) lowest ShortGPT Block Influence first.
+"""``graphopt prune``: structured pruning of attention heads, FFN neurons and conv channels (magnitude, Wanda, FLAP,
+output sensitivity; uniform, global or error-driven allocation), least-squares reconstruction, with an accuracy
+report against the original; or whole layers (``--kinds layers``, ``--layers N`` or ``--ratio``) lowest ShortGPT
+Block Influence first.
 
 Conventions as ``graphopt quantize``: options and calibration data are checked before anything is written (exit
 2 with a message), the output is written atomically after it passes onnx.checker and runs in onnxruntime, and
@@ -168,8 +169,11 @@ def add_parsers(sub: Any) -> None:
     how.add_argument("--budget", metavar="METRIC=VALUE", help=(
         "the smallest ratio whose METRIC (cosine, argmax, rank-fidelity) on the --eval (else calibration) data "
         "stays >= VALUE; exit 1, nothing written, when even the mildest misses"))
-    p.add_argument("--method", choices=("magnitude", "wanda", "flap"), default="wanda",
-                   help="unit importance (default wanda)")
+    p.add_argument("--method", choices=("magnitude", "wanda", "flap", "sensitivity", "ablation"), default="wanda",
+                   help=("unit importance (default wanda); sensitivity: the block output's change with the unit "
+                         "removed, ||X_u W_u||^2 from the consumer input's Gram; ablation: the model outputs' "
+                         "change (1 - cos) with each head masked, one run per head on the first 16 calibration "
+                         "batches (FFN neurons as sensitivity)"))
     p.add_argument("--kinds", metavar="K[,K]", help="group kinds to prune: heads, ffn, channels (default: all the "
                    "model has), or layers alone (whole layers; not mixed with the others: prune twice)")
     p.add_argument("--allocation", choices=("uniform", "global", "error"), default="uniform", help=(

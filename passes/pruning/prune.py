@@ -3,11 +3,12 @@ with least-squares reconstruction; the result is a dense, smaller model.
 
 Steps (:func:`prune`): the coupled groups (:func:`graphopt.analysis.groups.find_groups`, DepGraph on ONNX);
 the sites and unit costs (:mod:`.plan`); one :func:`~graphopt.calibrate.stats.collect_stats` call for every
-consumer input (per-channel norms and variances, Grams where least squares or the ``error`` allocation reads
-them; cached in the context); unit scores (:mod:`.scoring`: magnitude, Wanda, FLAP); kept counts per group for
-the target ratio of block FLOPs (:mod:`.allocation`: uniform, FLAP's standardized global, or by measured output
-error per FLOP); :func:`~graphopt.analysis.groups.apply_pruning`; the consumers refitted (:mod:`.refit`:
-least squares, bias compensation, none). With an accuracy budget the ratio is searched on the evaluation data
+consumer input (per-channel norms and variances, Grams where least squares, the ``error`` allocation or the
+sensitivity scores read them; cached in the context); unit scores (:mod:`.scoring`: magnitude, Wanda, FLAP,
+output sensitivity, ablation); kept counts per group for the target ratio of block FLOPs (:mod:`.allocation`:
+uniform, FLAP's standardized global, or by measured output error per FLOP);
+:func:`~graphopt.analysis.groups.apply_pruning`; the consumers refitted (:mod:`.refit`: least squares, bias
+compensation, none). With an accuracy budget the ratio is searched on the evaluation data
 (:mod:`.budget`). The report is stored as JSON in the model's metadata under :data:`METADATA_KEY`.
 
 Whole layers (``kinds=("layers",)``, :mod:`.layers`): the layers of lowest ShortGPT Block Influence (Men et al.
@@ -64,7 +65,10 @@ class PruneOptions:
                                                                 "alone (whole layers by Block Influence)"})
     layers: int = field(default=0, metadata={"doc": "whole layers to remove, lowest Block Influence first "
                                                     "(implies kinds=layers; 0: use ratio)"})
-    method: str = field(default="wanda", metadata={"doc": "unit importance: magnitude, wanda or flap"})
+    method: str = field(default="wanda", metadata={"doc": "unit importance: magnitude, wanda, flap, sensitivity "
+                                                          "(the block output's change with the unit removed, "
+                                                          "from the consumer's Gram) or ablation (the model "
+                                                          "outputs' change with each head masked)"})
     allocation: str = field(default="uniform", metadata={"doc": "uniform, global (FLAP's standardized) or error "
                                                                 "(output error per FLOP saved)"})
     align: int = field(default=8, metadata={"doc": "kept neurons/channels are multiples of this; heads stay whole"})
@@ -201,7 +205,8 @@ def prune(model: ir.Model, options: PruneOptions | None = None, calibration: Any
         options: :class:`PruneOptions` (a ``ratio`` in (0, 1), or ``budget``; with ``kinds=("layers",)`` also
             ``layers=N``).
         calibration: batches of model inputs (a :class:`~graphopt.calibrate.data.CalibrationData`); needed by
-            wanda, flap, least squares, bias compensation, the error allocation and whole layers (Block Influence).
+            every method but magnitude, least squares, bias compensation, the error allocation and whole layers
+            (Block Influence).
         evaluation: held-out batches the budget is searched on (default: the calibration data).
         budget: ``{"cosine" | "argmax" | "rank-fidelity": threshold}`` or ``{"metric": fn, "threshold": t}``.
         cache: a :class:`~graphopt.calibrate.stats.StatsCache`.
@@ -252,9 +257,11 @@ def prune(model: ir.Model, options: PruneOptions | None = None, calibration: Any
         raise InputError(f"method {opts.method} with reconstruction {opts.reconstruction} and allocation "
                          f"{opts.allocation} needs calibration data (graphopt prune --calib PATH, or "
                          "PassContext(calibration=...)); only magnitude without reconstruction runs without")
-    gram = opts.reconstruction == "least-squares" or opts.allocation == "error"
+    gram = opts.reconstruction == "least-squares" or opts.allocation == "error" or \
+        opts.method in ("sensitivity", "ablation")
     stats = _stats(model, sites, plans, gram, calibration, cache, opts.mask, progress) if needs_data else {}
-    score_groups(plans, sites, stats, opts.method, model)
+    score_groups(plans, sites, stats, opts.method, model, calibration=calibration, mask=opts.mask or None,
+                 progress=progress)
     memo: dict[str, tuple[list[int], list[float]]] = {}
 
     def curves() -> dict[str, tuple[list[int], list[float]]]:
@@ -363,7 +370,8 @@ def _prune_layers(model: ir.Model, opts: PruneOptions, report: PruneReport, cali
 
 @register_pass("prune")
 class Prune(Pass):
-    """Structured pruning of attention heads, FFN neurons and conv channels (magnitude, Wanda or FLAP scores;
+    """Structured pruning of attention heads, FFN neurons and conv channels (magnitude, Wanda, FLAP, output
+    sensitivity or ablation scores;
     uniform, global or error-driven allocation), with least-squares reconstruction of the consumers; or of whole
     layers (``kinds=layers``), lowest ShortGPT Block Influence first.
 

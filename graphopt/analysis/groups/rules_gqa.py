@@ -63,11 +63,14 @@ def expand(b: Builder, node: ir.Node) -> None:
     read from ``x``'s own dims at run time needs nothing).
 
     Source: HF LLaMA's ``repeat_kv`` (see the module doc), where the axis is
-    ``num_kv_heads`` and the repeat ``n_rep`` is on the next axis.
+    ``num_kv_heads`` and the repeat ``n_rep`` is on the next axis. For query
+    heads within their groups (``b.within``) an Expand that broadcasts the
+    units' axis from 1 is a sink: its copies are identical, and only the
+    repeat entry of its shape decreases.
 
     Raises:
         Refuse: the units reach the shape input; the axis is broadcast from
-            1 (the Expand would tile the units); ``x`` is a constant (ViT's
+            1 outside ``within`` mode (the Expand would tile the units); ``x`` is a constant (ViT's
             class token, broadcast over the batch: slicing it is not
             implemented); the shape entry is computed at run time.
     """

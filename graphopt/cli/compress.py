@@ -357,9 +357,9 @@ def add_parsers(sub: Any) -> None:
 
     p = sub.add_parser("compress", help="pruning, low-rank and INT8 searched together under one accuracy budget "
                        "(pipeline O3), latency measured on this machine")
-    lossy.add_data_options(p, "scores from random inputs mean little")
-    p.add_argument("--test", metavar="PATH", help="held-out inputs for the reported figure (default: the second "
-                   "half of --eval; the search then sees the first half)")
+    lossy.add_data_options(p, "scores from random inputs mean little", test_note=(
+        "held-out inputs for the reported figure (default: the second half of --eval; the search then sees the "
+        "first half)"))
     goal = p.add_mutually_exclusive_group(required=True)
     goal.add_argument("--budget", metavar="METRIC=VALUE", help=(
         "the fastest model whose METRIC (cosine, argmax, rank-fidelity; or VALUE with --metric) holds on the "

@@ -79,6 +79,7 @@ def cmd_factorize(args: argparse.Namespace) -> int:
     proto = ir.load_proto(args.input)  # LoadError (exit 2) for a missing or unreadable file
     calibration = lossy.read_calibration(args, proto)
     evaluation = lossy.evaluation_batches(args, proto, REPORT_BATCHES)
+    held = lossy.test_batches(args, proto, REPORT_BATCHES)
     options = FactorizeOptions(method=args.method, refit=args.refit, params=args.params or 0.0,
                                flops=args.flops or 0.0, energy=args.energy or 0.0, rank=args.rank or 0,
                                align=args.align,
@@ -91,11 +92,12 @@ def cmd_factorize(args: argparse.Namespace) -> int:
     report = factorize(model, options, calibration, evaluation=evaluation, budget=budget,
                        progress=want_progress(args))
     lossy.check_budget_met(report.budget, "params", "factorization")
-    batches = lossy.report_batches(args, proto, calibration, evaluation, REPORT_BATCHES)
+    batches = held or lossy.report_batches(args, proto, calibration, evaluation, REPORT_BATCHES)
     saved, accuracy, rank_fidelity = lossy.save_checked(model, args, batches)
     seconds = time.perf_counter() - start
     doc = {"input": args.input, "output": str(saved.path), "seconds": seconds, **report.to_dict(),
-           "accuracy": lossy.accuracy_doc(accuracy, rank_fidelity, evaluation, batches)}
+           "accuracy": lossy.accuracy_doc(accuracy, rank_fidelity, evaluation, batches, test=bool(args.test),
+                                          searched=budget is not None)}
     lossy.show_result(args, doc, "factorize", lambda: _table(report, doc["accuracy"], seconds), f"wrote {saved.path}")
     return 0
 

@@ -22,7 +22,7 @@ from graphopt.errors import InputError, VerificationError
 
 __all__ = ["accuracy_doc", "accuracy_line", "add_data_options", "add_output_options", "calibration_data",
            "check_budget_met", "check_report", "evaluation_batches", "first_batches", "generated_data",
-           "parse_budget", "rank_fidelity_of", "read_calibration", "report_batches", "save_checked",
+           "parse_budget", "rank_fidelity_of", "read_calibration", "report_batches", "save_checked", "test_batches",
            "show_result"]
 
 
@@ -55,10 +55,10 @@ def parse_budget(text: str | None, *, example: str, metrics: Sequence[str] | Non
     return {key.strip(): number}
 
 
-def add_data_options(p: argparse.ArgumentParser, calib_note: str) -> None:
+def add_data_options(p: argparse.ArgumentParser, calib_note: str, test_note: str = "") -> None:
     """The model and data options of ``prune`` and ``factorize``: ``input``, ``-o/--output``, ``--calib``
-    (``calib_note``: what generated inputs are for), ``--calib-count``, ``--calib-limit``, ``--batch-size`` and
-    ``--eval``."""
+    (``calib_note``: what generated inputs are for), ``--calib-count``, ``--calib-limit``, ``--batch-size``,
+    ``--eval`` and ``--test`` (``test_note``: its help, default the report's held-out figure)."""
     p.add_argument("input", help="input .onnx model (never modified)")
     p.add_argument("-o", "--output", required=True, help="output .onnx path (written atomically)")
     p.add_argument("--calib", metavar="PATH|generate", help=(
@@ -68,6 +68,9 @@ def add_data_options(p: argparse.ArgumentParser, calib_note: str) -> None:
     p.add_argument("--calib-limit", type=int, help="use at most this many calibration samples")
     p.add_argument("--batch-size", type=int, default=1, help="samples per onnxruntime run (default 1)")
     p.add_argument("--eval", metavar="PATH", help="held-out inputs for the accuracy report and the --budget search")
+    p.add_argument("--test", metavar="PATH", help=test_note or (
+        "held-out inputs no search sees: the accuracy report's figures (default: the --eval inputs, which --budget "
+        "also searches on)"))
 
 
 def add_output_options(p: argparse.ArgumentParser, report_shows: str) -> None:
@@ -118,13 +121,27 @@ def check_budget_met(budget: dict[str, Any] | None, key: str, what: str) -> None
 
 def report_batches(args: argparse.Namespace, proto: onnx.ModelProto, calibration: Any,
                    evaluation: list[dict] | None, count: int) -> list[dict]:
-    """The batches the accuracy report compares on: the evaluation batches, else the first ``count`` of the
-    calibration data, else two generated samples."""
+    """The batches the accuracy report compares on when there is no ``--test``: the evaluation batches, else the
+    first ``count`` of the calibration data, else two generated samples."""
     if evaluation is not None:
         return evaluation
     if calibration is not None:
         return first_batches(calibration, count)
     return first_batches(generated_data(args, proto, 2, 1000), 2)
+
+
+def test_batches(args: argparse.Namespace, proto: onnx.ModelProto, count: int) -> list[dict] | None:
+    """The first ``count`` batches of ``--test`` (held-out inputs no search sees; read before any work so that bad
+    data fails fast), None without it.
+
+    Raises:
+        InputError: ``--test`` data that is missing, unreadable or does not match the model's inputs.
+    """
+    if not getattr(args, "test", None):
+        return None
+    from graphopt.calibrate.data import CalibrationData
+
+    return first_batches(CalibrationData.from_path(args.test, proto, batch_size=args.batch_size), count)
 
 
 def rank_fidelity_of(reference: str, path: str, batches: list[dict]) -> float | None:
@@ -158,9 +175,12 @@ def save_checked(model: Any, args: argparse.Namespace, batches: list[dict]) -> t
 
 
 def accuracy_doc(accuracy: Any, rank_fidelity: float | None, evaluation: list[dict] | None,
-                 batches: list[dict]) -> dict[str, Any]:
-    """The ``"accuracy"`` entry of the ``--json`` document."""
-    return {"data": "evaluation" if evaluation is not None else "calibration", "batches": len(batches),
+                 batches: list[dict], *, test: bool = False, searched: bool = False) -> dict[str, Any]:
+    """The ``"accuracy"`` entry of the ``--json`` document: ``data`` is ``held-out`` (``test``: the ``--test``
+    inputs), ``evaluation`` or ``calibration``; ``searched`` says that a ``--budget`` search chose the result on
+    those same batches (so the figure is not held out)."""
+    data = "held-out" if test else "evaluation" if evaluation is not None else "calibration"
+    return {"data": data, "searched": bool(searched and not test), "batches": len(batches),
             "cosine": accuracy.cosine, "rank_fidelity": rank_fidelity,
             "outputs": [o.__dict__ for o in accuracy.outputs]}
 
@@ -169,7 +189,9 @@ def accuracy_line(accuracy: dict[str, Any]) -> str:
     """The table's accuracy row of an :func:`accuracy_doc`."""
     rf = accuracy["rank_fidelity"]
     return (f"on {accuracy['batches']} {accuracy['data']} batches: output cosine {accuracy['cosine']:.6f}"
-            + (f", rank fidelity {rf:.4f}" if rf is not None else ""))
+            + (f", rank fidelity {rf:.4f}" if rf is not None else "")
+            + (" (the --budget search chose on these batches; give --test PATH for a held-out figure)"
+               if accuracy.get("searched") else ""))
 
 
 def show_result(args: argparse.Namespace, doc: dict[str, Any], kind: str, table: Callable[[], Any],

@@ -81,18 +81,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
     proto = ir.load_proto(args.input)  # LoadError (exit 2) for a missing or unreadable file
     calibration = lossy.read_calibration(args, proto)
     evaluation = lossy.evaluation_batches(args, proto, REPORT_BATCHES)
+    held = lossy.test_batches(args, proto, 64)
     model = ir.load(args.input)
     dims = getattr(args.request, "dims", None) or None
     params0, flops0 = _flops(model, dims)
     report = prune(model, options, calibration, evaluation=evaluation, budget=budget, progress=want_progress(args))
     lossy.check_budget_met(report.budget, "ratio", "pruning")
-    batches = lossy.report_batches(args, proto, calibration, evaluation, 64)
+    batches = held or lossy.report_batches(args, proto, calibration, evaluation, 64)
     saved, accuracy, rank_fidelity = lossy.save_checked(model, args, batches)
     params1, flops1 = _flops(model, dims)
     seconds = time.perf_counter() - start
     doc = {"input": args.input, "output": str(saved.path), "seconds": seconds, **report.to_dict(),
            "params_before": params0, "params_after": params1, "flops_before": flops0, "flops_after": flops1,
-           "accuracy": lossy.accuracy_doc(accuracy, rank_fidelity, evaluation, batches)}
+           "accuracy": lossy.accuracy_doc(accuracy, rank_fidelity, evaluation, batches, test=held is not None,
+                                          searched=budget is not None)}
     if report.whole_layers:
         doc["layer_tables"] = [_layers_table(doc["whole_layers"])]
     lossy.show_result(args, doc, "prune", lambda: _table(report, doc),

@@ -17,7 +17,7 @@ from graphopt import ir
 from graphopt.analysis import model_stats
 from graphopt.cli import lossy
 from graphopt.cli.common import Progress, add_dim_options, stdout, want_progress
-from graphopt.cli.lossy import evaluation_batches, first_batches, generated_data
+from graphopt.cli.lossy import evaluation_batches, first_batches, generated_data, test_batches
 from graphopt.errors import InputError, PassError, SaveError, VerificationError
 from graphopt.passmanager import PROVIDERS, TARGETS, PassContext, PassManager, Pipeline, Reproducer
 from graphopt.passmanager.pipeline import INT8_FUSION
@@ -112,6 +112,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.provider is not None:
         config["ort.provider"] = args.provider
     evaluation = evaluation_batches(args, proto, REPORT_BATCHES) if budget else None
+    held = test_batches(args, proto, REPORT_BATCHES)
     ctx = PassContext(target=args.target, config=config, calibration=calibration, accuracy_budget=budget,
                       evaluation=evaluation, instruments=instruments)
     result = PassManager(pipeline, ctx).run(model)
@@ -120,15 +121,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     def check(path: Path) -> None:
         batches = _report_batches(calibration, proto, args)
-        report = accuracy_report(args.input, path, batches)
+        report = accuracy_report(args.input, path, held or batches)
         report.sqnr_db = {k: float(v) for k, v in record.get("sqnr_db", {}).items()}
         box["report"] = report
         if not budget:
             return
         metric, threshold = next(iter(budget.items()))
         # The budget holds on the data it was searched on (--eval, else the calibration batches), now with the
-        # integer kernels of the model as written.
-        score = _budget_score(report, metric)
+        # integer kernels of the model as written; with --test the report's figures are the held-out ones.
+        score = _budget_score(report if held is None else accuracy_report(args.input, path, batches), metric)
         box["budget"] = {"metric": metric, "threshold": threshold, "data": "evaluation" if args.eval else "calibration",
                          "score": score}
         if score < threshold:
@@ -159,7 +160,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     doc = {"input": args.input, "output": str(saved.path), "pipeline": spec, "target": args.target, "seconds": seconds,
            "kept_float": kept, "budget": box.get("budget"), "passes": result.report.to_dict()["passes"],
-           "before": before.to_dict(), "after": model_stats(result.model).to_dict(), **report.to_dict()}
+           "before": before.to_dict(), "after": model_stats(result.model).to_dict(), **report.to_dict(),
+           "report_data": "held-out" if held is not None else "evaluation" if args.eval else "calibration"}
     if args.report:
         from graphopt.report import write_report
 
@@ -266,6 +268,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="calibration samples per onnxruntime run (default 1)")
     p.add_argument("--eval", metavar="PATH", help=(
         "held-out inputs for the accuracy report and for the --budget search (default: calibration data)"))
+    p.add_argument("--test", metavar="PATH", help=(
+        "held-out inputs no search sees: the accuracy report's figures (default: the --eval inputs, else the "
+        "calibration data); --budget is still checked on --eval"))
     p.add_argument("--method", choices=("minmax", "percentile", "entropy", "mse"), default="minmax",
                    help="activation range calibration (default minmax)")
     p.add_argument("--percentile", type=float, help="percentile kept by --method percentile (default 99.999)")

@@ -177,3 +177,26 @@ def test_report_equals_json_and_bad_report_path(files, tmp_path, capsys):
                               "--no-speed-guard", "--report", tmp_path)
     assert code == 2 and "is a folder" in flat(stderr)
     assert not out.exists()
+
+
+def test_test_inputs_give_the_held_out_figure(files, tmp_path, capsys):
+    """--budget searches the --eval inputs; --test gives the report's figure on others (data "held-out", its own
+    batch count and cosine), without --test the figure is flagged as searched."""
+    from graphopt.calibrate.data import CalibrationData
+    from graphopt.calibrate.report import accuracy_report
+
+    model, calib, evaluation = files
+    test = _write_data(tmp_path / "test", 2, 7)
+    out = tmp_path / "f.onnx"
+    code, stdout, stderr = run_cli(capsys, "factorize", model, "-o", out, "--calib", calib, "--eval", evaluation,
+                                   "--test", test, "--budget", "cosine=0.99", "--no-speed-guard", "--json")
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    assert (doc["accuracy"]["data"], doc["accuracy"]["searched"], doc["accuracy"]["batches"]) == ("held-out", False, 2)
+    held = list(CalibrationData.from_path(test, onnx.load(str(model))))
+    assert doc["accuracy"]["cosine"] == accuracy_report(str(model), str(out), held).cosine
+    code, stdout, stderr = run_cli(capsys, "factorize", model, "-o", out, "--calib", calib, "--eval", evaluation,
+                                   "--budget", "cosine=0.99", "--no-speed-guard", "--json")
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    assert (doc["accuracy"]["data"], doc["accuracy"]["searched"], doc["accuracy"]["batches"]) == ("evaluation", True, 3)

@@ -86,6 +86,8 @@ def test_budget_and_miss(tmp_path, capsys):
     assert code == 0, stderr
     doc = json.loads(stdout)
     assert doc["budget"]["ratio"] < 1 and doc["accuracy"]["cosine"] >= 0.9
+    assert doc["accuracy"]["data"] == "evaluation" and doc["accuracy"]["searched"] is True
+    assert doc["accuracy"]["batches"] == 4
     code, _, stderr = run_cli(capsys, "prune", model, "-o", tmp_path / "miss.onnx", "--calib", calib, "--eval", ev,
                               "--budget", "cosine=1.0", "--reconstruct", "none", "--align", "1")
     assert code == 1 and "misses the budget" in flat(stderr) and not (tmp_path / "miss.onnx").exists()
@@ -109,3 +111,28 @@ def test_report_equals_json_and_bad_report_path(tmp_path, capsys):
                               "--report", tmp_path / "missing" / "r.html")
     assert code == 2 and "does not exist" in flat(stderr)
     assert not out.exists() and not (tmp_path / "missing").exists()
+
+
+def test_test_inputs_give_the_held_out_figure(tmp_path, capsys):
+    """--test: the accuracy report is on inputs the --budget search never saw (its own cosine, not the
+    searched one), said in the table; bad --test data exits 2 before any pruning, nothing written."""
+    from graphopt.calibrate.report import accuracy_report
+    from graphopt.calibrate.data import CalibrationData
+
+    model, calib, ev = _mlp(tmp_path / "m.onnx"), _data(tmp_path / "c", 8, 0), _data(tmp_path / "e", 4, 1)
+    test = _data(tmp_path / "t", 3, 2)
+    out = tmp_path / "b.onnx"
+    code, stdout, stderr = run_cli(capsys, "prune", model, "-o", out, "--calib", calib, "--eval", ev, "--test", test,
+                                   "--budget", "cosine=0.9", "--align", "1", "--json")
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    assert doc["accuracy"]["data"] == "held-out" and doc["accuracy"]["searched"] is False
+    assert doc["accuracy"]["batches"] == 3
+    held = list(CalibrationData.from_path(test, onnx.load(str(model))))
+    assert doc["accuracy"]["cosine"] == accuracy_report(str(model), str(out), held).cosine
+    code, stdout, _ = run_cli(capsys, "prune", model, "-o", out, "--calib", calib, "--eval", ev,
+                              "--budget", "cosine=0.9", "--align", "1")
+    assert code == 0 and "give --test PATH for a held-out figure" in flat(stdout)
+    code, _, stderr = run_cli(capsys, "prune", model, "-o", tmp_path / "x.onnx", "--calib", calib, "--test",
+                              _data(tmp_path / "y", 2, 3, name="nope"), "--ratio", "0.5")
+    assert code == 2 and "nope" in flat(stderr) and not (tmp_path / "x.onnx").exists()

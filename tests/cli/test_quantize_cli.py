@@ -157,3 +157,29 @@ def test_budget_is_searched_and_checked_on_the_eval_inputs(tmp_path, capsys, mon
     assert doc["budget"]["data"] == "evaluation" and doc["budget"]["threshold"] == 0.5
     assert doc["budget"]["score"] == min(o["cosine"] for o in doc["outputs"])
     assert doc["batches"] == 3
+
+
+def test_test_inputs_are_the_report_and_the_budget_stays_on_eval(tmp_path, capsys, monkeypatch):
+    """--test: the accuracy report (and its batch count) is on the held-out inputs; the budget is still
+    checked on the --eval inputs it was searched on."""
+    from graphopt.calibrate import report as report_module
+    from graphopt.verify.inputs import generate_inputs
+
+    folders = {}
+    for name, seed, count in (("eval", 500, 3), ("test", 700, 2)):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        for i in range(count):
+            np.savez(folders[name] / f"s{i}.npz", **generate_inputs(str(BERT), seed=seed + i))
+    out = tmp_path / "q.onnx"
+    code, stdout, stderr = _run(capsys, "quantize", BERT, "-o", out, "--calib", "generate", "--calib-count", "2",
+                                "--eval", folders["eval"], "--test", folders["test"], "--budget", "cosine=0.5",
+                                "--json")
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    assert doc["batches"] == 2 and doc["report_data"] == "held-out" and doc["budget"]["data"] == "evaluation"
+    from graphopt.calibrate.data import CalibrationData
+
+    on_eval = report_module.accuracy_report(str(BERT), str(out), list(CalibrationData.from_path(
+        folders["eval"], onnx.load(str(BERT)))))
+    assert doc["budget"]["score"] == min(o.cosine for o in on_eval.outputs)

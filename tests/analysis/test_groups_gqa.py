@@ -155,8 +155,9 @@ def test_query_heads_within_groups_dynamo() -> None:
         assert [_const(e.inputs[1].producer(), i).tolist() for i in (1, 2)] == [[2], [2]]
 
 
-@pytest.mark.parametrize(("name", "pipeline"), [("llama_gqa_tiny_ts", "O1"), ("llama_gqa_tiny_dynamo", ""),
-                                                ("llama_gqa_tiny_sdpa_dynamo", "O1"), ("llama_gqa_tiny_sdpa_ts", "O1"),
+@pytest.mark.parametrize(("name", "pipeline"), [("llama_gqa_tiny_ts", ""), ("llama_gqa_tiny_ts", "O1"),
+                                                ("llama_gqa_tiny_dynamo", ""), ("llama_gqa_tiny_sdpa_dynamo", "O1"),
+                                                ("llama_gqa_tiny_sdpa_ts", ""), ("llama_gqa_tiny_sdpa_ts", "O1"),
                                                 ("llama_gqa_tiny_ts", "O2"), ("llama_gqa_tiny_dynamo", "O2")])
 @pytest.mark.parametrize("keep", [[0], [1]])
 def test_query_heads_within_groups_exact(name: str, pipeline: str, keep: list[int]) -> None:
@@ -183,12 +184,23 @@ def test_two_forms_exclusive() -> None:
     apply_pruning(model, {"layer0.attn.kv-heads": [1], "layer1.attn.query-heads": [0]}, analysis)
 
 
-def test_query_heads_refused_on_raw_torchscript() -> None:
-    """Raw TorchScript states n_rep as arithmetic on Shape (Where-guarded Expand shape): refused, with the reason."""
-    analysis = groups_of(load("llama_gqa_tiny_ts"))
-    reasons = [r for r in analysis.refused if r.site == "layer0.attn.query-heads"]
-    assert len(reasons) == 1 and reasons[0].kind == "query-heads"
-    assert "its shape is computed at run time" in reasons[0].reason
+def test_query_heads_raw_torchscript_constants() -> None:
+    """Raw TorchScript states n_rep inside shape arithmetic: the Expand shape's constant (behind the Where
+    guard) and the Mul scalar of the heads entry (``Shape(k)[1] * n_rep``) are edited, read by nothing else."""
+    model = load("llama_gqa_tiny_ts")
+    analysis = groups_of(model)
+    g = analysis.group("layer0.attn.query-heads")
+    consts = {e.target: e for e in g.edits}
+    assert len(consts) == 4 and all(e.attribute == "value" and e.per_unit == 1 for e in g.edits)
+    nodes = {n.name: n for n in model.graph}
+    readers = sorted(nodes[e.readers[0].split("#")[0]].op_type for e in g.edits)
+    assert readers == ["Concat", "Concat", "Mul", "Mul"]
+    apply_pruning(model, {g.name: [0]}, analysis)
+    dims = Dims(model)
+    for n in model.graph:
+        if n.op_type == "Expand" and "layers.0/self_attn" in n.name:
+            assert dims.of(n.outputs[0])[1:3] == (2, 1)
+            assert dims.of(n.outputs[0].uses()[0].node.outputs[0])[1] == 2
 
 
 def _repeat_kv(expand_kv: int, opset: int = 17) -> ir.Model:

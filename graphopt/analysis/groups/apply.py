@@ -47,7 +47,7 @@ class _Mods:
             flat = out.reshape(-1)
             for i, d in self.dec.items():
                 flat[i] -= d
-        return np.ascontiguousarray(out)
+        return np.ascontiguousarray(out).reshape(out.shape)  # (ascontiguousarray makes a scalar 1-D)
 
 
 def _check_keep(g: CoupledGroup, indices: Sequence[int], allow_empty: bool) -> list[int]:

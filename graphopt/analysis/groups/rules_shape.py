@@ -18,7 +18,7 @@ from graphopt import ir
 from graphopt.analysis.groups.model import ShapeEdit
 from graphopt.analysis.groups.propagate import Builder, Refuse, Regranulate, Site
 from graphopt.analysis.groups.rules import RULES, attr_int, attr_ints, const_ints, const_target, norm
-from graphopt.analysis.groups.shape_entries import check_entries, shape_terminals
+from graphopt.analysis.groups.shape_entries import check_entries, entries, shape_terminals, source_edit
 
 __all__ = ["map_site", "within_site", "reshape", "shape", "own_dim", "entry_edit"]
 
@@ -182,10 +182,25 @@ def entry_edit(b: Builder, node: ir.Node, target: ir.Value, index: int, per_unit
     sit at several inputs of one Concat (``[B, 2, 2, S, D]`` of a GQA
     ``repeat_kv`` whose KV heads and repeats are both 2), and only this one
     changes."""
-    op = f"{node.op_type} {node.name}"
-    noun = "target" if node.op_type == "Reshape" else "shape"
     if check_entries(b, node, target, index, per_unit):
         return  # the entry reads the units' own count at run time (TorchScript's shape arithmetic)
+    try:
+        _constant_entry_edit(b, node, target, index, per_unit, copies, keep)
+    except Refuse:
+        es = entries(b, target)
+        if es is not None and index < len(es) and es[index].value is None and es[index].const in keep:
+            return
+        edit = source_edit(b, node, target, index, per_unit)
+        if edit is None:
+            raise
+        b.edit(node, edit)  # a constant deep in shape arithmetic that only this node's shape reads
+
+
+def _constant_entry_edit(b: Builder, node: ir.Node, target: ir.Value, index: int, per_unit: int, copies: bool,
+                         keep: tuple[int, ...]) -> None:
+    """:func:`entry_edit` for a constant or Concat-built target."""
+    op = f"{node.op_type} {node.name}"
+    noun = "target" if node.op_type == "Reshape" else "shape"
     reader = node
     value = target
     path: tuple[str, ...] | None = None

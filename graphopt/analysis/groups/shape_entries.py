@@ -10,7 +10,12 @@ value with units when every path from it ends in the shape input of a
 Reshape or Expand (:func:`shape_terminals`), and that node's rule checks,
 with :func:`check_entries`, that the one entry reading the units' dim is
 the entry of its own channel axis, with the right multiple: the entry then
-follows the pruning at run time and needs no edit.
+follows the pruning at run time and needs no edit. An entry stated by a
+constant deep in the arithmetic (``n_rep`` of ``Shape(k)[1] * n_rep``
+for query heads within their groups, the Where-guarded Expand shape,
+paddle2onnx's ``Cast(200)``) is edited where the constant is read
+(:func:`source_edit`) when everything computed from it ends in this one
+shape.
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from graphopt import ir
+from graphopt.analysis.groups.model import ShapeEdit
 from graphopt.analysis.groups.propagate import Builder, Refuse
-from graphopt.analysis.groups.rules import attr_int, const_ints, norm
+from graphopt.analysis.groups.rules import attr_int, const_ints, const_target, norm
 
-__all__ = ["Entry", "entries", "shape_terminals", "check_entries"]
+__all__ = ["Entry", "entries", "shape_terminals", "check_entries", "source_edit"]
 
 _MAX_DEPTH = 24
 
@@ -29,19 +35,27 @@ _MAX_DEPTH = 24
 @dataclass(frozen=True)
 class Entry:
     """One entry of a shape vector: ``const`` when ``value`` is None, else
-    ``mult`` times dim ``axis`` of ``value``."""
+    ``mult`` times dim ``axis`` of ``value``.
+
+    ``source``: where a constant entry (or a dim entry's ``mult``) is
+    stated: ``(constant value, element, reader node, reader input)``, the
+    constant as one node reads it; None when it is computed."""
 
     const: int = 0
     value: ir.Value | None = None
     axis: int = 0
     mult: int = 1
+    source: tuple | None = None
 
 
-def _scaled(e: Entry, c: int) -> Entry:
-    return Entry(e.const * c) if e.value is None else Entry(0, e.value, e.axis, e.mult * c)
+def _scaled(e: Entry, c: Entry) -> Entry:
+    if e.value is None:
+        return Entry(e.const * c.const)
+    return Entry(0, e.value, e.axis, e.mult * c.const, c.source if e.mult == 1 and e.source is None else None)
 
 
-def entries(b: Builder, value: ir.Value | None, depth: int = 0) -> list[Entry] | None:
+def entries(b: Builder, value: ir.Value | None, depth: int = 0, reader: ir.Node | None = None,
+            position: int = 0) -> list[Entry] | None:
     """The entries of the int vector (or scalar, as one entry) ``value``;
     None when some entry is not a constant or a multiple of one dim.
 
@@ -54,7 +68,9 @@ def entries(b: Builder, value: ir.Value | None, depth: int = 0) -> list[Entry] |
         return None
     if ir.is_constant(value):
         ints = const_ints(value)
-        return None if ints is None else [Entry(v) for v in ints]
+        if ints is None:
+            return None
+        return [Entry(v, source=None if reader is None else (value, i, reader, position)) for i, v in enumerate(ints)]
     node = value.producer()
     if node is None or node.domain not in ("", "ai.onnx"):
         return None
@@ -68,35 +84,35 @@ def entries(b: Builder, value: ir.Value | None, depth: int = 0) -> list[Entry] |
         hi = norm(attr_int(node, "end", r), r) if attr_int(node, "end") is not None else r
         return [Entry(0, first, a) for a in range(max(0, lo), min(hi, r))]
     if op in ("Unsqueeze", "Squeeze", "Cast", "Identity", "Reshape"):
-        return entries(b, first, depth + 1)
+        return entries(b, first, depth + 1, node, 0)
     if op == "Concat":
         out: list[Entry] = []
-        for v in node.inputs:
-            part = entries(b, v, depth + 1)
+        for k, v in enumerate(node.inputs):
+            part = entries(b, v, depth + 1, node, k)
             if part is None:
                 return None
             out += part
         return out
     if op == "Gather":
-        data, idx = entries(b, first, depth + 1), const_ints(node.inputs[1])
+        data, idx = entries(b, first, depth + 1, node, 0), const_ints(node.inputs[1])
         if data is None or idx is None or attr_int(node, "axis", 0) != 0 or not data:
             return None
         return [data[norm(i, len(data))] for i in idx]
     if op == "Slice":
-        data = entries(b, first, depth + 1)
+        data = entries(b, first, depth + 1, node, 0)
         starts, ends = const_ints(node.inputs[1]), const_ints(node.inputs[2])
         steps = const_ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else [1]
         if data is None or starts is None or ends is None or len(starts) != 1 or steps != [1]:
             return None
         return data[slice(starts[0], ends[0])]
     if op == "Mul":
-        a, c = entries(b, first, depth + 1), entries(b, node.inputs[1], depth + 1)
+        a, c = entries(b, first, depth + 1, node, 0), entries(b, node.inputs[1], depth + 1, node, 1)
         if a is None or c is None:
             return None
         if len(c) == 1 and c[0].value is None:
-            return [_scaled(e, c[0].const) for e in a]
+            return [_scaled(e, c[0]) for e in a]
         if len(a) == 1 and a[0].value is None:
-            return [_scaled(e, a[0].const) for e in c]
+            return [_scaled(e, a[0]) for e in c]
         return None
     if op == "Where":
         return _where(b, node, depth)
@@ -126,7 +142,7 @@ def _where(b: Builder, node: ir.Node, depth: int) -> list[Entry] | None:
     if eq is None or eq.op_type != "Equal" or s not in eq.inputs:
         return None
     against = eq.inputs[1] if eq.inputs[0] is s else eq.inputs[0]
-    se, ce = entries(b, s, depth + 1), entries(b, against, depth + 1)
+    se, ce = entries(b, s, depth + 1, node, 2), entries(b, against, depth + 1)
     if se is None or ce is None or (len(ce) != len(se) and len(ce) != 1):
         return None
     ce = ce * len(se) if len(ce) == 1 else ce
@@ -200,6 +216,34 @@ def check_entries(b: Builder, node: ir.Node, target: ir.Value, index: int, per_u
         return False
     s = b.site(e.value)
     if s is None or s.axis != e.axis:
-        b.pending[node] = (f"{node.op_type} {node.name}: the entry of the channel axis reads dim {e.axis} of "
-                           f"{e.value.name}, which does not carry the units")
+        dim = (b.dims.of(e.value) or ())[e.axis:e.axis + 1]
+        edit = _source_edit(node, es, index, per_unit // dim[0]) if dim and dim[0] and per_unit % dim[0] == 0 \
+            else None
+        if edit is not None:  # dim x n_rep of a tensor the units do not reach: n_rep is edited
+            b.edit(node, edit)
+        else:
+            b.pending[node] = (f"{node.op_type} {node.name}: the entry of the channel axis reads dim {e.axis} of "
+                               f"{e.value.name}, which does not carry the units")
     return True
+
+
+def source_edit(b: Builder, node: ir.Node, target: ir.Value, index: int, per_unit: int) -> ShapeEdit | None:
+    """An edit of the constant that states entry ``index`` of ``target`` deep
+    in shape arithmetic (:attr:`Entry.source`): allowed when that constant
+    element feeds no other entry and everything computed from it ends in
+    this node's shape (:func:`shape_terminals`). None when not."""
+    es = entries(b, target)
+    if es is None or index >= len(es) or es[index].value is not None or es[index].const <= 0:
+        return None  # (a 0 entry copies an input dim)
+    return _source_edit(node, es, index, per_unit)
+
+
+def _source_edit(node: ir.Node, es: list[Entry], index: int, per_unit: int) -> ShapeEdit | None:
+    src = es[index].source
+    if src is None or sum(1 for e in es if e.source == src) != 1:
+        return None
+    value, element, reader, position = src
+    if shape_terminals(reader.outputs[0]) != [node]:
+        return None
+    name, attribute = const_target(value)
+    return ShapeEdit(name, attribute, element, per_unit, (f"{reader.name}#{position}",))

@@ -177,7 +177,9 @@ def add_parsers(sub: Any) -> None:
                          "change (1 - cos) with each head masked, one run per head on the first 16 calibration "
                          "batches (FFN neurons as sensitivity)"))
     p.add_argument("--kinds", metavar="K[,K]", help="group kinds to prune: heads, ffn, channels (default: all the "
-                   "model has), or layers alone (whole layers; not mixed with the others: prune twice)")
+                   "model has; GQA heads: a KV head with its query group), query-heads (GQA's query heads within "
+                   "their groups, instead of heads), or layers alone (whole layers; not mixed with the others: "
+                   "prune twice)")
     p.add_argument("--allocation", choices=("uniform", "global", "error"), default="uniform", help=(
         "kept units per group: uniform, global (FLAP's standardized scores) or error (least output error per "
         "FLOP saved; default uniform)"))

@@ -189,7 +189,7 @@ def build_plan(model: ir.Model, analysis: GroupAnalysis, kinds: tuple[str, ...],
     Args:
         model: the IR model ``analysis`` was found on (weights read, not modified).
         analysis: :func:`~graphopt.analysis.groups.find_groups`'s result.
-        kinds: group kinds to plan (``heads``, ``ffn``, ``channels``).
+        kinds: group kinds to plan (``heads``, ``query-heads``, ``ffn``, ``channels``).
         align: kept neurons/channels are multiples of this; heads stay whole (step 1 head).
         tokens: sequence length assumed for an attention head's ``QK^T`` / ``AV`` FLOPs.
 
@@ -224,7 +224,9 @@ def build_plan(model: ir.Model, analysis: GroupAnalysis, kinds: tuple[str, ...],
         unit = max((s.unit for s in g.slices), default=1)
         if g.kind == "heads":
             flops += 4.0 * tokens * unit
-        step = 1 if g.kind in ("heads", "kv-heads") else max(1, int(align))
+        elif g.kind == "query-heads":  # one query head of every KV group: its o_proj rows sum to n_kv x head_dim
+            flops += 4.0 * tokens * sum(s.unit for s in g.slices if s.role == "in")
+        step = 1 if g.kind in ("heads", "kv-heads", "query-heads") else max(1, int(align))
         plan = GroupPlan(g, flops, step)
         for consumer in g.consumers:
             node = nodes.get(consumer)

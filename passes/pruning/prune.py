@@ -34,7 +34,7 @@ from graphopt.passes.pruning.refit import RECONSTRUCTIONS, SiteRefit, error_curv
 from graphopt.passes.pruning.scoring import METHODS, score_groups
 from graphopt.passmanager import Pass, PassResult, register_pass
 
-__all__ = ["Prune", "PruneOptions", "PruneReport", "GroupReport", "LayerReport", "prune", "METADATA_KEY",
+__all__ = ["Prune", "PruneOptions", "PruneReport", "GroupReport", "LayerReport", "prune", "METADATA_KEY", "QUERY_HEADS",
            "PRUNABLE_KINDS", "LAYER_KIND"]
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,11 @@ METADATA_KEY = "graphopt.pruning"
 
 PRUNABLE_KINDS = ("heads", "ffn", "channels")
 """Group kinds ``prune`` removes units of (the default kinds; whole layers are :data:`LAYER_KIND`)."""
+
+QUERY_HEADS = "query-heads"
+"""The opt-in kind that prunes grouped-query attention's query heads within their KV groups (the same query head
+of every group, n_rep shrinking; every KV head kept) instead of the ``heads`` kind's KV heads with their groups;
+the two forms of one layer cannot be mixed, so ``query-heads`` replaces ``heads`` in a call."""
 
 LAYER_KIND = "layers"
 """The ``kinds`` entry that removes whole layers (the analysis's ``layer`` groups) by Block Influence."""
@@ -61,8 +66,10 @@ class PruneOptions:
                                                        "nothing; with kinds=layers, the layers' FLOPs kept (whole "
                                                        "layers go until at most this much is left)"})
     kinds: tuple[str, ...] = field(default=(), metadata={"doc": "group kinds to prune: heads, ffn, channels "
-                                                                "(default: every one the model has), or layers "
-                                                                "alone (whole layers by Block Influence)"})
+                                                                "(default: every one the model has), query-heads "
+                                                                "(GQA's query heads within their groups, instead "
+                                                                "of heads), or layers alone (whole layers by "
+                                                                "Block Influence)"})
     layers: int = field(default=0, metadata={"doc": "whole layers to remove, lowest Block Influence first "
                                                     "(implies kinds=layers; 0: use ratio)"})
     method: str = field(default="wanda", metadata={"doc": "unit importance: magnitude, wanda, flap, sensitivity "
@@ -161,8 +168,12 @@ def _check(opts: PruneOptions, has_budget: bool) -> tuple[str, ...]:
         raise InputError("align, tokens and levels must be positive integers and ridge >= 0")
     kinds = tuple(dict.fromkeys(_ALIASES.get(k.strip(), k.strip()) for k in opts.kinds if k.strip()))
     for k in kinds:
-        if k not in PRUNABLE_KINDS and k != LAYER_KIND:
-            raise InputError(f"unknown group kind {k!r}; choose from {', '.join(PRUNABLE_KINDS)}, {LAYER_KIND}")
+        if k not in PRUNABLE_KINDS and k not in (LAYER_KIND, QUERY_HEADS):
+            raise InputError(f"unknown group kind {k!r}; choose from {', '.join(PRUNABLE_KINDS)}, {QUERY_HEADS}, "
+                             f"{LAYER_KIND}")
+    if QUERY_HEADS in kinds and "heads" in kinds:
+        raise InputError("heads (GQA: a KV head with its query group) and query-heads (query heads within their "
+                         "groups) are two forms of the same attention; choose one of them")
     if int(opts.layers) != opts.layers or opts.layers < 0:
         raise InputError(f"layers must be a non-negative integer (whole layers to remove), got {opts.layers!r}")
     if opts.layers and not kinds:
@@ -234,7 +245,10 @@ def prune(model: ir.Model, options: PruneOptions | None = None, calibration: Any
         report.nothing = f"ratio {opts.ratio:g} keeps every unit"
         return report
     analysis = find_groups(model, KINDS)
-    present = sorted({g.kind for g in analysis.groups} & set(PRUNABLE_KINDS))
+    found = {g.kind for g in analysis.groups}
+    present = sorted(found & set(PRUNABLE_KINDS))
+    if QUERY_HEADS in kinds and QUERY_HEADS in found:  # replaces the KV-head form in the plan and the FLOP total
+        present = sorted([k for k in present if k != "heads"] + [QUERY_HEADS])
     report.refused = [{"site": r.site, "kind": r.kind, "reason": r.reason} for r in analysis.refused]
     if not present:
         report.nothing = "nothing prunable: the model has no head, FFN or channel group" + (

@@ -178,6 +178,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     name, metric, threshold, speedup = parse_goal(args)
     techniques = tuple(t.strip() for t in args.techniques.split(","))
     options = CompressOptions(techniques=techniques, target=args.target, threshold=threshold, speedup=speedup,
+                              max_drop=args.max_drop,
                               time_limit=args.time_limit * 60 if args.time_limit is not None else None,
                               latency_seconds=args.latency_seconds, threads=args.threads, mask=args.mask or "",
                               int8_method=args.int8_method)
@@ -218,11 +219,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="graphopt-compress-") as work, _progress(args) as status:
         result = compress(args.input, Path(work), calib, searched, search_metric, options, held_out=held,
                           latency_inputs=inputs, progress=status, held_out_metric=held_metric)
+        threshold = result.threshold
         doc = _document(args, result, name, threshold, speedup, searched, held, start)
         doc["frontier"] = frontier_doc(result, name, threshold)
         if result.built is None:
             _print_best(doc, result)
-            goal = f"{name} >= {threshold}" if threshold is not None else f"a {speedup:g}x speedup"
+            goal = (f"a {speedup:g}x speedup" if threshold is None else f"{name} >= {threshold:.6g}" + (
+                f" (the original's {threshold + args.max_drop:.6g} - {args.max_drop:g})" if args.max_drop is not None
+                else ""))
             raise VerificationError(f"no point of the search meets {goal} ({result.search.stopped}); nothing was "
                                     "written")
         model = ir.load(result.built.path)
@@ -281,6 +285,7 @@ def _document(args: argparse.Namespace, result: Any, name: str, threshold: float
     chosen = result.points[result.chosen] if result.chosen is not None else None
     doc: dict[str, Any] = {
         "input": args.input, "target": args.target, "metric": name, "budget": threshold, "speedup": speedup,
+        "max_drop": args.max_drop, "held_out_budget": result.held_threshold,
         "techniques": args.techniques, "stopped": result.search.stopped, "points_measured": len(result.points),
         "search_batches": len(searched), "held_out_batches": len(held), "chosen": chosen,
         "held_out": result.held_out, "original_held_out": result.original_held_out,
@@ -365,6 +370,10 @@ def add_parsers(sub: Any) -> None:
         "the fastest model whose METRIC (cosine, argmax, rank-fidelity; or VALUE with --metric) holds on the "
         "evaluation inputs"))
     goal.add_argument("--speedup", type=float, metavar="X", help="the most accurate model at least X times faster")
+    goal.add_argument("--max-drop", type=float, metavar="D", help=(
+        "the fastest model whose metric is at most D below the original's own score on the same inputs (the "
+        "search split while searching, the held-out split for the reported figure); for a task metric with labels, "
+        "e.g. --max-drop 0.01 for one point of accuracy"))
     p.add_argument("--metric", metavar="MODULE:FUNCTION", help=(
         "a task metric: metric(outputs, reference) -> float, higher is better (FILE.py:FUNCTION works too); "
         "metric(outputs, reference, labels) gets ground truth from labels.json beside the --eval/--test samples"))

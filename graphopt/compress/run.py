@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,13 @@ class CompressOptions:
     Attributes:
         techniques: which of ``prune``, ``lowrank``, ``int8`` the search may use.
         target: ``ort``, ``onnx`` or ``tensorrt``.
-        threshold: the budget: the chosen model's metric on the search split is at least this (or ``speedup``).
-        speedup: the chosen model is at least this many times faster than the original (or ``threshold``).
+        threshold: the budget: the chosen model's metric on the search split is at least this (or ``speedup``,
+            or ``max_drop``).
+        speedup: the chosen model is at least this many times faster than the original.
+        max_drop: the budget as the most the metric may fall below the original's own score on the same inputs:
+            the search split's threshold is the original's score there minus this, the held-out split's the
+            original's score there minus this (Intel Neural Compressor's absolute accuracy criterion; for a task
+            metric with labels, whose baseline differs between splits).
         time_limit: seconds for the search (None: until it ends by itself).
         latency_seconds: timed seconds per candidate against the warm original.
         threads: onnxruntime intra-op threads of the latency measurements.
@@ -63,6 +68,7 @@ class CompressOptions:
     target: str = "ort"
     threshold: float | None = None
     speedup: float | None = None
+    max_drop: float | None = None
     time_limit: float | None = None
     latency_seconds: float = 2.0
     threads: int = 2
@@ -91,6 +97,9 @@ class CompressResult:
         original_ms: the original's median latency (milliseconds) in the probe.
         int8_fusions: the INT8 fusion variants measured at the first INT8 point: ``{"fusion", "latency_ratio",
             "latency_ms", "quality", "seconds", "chosen"}`` each (empty without INT8).
+        threshold: the budget the search kept on the search split (``max_drop``: the original's score there minus
+            it); None in speedup mode.
+        held_threshold: the budget checked on the held-out split (differs from ``threshold`` with ``max_drop``).
         seconds: wall time.
     """
 
@@ -103,6 +112,8 @@ class CompressResult:
     points: list[dict[str, Any]] = field(default_factory=list)
     original_ms: float = 0.0
     int8_fusions: list[dict[str, Any]] = field(default_factory=list)
+    threshold: float | None = None
+    held_threshold: float | None = None
     seconds: float = 0.0
 
 
@@ -117,9 +128,12 @@ def check_options(opts: CompressOptions) -> tuple[str, ...]:
     if unknown or not techniques:
         raise InputError(f"unknown technique(s) {', '.join(unknown) or '(none given)'}; choose from "
                          f"{', '.join(TECHNIQUES)} (e.g. --techniques prune,int8)")
-    if (opts.threshold is None) == (opts.speedup is None):
-        raise InputError("give exactly one goal: an accuracy budget (--budget METRIC=VALUE) or a speedup "
-                         "(--speedup X)")
+    if sum(x is not None for x in (opts.threshold, opts.speedup, opts.max_drop)) != 1:
+        raise InputError("give exactly one goal: an accuracy budget (--budget METRIC=VALUE, or --max-drop D below "
+                         "the original's own score) or a speedup (--speedup X)")
+    if opts.max_drop is not None and not 0 <= opts.max_drop < 1:
+        raise InputError(f"--max-drop must be in [0, 1) (the most the metric may fall below the original's), got "
+                         f"{opts.max_drop}")
     if opts.speedup is not None and not opts.speedup > 1.0:
         raise InputError(f"--speedup must be above 1 (times faster than the original), got {opts.speedup}")
     if opts.int8_method not in ("minmax", "percentile", "entropy", "mse"):
@@ -197,6 +211,8 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
     prune_opts = options.prune or PruneOptions(method="wanda", allocation="error")
     lowrank_opts = options.lowrank or FactorizeOptions(threads=options.threads)
     reference = run_outputs(str(source), list(search_batches))
+    if options.max_drop is not None:  # the budget below the original's own score on the search split
+        options = replace(options, threshold=float(metric(reference, reference)) - options.max_drop)
     builder = probe = None
     if evaluate is None:
         builder = CandidateBuilder(source, work, target=options.target, calibration=list(calibration),
@@ -286,17 +302,20 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
         _try_fallback(result, knobs, measure, options, start)
     originals = [d["original_ms"] for d in details if d.get("original_ms")]
     out = CompressResult(result, None, result.chosen, None, points=details,
-                         original_ms=float(np.median(originals)) if originals else 0.0, int8_fusions=fusions or [])
+                         original_ms=float(np.median(originals)) if originals else 0.0, int8_fusions=fusions or [],
+                         threshold=options.threshold, held_threshold=options.threshold)
     chosen = result.chosen
     if chosen is not None and held_out is not None and evaluate is None:
         ref_held = run_outputs(str(source), list(held_out))
         out.original_held_out = float((held_out_metric or metric)(ref_held, ref_held))
+        if options.max_drop is not None:
+            out.held_threshold = out.original_held_out - options.max_drop
         # Walk from the chosen point towards more accurate frontier points until the held-out split holds too.
         order = [chosen] + [i for i in sorted(result.frontier, key=lambda i: result.points[i][1].latency)
                             if result.points[i][1].latency > result.points[chosen][1].latency]
         for i in order:
             score = builder.quality(built[result.points[i][0]].path, list(held_out), ref_held, held_out_metric)
-            if options.threshold is None or score >= options.threshold:
+            if out.held_threshold is None or score >= out.held_threshold:
                 chosen, out.held_out = i, score
                 break
             out.stepped_back.append(i)

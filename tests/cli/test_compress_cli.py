@@ -217,6 +217,29 @@ def test_metric_with_labels_reads_labels_json(setup, tmp_path, capsys):
     assert doc["chosen"]["quality"] == 0.75 and doc["held_out"] == 0.75
 
 
+def test_max_drop_is_below_the_originals_own_score_on_each_split(setup, tmp_path, capsys):
+    """--max-drop D: the search keeps the original's search-split score - D, the held-out check the original's
+    held-out score - D (with labels the two baselines differ: 3/4 and 1/4 here, where an absolute --budget 0.5
+    fails the held-out half); a drop outside [0, 1) exits 2."""
+    model, calib, ev = setup
+    metric = tmp_path / "labelled.py"
+    metric.write_text("def share(outputs, reference, labels):\n"
+                      "    return sum(labels) / len(labels)\n")
+    (ev / "labels.json").write_text("[1, 1, 0, 1, 0, 0, 1, 0]")  # search half: 3/4, held-out half: 1/4
+    out = tmp_path / "c.onnx"
+    common = ["compress", model, "-o", out, "--calib", calib, "--eval", ev, "--metric", f"{metric}:share",
+              "--techniques", "prune", "--latency-seconds", "0.05", "--json"]
+    code, stdout, stderr = run_cli(capsys, *common, "--max-drop", "0.1")
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    assert doc["budget"] == pytest.approx(0.65) and doc["held_out_budget"] == pytest.approx(0.15)
+    assert doc["max_drop"] == 0.1 and doc["original_held_out"] == 0.25 and doc["held_out"] == 0.25
+    assert doc["frontier"]["budget"] == pytest.approx(0.65)
+    out.unlink()
+    code, _, stderr = run_cli(capsys, *common, "--max-drop", "1.5")
+    assert code == 2 and "--max-drop must be in [0, 1)" in flat(stderr) and not out.exists()
+
+
 def test_optimize_o3_without_data_exits_2(setup, tmp_path, capsys):
     model, _, _ = setup
     out = tmp_path / "o.onnx"

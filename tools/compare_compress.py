@@ -271,7 +271,8 @@ def markdown(results: dict, command: str) -> str:
             lines += ["INT8 fusion variants built and timed at the first INT8 point (latency ratio during the search; "
                       "the one used for every INT8 candidate in bold): " + ", ".join(
                           (f"**{f['fusion']} {f['latency_ratio']:.3f}**" if f.get("chosen") else
-                           f"{f['fusion']} {f['latency_ratio']:.3f}") for f in doc["int8_fusions"]) + ".", ""]
+                           f"{f['fusion']} {f['latency_ratio']:.3f}" if "error" not in f else
+                           f"{f['fusion']} failed") for f in doc["int8_fusions"]) + ".", ""]
         if r.get("budget") is not None and doc.get("max_drop") is not None:
             lines += [f"Budget (`--max-drop {doc['max_drop']:g}`): ground-truth character accuracy at most "
                       f"{doc['max_drop']:g} below the original's own on the same lines: >= {r['budget']:.4f} on the "

@@ -347,7 +347,8 @@ def _table(doc: dict[str, Any]) -> Table:
                   f"{c['quality']:.4f} on the search split, {doc['held_out']:.4f} held out")
     if doc.get("int8_fusions"):
         outer.add_row("INT8 fusions measured: " + ", ".join(
-            f"{f['fusion']} {f['latency_ratio']:.3f}{' (used)' if f['chosen'] else ''}" for f in doc["int8_fusions"]))
+            f"{f['fusion']} {f['latency_ratio']:.3f}{' (used)' if f['chosen'] else ''}" if "error" not in f else
+            f"{f['fusion']} failed ({f['error']})" for f in doc["int8_fusions"]))
     if doc["stepped_back"]:
         outer.add_row(f"passed over (missed the budget on the held-out split): {', '.join(doc['stepped_back'])}")
     outer.add_row(lossy.accuracy_line(doc["accuracy"]))

@@ -239,8 +239,15 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
             if fusions and options.time_limit is not None and (
                     time.perf_counter() - start + 3 * fusions[0]["seconds"] > options.time_limit):
                 break
-            b = builder.build({**levels, "int8": True}, fallback=levels.get("int8") == "fallback", fusion=name)
-            quality, timing = builder.quality(b.path), probe.measure(b.path)
+            try:
+                b = builder.build({**levels, "int8": True}, fallback=levels.get("int8") == "fallback", fusion=name)
+                quality, timing = builder.quality(b.path), probe.measure(b.path)
+            except GraphoptError as e:
+                if not fusions:  # the default itself failed: the point fails
+                    raise
+                log.info("compress: INT8 fusion variant %s failed: %s", name, failure(e))
+                fusions.append({"fusion": name, "error": failure(e), "chosen": False})
+                continue
             fusions.append({"fusion": name, "latency_ratio": timing.ratio, "latency_ms": timing.median_ms,
                             "quality": quality, "seconds": round(time.perf_counter() - began, 2)})
             if taken is None or (timing.ratio < taken[2].ratio

@@ -92,3 +92,22 @@ def test_model_without_variants_builds_default_only(monkeypatch, tmp_path):
                       CompressOptions(techniques=("int8",), speedup=1.5, latency_seconds=0.01))
     assert [f["fusion"] for f in result.int8_fusions] == ["default"]
     assert len(measured) == 2  # the fp32 point and the int8 point, with the default fusions only
+
+
+def test_a_variant_that_fails_is_skipped(monkeypatch, tmp_path):
+    from graphopt.errors import PassError
+
+    _inject(monkeypatch, [])
+    real = CandidateBuilder.build
+
+    def build(self, levels, **kwargs):  # noqa: ANN001, ANN202
+        if kwargs.get("fusion") == "skip-norm":
+            raise PassError("fuse-skip-norm broke", pass_name="fuse-skip-norm")
+        return real(self, levels, **kwargs)
+
+    monkeypatch.setattr(CandidateBuilder, "build", build)
+    batches = _bert_batches(4, 0)
+    result = compress(BERT, tmp_path, batches, batches[:2], lambda o, r: 1.0,
+                      CompressOptions(techniques=("int8",), speedup=1.5, latency_seconds=0.01))
+    assert [(f["fusion"], f.get("error", ""), f["chosen"]) for f in result.int8_fusions] == [
+        ("default", "", False), ("skip-norm", "fuse-skip-norm broke", False), ("skip-norm+masked-mha", "", True)]

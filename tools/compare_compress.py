@@ -243,6 +243,16 @@ def relatency(work: Path, section: str, results: dict, seconds: float) -> None:
     results[section]["load"] = load
 
 
+def _best_reached(stderr: str) -> dict:
+    """The fastest point of the frontier an exit-1 run printed (``label: latency ratio R, METRIC Q`` lines after
+    "best points reached"), as ``{"label", "latency_ratio", "quality"}``; {} when it printed none."""
+    import re
+
+    points = [{"label": m[0] + " (best reached)", "latency_ratio": float(m[1]), "quality": float(m[2])}
+              for m in re.findall(r"^\s+(.+): latency ratio ([\d.]+), \S+ ([\d.]+)$", stderr, re.M)]
+    return min(points, key=lambda p: p["latency_ratio"]) if points else {}
+
+
 def _f(v: float | None, d: int = 4) -> str:
     return "-" if v is None else f"{v:.{d}f}"
 
@@ -316,7 +326,7 @@ def markdown(results: dict, command: str) -> str:
                 lines.append(f"| {name} | missing | | | | | | | | |")
                 continue
             doc = row["doc"]
-            c = doc.get("chosen") or {}
+            c = doc.get("chosen") or _best_reached(doc.get("stderr", ""))
             lines.append(f"| {name} | {row['code']} | {row['wall']:.0f} | {row['limit_s']:.0f} | "
                          f"{row['peak_mb']:.0f} | "
                          f"{doc.get('points_measured', '-')} | {doc.get('stopped', '-')} | {c.get('label', '-')} | "

@@ -97,13 +97,19 @@ def track(
     items: Iterable[T], total: int | None = None, description: str = "calibrating", progress: bool = False
 ) -> Iterator[T]:
     """Yield ``items``, with a rich progress bar on stderr when ``progress`` is
-    true and stderr is a terminal (never otherwise: logs and pipes stay clean).
+    true and stderr is a terminal (never otherwise: logs and pipes stay clean),
+    checking the enclosing time limit (:func:`graphopt.deadline.check`) before
+    each item.
 
     Args:
         total: the number of items, when known (else a spinner-like bar).
     """
+    from graphopt.deadline import check
+
     if not (progress and sys.stderr.isatty()):
-        yield from items
+        for item in items:
+            check(description)
+            yield item
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -112,6 +118,7 @@ def track(
     with Progress(*columns, console=Console(file=sys.stderr), transient=True) as bar:
         task = bar.add_task(description, total=total)
         for item in items:
+            check(description)
             yield item
             bar.advance(task)
 

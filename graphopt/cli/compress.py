@@ -216,6 +216,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         held_metric = with_labels(metric, labels[rows:] if labels is not None else None)
     calib = lossy.first_batches(calibration, args.calib_limit or 10 ** 9)
     inputs = _latency_inputs(args, proto, searched[0])
+    if options.time_limit is not None:  # the limit is the command's: reading the data counted against it
+        options.time_limit = max(1.0, options.time_limit - (time.perf_counter() - start))
     with tempfile.TemporaryDirectory(prefix="graphopt-compress-") as work, _progress(args) as status:
         result = compress(args.input, Path(work), calib, searched, search_metric, options, held_out=held,
                           latency_inputs=inputs, progress=status, held_out_metric=held_metric)
@@ -382,7 +384,8 @@ def add_parsers(sub: Any) -> None:
                    "runtime (default ort)")
     p.add_argument("--techniques", default=",".join(TECHNIQUES), help=f"searched techniques (default "
                    f"{','.join(TECHNIQUES)})")
-    p.add_argument("--time-limit", type=float, metavar="MIN", help="minutes for the search (default: no limit)")
+    p.add_argument("--time-limit", type=float, metavar="MIN", help="minutes for the command, reading the data "
+                   "and the search (a candidate still running when it passes fails; default: no limit)")
     p.add_argument("--int8-method", choices=("minmax", "percentile", "entropy", "mse"), default="minmax",
                    help="INT8 activation range calibration, as graphopt quantize --method (default minmax)")
     p.add_argument("--latency-seconds", type=float, default=2.0, help="timed seconds per candidate (default 2)")

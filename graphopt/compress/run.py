@@ -22,6 +22,7 @@ import numpy as np
 
 from graphopt.compress.candidates import TECHNIQUES, Built, CandidateBuilder, failure, spec_of
 from graphopt.compress.search import Knob, Measure, SearchResult, best, pareto, search
+from graphopt.deadline import limit
 from graphopt.errors import GraphoptError, InputError
 
 __all__ = ["CompressOptions", "CompressResult", "check_options", "compress", "frontier_doc", "PRUNE_LEVELS",
@@ -194,6 +195,9 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
 
     start = time.perf_counter()
     techniques = check_options(options)
+    # the search's clock (time.monotonic) and the deadline every candidate's long loops check (graphopt.deadline):
+    # a candidate still running when the limit passes fails, instead of overrunning it by minutes
+    deadline_at = time.monotonic() + options.time_limit if options.time_limit is not None else None
     if not calibration or not search_batches:
         raise InputError("compress needs calibration batches (--calib) and evaluation batches (--eval) the search "
                          "scores candidates on")
@@ -273,13 +277,14 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
             detail.update(latency_ratio=m.latency, quality=m.quality, latency_ms=m.latency, error=m.error)
         else:
             try:
-                if levels.get("int8") and fusions is None:
-                    b, quality, timing = choose_fusion(levels)
-                else:
-                    b = builder.build({**levels, "int8": bool(levels.get("int8"))},
-                                      fallback=levels.get("int8") == "fallback")
-                    quality = builder.quality(b.path)
-                    timing = probe.measure(b.path)
+                with limit(deadline_at):
+                    if levels.get("int8") and fusions is None:
+                        b, quality, timing = choose_fusion(levels)
+                    else:
+                        b = builder.build({**levels, "int8": bool(levels.get("int8"))},
+                                          fallback=levels.get("int8") == "fallback")
+                        quality = builder.quality(b.path)
+                        timing = probe.measure(b.path)
             except GraphoptError as e:
                 log.info("compress: %s failed: %s", detail["label"], failure(e))
                 m = Measure(math.inf, -math.inf, failure(e))
@@ -331,10 +336,14 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
     out.chosen = chosen
     if chosen is not None and evaluate is None:
         levels = levels_of(result.points[chosen][0])
-        if levels.get("int8") is True:  # rebuilt with the per-layer SQNR for the report
-            out.built = builder.build(levels, sqnr=True, name="chosen")
-        else:  # fp32 (nothing to add) or INT8 with fallbacks (its sensitivity runs are not repeated)
-            out.built = built[result.points[chosen][0]]
+        point = result.points[chosen][0]
+        left = None if deadline_at is None else deadline_at - time.monotonic()
+        if levels.get("int8") is True and (left is None or left > 2 * details[chosen]["seconds"]):
+            out.built = builder.build(levels, sqnr=True, name="chosen")  # rebuilt with the per-layer SQNR
+        else:  # fp32 (nothing to add), INT8 with fallbacks (its sensitivity runs are not repeated), or no time
+            out.built = built[point]
+            if levels.get("int8") is True:
+                out.built.docs["sqnr"] = "not measured: the time limit left no room to rebuild with it"
         fusion = out.built.docs.get("int8_fusion", "default")
         out.built.docs["spec"] = spec_of(levels, options.target, prune_opts, lowrank_opts, fusion)
     out.seconds = time.perf_counter() - start

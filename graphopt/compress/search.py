@@ -151,6 +151,8 @@ def search(knobs: Sequence[Knob], evaluate: Callable[[Point], Measure], *, thres
         result.points.append((p, m))
         if on_point is not None:
             on_point(p, m)
+        if time_limit is not None and clock() - start > time_limit:  # e.g. a candidate the deadline stopped
+            raise _Timeout
         return m
 
     def fits(m: Measure) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from graphopt import ir
+from graphopt.deadline import check
 from graphopt.errors import InputError
 from graphopt.passes.lowrank import ranks as _ranks
 from graphopt.passes.lowrank.decompose import METHODS, Spectrum, factors, relative_output_error, spectrum
@@ -236,6 +237,7 @@ def plan_layers(model: ir.Model, opts: FactorizeOptions, calibration: Any = None
     fast: dict[tuple[int, int, int], int] = {}
     kept: list[Layer] = []
     for layer in layers:
+        check("low-rank decompositions")
         st = stats.get(layer.input.name)
         if st is not None and st.axis != layer.axis:
             st = None
@@ -300,6 +302,7 @@ def apply_plan(model: ir.Model, plan: Plan, chosen: list[int], opts: FactorizeOp
     names = ir.value_names(model.graph) if plan.layers else set()
     for layer, spec, gram, w, base, rank in zip(plan.layers, plan.spectra, plan.grams, plan.weights, plan.reports,
                                                 chosen):
+        check("low-rank factors")
         rep = LayerReport(**asdict(base))
         report.layers.append(rep)
         if rank and plan.guard is not None and not plan.guard.faster(layer.k, layer.n, rank, base.tokens):

@@ -26,6 +26,7 @@ import numpy as np
 
 from graphopt import ir
 from graphopt.calibrate.reconstruct import bias_compensation, refit_kept, solve_ridge
+from graphopt.deadline import check
 from graphopt.errors import InputError
 from graphopt.passes.pruning.plan import GroupPlan, Site, rows_to_weight, weight_rows
 
@@ -126,6 +127,7 @@ def refit_sites(model: ir.Model, sites: Mapping[str, Site], plans: Sequence[Grou
     nodes = {n.name: n for n in graph if n.name}
     done: list[SiteRefit] = []
     for site in sites.values():
+        check("reconstruction")
         keep = kept_channels(site, plans, keeps)
         if keep.size == site.channels:
             continue
@@ -180,6 +182,7 @@ def error_curve(plan: GroupPlan, sites: Mapping[str, Site], stats: Mapping[str, 
     """The consumers' output error ``||X_S W' - X W||^2`` (summed over calibration rows and sites) when ``plan``
     keeps its top ``k`` units, for each ``k`` of ``counts``, after ``reconstruction`` (the intercept fit and bias
     compensation seen through the centered Gram). Sites without a Gram add the removed units' scores instead."""
+    check("the error allocation's curves")
     order = np.argsort(-np.asarray(plan.scores, dtype=np.float64), kind="stable")
     out = []
     prepared = []

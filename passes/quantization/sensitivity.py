@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from graphopt import ir
+from graphopt.deadline import check
 from graphopt.errors import InputError
 from graphopt.calibrate.metrics import METRICS, Metric, argmax_agreement, output_cosine
 from graphopt.passes.quantization.insert import QuantConfig, insert_qdq
@@ -72,6 +73,7 @@ class _Switched:
 
     def run_batch(self, on: set[int], index: int) -> dict[str, np.ndarray]:
         """The outputs on batch ``index`` with the sites ``on`` quantized."""
+        check("INT8 sensitivity")
         flags = {name: np.array(i in on) for i, name in enumerate(self.flags)}
         return dict(zip(self.outputs, self.session.run(self.outputs, {**self.feeds[index], **flags})))
 

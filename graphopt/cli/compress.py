@@ -236,7 +236,10 @@ def cmd_compress(args: argparse.Namespace) -> int:
         saved, accuracy, rank_fidelity = lossy.save_checked(model, args, batches)
     doc["output"] = str(saved.path)
     doc["file_bytes"] = {"before": _file_bytes(args.input), "after": saved.bytes_written}
-    doc["profiles"] = _profiles([args.input, str(saved.path)], inputs, args.threads)
+    if args.time_limit is None or time.perf_counter() - start < args.time_limit * 60:
+        doc["profiles"] = _profiles([args.input, str(saved.path)], inputs, args.threads)
+    else:
+        doc["profiles_skipped"] = "the time limit had passed: no per-operator profiles"
     doc["accuracy"] = lossy.accuracy_doc(accuracy, rank_fidelity, batches, batches)
     doc["accuracy"]["data"] = "held-out"
     if name != "rank-fidelity":  # the generic sentence-embedding figure means nothing for other models

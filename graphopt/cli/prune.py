@@ -171,11 +171,13 @@ def add_parsers(sub: Any) -> None:
     how.add_argument("--budget", metavar="METRIC=VALUE", help=(
         "the smallest ratio whose METRIC (cosine, argmax, rank-fidelity) on the --eval (else calibration) data "
         "stays >= VALUE; exit 1, nothing written, when even the mildest misses"))
-    p.add_argument("--method", choices=("magnitude", "wanda", "flap", "sensitivity", "ablation"), default="wanda",
+    p.add_argument("--method", default="wanda",
+                   choices=("magnitude", "wanda", "flap", "sensitivity", "ablation", "obs"),
                    help=("unit importance (default wanda); sensitivity: the block output's change with the unit "
                          "removed, ||X_u W_u||^2 from the consumer input's Gram; ablation: the model outputs' "
                          "change (1 - cos) with each head masked, one run per head on the first 16 calibration "
-                         "batches (FFN neurons as sensitivity)"))
+                         "batches (FFN neurons as sensitivity); obs: structured Optimal Brain Surgeon, units "
+                         "removed greedily by the error left after least squares compensates with the rest"))
     p.add_argument("--kinds", metavar="K[,K]", help="group kinds to prune: heads, ffn, channels (default: all the "
                    "model has; GQA heads: a KV head with its query group), query-heads (GQA's query heads within "
                    "their groups, instead of heads), or layers alone (whole layers; not mixed with the others: "

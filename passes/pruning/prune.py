@@ -5,8 +5,8 @@ Steps (:func:`prune`): the coupled groups (:func:`graphopt.analysis.groups.find_
 the sites and unit costs (:mod:`.plan`); one :func:`~graphopt.calibrate.stats.collect_stats` call for every
 consumer input (per-channel norms and variances, Grams where least squares, the ``error`` allocation or the
 sensitivity scores read them; cached in the context); unit scores (:mod:`.scoring`: magnitude, Wanda, FLAP,
-output sensitivity, ablation); kept counts per group for the target ratio of block FLOPs (:mod:`.allocation`:
-uniform, FLAP's standardized global, or by measured output error per FLOP);
+output sensitivity, ablation, structured OBS); kept counts per group for the target ratio of block FLOPs
+(:mod:`.allocation`: uniform, FLAP's standardized global, or by measured output error per FLOP);
 :func:`~graphopt.analysis.groups.apply_pruning`; the consumers refitted (:mod:`.refit`: least squares, bias
 compensation, none). With an accuracy budget the ratio is searched on the evaluation data
 (:mod:`.budget`). The report is stored as JSON in the model's metadata under :data:`METADATA_KEY`.
@@ -75,7 +75,9 @@ class PruneOptions:
     method: str = field(default="wanda", metadata={"doc": "unit importance: magnitude, wanda, flap, sensitivity "
                                                           "(the block output's change with the unit removed, "
                                                           "from the consumer's Gram) or ablation (the model "
-                                                          "outputs' change with each head masked)"})
+                                                          "outputs' change with each head masked) or obs "
+                                                          "(structured OBS: the error left after least squares "
+                                                          "compensates, greedy)"})
     allocation: str = field(default="uniform", metadata={"doc": "uniform, global (FLAP's standardized) or error "
                                                                 "(output error per FLOP saved)"})
     align: int = field(default=8, metadata={"doc": "kept neurons/channels are multiples of this; heads stay whole"})
@@ -272,10 +274,11 @@ def prune(model: ir.Model, options: PruneOptions | None = None, calibration: Any
                          f"{opts.allocation} needs calibration data (graphopt prune --calib PATH, or "
                          "PassContext(calibration=...)); only magnitude without reconstruction runs without")
     gram = opts.reconstruction == "least-squares" or opts.allocation == "error" or \
-        opts.method in ("sensitivity", "ablation")
+        opts.method in ("sensitivity", "ablation", "obs")
     stats = _stats(model, sites, plans, gram, calibration, cache, opts.mask, progress) if needs_data else {}
     score_groups(plans, sites, stats, opts.method, model, calibration=calibration, mask=opts.mask or None,
-                 progress=progress)
+                 progress=progress, ridge=opts.ridge,
+                 centered=opts.reconstruction != "none")
     memo: dict[str, tuple[list[int], list[float]]] = {}
 
     def curves() -> dict[str, tuple[list[int], list[float]]]:
@@ -385,7 +388,7 @@ def _prune_layers(model: ir.Model, opts: PruneOptions, report: PruneReport, cali
 @register_pass("prune")
 class Prune(Pass):
     """Structured pruning of attention heads, FFN neurons and conv channels (magnitude, Wanda, FLAP, output
-    sensitivity or ablation scores;
+    sensitivity, ablation or structured OBS scores;
     uniform, global or error-driven allocation), with least-squares reconstruction of the consumers; or of whole
     layers (``kinds=layers``), lowest ShortGPT Block Influence first.
 

@@ -35,7 +35,7 @@ from graphopt.passes.pruning.plan import GroupPlan, Site, weight_rows
 
 __all__ = ["METHODS", "score_groups"]
 
-METHODS = ("magnitude", "wanda", "flap", "sensitivity", "ablation")
+METHODS = ("magnitude", "wanda", "flap", "sensitivity", "ablation", "obs")
 """Scoring methods by name."""
 
 
@@ -57,7 +57,8 @@ def _magnitude(plan: GroupPlan, model: ir.Model) -> np.ndarray:
 
 def score_groups(plans: list[GroupPlan], sites: Mapping[str, Site], stats: Mapping[str, object], method: str,
                  model: ir.Model, *, calibration: Iterable[Mapping[str, np.ndarray]] | None = None,
-                 mask: str | None = None, progress: bool = False) -> None:
+                 mask: str | None = None, progress: bool = False, ridge: float = 1e-4,
+                 centered: bool = True) -> None:
     """Fill ``plan.scores`` (``[size]`` float64) of every plan.
 
     Args:
@@ -70,12 +71,24 @@ def score_groups(plans: list[GroupPlan], sites: Mapping[str, Site], stats: Mappi
         calibration: ``ablation``: the batches the masked runs use (None: every group at the consumer).
         mask: ``ablation``: a graph input whose zeros drop padded rows from the output cosine.
         progress: ``ablation``: a progress bar over the masked runs.
+        ridge: ``obs``: the relative ridge of the least-squares refit it ranks for.
+        centered: ``obs``: sites with a bias use the centered Gram (the refit fits an intercept).
 
     Raises:
         InputError: an unknown method; ``ablation`` with calibration data that has no batch.
     """
     if method not in METHODS:
         raise InputError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "obs":
+        from graphopt.passes.pruning.obs import obs_scores
+        from graphopt.passes.pruning.sensitivity import consumer_scores
+
+        for plan in plans:
+            scores = obs_scores(plan, sites, stats, ridge=ridge, centered=centered)
+            if scores is None:
+                scores = consumer_scores(plan, sites, stats)
+            plan.scores = scores if scores is not None else _magnitude(plan, model)
+        return
     if method in ("sensitivity", "ablation"):
         from graphopt.passes.pruning.sensitivity import sensitivity_scores
 

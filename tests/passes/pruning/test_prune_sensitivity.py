@@ -131,11 +131,11 @@ def test_sensitivity_drops_a_head_whose_rows_cancel_where_wanda_keeps_it():
     consumer = consumer_scores(heads, sites, stats)
     assert int(np.argmin(consumer)) == 0 and consumer[0] < 1e-6 * consumer[1:].min()
     kept = {}
-    for method in ("wanda", "sensitivity", "ablation"):
+    for method in ("wanda", "sensitivity", "obs", "ablation"):
         score_groups([heads], sites, stats, method, model, calibration=calib)
         kept[method] = keep_sets([heads], {heads.name: 3})[heads.name]
     assert int(np.argmin(heads.scores)) == 0 and heads.scores[0] < 1e-6  # ablation: the outputs do not change
-    assert kept["sensitivity"] == kept["ablation"] == [1, 2, 3]
+    assert kept["sensitivity"] == kept["ablation"] == kept["obs"] == [1, 2, 3]
     assert 0 in kept["wanda"]  # Wanda's |W| * ||X|| sees large weights and norms, not that the rows cancel
 
 

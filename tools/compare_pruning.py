@@ -14,10 +14,12 @@ same models at the FFN sparsity of the same block ratio (its attention-head prun
 nodes, none in these exports). Stacked: prune -> O2 -> ``graphopt quantize`` (INT8) against INT8 alone.
 
     .venv/bin/python tools/compare_pruning.py [--exports ts,dynamo] [--seconds 6]
-    .venv/bin/python tools/compare_pruning.py --extra      # allocation variants and the 0.8 ratio (ts)
+    .venv/bin/python tools/compare_pruning.py --extra [--extra-method obs]  # allocation variants, the 0.8 ratio (ts)
     .venv/bin/python tools/compare_pruning.py --latency-only --ocr-work DIR   # every MiniLM latency column again
     .venv/bin/python tools/compare_pruning.py --work DIR --worker ts sensitivity   # one export's sweep of other
                      methods (any of graphopt.passes.pruning.scoring.METHODS, e.g. sensitivity) into DIR/ts.json
+    .venv/bin/python tools/compare_pruning.py --method-table WORK/ts.json [OTHER/ts.json]   # a worker's rows as a
+                     markdown table (with OTHER's wanda rows beside them)
     .venv/bin/python tools/compare_pruning.py --rewrite "COMMAND" [--notes notes.md]   # the report from WORK
     .venv/bin/python tools/compare_pruning.py --models det,rec [--ocr-methods wanda,flap]   # PaddleOCR sections
                      (tools/pruning_ocr.py), spliced into the existing report: the MiniLM rows stay as they are
@@ -207,9 +209,9 @@ def latency_only(work: Path, out: Path, seconds: float, ocr_work: Path | None) -
                                           pruning_ocr.block_command(md), pruning_ocr._notes(md)))
 
 
-def extra(work: Path) -> None:
-    """Allocation variants (error, global) and the 0.8 ratio on the ts export (wanda, least squares), to
-    WORK/extra.json."""
+def extra(work: Path, method: str = "wanda") -> None:
+    """Allocation variants (error, global) and the 0.8 ratio on the ts export (``method``, least squares), to
+    WORK/extra.json (wanda) or WORK/extra_METHOD.json, and printed as the report's table rows."""
     from graphopt import ir
     from graphopt.calibrate.stats import StatsCache
     from graphopt.passes.pruning import PruneOptions, prune
@@ -224,16 +226,28 @@ def extra(work: Path) -> None:
                                 ("heads+ffn", "global", 0.6)):
         model = ir.load(src)
         t = time.perf_counter()
-        rep = prune(model, PruneOptions(ratio=ratio, kinds=KINDS[kname], method="wanda", allocation=alloc,
+        rep = prune(model, PruneOptions(ratio=ratio, kinds=KINDS[kname], method=method, allocation=alloc,
                                         levels=12), calib, cache=cache)
         seconds = time.perf_counter() - t
-        path = work / f"extra_{kname}_{alloc}_{ratio}.onnx"
+        path = work / f"extra_{kname}_{alloc}_{ratio}{'' if method == 'wanda' else '_' + method}.onnx"
         ir.save(model, path)
-        rows.append({"kinds": kname, "allocation": alloc, "ratio": ratio, "achieved": rep.achieved,
+        rows.append({"kinds": kname, "method": method, "allocation": alloc, "ratio": ratio, "achieved": rep.achieved,
                      "seconds": seconds, "path": str(path), **quality(_outputs(str(path), evaluation), ref),
                      "kept": {g.name: g.kept for g in rep.groups}})
         print(json.dumps(rows[-1]), flush=True)
-    (work / "extra.json").write_text(json.dumps(rows))
+    (work / ("extra.json" if method == "wanda" else f"extra_{method}.json")).write_text(json.dumps(rows))
+    print("\n".join(extra_rows(rows)))
+
+
+def extra_rows(rows: list[dict]) -> list[str]:
+    """The allocation table's rows (kinds, allocation, ratio, kept, RF, cos, s, kept heads / neurons per layer)."""
+    out = []
+    for r in rows:
+        kept = r["kept"]
+        per = " ".join(f"{kept.get(f'layer{i}.attn.heads', 12)}/{kept.get(f'layer{i}.ffn', 1536)}" for i in range(6))
+        out.append(f"| {r['kinds']} | {r['allocation']} | {r['ratio']} | {r['achieved']:.3f} | "
+                   f"{r['rank_fidelity']:.4f} | {r['cosine']:.4f} | {r['seconds']:.1f} | {per} |")
+    return out
 
 
 def _fmt(v: float | None, d: int = 4) -> str:
@@ -296,15 +310,28 @@ def write(out: Path, command: str, data: dict) -> None:
                   "FLAP's standardized scores; `uniform` as above.", "",
                   "| kinds | allocation | ratio | kept | RF | cos | s | kept heads / neurons per layer |",
                   "|---|---|---|---|---|---|---|---|"]
-        for r in data["extra"]:
-            kept = r["kept"]
-            per = " ".join(f"{kept.get(f'layer{i}.attn.heads', 12)}/{kept.get(f'layer{i}.ffn', 1536)}"
-                           for i in range(6))
-            lines.append(f"| {r['kinds']} | {r['allocation']} | {r['ratio']} | {r['achieved']:.3f} | "
-                         f"{r['rank_fidelity']:.4f} | {r['cosine']:.4f} | {r['seconds']:.1f} | {per} |")
-        lines.append("")
+        lines += extra_rows(data["extra"]) + [""]
     lines += targets(data) + data.get("notes", [])
     out.write_text("\n".join(lines) + "\n")
+
+
+def method_table(path: Path, against: Path | None) -> str:
+    """A worker's rows (``--worker EXPORT METHODS`` writes WORK/EXPORT.json) as a markdown table, with the wanda
+    rows of the same (kinds, reconstruction, ratio) from ``against`` (another worker JSON, e.g. the main sweep's)
+    beside them."""
+    rows = json.loads(path.read_text())["rows"]
+    base = {}
+    if against is not None:
+        base = {(r["kinds"], r["recon"], r["ratio"]): r for r in json.loads(against.read_text())["rows"]
+                if r["method"] == "wanda"}
+    lines = ["| kinds | method | reconstruction | ratio | kept | RF | cos | s | wanda RF | wanda cos |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        w = base.get((r["kinds"], r["recon"], r["ratio"]), {})
+        lines.append(f"| {r['kinds']} | {r['method']} | {r['recon']} | {r['ratio']} | {r['achieved']:.3f} | "
+                     f"{_fmt(r['rank_fidelity'])} | {_fmt(r['cosine'])} | {r['seconds']:.1f} | "
+                     f"{_fmt(w.get('rank_fidelity'))} | {_fmt(w.get('cosine'))} |")
+    return "\n".join(lines)
 
 
 def targets(data: dict) -> list[str]:
@@ -394,6 +421,8 @@ def main() -> int:
     p.add_argument("--no-peer", action="store_true")
     p.add_argument("--cold", action="store_true", help="only re-measure the cold CLI runs into WORK/all.json")
     p.add_argument("--extra", action="store_true", help="only the allocation / 0.8 rows (WORK/extra.json)")
+    p.add_argument("--extra-method", default="wanda", help="with --extra: the scores (another method writes "
+                   "WORK/extra_METHOD.json)")
     p.add_argument("--latency-only", action="store_true", help="re-time every MiniLM latency column on the models "
                    "in WORK and rewrite the report (notes kept; the PaddleOCR block re-spliced from --ocr-work)")
     p.add_argument("--ocr-work", metavar="DIR", help="with --latency-only: the folder of the last --models run")
@@ -405,7 +434,13 @@ def main() -> int:
                    "into --out, the MiniLM rows kept (tools/pruning_ocr.py)")
     p.add_argument("--ocr-methods", default="wanda,flap", help="methods of the PaddleOCR sweeps")
     p.add_argument("--ocr-worker", metavar="MODEL", help=argparse.SUPPRESS)
+    p.add_argument("--method-table", nargs="+", metavar="JSON", help="print a worker JSON's rows as markdown (a "
+                   "second JSON: its wanda rows beside them)")
     args = p.parse_args()
+    if args.method_table:
+        print(method_table(Path(args.method_table[0]),
+                           Path(args.method_table[1]) if len(args.method_table) > 1 else None))
+        return 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if args.ocr_worker:
@@ -415,7 +450,7 @@ def main() -> int:
     if args.models:
         return ocr_main(args, work)
     if args.extra:
-        extra(work)
+        extra(work, args.extra_method)
         return 0
     if args.latency_only:
         latency_only(work, Path(args.out), args.seconds, Path(args.ocr_work) if args.ocr_work else None)

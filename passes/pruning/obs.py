@@ -37,6 +37,7 @@ at 0.6 of the block FLOPs 0.9026 against wanda's 0.8960 (uniform allocation), 0.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,6 +49,9 @@ from graphopt.errors import InputError
 from graphopt.passes.pruning.plan import GroupPlan, Site, weight_rows
 
 __all__ = ["obs_order", "obs_scores"]
+
+_MEMO: OrderedDict[tuple, tuple[list[Any], np.ndarray]] = OrderedDict()
+_MEMO_SIZE = 64
 
 
 def _inverse(gram: np.ndarray, ridge: float, where: str) -> np.ndarray:
@@ -179,7 +183,7 @@ def obs_scores(plan: GroupPlan, sites: Mapping[str, Site], stats: Mapping[str, A
     Raises:
         InputError: as :func:`obs_order`.
     """
-    ws, gs, us = [], [], []
+    ws, gs, us, used, key = [], [], [], [], [plan.name, plan.size, plan.step, ridge, centered]
     for node, idx in plan.rows.items():
         site = sites[node]
         st = stats.get(site.data)
@@ -188,9 +192,21 @@ def obs_scores(plan: GroupPlan, sites: Mapping[str, Site], stats: Mapping[str, A
         ws.append(weight_rows(site.array, site.in_axis))
         gs.append(_centered(st) if centered and site.bias is not None else st.gram)
         us.append(idx)
+        used.append(st)
+        key.append((node, id(st), site.array.shape, float(np.sum(site.array, dtype=np.float64)),
+                    float(np.sum(np.square(site.array, dtype=np.float64))), idx.tobytes()))
     if not ws:
         return None
+    # compress prunes one model at many ratios with cached statistics (the same ChannelStats objects): the order
+    # is computed once; the memo holds the statistics it was computed from, so their ids cannot be reused
+    hit = _MEMO.get(tuple(key))
+    if hit is not None:
+        _MEMO.move_to_end(tuple(key))
+        return hit[1].copy()
     order, _ = obs_order(ws, gs, us, step=plan.step, ridge=ridge, where=plan.name)
     scores = np.empty(plan.size)
     scores[order] = np.arange(plan.size, dtype=np.float64)
+    _MEMO[tuple(key)] = (used, scores.copy())
+    while len(_MEMO) > _MEMO_SIZE:
+        _MEMO.popitem(last=False)
     return scores

@@ -191,3 +191,26 @@ def test_brute_force_helper_is_exhaustive_on_pairs():
     pairs = {p: _ls_error(x, w, np.setdiff1d(np.arange(4), p)) for p in itertools.combinations(range(4), 2)
              if first in p}
     assert np.isclose(errors[1], min(pairs.values()))
+
+
+def test_scores_are_memoized_per_statistics_object():
+    import graphopt.passes.pruning.obs as obs_module
+
+    model, plans, sites, stats, _ = _bert_setup()
+    ffn = next(p for p in plans if p.name == "layer0.ffn")
+    first = obs_scores(ffn, sites, stats)
+    calls = []
+    real = obs_module.obs_order
+    obs_module.obs_order = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        np.testing.assert_array_equal(obs_scores(ffn, sites, stats), first)  # same statistics: no recomputation
+        assert calls == []
+        obs_scores(ffn, sites, stats, ridge=1e-2)  # another ridge: computed
+        assert calls == [1]
+        other = {k: v for k, v in collect_stats(model, [StatRequest(v.value, v.axis, gram=True)
+                                                        for v in stats.values()],
+                                                CalibrationData.generated(onnx.load(BERT), count=2, seed=5)).items()}
+        obs_scores(ffn, sites, other)  # other statistics: computed
+        assert calls == [1, 1]
+    finally:
+        obs_module.obs_order = real

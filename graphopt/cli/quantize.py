@@ -158,8 +158,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     report = box["report"]
     kept = record.get("kept_float", [])
     seconds = time.perf_counter() - start
+    passes = result.report.to_dict()["passes"]
+    not_quantized = _not_quantized(passes)
     doc = {"input": args.input, "output": str(saved.path), "pipeline": spec, "target": args.target, "seconds": seconds,
-           "kept_float": kept, "budget": box.get("budget"), "passes": result.report.to_dict()["passes"],
+           "kept_float": kept, "not_quantized": not_quantized, "budget": box.get("budget"), "passes": passes,
            "before": before.to_dict(), "after": model_stats(result.model).to_dict(), **report.to_dict(),
            "report_data": "held-out" if held is not None else "evaluation" if args.eval else "calibration"}
     if args.report:
@@ -169,7 +171,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.json:
         stdout.print_json(json.dumps(doc, default=str))
     elif not args.quiet:
-        stdout.print(_table(report, kept, seconds))
+        stdout.print(_table(report, kept, seconds, not_quantized))
         stdout.print(f"wrote {saved.path}" + (f" (+ {saved.data_path.name})" if saved.data_path else ""))
         if args.report:
             stdout.print(f"report written to {args.report}")
@@ -232,7 +234,22 @@ def _report_batches(calibration: Any, proto: onnx.ModelProto, args: argparse.Nam
     return first_batches(data, REPORT_BATCHES)
 
 
-def _table(report: Any, kept: list[str], seconds: float) -> Table:
+_ATTENTION_SKIP = "Attention with past, attention bias, packed sizes or rotary"
+
+
+def _not_quantized(passes: list[dict[str, Any]]) -> dict[str, int]:
+    """``{reason: count}`` of the candidate nodes the ``qdq`` pass left float (its ``skipped ...`` statistics)."""
+    out: dict[str, int] = {}
+    for p in passes:
+        if p.get("name") != "qdq":
+            continue
+        for key, count in (p.get("stats") or {}).items():
+            if key.startswith("skipped ") and count:
+                out[key[len("skipped "):]] = out.get(key[len("skipped "):], 0) + int(count)
+    return out
+
+
+def _table(report: Any, kept: list[str], seconds: float, not_quantized: dict[str, int] | None = None) -> Table:
     outer = Table.grid(padding=1)
     outputs = Table(title=f"accuracy vs the float model ({report.batches} batches)", show_edge=False)
     for col in ("output", "max abs error", "cosine", "argmax agreement"):
@@ -245,6 +262,12 @@ def _table(report: Any, kept: list[str], seconds: float) -> Table:
     outer.add_row(f"size {filesize.decimal(report.bytes_before)} -> {filesize.decimal(report.bytes_after)} "
                   f"({ratio:.3f}x); {len(report.sqnr_db)} quantized layers"
                   + (f", kept float: {', '.join(kept)}" if kept else ""))
+    if not_quantized:
+        outer.add_row("not quantized (left float): " + ", ".join(f"{n} {why}" for why, n in not_quantized.items()))
+        if _ATTENTION_SKIP in not_quantized:
+            outer.add_row("a fused Attention that reads its mask as an attention bias has no quantized kernel "
+                          "(QAttention): quantize the model before `optimize -p O2`; quantize's int8 pipeline runs "
+                          "the fusions that keep attention's MatMuls quantizable")
     if report.sqnr_db:
         worst = sorted(report.sqnr_db.items(), key=lambda kv: kv[1])[:5]
         outer.add_row("lowest SQNR: " + ", ".join(f"{name} {db:.1f} dB" for name, db in worst))

@@ -57,6 +57,25 @@ def test_json_report(tmp_path, capsys):
     assert len(doc["sqnr_db"]) == 9 and all(isinstance(v, float) for v in doc["sqnr_db"].values())
     assert doc["bytes_before"] == BERT.stat().st_size and 0 < doc["bytes_after"] < doc["bytes_before"]
     assert doc["passes"][-1]["name"] == "qdq" and doc["passes"][-1]["stats"]["sites"] == 9
+    assert doc["not_quantized"] == {"activation weight": 4}  # attention's QK^T and AV products
+
+
+def test_fused_attention_left_float_is_reported_with_what_to_do(tmp_path, capsys):
+    """An O2 model's fused Attention reads the mask as an attention bias, which QAttention has no input for: it
+    stays float, and quantize says so and what to do instead (quantize the model before O2)."""
+    fused = tmp_path / "o2.onnx"
+    assert _run(capsys, "optimize", BERT, "-o", fused, "-p", "O2")[0] == 0
+    assert _ops(fused)["Attention"] == 2
+    out = tmp_path / "out.onnx"
+    code, stdout, stderr = _run(capsys, "quantize", fused, "-o", out, "--calib", "generate", "--calib-count", "2")
+    assert code == 0, stderr
+    text = _flat(stdout)
+    assert "not quantized (left float): 2 Attention with past, attention bias, packed sizes or rotary" in text
+    assert "quantize the model before `optimize -p O2`" in text
+    assert _ops(out)["Attention"] == 2 and "QAttention" not in _ops(out)
+    code, stdout, _ = _run(capsys, "quantize", fused, "-o", tmp_path / "out2.onnx", "--calib", "generate",
+                           "--calib-count", "2", "--json")
+    assert json.loads(stdout)["not_quantized"] == {"Attention with past, attention bias, packed sizes or rotary": 2}
 
 
 def test_float16_needs_no_calibration(tmp_path, capsys):

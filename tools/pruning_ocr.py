@@ -328,11 +328,15 @@ def section(model: str, block: dict) -> list[str]:
                   "before it).", "",
                   "| method | allocation | ratio | kept | FLOPs | latency | char | line | s |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        for r in study["rows"]:
-            lines.append(f"| {r['method']} | {r['allocation']} | {r['ratio']} | {r['achieved']:.3f} | "
-                         f"{r['flops_ratio']:.3f} | {_f(r.get('latency'), 3)} | {r['char_acc']:.4f} | "
-                         f"{r['line_acc']:.4f} | {r['seconds']:.1f} |")
+        lines += allocation_rows(study["rows"])
     return lines + [""]
+
+
+def allocation_rows(rows: list[dict]) -> list[str]:
+    """The allocation table's rows (method, allocation, ratio, kept, FLOPs, latency, char, line, s)."""
+    return [f"| {r['method']} | {r['allocation']} | {r['ratio']} | {r['achieved']:.3f} | {r['flops_ratio']:.3f} | "
+            f"{_f(r.get('latency'), 3)} | {r['char_acc']:.4f} | {r['line_acc']:.4f} | {r['seconds']:.1f} |"
+            for r in rows]
 
 
 def targets(blocks: dict) -> list[str]:
@@ -492,10 +496,20 @@ def main() -> int:
     p.add_argument("--work", required=True, help="the folder of the compare_pruning.py --models run (ocr.json)")
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "benchmarks" / "pruning.md"))
+    p.add_argument("--methods", default="flap,wanda", help="pruning methods of the study (default flap,wanda)")
+    p.add_argument("--print-only", action="store_true", help="print the rows as markdown; WORK/ocr.json and the "
+                   "report stay as they are (WORK needs only the model and the rendered lines)")
     args = p.parse_args()
     work, out = Path(args.work), Path(args.out)
+    methods = tuple(args.methods.split(","))
+    if args.print_only:
+        study = allocation_study(args.allocation, work, methods=methods, seconds=args.seconds)
+        print(f"original measured FLOPs {study['original_flops'] / 1e9:.3f} G, load {study['load']:.2f}")
+        print("\n".join(allocation_rows(study["rows"])))
+        return 0
     blocks = json.loads((work / "ocr.json").read_text())
-    blocks[args.allocation]["allocation"] = allocation_study(args.allocation, work, seconds=args.seconds)
+    blocks[args.allocation]["allocation"] = allocation_study(args.allocation, work, methods=methods,
+                                                             seconds=args.seconds)
     (work / "ocr.json").write_text(json.dumps(blocks))
     md = out.read_text()
     command = f"{block_command(md)}; then python tools/pruning_ocr.py --allocation {args.allocation} --work WORK"

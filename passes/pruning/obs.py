@@ -48,6 +48,7 @@ import scipy.linalg
 from graphopt.deadline import check
 from graphopt.errors import InputError
 from graphopt.passes.pruning.plan import GroupPlan, Site, weight_rows
+from graphopt.passes.pruning.refit import centered_gram
 
 __all__ = ["obs_order", "obs_scores"]
 
@@ -160,10 +161,6 @@ def obs_order(weight: np.ndarray | list[np.ndarray], gram: np.ndarray | list[np.
     return np.asarray(order, dtype=np.int64), added
 
 
-def _centered(st: Any) -> np.ndarray:
-    return st.gram - st.rows * np.outer(st.mean, st.mean)
-
-
 def obs_scores(plan: GroupPlan, sites: Mapping[str, Site], stats: Mapping[str, Any], *, ridge: float = 1e-4,
                centered: bool = True) -> np.ndarray | None:
     """``plan``'s units scored by their greedy OBS removal step (``[size]`` float64, higher = removed later =
@@ -191,7 +188,7 @@ def obs_scores(plan: GroupPlan, sites: Mapping[str, Site], stats: Mapping[str, A
         if not site.pointwise or st is None or st.gram is None or st.channels != site.channels:
             continue
         ws.append(weight_rows(site.array, site.in_axis))
-        gs.append(_centered(st) if centered and site.bias is not None else st.gram)
+        gs.append(centered_gram(st) if centered and site.bias is not None else st.gram)
         us.append(idx)
         used.append(st)
         key.append((node, id(st), site.array.shape, float(np.sum(site.array, dtype=np.float64)),

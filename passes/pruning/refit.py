@@ -30,7 +30,8 @@ from graphopt.deadline import check
 from graphopt.errors import InputError
 from graphopt.passes.pruning.plan import GroupPlan, Site, rows_to_weight, weight_rows
 
-__all__ = ["RECONSTRUCTIONS", "SiteRefit", "kept_channels", "removed_outputs", "refit_sites", "error_curve"]
+__all__ = ["RECONSTRUCTIONS", "SiteRefit", "centered_gram", "kept_channels", "removed_outputs", "refit_sites",
+           "error_curve"]
 
 RECONSTRUCTIONS = ("least-squares", "bias", "none")
 """Reconstruction choices by name."""
@@ -74,8 +75,9 @@ def removed_outputs(site: Site, plans: Sequence[GroupPlan], keeps: Mapping[str, 
     return np.array(sorted(removed), dtype=np.int64)
 
 
-def _centered(st: object) -> np.ndarray:
-    """``X^T X - R m m^T``: the Gram of the centered input (what an intercept fit sees)."""
+def centered_gram(st: object) -> np.ndarray:
+    """``X^T X - R m m^T`` ``[C, C]`` float64 from a :class:`~graphopt.calibrate.stats.ChannelStats` with a Gram:
+    the Gram of the centered input, what a least-squares fit with an intercept sees."""
     return st.gram - st.rows * np.outer(st.mean, st.mean)
 
 
@@ -195,7 +197,7 @@ def error_curve(plan: GroupPlan, sites: Mapping[str, Site], stats: Mapping[str, 
         if not site.pointwise:
             rows = rows.reshape(rows.shape[0], -1)
         centered = site.bias is not None and reconstruction != "none"
-        g = _centered(st) if centered else st.gram
+        g = centered_gram(st) if centered else st.gram
         gw = g @ rows  # G W once per site: the right-hand sides of every level are its rows
         prepared.append((idx, rows, g, gw, float(np.sum(rows * gw)), site.pointwise))
     for k in counts:

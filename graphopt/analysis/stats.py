@@ -76,7 +76,8 @@ class ModelStats:
         return dict(self.__dict__)
 
 
-def model_stats(model: ir.Model, *, with_flops: bool = False, dims: dict[str, int] | None = None) -> ModelStats:
+def model_stats(model: ir.Model, *, with_flops: bool = False, dims: dict[str, int] | None = None,
+                shapes: dict[str, tuple[int, ...]] | None = None, measure: bool = False) -> ModelStats:
     """Statistics of ``model`` (weights are not read: sizes come from shapes).
 
     Args:
@@ -84,6 +85,9 @@ def model_stats(model: ir.Model, *, with_flops: bool = False, dims: dict[str, in
         with_flops: also estimate FLOPs (runs ONNX shape inference on a copy).
         dims: symbolic dim bindings for the FLOPs estimate (defaults as in
             ``graphopt verify``: batch 1, sequence 16, ...).
+        shapes: whole input shapes for the FLOPs estimate (input name -> dims).
+        measure: measure in onnxruntime the MatMul/Gemm/Conv shapes inference
+            leaves unknown (see :func:`flops`).
     """
     inits = [v for g in ir.all_graphs(model) for v in g.initializers.values()]
     params = sum(int(np.prod(v.const_value.shape.numpy())) for v in inits if v.const_value is not None)
@@ -95,20 +99,28 @@ def model_stats(model: ir.Model, *, with_flops: bool = False, dims: dict[str, in
         signature=signature(model),
     )
     if with_flops:
-        stats.flops, stats.flops_unknown, stats.flops_approximate = flops(model, dims)
+        stats.flops, stats.flops_unknown, stats.flops_approximate = flops(model, dims, shapes=shapes,
+                                                                          measure=measure)
     return stats
 
 
-def _static_graph(model: ir.Model, dims: dict[str, int] | None) -> onnx.ModelProto:
-    """The model's proto without weight data, graph input dims bound to ints,
-    after ONNX shape inference with data propagation."""
+def _static_graph(model: ir.Model, dims: dict[str, int] | None,
+                  shapes: dict[str, tuple[int, ...]] | None = None) -> onnx.ModelProto:
+    """The model's proto without weight data, graph input dims bound to ints
+    (``shapes``: an input's whole shape; else ``dims`` by name, else the
+    defaults of ``graphopt verify``), after ONNX shape inference with data
+    propagation."""
     from graphopt.verify.inputs import default_dim
 
     proto = ir.to_proto(model, inline_external=False)
     del proto.graph.value_info[:]  # stale symbolic dims would block the bound ones
     for value in proto.graph.input:
-        for d in value.type.tensor_type.shape.dim:
-            if d.HasField("dim_param") or not d.HasField("dim_value"):
+        whole = (shapes or {}).get(value.name)
+        for axis, d in enumerate(value.type.tensor_type.shape.dim):
+            if whole is not None and axis < len(whole):
+                d.Clear()
+                d.dim_value = int(whole[axis])
+            elif d.HasField("dim_param") or not d.HasField("dim_value"):
                 name = d.dim_param
                 size = (dims or {}).get(name, default_dim(name) if name else 1)
                 d.Clear()
@@ -119,37 +131,46 @@ def _static_graph(model: ir.Model, dims: dict[str, int] | None) -> onnx.ModelPro
         return proto
 
 
-def flops(model: ir.Model, dims: dict[str, int] | None = None) -> tuple[int, int, int]:
+def flops(model: ir.Model, dims: dict[str, int] | None = None, *, shapes: dict[str, tuple[int, ...]] | None = None,
+          measure: bool = False) -> tuple[int, int, int]:
     """Estimate FLOPs of MatMul, Gemm and Conv (main graph), counting a
     multiply-add as 2 FLOPs.
 
     MatMul ``[..., M, K] x [..., K, N]``: ``2*prod(out)*K``; Gemm: ``2*M*N*K``;
     Conv: ``2*prod(out)*(C_in/group)*prod(kernel)``.
 
-    Dims that shape inference cannot resolve after binding the inputs (data
-    dependent, ``unk__N``) are taken as 1 and the node counted as approximate.
+    Graph input dims: ``shapes`` (input name -> whole shape, for dims the
+    model leaves unnamed), else ``dims`` by name, else ``graphopt verify``'s
+    defaults (batch 1, sequence 16, ...). Dims that shape inference cannot
+    resolve after binding the inputs (data dependent, ``unk__N``) are taken
+    as 1 and the node counted as approximate; with ``measure`` those nodes'
+    shapes are measured instead in one onnxruntime run on generated inputs
+    of the bound shapes (:func:`graphopt.analysis.measured.measure_shapes`;
+    when the run fails, a warning and the estimate as without).
 
     Returns:
         (flops, nodes whose shapes could not be inferred, nodes with a dim taken as 1).
     """
-    proto = _static_graph(model, dims)
-    shapes: dict[str, list[int]] = {}
+    proto = _static_graph(model, dims, shapes)
+    shapes_of: dict[str, list[int]] = {}
     unresolved: set[str] = set()
     for vi in list(proto.graph.value_info) + list(proto.graph.input) + list(proto.graph.output):
         t = vi.type.tensor_type
         if t.HasField("shape"):
-            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]
+            shapes_of[vi.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]
             if not all(d.HasField("dim_value") for d in t.shape.dim):
                 unresolved.add(vi.name)
     for init in proto.graph.initializer:
-        shapes[init.name] = list(init.dims)
+        shapes_of[init.name] = list(init.dims)
+    if measure:
+        _measure_unknown(model, proto, shapes_of, unresolved)
     total = unknown = approximate = 0
     for node in proto.graph.node:
         if node.op_type not in ("MatMul", "Gemm", "Conv"):
             continue
-        a = shapes.get(node.input[0])
-        w = shapes.get(node.input[1])
-        out = shapes.get(node.output[0])
+        a = shapes_of.get(node.input[0])
+        w = shapes_of.get(node.input[1])
+        out = shapes_of.get(node.output[0])
         if a is None or w is None or out is None:
             unknown += 1
             continue
@@ -165,3 +186,31 @@ def flops(model: ir.Model, dims: dict[str, int] | None = None) -> tuple[int, int
         else:
             total += 2 * int(np.prod(out)) * int(np.prod(w[1:]))
     return total, unknown, approximate
+
+
+def _measure_unknown(model: ir.Model, proto: onnx.ModelProto, shapes: dict[str, list[int]],
+                     unresolved: set[str]) -> None:
+    """Fill ``shapes`` (and clear ``unresolved``) for the MatMul/Gemm/Conv operands inference left unknown, from
+    one onnxruntime run at ``proto``'s bound input shapes."""
+    import logging
+
+    from graphopt.analysis.measured import measure_shapes
+    from graphopt.verify.inputs import generate_inputs
+
+    wanted = {name for node in proto.graph.node if node.op_type in ("MatMul", "Gemm", "Conv")
+              for name in (node.input[0], node.input[1], node.output[0])
+              if name not in shapes or name in unresolved}
+    produced = {o for node in proto.graph.node for o in node.output}
+    wanted &= produced
+    if not wanted:
+        return
+    try:
+        feed = generate_inputs(proto)
+        measured = measure_shapes(model, feed, names=wanted)
+    except Exception as e:  # noqa: BLE001 - an estimate must not fail the command
+        logging.getLogger(__name__).warning("measuring MatMul/Gemm/Conv shapes in onnxruntime failed (%s); the "
+                                            "FLOPs count the nodes shape inference resolved", str(e)[:200])
+        return
+    for name in wanted & set(measured):
+        shapes[name] = list(measured[name])
+        unresolved.discard(name)

@@ -11,6 +11,7 @@ from rich.logging import RichHandler
 
 from graphopt.errors import InputError
 from graphopt.passmanager import Instrument
+from graphopt.verify.feed import parse_dims, parse_shape_options  # noqa: F401 - re-exported (cli options)
 
 __all__ = [
     "console", "setup_logging", "parse_dims", "parse_shape_options", "parse_values", "add_dim_options",
@@ -43,48 +44,6 @@ def setup_logging(quiet: bool, verbose: bool) -> Callable[[], None]:
         onnx_ir_logger.setLevel(saved[2])
 
     return restore
-
-
-def parse_dims(items: list[str] | None) -> dict[str, int]:
-    """``["batch=1", "sequence=128"]`` -> ``{"batch": 1, "sequence": 128}``.
-
-    Raises:
-        InputError: an item not of the form NAME=POSITIVE_INT.
-    """
-    dims: dict[str, int] = {}
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name or not value.strip().isdigit() or int(value) < 1:
-            raise InputError(f"--dim expects NAME=SIZE with a positive integer size (e.g. --dim batch=1), got '{item}'")
-        dims[name.strip()] = int(value)
-    return dims
-
-
-def parse_shape_options(items: list[str] | None) -> dict[str, tuple[int, ...]]:
-    """``["input=1x512", "sr="]`` -> ``{"input": (1, 512), "sr": ()}``: whole
-    input shapes, dims joined by ``x`` as trtexec and Polygraphy write them
-    (an empty shape is a scalar); several items may share one argument,
-    separated by commas.
-
-    Raises:
-        InputError: an item not of the form NAME=DIMxDIM..., a name given
-            twice, or a dim of size 0.
-    """
-    shapes: dict[str, tuple[int, ...]] = {}
-    for arg in items or []:
-        for item in filter(None, (part.strip() for part in arg.split(","))):
-            name, sep, text = item.rpartition("=")
-            parts = [p.strip() for p in text.lower().split("x")] if text.strip() else []
-            if not sep or not name or not all(p.isdigit() for p in parts):
-                raise InputError(f"--shape expects INPUT=SHAPE with dims joined by x (e.g. --shape input=1x512; "
-                                 f"INPUT= for a scalar), got '{item}'")
-            if name.strip() in shapes:
-                raise InputError(f"--shape gives input '{name.strip()}' twice")
-            if any(int(p) == 0 for p in parts):
-                raise InputError(f"--shape {item}: a dim of size 0 makes an empty input, on which verification "
-                                 "compares nothing; give sizes of at least 1 (e.g. --shape input=1x512)")
-            shapes[name.strip()] = tuple(int(p) for p in parts)
-    return shapes
 
 
 def parse_values(items: list[str] | None) -> dict[str, float | int | bool]:

@@ -28,7 +28,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     """Print opsets, signature, op histogram, parameters and FLOPs."""
     model = ir.load(args.input)
     request = input_request(args, args.input)
-    stats = model_stats(model, with_flops=True, dims=request.bound)  # --dim and the dims --shape names
+    # --dim and the dims --shape names; whole --shape sizes for unnamed dims; MatMul/Gemm/Conv shapes inference
+    # cannot follow are measured in one onnxruntime run
+    stats = model_stats(model, with_flops=True, dims=request.bound, shapes=request.shapes, measure=True)
     if args.json:
         doc = stats.to_dict()
         doc.update({"ir_version": model.ir_version, "producer": model.producer_name or ""})

@@ -35,6 +35,9 @@ def parse_budget(text: str | None) -> dict[str, float] | None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    if args.flops is not None and not 0 < args.flops < 1:
+        raise InputError(f"--flops must be in (0, 1) (the share of the model's MatMul/Gemm/Conv FLOPs kept, e.g. "
+                         f"0.6), got {args.flops}")
     if args.ratio is not None and not 0 < args.ratio < 1:
         raise InputError(f"--ratio must be in (0, 1) (the share of the prunable blocks' MatMul/Conv FLOPs kept, e.g. "
                          f"0.6), got {args.ratio}")
@@ -57,12 +60,14 @@ def _check_args(args: argparse.Namespace) -> None:
                          "magnitude --reconstruct none runs without")
 
 
-def _flops(model: Any, dims: dict[str, int] | None) -> tuple[int, int]:
-    """(parameters, MatMul/Conv FLOPs) of a model or path at ``dims``."""
+def _flops(model: Any, dims: dict[str, int] | None, shapes: dict[str, tuple[int, ...]] | None = None
+           ) -> tuple[int, int]:
+    """(parameters, MatMul/Gemm/Conv FLOPs) of a model or path at ``dims``/``shapes`` (shapes inference leaves
+    unknown measured in onnxruntime)."""
     from graphopt.analysis.stats import model_stats
 
     m = ir.load(model) if isinstance(model, str) else model
-    st = model_stats(m, with_flops=True, dims=dims)
+    st = model_stats(m, with_flops=True, dims=dims, shapes=shapes, measure=True)
     return int(st.parameters), int(st.flops or 0)
 
 
@@ -77,19 +82,21 @@ def cmd_prune(args: argparse.Namespace) -> int:
     kinds = tuple(k for k in (args.kinds or "").split(",") if k.strip())
     options = PruneOptions(ratio=args.ratio or 0.0, kinds=kinds, method=args.method, allocation=args.allocation,
                            align=args.align, reconstruction=args.reconstruct, ridge=args.ridge,
-                           tokens=args.tokens, mask=args.mask or "", layers=args.layers or 0)
+                           tokens=args.tokens, mask=args.mask or "", layers=args.layers or 0, flops=args.flops or 0.0,
+                           dims=tuple(args.dim or ()), shapes=tuple(args.shape or ()))
     proto = ir.load_proto(args.input)  # LoadError (exit 2) for a missing or unreadable file
     calibration = lossy.read_calibration(args, proto)
     evaluation = lossy.evaluation_batches(args, proto, REPORT_BATCHES)
     held = lossy.test_batches(args, proto, 64)
     model = ir.load(args.input)
-    dims = getattr(args.request, "dims", None) or None
-    params0, flops0 = _flops(model, dims)
+    dims = getattr(args.request, "bound", None) or getattr(args.request, "dims", None) or None
+    shapes = getattr(args.request, "shapes", None) or None
+    params0, flops0 = _flops(model, dims, shapes)
     report = prune(model, options, calibration, evaluation=evaluation, budget=budget, progress=want_progress(args))
     lossy.check_budget_met(report.budget, "ratio", "pruning")
     batches = held or lossy.report_batches(args, proto, calibration, evaluation, 64)
     saved, accuracy, rank_fidelity = lossy.save_checked(model, args, batches)
-    params1, flops1 = _flops(model, dims)
+    params1, flops1 = _flops(model, dims, shapes)
     seconds = time.perf_counter() - start
     doc = {"input": args.input, "output": str(saved.path), "seconds": seconds, **report.to_dict(),
            "params_before": params0, "params_after": params1, "flops_before": flops0, "flops_after": flops1,
@@ -147,6 +154,10 @@ def _table(report: Any, doc: dict[str, Any]) -> Table:
                       f"{report.pruned} of {len(report.groups)} groups pruned")
     outer.add_row(f"parameters {doc['params_before']:,} -> {doc['params_after']:,}; MatMul/Conv FLOPs "
                   f"{doc['flops_before']:,} -> {doc['flops_after']:,}")
+    if report.flops:
+        f = report.flops
+        outer.add_row(f"--flops {f['target']:g}: block ratio {f['ratio']:.3f} keeps {f['kept']:.3f} of the MatMul/"
+                      f"Gemm/Conv FLOPs ({f['trials']} allocations counted)")
     if report.budget:
         b = report.budget
         outer.add_row(f"budget {b['metric']} >= {b['threshold']}: ratio {b['ratio']:.2f}, score {b['score']:.6f} "
@@ -165,6 +176,10 @@ def add_parsers(sub: Any) -> None:
     how.add_argument("--ratio", type=float, metavar="R", help=(
         "share of the prunable blocks' MatMul/Conv FLOPs kept, in (0, 1) (e.g. 0.6); with --kinds layers, the "
         "lowest Block Influence layers are removed until the layers' FLOPs kept are at most R"))
+    how.add_argument("--flops", type=float, metavar="F", help=(
+        "share of the whole model's MatMul/Gemm/Conv FLOPs kept, in (0, 1): the largest block ratio whose pruned "
+        "model keeps at most F of the original's FLOPs, counted at the --dim/--shape input sizes (default: "
+        "graphopt verify's, sequence 16; give the sizes you run at)"))
     how.add_argument("--layers", type=int, metavar="N", help=(
         "remove N whole layers (Transformer blocks, residual blocks), lowest ShortGPT Block Influence "
         "(1 - cos(block input, block output), measured on --calib) first; implies --kinds layers"))

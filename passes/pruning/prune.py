@@ -72,6 +72,15 @@ class PruneOptions:
                                                                 "Block Influence)"})
     layers: int = field(default=0, metadata={"doc": "whole layers to remove, lowest Block Influence first "
                                                     "(implies kinds=layers; 0: use ratio)"})
+    flops: float = field(default=0.0, metadata={"doc": "whole-model MatMul/Gemm/Conv FLOPs kept, in (0, 1), "
+                                                       "instead of ratio: the largest block ratio whose pruned "
+                                                       "model keeps at most this share of the original's FLOPs, "
+                                                       "counted at dims/shapes (:mod:`.flops_target`); 0: use "
+                                                       "ratio"})
+    dims: tuple[str, ...] = field(default=(), metadata={"doc": "NAME=SIZE bindings of symbolic input dims for the "
+                                                               "flops count (default: graphopt verify's)"})
+    shapes: tuple[str, ...] = field(default=(), metadata={"doc": "INPUT=AxB whole input shapes for the flops "
+                                                                 "count (dims the model leaves unnamed)"})
     method: str = field(default="wanda", metadata={"doc": "unit importance: magnitude, wanda, flap, sensitivity "
                                                           "(the block output's change with the unit removed, "
                                                           "from the consumer's Gram) or ablation (the model "
@@ -126,6 +135,8 @@ class PruneReport:
         ratio: the kept block-FLOP ratio asked (or found by the budget); achieved: after rounding.
         block_flops_before/after: MatMul/Conv FLOPs per sample position in the groups' layers.
         budget: the search's result, or None.
+        flops: with ``options.flops``: ``{"target", "ratio", "kept", "flops_before", "flops_after", "trials"}``
+            (:func:`~graphopt.passes.pruning.flops_target.ratio_for_flops`), or None.
         nothing: why nothing was pruned ('' when something was).
         seconds: wall time.
     """
@@ -140,6 +151,7 @@ class PruneReport:
     block_flops_before: float = 0.0
     block_flops_after: float = 0.0
     budget: dict[str, Any] | None = None
+    flops: dict[str, Any] | None = None
     nothing: str = ""
     seconds: float = 0.0
 
@@ -166,6 +178,13 @@ def _check(opts: PruneOptions, has_budget: bool) -> tuple[str, ...]:
         raise InputError(f"ratio must be in (0, 1) (block FLOPs kept; 0 or 1 prunes nothing), got {opts.ratio}")
     if has_budget and opts.ratio not in (0, 1):
         raise InputError("give a ratio or an accuracy budget, not both")
+    if not 0 <= opts.flops < 1:
+        raise InputError(f"flops must be in (0, 1) (the model's MatMul/Gemm/Conv FLOPs kept, e.g. 0.6; 0: use "
+                         f"ratio), got {opts.flops}")
+    if opts.flops and (has_budget or opts.ratio not in (0, 1) or opts.layers):
+        raise InputError("give one of a ratio, a FLOPs share (flops), a number of layers or an accuracy budget")
+    if opts.flops:
+        _flops_inputs(opts)  # bad dims or shapes fail before any statistics are collected
     if opts.align < 1 or opts.tokens < 1 or opts.levels < 1 or not opts.ridge >= 0:
         raise InputError("align, tokens and levels must be positive integers and ridge >= 0")
     kinds = tuple(dict.fromkeys(_ALIASES.get(k.strip(), k.strip()) for k in opts.kinds if k.strip()))
@@ -190,6 +209,33 @@ def _check(opts: PruneOptions, has_budget: bool) -> tuple[str, ...]:
     if opts.layers and (has_budget or opts.ratio not in (0, 1)):
         raise InputError("give the number of layers to remove, a ratio or an accuracy budget, only one of them")
     return kinds
+
+
+def _image_sizes(model: ir.Model, calibration: Any) -> dict[str, tuple[int, int]]:
+    """(height, width) of each rank-4 float graph input in the first calibration batch, for the group analysis's
+    sample binding (:func:`~graphopt.analysis.groups.find_groups` ``images``); empty without calibration data."""
+    import numpy as np
+
+    first = next(iter(calibration), None) if calibration is not None else None
+    if not first:
+        return {}
+    sizes = {}
+    for value in model.graph.inputs:
+        array = first.get(value.name)
+        if array is not None and np.ndim(array) == 4 and np.issubdtype(np.asarray(array).dtype, np.floating):
+            sizes[value.name] = (int(array.shape[2]), int(array.shape[3]))
+    return sizes
+
+
+def _flops_inputs(opts: PruneOptions) -> dict[str, Any]:
+    """``dims``/``shapes`` keyword arguments of :func:`~.flops_target.ratio_for_flops` from the options' text.
+
+    Raises:
+        InputError: an entry not of the form NAME=SIZE or INPUT=AxB.
+    """
+    from graphopt.verify.feed import parse_dims, parse_shape_options
+
+    return {"dims": parse_dims(list(opts.dims)), "shapes": parse_shape_options(list(opts.shapes))}
 
 
 def _stats(model: ir.Model, sites: dict[str, Site], plans: list[GroupPlan], gram: bool, calibration: Any,
@@ -243,10 +289,11 @@ def prune(model: ir.Model, options: PruneOptions | None = None, calibration: Any
     report = PruneReport(asdict(opts), ratio=opts.ratio or 1.0)
     if kinds == (LAYER_KIND,):
         return _prune_layers(model, opts, report, calibration, evaluation, budget, progress, start)
-    if not budget and opts.ratio in (0, 1):
+    if not budget and not opts.flops and opts.ratio in (0, 1):
         report.nothing = f"ratio {opts.ratio:g} keeps every unit"
         return report
-    analysis = find_groups(model, KINDS)
+    images = _image_sizes(model, calibration)
+    analysis = find_groups(model, KINDS, images=images)
     found = {g.kind for g in analysis.groups}
     present = sorted(found & set(PRUNABLE_KINDS))
     if QUERY_HEADS in kinds and QUERY_HEADS in found:  # replaces the KV-head form in the plan and the FLOP total
@@ -288,17 +335,20 @@ def prune(model: ir.Model, options: PruneOptions | None = None, calibration: Any
                 memo[p.name] = (counts, error_curve(p, sites, stats, counts, opts.reconstruction, opts.ridge))
         return memo
 
-    def prune_at(target: ir.Model, ratio: float) -> tuple[dict[str, int], dict[str, list[int]], list[SiteRefit]]:
+    def counts_at(ratio: float) -> dict[str, int]:
         # the ratio is of every prunable group's FLOPs (the blocks); kinds left out stay whole
         share = (ratio * total - fixed) / (total - fixed)
         if share <= 0:
             raise InputError(f"pruning only {', '.join(selected)} cannot keep as little as {ratio:g} of the block "
                              f"FLOPs (the other kinds hold {fixed / total:.3f} of them); raise the ratio or add kinds")
-        counts = allocate(plans, min(share, 1.0), opts.allocation, curves)
+        return allocate(plans, min(share, 1.0), opts.allocation, curves)
+
+    def prune_at(target: ir.Model, ratio: float) -> tuple[dict[str, int], dict[str, list[int]], list[SiteRefit]]:
+        counts = counts_at(ratio)
         keeps = keep_sets(plans, counts)
         if not keeps:
             return counts, keeps, []
-        apply_pruning(target, keeps, analysis if target is model else None)
+        apply_pruning(target, keeps, analysis if target is model else None, images=images)
         return counts, keeps, refit_sites(target, sites, plans, keeps, stats, opts.reconstruction, opts.ridge)
 
     ratio = opts.ratio
@@ -308,6 +358,18 @@ def prune(model: ir.Model, options: PruneOptions | None = None, calibration: Any
         report.budget = search(model, lambda m, r: prune_at(m, r), budget,
                                evaluation if evaluation is not None else calibration)
         ratio = report.budget["ratio"]
+    if opts.flops:
+        from graphopt.passes.pruning.flops_target import ratio_for_flops
+
+        def structure(target: ir.Model, r: float) -> None:
+            keeps = keep_sets(plans, counts_at(r))
+            if keeps:
+                apply_pruning(target, keeps, images=images)
+
+        report.flops = ratio_for_flops(model, opts.flops, fixed / total + 1e-9,
+                                       lambda r: tuple(sorted(counts_at(r).items())), structure,
+                                       **_flops_inputs(opts))
+        ratio = report.flops["ratio"]
     report.ratio = ratio
     report.block_flops_before = total
     if ratio >= 1:
@@ -334,10 +396,11 @@ def _prune_layers(model: ir.Model, opts: PruneOptions, report: PruneReport, cali
     from graphopt.analysis.groups import KINDS, apply_pruning, find_groups
     from graphopt.passes.pruning.layers import build_layers, choose_layers, score_layers
 
-    if not budget and not opts.layers and opts.ratio in (0, 1):
+    if not budget and not opts.layers and not opts.flops and opts.ratio in (0, 1):
         report.nothing = f"ratio {opts.ratio:g} keeps every layer (give layers=N or a ratio in (0, 1))"
         return report
-    analysis = find_groups(model, KINDS)
+    images = _image_sizes(model, calibration)
+    analysis = find_groups(model, KINDS, images=images)
     layers, refused, total = build_layers(model, analysis, opts.tokens)
     report.refused = [{"site": r.site, "kind": r.kind, "reason": r.reason} for r in analysis.refused
                       if r.kind == "layer"] + refused
@@ -355,7 +418,7 @@ def _prune_layers(model: ir.Model, opts: PruneOptions, report: PruneReport, cali
         chosen = choose_layers(layers, count=opts.layers, ratio=ratio, total=total)
         keep = {g.name: [] for lp in chosen for g in lp.branches}
         if keep:
-            apply_pruning(target, keep, analysis if target is model else None)
+            apply_pruning(target, keep, analysis if target is model else None, images=images)
         return chosen
 
     ratio = opts.ratio
@@ -364,6 +427,14 @@ def _prune_layers(model: ir.Model, opts: PruneOptions, report: PruneReport, cali
 
         report.budget = search(model, remove, budget, evaluation if evaluation is not None else calibration)
         ratio = report.budget["ratio"]
+    if opts.flops:
+        from graphopt.passes.pruning.flops_target import ratio_for_flops
+
+        lowest = (total - sum(lp.flops for lp in layers)) / total + 1e-9
+        report.flops = ratio_for_flops(
+            model, opts.flops, lowest, lambda r: tuple(lp.name for lp in choose_layers(layers, ratio=r, total=total)),
+            remove, **_flops_inputs(opts))
+        ratio = report.flops["ratio"]
     chosen = [] if not opts.layers and ratio >= 1 else remove(model, ratio)
     gone = {lp.name for lp in chosen}
     ranked = sorted(layers, key=lambda lp: (lp.influence, layers.index(lp)))

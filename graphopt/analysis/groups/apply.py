@@ -83,7 +83,7 @@ def _values(graph: ir.Graph) -> tuple[dict[str, ir.Value], dict[str, ir.Node]]:
 
 
 def apply_pruning(model: ir.Model, keep: Mapping[str, Sequence[int]], analysis: GroupAnalysis | None = None,
-                  *, allow_empty: bool = False) -> None:
+                  *, allow_empty: bool = False, images: Mapping[str, tuple[int, int]] | None = None) -> None:
     """Keep only the listed units of each named group; the model changes in place.
 
     Args:
@@ -95,6 +95,8 @@ def apply_pruning(model: ir.Model, keep: Mapping[str, Sequence[int]], analysis: 
             None finds it here.
         allow_empty: accept an empty keep list for non-layer groups (the
             projections then have zero columns; onnxruntime may refuse such a model).
+        images: passed to :func:`find_groups` when ``analysis`` is None (the sample image sizes the groups
+            were found at).
 
     Raises:
         InputError: an unknown group name, indices out of range, unsorted or
@@ -104,7 +106,7 @@ def apply_pruning(model: ir.Model, keep: Mapping[str, Sequence[int]], analysis: 
             below one. Raised before anything is modified.
     """
     if analysis is None:
-        analysis = find_groups(model, KINDS)
+        analysis = find_groups(model, KINDS, images=images)
     by_name = {g.name: g for g in analysis.groups}
     unknown = sorted(set(keep) - set(by_name))
     if unknown:

@@ -13,7 +13,7 @@ without their bytes (a model over protobuf's 2 GiB works too).
 from __future__ import annotations
 
 import logging
-import os
+from collections.abc import Mapping
 
 import onnx
 
@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 _PRIMES = (17, 19, 23, 29, 31, 37, 41, 43, 47, 53)
 
 
-def _bind(proto: onnx.ModelProto) -> None:
-    """Replace the symbolic dims of the graph inputs by sample sizes (in place)."""
+def _bind(proto: onnx.ModelProto, images: Mapping[str, tuple[int, int]] | None = None) -> None:
+    """Replace the symbolic dims of the graph inputs by sample sizes (in place); ``images``: an image input's
+    (height, width) for its free spatial dims instead of 224 x 160 (a model such as PaddleOCR's recognizer runs
+    only at its trained height)."""
     names: dict[str, int] = {}
     initializers = {t.name for t in proto.graph.initializer}
     for vi in proto.graph.input:
@@ -43,21 +45,24 @@ def _bind(proto: onnx.ModelProto) -> None:
                 if axis == 0:
                     names[key] = 3
                 elif image and axis >= 2:
-                    names[key] = 224 if axis == 2 else 160
+                    given = (images or {}).get(vi.name)
+                    names[key] = int(given[axis - 2]) if given else 224 if axis == 2 else 160
                 else:
                     names[key] = _PRIMES[len(names) % len(_PRIMES)]
             dim.Clear()
             dim.dim_value = names[key]
 
 
-def concrete_dims(model: ir.Model, types: dict[str, int] | None = None) -> dict[str, tuple[int | None, ...]]:
+def concrete_dims(model: ir.Model, types: dict[str, int] | None = None,
+                  images: Mapping[str, tuple[int, int]] | None = None) -> dict[str, tuple[int | None, ...]]:
     """Value name -> dims (an int, or None where still unknown) at a sample
     binding of the input dims, for the main graph's values (inputs,
     initializers, node outputs). Values inference leaves without a shape are absent.
 
     Never raises: a failed inference logs a warning and returns the
     initializers' and inputs' dims only. ``types``, when given, receives
-    the inferred element type (``onnx.TensorProto`` code) of each value.
+    the inferred element type (``onnx.TensorProto`` code) of each value;
+    ``images`` as :func:`_bind` takes it.
     """
     proto = ir.to_proto(model, inline_external=False)  # weights stay where they are (a model over 2 GiB too)
 
@@ -76,7 +81,7 @@ def concrete_dims(model: ir.Model, types: dict[str, int] | None = None) -> dict[
             graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     del graph.initializer[:]
     graph.initializer.extend(keep)
-    _bind(proto)
+    _bind(proto, images)
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     except Exception as e:  # noqa: BLE001 - inference errors come in several types
@@ -102,10 +107,11 @@ class Dims:
     with every float/int intermediate value fetched (its shape recorded,
     its data dropped)."""
 
-    def __init__(self, model: ir.Model) -> None:
+    def __init__(self, model: ir.Model, images: Mapping[str, tuple[int, int]] | None = None) -> None:
         self.model = model
+        self.images = dict(images or {})
         self.types: dict[str, int] = {}
-        self.static = concrete_dims(model, self.types)
+        self.static = concrete_dims(model, self.types, self.images)
         self.measured: dict[str, tuple[int, ...]] | None = None
 
     def of(self, value: ir.Value | None) -> tuple[int | None, ...] | None:
@@ -136,60 +142,28 @@ class Dims:
             return self.measured
         self.measured = {}
         try:
-            self.measured = _run_shapes(self.model, self.types)
+            self.measured = _run_shapes(self.model, self.types, self.images)
         except Exception as e:  # noqa: BLE001 - any runtime failure leaves the dims unknown
-            log.warning("measuring value shapes in onnxruntime failed: %s", e)
+            sizes = ", ".join(f"{k} {h}x{w}" for k, (h, w) in self.images.items()) or "224x160 for free image dims"
+            log.warning("measuring value shapes in onnxruntime at the sample input sizes (%s) failed, so sites "
+                        "whose dims inference cannot resolve are refused: %s. Pruning with calibration data "
+                        "takes the image sizes from it", sizes, str(e).splitlines()[0][:300])
         return self.measured
 
 
-def _run_shapes(model: ir.Model, types: dict[str, int]) -> dict[str, tuple[int, ...]]:
-    """Run the main graph once in onnxruntime, every node output fetched;
-    name -> the shape it had. A model over 2 GiB goes without its weights,
-    which onnxruntime reads from their files."""
-    import onnxruntime as ort
-
-    from graphopt.errors import SaveError
+def _run_shapes(model: ir.Model, types: dict[str, int], images: Mapping[str, tuple[int, int]] | None = None
+                ) -> dict[str, tuple[int, ...]]:
+    """Run the main graph once in onnxruntime at this module's sample binding, every used node output fetched;
+    name -> the shape it had (:func:`graphopt.analysis.measured.measure_shapes`)."""
+    from graphopt.analysis.measured import measure_shapes
     from graphopt.verify.inputs import generate_inputs, model_dim_names
 
-    try:
-        proto = ir.to_proto(model)
-        folder = None
-    except SaveError:  # over 2 GiB: onnxruntime reads the weights from their own files
-        proto = ir.to_proto(model, inline_external=False)
-        folder = _weights_folder(model)
+    proto = ir.to_proto(model, inline_external=False)
     bound = onnx.ModelProto()
-    bound.CopyFrom(proto.graph.input and onnx.helper.make_model(onnx.helper.make_graph(
-        [], "inputs", list(proto.graph.input), [])) or proto)
-    _bind(bound)
+    bound.CopyFrom(onnx.helper.make_model(onnx.helper.make_graph([], "inputs", list(proto.graph.input), [])))
+    _bind(bound, images)
+    initializers = {t.name for t in proto.graph.initializer}
     shapes = {vi.name: tuple(d.dim_value for d in vi.type.tensor_type.shape.dim) for vi in bound.graph.input
-              if vi.type.HasField("tensor_type") and vi.name not in {t.name for t in proto.graph.initializer}}
+              if vi.type.HasField("tensor_type") and vi.name not in initializers}
     feed = generate_inputs(proto, dims={name: 3 for name in model_dim_names(proto)}, shapes=shapes)
-    outputs = {o.name for o in proto.graph.output}
-    wanted = []
-    for node in model.graph:
-        for value in node.outputs:
-            dtype = int(value.dtype) if value.dtype is not None else types.get(value.name or "")
-            if value.name and value.name not in outputs and value.uses():
-                wanted.append((value.name, dtype))
-    for name, dtype in wanted:
-        proto.graph.output.append(onnx.helper.make_tensor_value_info(name, dtype, None) if dtype
-                                  else onnx.helper.make_empty_tensor_value_info(name))
-    del proto.graph.value_info[:]
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    if folder is not None:
-        options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names_out = [o.name for o in session.get_outputs()]
-    results = session.run(names_out, feed)
-    return {name: tuple(int(d) for d in getattr(r, "shape", ())) for name, r in zip(names_out, results)}
-
-
-def _weights_folder(model: ir.Model) -> str | None:
-    """The folder the external data files of ``model`` are relative to (None: no external data)."""
-    for value in model.graph.initializers.values():
-        base = getattr(value.const_value, "base_dir", None)
-        if base:
-            return os.path.abspath(base)
-    return None
+    return measure_shapes(model, feed, types=types)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
 from typing import Collection
 
 from graphopt import ir
@@ -199,7 +200,8 @@ def name_nodes(graph: ir.Graph) -> int:
     return renamed
 
 
-def find_groups(model: ir.Model, kinds: Collection[str] = DEFAULT_KINDS) -> GroupAnalysis:
+def find_groups(model: ir.Model, kinds: Collection[str] = DEFAULT_KINDS, *,
+                images: Mapping[str, tuple[int, int]] | None = None) -> GroupAnalysis:
     """Every coupled-channel group of ``model``'s main graph, and the refused sites.
 
     Args:
@@ -216,6 +218,8 @@ def find_groups(model: ir.Model, kinds: Collection[str] = DEFAULT_KINDS) -> Grou
             ``query-heads`` asked, the other form ``layerN.attn.query-heads``
             (query head ``j`` of every group; the two are exclusive) or its
             refusal (:mod:`.rules_gqa`); no rule yields ``kv-heads``.
+        images: image input name -> (height, width) for its free spatial dims in the sample binding, instead
+            of 224 x 160 (take them from calibration data for models that run only at their trained size).
 
     Returns:
         A :class:`GroupAnalysis`; groups in the order of their first
@@ -230,7 +234,7 @@ def find_groups(model: ir.Model, kinds: Collection[str] = DEFAULT_KINDS) -> Grou
     graph = model.graph
     name_nodes(graph)
     order = {node: i for i, node in enumerate(graph)}
-    dims = Dims(model)
+    dims = Dims(model, images)
     covered: set[ir.Value] = set()
     groups: list[CoupledGroup] = []
     refused: list[Refusal] = []

@@ -26,10 +26,10 @@ from ocr_metric import ctc_indices, db_boxes, edit_distance, f1, match_boxes  # 
 ROOT = Path(__file__).resolve().parent.parent
 OCR_MODELS = {"rec": Path.home() / ".cache" / "graphopt" / "corpus" / "paddleocr_rec.onnx",
               "det": ROOT / "models" / "paddleocr_det.onnx"}
-# rec48: rec with its input fixed to 1 x 3 x 48 x 320 (a copy in WORK): with the height unknown the group
-# analysis cannot measure the SVTR neck's dims (its shape run feeds a height the model's Reshape rejects), so
-# only the CNN's channels are found; fixed, the neck's MLPs (ffn) are found too (heads stay refused: the
-# Reshape target of the channel axis is computed at run time)
+# rec48: rec with its input fixed to 1 x 3 x 48 x 320 (a copy in WORK). Since prune binds free image dims to the
+# calibration batch's size, rec finds the same groups as rec48 (the CNN's channels, the SVTR neck's channels and
+# MLPs; heads stay refused: the Reshape target of the channel axis is computed at run time); before, the
+# analysis measured rec at 224 x 160, which its neck's Reshape rejects, and found only 17 CNN channel groups
 KINDS = {"rec": (), "rec48": ("channels", "ffn"), "det": ("channels",)}  # rec: every kind found; det: channels
 COUNTS = {"rec": (64, 256), "rec48": (64, 256), "det": (16, 48)}  # (calibration, evaluation) samples
 
@@ -70,43 +70,22 @@ def stats(model: str, path: Path) -> dict:
     for d, v in zip(proto.graph.input[0].type.tensor_type.shape.dim, SHAPES[model]):
         d.Clear()
         d.dim_value = v
-    st = model_stats(ir.from_proto(proto), with_flops=True)
+    st = model_stats(ir.from_proto(proto), with_flops=True, measure=True)  # the neck's shapes measured
     return {"params": params, "flops": st.flops}
 
 
 def measured_flops(path: Path, x: np.ndarray) -> float:
-    """MatMul/Gemm/Conv FLOPs (2 per multiply-add) of one run of the model at ``path`` on input ``x``, from the
-    shapes onnxruntime computes (every operand of those ops exposed as an output): exact where graphopt's
-    estimator leaves nodes uncounted (rec's SVTR neck, whose shapes ONNX shape inference cannot follow)."""
-    import onnx
-    import onnxruntime as ort
+    """MatMul/Gemm/Conv FLOPs (2 per multiply-add) of one run of the model at ``path`` on an input of ``x``'s
+    shape: graphopt's count (:func:`graphopt.analysis.stats.flops`) with the shapes ONNX shape inference cannot
+    follow (rec's SVTR neck) measured in onnxruntime."""
+    from graphopt import ir
+    from graphopt.analysis.stats import flops
 
-    proto = onnx.load(str(path))
-    ops = [n for n in proto.graph.node if n.op_type in ("MatMul", "Gemm", "Conv")]
-    have = {o.name for o in proto.graph.output}
-    names = list(dict.fromkeys(v for n in ops for v in (n.input[0], n.input[1], n.output[0])))
-    consts = {t.name: tuple(t.dims) for t in proto.graph.initializer}
-    consts.update({n.output[0]: tuple(a.t.dims) for n in proto.graph.node if n.op_type == "Constant"
-                   for a in n.attribute if a.name == "value"})
-    for name in names:
-        if name not in have and name not in consts:
-            proto.graph.output.append(onnx.ValueInfoProto(name=name))
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    wanted = [o.name for o in sess.get_outputs()]
-    shapes = dict(consts)
-    shapes.update({k: v.shape for k, v in zip(wanted, sess.run(wanted, {sess.get_inputs()[0].name: x}))})
-    total = 0.0
-    for n in ops:
-        out = shapes[n.output[0]]
-        if n.op_type == "Conv":
-            w = shapes[n.input[1]]
-            total += 2.0 * np.prod(out) * np.prod(w[1:])
-        elif n.op_type == "Gemm":
-            trans_a = next((a.i for a in n.attribute if a.name == "transA"), 0)
-            a = shapes[n.input[0]]
-            total += 2.0 * np.prod(out) * (a[0] if trans_a else a[1])
-        else:
-            total += 2.0 * np.prod(out) * shapes[n.input[0]][-1]
+    model = ir.load(path)
+    name = next(v.name for v in model.graph.inputs if not v.is_initializer())
+    total, unknown, approximate = flops(model, shapes={name: tuple(x.shape)}, measure=True)
+    if unknown or approximate:
+        raise RuntimeError(f"{path}: {unknown + approximate} MatMul/Gemm/Conv nodes could not be measured")
     return float(total)
 
 
@@ -355,8 +334,8 @@ def targets(blocks: dict) -> list[str]:
                             f"{best['achieved']:.3f}): char acc {best['char_acc']:.4f}" if best else "") + ".")
             whole = [r for r in rows if r["flops"] <= 0.7 * block["original"]["flops"]]
             near = max(rows, key=lambda r: (r["char_acc"] >= base - 0.01, -r["flops"]))
-            lines.append(f"- PaddleOCR {model}, the GFLOPs column (graphopt's estimator; nodes whose shapes it cannot "
-                         "infer, the SVTR neck's, are not counted): "
+            lines.append(f"- PaddleOCR {model}, the GFLOPs column (every MatMul/Gemm/Conv at 48 x 320, the SVTR "
+                         "neck's shapes measured in onnxruntime): "
                          f"{len(whole)} rows reach <= 0.7 of the original's "
                          f"{block['original']['flops'] / 1e9:.3f} GFLOPs; the fewest FLOPs within 1 point: "
                          + (f"{near['method']} {near['recon']} ratio {near['ratio']}: "
@@ -435,9 +414,9 @@ def splice(md: str, blocks: dict, command: str, notes: list[str] | None = None) 
 
 
 def allocation_study(model: str, work: Path, ratios: tuple[float, ...] = (0.7, 0.65),
-                     methods: tuple[str, ...] = ("flap", "wanda"), seconds: float = 4.0) -> dict:
-    """Least-squares pruning of ``model`` (rec or rec48) with the uniform and the ``error`` allocation at
-    ``ratios``: quality on the evaluation lines, whole-model FLOPs measured (:func:`measured_flops`) as a share of
+                     methods: tuple[str, ...] = ("flap", "wanda"), seconds: float = 4.0,
+                     allocations: tuple[str, ...] = ("uniform", "error")) -> dict:
+    """Least-squares pruning of ``model`` (rec or rec48) with each of ``allocations`` at ``ratios``: quality on the evaluation lines, whole-model FLOPs measured (:func:`measured_flops`) as a share of
     the original's, and latency after O2 against the original after O2 in one interleaved run."""
     from graphopt import ir
     from graphopt.calibrate.data import CalibrationData
@@ -453,7 +432,7 @@ def allocation_study(model: str, work: Path, ratios: tuple[float, ...] = (0.7, 0
     cache, rows = StatsCache(), []
     for ratio in ratios:
         for method in methods:
-            for allocation in ("uniform", "error"):
+            for allocation in allocations:
                 m = ir.load(src)
                 t = time.perf_counter()
                 rep = prune(m, PruneOptions(ratio=ratio, kinds=KINDS[model], method=method, allocation=allocation),
@@ -497,22 +476,27 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "benchmarks" / "pruning.md"))
     p.add_argument("--methods", default="flap,wanda", help="pruning methods of the study (default flap,wanda)")
+    p.add_argument("--allocations", default="uniform,error", help="allocations of the study (default "
+                   "uniform,error; output: the error curves scaled by each group's measured gain)")
+    p.add_argument("--ratios", default="0.7,0.65", help="pass ratios of the study (default 0.7,0.65)")
     p.add_argument("--print-only", action="store_true", help="print the rows as markdown; WORK/ocr.json and the "
                    "report stay as they are (WORK needs only the model and the rendered lines)")
     args = p.parse_args()
     work, out = Path(args.work), Path(args.out)
     methods = tuple(args.methods.split(","))
+    more = {"allocations": tuple(args.allocations.split(",")), "ratios": tuple(float(r) for r in args.ratios.split(","))}
     if args.print_only:
-        study = allocation_study(args.allocation, work, methods=methods, seconds=args.seconds)
+        study = allocation_study(args.allocation, work, methods=methods, seconds=args.seconds, **more)
         print(f"original measured FLOPs {study['original_flops'] / 1e9:.3f} G, load {study['load']:.2f}")
         print("\n".join(allocation_rows(study["rows"])))
         return 0
     blocks = json.loads((work / "ocr.json").read_text())
     blocks[args.allocation]["allocation"] = allocation_study(args.allocation, work, methods=methods,
-                                                             seconds=args.seconds)
+                                                             seconds=args.seconds, **more)
     (work / "ocr.json").write_text(json.dumps(blocks))
     md = out.read_text()
-    command = f"{block_command(md)}; then python tools/pruning_ocr.py --allocation {args.allocation} --work WORK"
+    command = (f"{block_command(md)}; then python tools/pruning_ocr.py --allocation {args.allocation} --work WORK "
+               f"--methods {args.methods} --allocations {args.allocations} --ratios {args.ratios}")
     out.write_text(splice(md, blocks, command, _notes(md)))
     return 0
 

@@ -1,5 +1,5 @@
 """``graphopt prune``: structured pruning of attention heads, FFN neurons and conv channels (magnitude, Wanda, FLAP,
-output sensitivity; uniform, global or error-driven allocation), least-squares reconstruction, with an accuracy
+output sensitivity; uniform, global, error- or output-driven allocation), least-squares reconstruction, with an accuracy
 report against the original; or whole layers (``--kinds layers``, ``--layers N`` or ``--ratio``) lowest ShortGPT
 Block Influence first.
 
@@ -53,7 +53,8 @@ def _check_args(args: argparse.Namespace) -> None:
             raise InputError("whole-layer removal ranks layers by Block Influence on calibration data: --calib PATH "
                              "(an .npz file or a folder of them) or --calib generate")
         return
-    needs = args.method != "magnitude" or args.reconstruct != "none" or args.allocation == "error" or args.budget
+    needs = args.method != "magnitude" or args.reconstruct != "none" or args.allocation in ("error", "output") \
+        or args.budget
     if needs and args.calib is None:
         raise InputError(f"--method {args.method} with --reconstruct {args.reconstruct} needs calibration data: "
                          "--calib PATH (an .npz file or a folder of them) or --calib generate; only --method "
@@ -197,9 +198,11 @@ def add_parsers(sub: Any) -> None:
                    "model has; GQA heads: a KV head with its query group), query-heads (GQA's query heads within "
                    "their groups, instead of heads), or layers alone (whole layers; not mixed with the others: "
                    "prune twice)")
-    p.add_argument("--allocation", choices=("uniform", "global", "error"), default="uniform", help=(
-        "kept units per group: uniform, global (FLAP's standardized scores) or error (least output error per "
-        "FLOP saved; default uniform)"))
+    p.add_argument("--allocation", choices=("uniform", "global", "error", "output"), default="uniform", help=(
+        "kept units per group: uniform, global (FLAP's standardized scores), error (least consumer output error "
+        "per FLOP saved; Transformers, whose consumers share the residual stream's scale) or output (the same "
+        "walk with each group's error scaled by its measured gain to the model output's change; CNNs, whose "
+        "consumers sit at different scales); default uniform"))
     p.add_argument("--reconstruct", choices=("least-squares", "bias", "none"), default="least-squares",
                    help="refit the consumers (default least-squares)")
     p.add_argument("--ridge", type=float, default=1e-4, help="relative ridge of the least squares (default 1e-4)")

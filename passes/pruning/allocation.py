@@ -14,7 +14,10 @@ them kept. Allocations (:data:`ALLOCATIONS`):
   statistics at a ladder of kept counts, after the chosen reconstruction,
   :func:`~graphopt.passes.pruning.refit.error_curve`); starting from the full
   model, the step that adds the least error per FLOP saved is taken until the
-  budget holds (a greedy walk on the curves, as a knapsack's convex relaxation).
+  budget holds (a greedy walk on the curves, as a knapsack's convex relaxation);
+- ``output``: the same walk on the error curves scaled per group by its gain from consumer error to the
+  model output's change, measured once with masked cuts (:mod:`~graphopt.passes.pruning.gains`), so that
+  groups whose consumers sit at different scales (a CNN's) compare in one unit.
 
 Kept counts are multiples of the group's step (``align`` neurons or channels,
 whole heads) or the whole group, and at least one step.
@@ -32,7 +35,7 @@ from graphopt.passes.pruning.plan import GroupPlan
 
 __all__ = ["ALLOCATIONS", "round_keep", "ladder", "allocate", "keep_sets", "kept_ratio"]
 
-ALLOCATIONS = ("uniform", "global", "error")
+ALLOCATIONS = ("uniform", "global", "error", "output")
 """Allocation strategies by name."""
 
 
@@ -134,7 +137,8 @@ def allocate(plans: Sequence[GroupPlan], ratio: float, allocation: str,
     if allocation == "global":
         return _global(plans, ratio)
     if curves is None:
-        raise InputError("allocation 'error' needs the groups' error curves (calibration data with Gram statistics)")
+        raise InputError(f"allocation {allocation!r} needs the groups' error curves (calibration data with Gram "
+                         "statistics)")
     return _by_error(plans, ratio, curves())
 
 

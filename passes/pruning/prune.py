@@ -26,10 +26,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from graphopt import ir
 from graphopt.errors import InputError
 from graphopt.passes.pruning.allocation import ALLOCATIONS, allocate, keep_sets, kept_ratio, ladder
 from graphopt.passes.pruning.plan import GroupPlan, Site, build_plan
+from graphopt.passes.pruning.gains import output_gains
 from graphopt.passes.pruning.refit import RECONSTRUCTIONS, SiteRefit, error_curve, refit_sites
 from graphopt.passes.pruning.scoring import METHODS, score_groups
 from graphopt.passmanager import Pass, PassResult, register_pass
@@ -87,8 +90,10 @@ class PruneOptions:
                                                           "outputs' change with each head masked) or obs "
                                                           "(structured OBS: the error left after least squares "
                                                           "compensates, greedy)"})
-    allocation: str = field(default="uniform", metadata={"doc": "uniform, global (FLAP's standardized) or error "
-                                                                "(output error per FLOP saved)"})
+    allocation: str = field(default="uniform", metadata={"doc": "uniform, global (FLAP's standardized), error "
+                                                                "(consumer output error per FLOP saved) or output "
+                                                                "(that error times each group's measured gain to "
+                                                                "the model output, :mod:`.gains`)"})
     align: int = field(default=8, metadata={"doc": "kept neurons/channels are multiples of this; heads stay whole"})
     reconstruction: str = field(default="least-squares", metadata={"doc": "least-squares, bias or none"})
     ridge: float = field(default=1e-4, metadata={"doc": "relative ridge of the least squares"})
@@ -315,12 +320,12 @@ def prune(model: ir.Model, options: PruneOptions | None = None, calibration: Any
     if not plans:
         report.nothing = f"nothing prunable: every group is at most {opts.align} units (align)"
         return report
-    needs_data = opts.method != "magnitude" or opts.reconstruction != "none" or opts.allocation == "error"
+    needs_data = opts.method != "magnitude" or opts.reconstruction != "none" or opts.allocation in ("error", "output")
     if needs_data and calibration is None:
         raise InputError(f"method {opts.method} with reconstruction {opts.reconstruction} and allocation "
                          f"{opts.allocation} needs calibration data (graphopt prune --calib PATH, or "
                          "PassContext(calibration=...)); only magnitude without reconstruction runs without")
-    gram = opts.reconstruction == "least-squares" or opts.allocation == "error" or \
+    gram = opts.reconstruction == "least-squares" or opts.allocation in ("error", "output") or \
         opts.method in ("sensitivity", "ablation", "obs")
     stats = _stats(model, sites, plans, gram, calibration, cache, opts.mask, progress) if needs_data else {}
     score_groups(plans, sites, stats, opts.method, model, calibration=calibration, mask=opts.mask or None,
@@ -330,9 +335,14 @@ def prune(model: ir.Model, options: PruneOptions | None = None, calibration: Any
 
     def curves() -> dict[str, tuple[list[int], list[float]]]:
         if not memo:
+            gains = output_gains(model, plans, sites, stats, calibration, mask=opts.mask or None,
+                                 progress=progress) if opts.allocation == "output" else {}
+            fallback = float(np.median(list(gains.values()))) if gains else 1.0
             for p in plans:
                 counts = ladder(p.size, p.step, opts.levels)
-                memo[p.name] = (counts, error_curve(p, sites, stats, counts, opts.reconstruction, opts.ridge))
+                curve = error_curve(p, sites, stats, counts, opts.reconstruction, opts.ridge)
+                gain = gains.get(p.name, fallback) if opts.allocation == "output" else 1.0
+                memo[p.name] = (counts, [gain * e for e in curve])
         return memo
 
     def counts_at(ratio: float) -> dict[str, int]:

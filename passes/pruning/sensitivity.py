@@ -52,8 +52,8 @@ from graphopt.calibrate.data import track
 from graphopt.errors import InputError
 from graphopt.passes.pruning.plan import GroupPlan, Site, weight_rows
 
-__all__ = ["MAX_BATCHES", "MAX_UNITS", "MAX_MASKS", "output_change_scores", "consumer_scores",
-           "model_output_scores", "sensitivity_scores"]
+__all__ = ["MAX_BATCHES", "MAX_UNITS", "MAX_MASKS", "MaskedSession", "output_change", "output_change_scores",
+           "consumer_scores", "model_output_scores", "sensitivity_scores"]
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +137,14 @@ def _eligible(plans: list[GroupPlan], max_units: int, max_masks: int) -> list[Gr
     return [p for p in plans if any(p is c for c in chosen)]
 
 
-class _Masked:
+class MaskedSession:
     """A copy of the model whose group consumers read ``input * mask`` (one float mask input per consumer
-    input value, ``[C]``, or ``[C, 1, ...]`` for a Conv), and an onnxruntime session over it."""
+    input value, ``[C]``, or ``[C, 1, ...]`` for a Conv), and an onnxruntime session over it (Kwon et al.
+    2022's mask variables as graph inputs). :meth:`close` removes its working folder.
+
+    Raises:
+        LoadError: onnxruntime cannot load the masked copy.
+    """
 
     def __init__(self, model: ir.Model, plans: list[GroupPlan], sites: Mapping[str, Site]) -> None:
         copy = ir.clone(model)
@@ -208,9 +213,11 @@ def _cosine_rows(out: np.ndarray, ref: np.ndarray, keep: np.ndarray | None) -> t
     return float(cos.sum()), int(cos.size)
 
 
-def _change(outs: list[dict[str, np.ndarray]], refs: list[dict[str, np.ndarray]], names: list[str],
-            keeps: list[np.ndarray | None]) -> float:
-    """``1 - mean over outputs of the mean row cosine`` (see :func:`_cosine_rows`) over all batches."""
+def output_change(outs: list[dict[str, np.ndarray]], refs: list[dict[str, np.ndarray]], names: list[str],
+                  keeps: list[np.ndarray | None]) -> float:
+    """``1 - mean over outputs of the mean row cosine`` (see :func:`_cosine_rows`) over all batches: ``outs`` and
+    ``refs`` are per-batch ``{output name: array}``, ``names`` the float outputs compared, ``keeps`` per batch a
+    ``[N, T]`` bool mask of the rows that count (or None). A float in [0, 2]; 0 when nothing changed."""
     total = 0.0
     for name in names:
         s = n = 0
@@ -254,7 +261,7 @@ def model_output_scores(model: ir.Model, plans: list[GroupPlan], sites: Mapping[
             break
     if not batches:
         raise InputError("sensitivity scoring at the model output needs at least one calibration batch")
-    masked = _Masked(model, plans, sites)
+    masked = MaskedSession(model, plans, sites)
     try:
         refs = [masked.run(b, {}) for b in batches]
         names = [n for n in masked.outputs if np.asarray(refs[0][n]).dtype.kind == "f"]
@@ -268,7 +275,7 @@ def model_output_scores(model: ir.Model, plans: list[GroupPlan], sites: Mapping[
             for node, idx in p.rows.items():
                 zeroed.setdefault(sites[node].data, []).extend(int(i) for i in idx[u])
             outs = [masked.run(b, zeroed) for b in batches]
-            scores[p.name][u] = _change(outs, refs, names, keeps)
+            scores[p.name][u] = output_change(outs, refs, names, keeps)
     finally:
         masked.close()
     log.info("prune: sensitivity at the model output for %s (%d masked runs of %d batch(es) each)",

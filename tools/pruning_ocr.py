@@ -300,9 +300,11 @@ def section(model: str, block: dict) -> list[str]:
                   "The `ratio` above is the pass's: the kept share of the prunable groups' FLOPs counted per unit, "
                   "linear in the units kept. In a CNN a Conv between two pruned groups loses FLOPs in both, and the "
                   "groups sit at different resolutions, so it is not the model's FLOP ratio. Here `FLOPs` is "
-                  "measured: every MatMul/Gemm/Conv of one run at 48 x 320, shapes from onnxruntime (the SVTR neck "
+                  "measured: every MatMul/Gemm/Conv at 48 x 320, shapes from onnxruntime (the SVTR neck "
                   f"included; original {study['original_flops'] / 1e9:.3f} GFLOPs), as a share of the original's. "
-                  "Least squares throughout; `error`: kept counts by consumer output error per FLOP saved. "
+                  "Least squares throughout; `error`: kept counts by consumer output error per FLOP saved; "
+                  "`output`: that error scaled per group by its measured gain to the model output's change "
+                  "(`passes/pruning/gains.py`; `s` includes those masked runs). "
                   f"Latency: after O2 vs the original after O2, one interleaved run (load {study['load']:.1f} "
                   "before it).", "",
                   "| method | allocation | ratio | kept | FLOPs | latency | char | line | s |",

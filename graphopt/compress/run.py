@@ -26,7 +26,8 @@ from graphopt.deadline import limit
 from graphopt.errors import GraphoptError, InputError
 
 __all__ = ["CompressOptions", "CompressResult", "check_options", "compress", "frontier_doc", "PRUNE_LEVELS",
-           "LOWRANK_LEVELS", "FUSION_TOLERANCE", "FINISH_RESERVE", "SAVE_RATE", "OBS_MAX_WIDTH", "prune_method"]
+           "LOWRANK_LEVELS", "FUSION_TOLERANCE", "FINISH_RESERVE", "SAVE_RATE", "OBS_MAX_WIDTH", "prune_method",
+           "prune_allocation"]
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,9 @@ at 0.6 of the block FLOPs: rank fidelity 0.921 against 0.911; PaddleOCR rec at 0
 a time-limited search on a full-size model cannot spare."""
 
 
-def prune_method(source: str | Path) -> str:
-    """``obs`` or ``wanda`` for ``source`` (an .onnx path; external data not read): :data:`OBS_MAX_WIDTH` against
-    the widest input of a MatMul / Gemm (``B`` constant: an initializer or a Constant node; ``K`` = its rows, its
-    columns under ``transB``) or Conv (the weight's input channels), read from the constants' dims.
+def _weighted_ops(source: str | Path) -> list[tuple[str, list[int], bool]]:
+    """``(op, weight dims, transB)`` of every MatMul / Gemm / Conv of ``source`` whose weight (input 1) is a constant:
+    an initializer or a Constant node (PaddleOCR's exports); external data not read.
 
     Raises:
         LoadError: the file is not a readable ONNX model.
@@ -69,24 +69,50 @@ def prune_method(source: str | Path) -> str:
 
     proto = ir.load_proto(source)
     dims = {t.name: list(t.dims) for t in proto.graph.initializer}
-    for node in proto.graph.node:  # weights held by Constant nodes (PaddleOCR's exports)
+    for node in proto.graph.node:
         if node.op_type == "Constant":
             value = next((a.t for a in node.attribute if a.name == "value"), None)
             if value is not None:
                 dims[node.output[0]] = list(value.dims)
-    widest = 0
+    out = []
     for node in proto.graph.node:
-        if len(node.input) < 2 or node.input[1] not in dims or len(dims[node.input[1]]) < 2:
+        if node.op_type not in ("MatMul", "Gemm", "Conv") or len(node.input) < 2:
             continue
-        w = dims[node.input[1]]
-        if node.op_type == "MatMul" and len(w) == 2:
+        w = dims.get(node.input[1])
+        if w is not None and len(w) >= 2:
+            out.append((node.op_type, w, any(a.name == "transB" and a.i for a in node.attribute)))
+    return out
+
+
+def prune_method(source: str | Path) -> str:
+    """``obs`` or ``wanda`` for ``source`` (an .onnx path; external data not read): :data:`OBS_MAX_WIDTH` against
+    the widest input of a MatMul / Gemm (``B`` constant: an initializer or a Constant node; ``K`` = its rows, its
+    columns under ``transB``) or Conv (the weight's input channels), read from the constants' dims.
+
+    Raises:
+        LoadError: the file is not a readable ONNX model.
+    """
+    widest = 0
+    for op, w, trans in _weighted_ops(source):
+        if op == "MatMul" and len(w) == 2:
             widest = max(widest, w[0])
-        elif node.op_type == "Gemm":
-            trans = any(a.name == "transB" and a.i for a in node.attribute)
+        elif op == "Gemm":
             widest = max(widest, w[1] if trans else w[0])
-        elif node.op_type == "Conv":
+        elif op == "Conv":
             widest = max(widest, w[1])
     return "obs" if widest <= OBS_MAX_WIDTH else "wanda"
+
+
+def prune_allocation(source: str | Path) -> str:
+    """``output`` when most constant-weight MatMul / Gemm / Conv nodes of ``source`` are Convs (a CNN: its
+    consumers sit at different scales, :mod:`graphopt.passes.pruning.gains`), else ``error`` (a Transformer, a
+    ViT's patch-embedding Conv included: every consumer writes into the residual stream).
+
+    Raises:
+        LoadError: the file is not a readable ONNX model.
+    """
+    ops = [op for op, _, _ in _weighted_ops(source)]
+    return "output" if 2 * ops.count("Conv") > len(ops) else "error"
 
 
 @dataclass
@@ -107,8 +133,8 @@ class CompressOptions:
         latency_seconds: timed seconds per candidate against the warm original.
         threads: onnxruntime intra-op threads of the latency measurements.
         prune_levels, lowrank_levels: the knobs' ladders.
-        prune, lowrank: base pass options (None: :func:`prune_method`'s scores, obs or wanda, with the error
-            allocation and least squares; svd-llm with the refit).
+        prune, lowrank: base pass options (None: :func:`prune_method`'s scores, obs or wanda, with
+            :func:`prune_allocation`'s allocation, error or output, and least squares; svd-llm with the refit).
         mask: graph input whose zeros drop padded rows from the statistics.
         int8_method: INT8 activation range calibration (minmax, percentile, entropy, mse).
     """
@@ -258,7 +284,7 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
         knobs.append(Knob("prune", tuple(options.prune_levels)))
     if "lowrank" in techniques:
         knobs.append(Knob("lowrank", tuple(options.lowrank_levels)))
-    prune_opts = options.prune or PruneOptions(method=prune_method(source), allocation="error")
+    prune_opts = options.prune or PruneOptions(method=prune_method(source), allocation=prune_allocation(source))
     lowrank_opts = options.lowrank or FactorizeOptions(threads=options.threads)
     reference = run_outputs(str(source), list(search_batches))
     # the deadline every candidate's long loops check (graphopt.deadline), so that a candidate still running when

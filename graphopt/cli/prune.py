@@ -200,9 +200,8 @@ def add_parsers(sub: Any) -> None:
                    "prune twice)")
     p.add_argument("--allocation", choices=("uniform", "global", "error", "output"), default="uniform", help=(
         "kept units per group: uniform, global (FLAP's standardized scores), error (least consumer output error "
-        "per FLOP saved; Transformers, whose consumers share the residual stream's scale) or output (the same "
-        "walk with each group's error scaled by its measured gain to the model output's change; CNNs, whose "
-        "consumers sit at different scales); default uniform"))
+        "per FLOP saved) or output (the same walk with each group's error scaled by its measured gain to the "
+        "model output's change, for consumers that feed the output with different gains); default uniform"))
     p.add_argument("--reconstruct", choices=("least-squares", "bias", "none"), default="least-squares",
                    help="refit the consumers (default least-squares)")
     p.add_argument("--ridge", type=float, default=1e-4, help="relative ridge of the least squares (default 1e-4)")

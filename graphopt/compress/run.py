@@ -26,8 +26,7 @@ from graphopt.deadline import limit
 from graphopt.errors import GraphoptError, InputError
 
 __all__ = ["CompressOptions", "CompressResult", "check_options", "compress", "frontier_doc", "PRUNE_LEVELS",
-           "LOWRANK_LEVELS", "FUSION_TOLERANCE", "FINISH_RESERVE", "SAVE_RATE", "OBS_MAX_WIDTH", "prune_method",
-           "prune_allocation"]
+           "LOWRANK_LEVELS", "FUSION_TOLERANCE", "FINISH_RESERVE", "SAVE_RATE", "OBS_MAX_WIDTH", "prune_method"]
 
 log = logging.getLogger(__name__)
 
@@ -103,18 +102,6 @@ def prune_method(source: str | Path) -> str:
     return "obs" if widest <= OBS_MAX_WIDTH else "wanda"
 
 
-def prune_allocation(source: str | Path) -> str:
-    """``output`` when most constant-weight MatMul / Gemm / Conv nodes of ``source`` are Convs (a CNN: its
-    consumers sit at different scales, :mod:`graphopt.passes.pruning.gains`), else ``error`` (a Transformer, a
-    ViT's patch-embedding Conv included: every consumer writes into the residual stream).
-
-    Raises:
-        LoadError: the file is not a readable ONNX model.
-    """
-    ops = [op for op, _, _ in _weighted_ops(source)]
-    return "output" if 2 * ops.count("Conv") > len(ops) else "error"
-
-
 @dataclass
 class CompressOptions:
     """Options of :func:`compress`.
@@ -133,8 +120,8 @@ class CompressOptions:
         latency_seconds: timed seconds per candidate against the warm original.
         threads: onnxruntime intra-op threads of the latency measurements.
         prune_levels, lowrank_levels: the knobs' ladders.
-        prune, lowrank: base pass options (None: :func:`prune_method`'s scores, obs or wanda, with
-            :func:`prune_allocation`'s allocation, error or output, and least squares; svd-llm with the refit).
+        prune, lowrank: base pass options (None: :func:`prune_method`'s scores, obs or wanda, with the error
+            allocation and least squares; svd-llm with the refit).
         mask: graph input whose zeros drop padded rows from the statistics.
         int8_method: INT8 activation range calibration (minmax, percentile, entropy, mse).
     """
@@ -284,7 +271,7 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
         knobs.append(Knob("prune", tuple(options.prune_levels)))
     if "lowrank" in techniques:
         knobs.append(Knob("lowrank", tuple(options.lowrank_levels)))
-    prune_opts = options.prune or PruneOptions(method=prune_method(source), allocation=prune_allocation(source))
+    prune_opts = options.prune or PruneOptions(method=prune_method(source), allocation="error")
     lowrank_opts = options.lowrank or FactorizeOptions(threads=options.threads)
     reference = run_outputs(str(source), list(search_batches))
     # the deadline every candidate's long loops check (graphopt.deadline), so that a candidate still running when

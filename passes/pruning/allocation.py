@@ -17,7 +17,7 @@ them kept. Allocations (:data:`ALLOCATIONS`):
   budget holds (a greedy walk on the curves, as a knapsack's convex relaxation);
 - ``output``: the same walk on the error curves scaled per group by its gain from consumer error to the
   model output's change, measured once with masked cuts (:mod:`~graphopt.passes.pruning.gains`), so that
-  groups whose consumers sit at different scales (a CNN's) compare in one unit.
+  groups whose consumers feed the output with different gains compare in one unit.
 
 Kept counts are multiples of the group's step (``align`` neurons or channels,
 whole heads) or the whole group, and at least one step.

@@ -2,10 +2,9 @@
 
 The ``error`` allocation (:func:`~graphopt.passes.pruning.refit.error_curve`) compares groups by the absolute
 squared error each adds at its consumer. In a Transformer every consumer writes into the same residual
-stream, so those errors are on one scale. In a CNN they are not: a narrow bottleneck Conv or the last
-projection before a classifier (PaddleOCR rec's 60-channel neck Convs, its 120-channel projection into the CTC
-head) shows a small error at its consumer and moves the model's output a lot, and the walk cuts it first
-(rec, flap + ``error`` at 0.7 of the block FLOPs: character accuracy 0.045).
+stream, so those errors are on one scale. Where consumers feed the output with different gains (a branch
+scaled before a sum, a BatchNormalization after the consumer that divides by a small running std, the last
+projection before a classifier) a small consumer error can move the output a lot.
 
 The ``output`` allocation scales each group's consumer error curve by a gain measured once on the model
 output: with the group's lowest-scored units cut to a few kept counts, *alone*, in one switched onnxruntime
@@ -16,6 +15,11 @@ perturbation, so their ratio is the group's gain from consumer error to model-ou
 then walks the least-squares curves times the gains, so the refit's benefit stays in and every group speaks
 in the model output's units. This is the per-layer sensitivity calibration of mixed-precision search
 (HAWQ, Dong et al. 2019; ORT's and ModelOpt's per-layer sensitivity) applied to pruning levels.
+
+Measured: on PaddleOCR rec (obs, least squares, pass ratio 0.7) it lands where ``error`` does (0.554 of the
+measured FLOPs at character accuracy 0.9132 against 0.550 at 0.9143); on all-MiniLM-L6-v2 (heads + FFN, 0.6)
+it does worse (rank fidelity 0.9067 against 0.9214): the output cosine of the token states, cut group by group,
+is not the sentence ranking the metric reads.
 """
 
 from __future__ import annotations

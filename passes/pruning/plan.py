@@ -22,6 +22,7 @@ Nothing here reads activations; :mod:`.scoring` and :mod:`.allocation` do.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -169,17 +170,20 @@ def _site(node: ir.Node, weight_name: str) -> Site | None:
                 None if bias_arr is None else np.array(bias_arr))
 
 
-def _positions(node: ir.Node) -> int:
-    """Output positions per sample of a Conv (``H_out * W_out``) when static, else 1."""
+def _positions(node: ir.Node, dims: Callable[[str], tuple[int | None, ...] | None] | None = None) -> int:
+    """Output positions per sample of a Conv (``H_out * W_out``): from its static output shape, else from the
+    analysis's concrete dims at its sample binding (``dims``; the input size of the calibration data when prune
+    has it), else 1."""
     if node.op_type != "Conv":
         return 1
     shape = node.outputs[0].shape
-    if shape is None or len(shape) < 3:
-        return 1
-    dims = [d for d in list(shape)[2:]]
-    if not all(isinstance(d, int) for d in dims):
-        return 1
-    return int(np.prod(dims)) if dims else 1
+    spatial = list(shape)[2:] if shape is not None and len(shape) >= 3 else None
+    if spatial is None or not all(isinstance(d, int) for d in spatial):
+        known = dims(node.outputs[0].name or "") if dims is not None else None
+        spatial = list(known)[2:] if known is not None and len(known) >= 3 else None
+        if spatial is None or not all(isinstance(d, int) for d in spatial):
+            return 1
+    return int(np.prod(spatial)) if spatial else 1
 
 
 def build_plan(model: ir.Model, analysis: GroupAnalysis, kinds: tuple[str, ...], *, align: int = 8,
@@ -219,7 +223,7 @@ def build_plan(model: ir.Model, analysis: GroupAnalysis, kinds: tuple[str, ...],
             per_unit = float(np.prod(shape)) / shape[s.axis] * s.unit
             readers = [nodes[r] for r in s.readers if r in nodes] or \
                 [u[0] for u in (arr_v.uses() if arr_v is not None else [])]
-            pos = max((_positions(r) for r in readers), default=1)
+            pos = max((_positions(r, analysis.dims) for r in readers), default=1)
             flops += 2.0 * per_unit * pos
         unit = max((s.unit for s in g.slices), default=1)
         if g.kind == "heads":

@@ -67,3 +67,19 @@ def test_prune_binds_images_from_calibration():
     assert sess.run(None, {"x": next(iter(calib))["x"]})[0].shape == (1, 10, 8)
     assert [n.inputs[1].const_value.shape.dims for n in model.graph if n.op_type == "Conv"] == [
         (8, 3, 1, 1), (4, 8, 1, 1), (10, 16, 1)]
+
+
+def test_plan_counts_conv_positions_from_the_sample_binding():
+    """A Conv's unit FLOPs count its output positions: from its static shape, else from the analysis's sample
+    binding (the calibration batch's image size); before, symbolic shapes counted 1 position and a CNN's units
+    looked thousands of times cheaper than they are."""
+    from graphopt.passes.pruning.plan import build_plan
+
+    model = fixed_height()
+    plans, _ = build_plan(model, find_groups(model, KINDS, images={"x": (4, 8)}), ("channels",), align=4)
+    # conv1: 3 input channels in, 8 consumers' rows (conv2 1x1, 8 out) per unit, 32 positions: 2 * (3 + 8) * 32
+    # conv2: 16 inputs per unit; its consumer conv3 reads 4 rows (the height) per channel, 10 outputs, 8 positions
+    assert [(p.name, p.unit_flops) for p in plans] == [("conv:conv1", 2.0 * (3 + 8) * 32),
+                                                      ("conv:conv2", 2.0 * 16 * 32 + 2.0 * 4 * 10 * 8)]
+    default = build_plan(model, find_groups(model, KINDS), ("channels",), align=4)[0]
+    assert [(p.name, p.unit_flops) for p in default] == [("conv:conv1", 2.0 * (3 + 8) * 224 * 160)]

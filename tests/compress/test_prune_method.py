@@ -1,6 +1,5 @@
-"""compress's default pruning scores and allocation (graphopt.compress.run.prune_method, prune_allocation): obs up
-to OBS_MAX_WIDTH input channels of any MatMul / Gemm / Conv, wanda above, the weight an initializer or a Constant
-node; the output allocation when most weighted ops are Convs, error otherwise."""
+"""compress's default pruning scores (graphopt.compress.run.prune_method): obs up to OBS_MAX_WIDTH input
+channels of any MatMul / Gemm / Conv, wanda above, the weight an initializer or a Constant node."""
 
 from __future__ import annotations
 
@@ -42,26 +41,3 @@ def test_conv_input_channels(tmp_path):
     assert prune_method(_save(tmp_path, node, np.zeros((8, OBS_MAX_WIDTH + 1, 1, 1), np.float32))) == "wanda"
     assert prune_method(_save(tmp_path, node, np.zeros((OBS_MAX_WIDTH + 1, 8, 3, 3), np.float32))) == "obs"
 
-
-def test_allocation_output_for_a_cnn_error_for_a_transformer(tmp_path):
-    """Most weighted ops Convs: ``output``; a MatMul model, or a ViT-like one with one Conv among MatMuls:
-    ``error``."""
-    from graphopt.compress.run import prune_allocation
-
-    def model(ops: list[str]) -> str:
-        nodes, inits, prev = [], [], "x"
-        for i, op in enumerate(ops):
-            shape = (4, 4, 1, 1) if op == "Conv" else (4, 4)
-            inits.append(numpy_helper.from_array(np.zeros(shape, np.float32), f"w{i}"))
-            nodes.append(helper.make_node(op, [prev, f"w{i}"], [f"y{i}"]))
-            prev = f"y{i}"
-        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
-                                  [helper.make_tensor_value_info(prev, TensorProto.FLOAT, None)], inits)
-        path = tmp_path / f"{'_'.join(ops)}.onnx"
-        onnx.save(helper.make_model(graph), path)
-        return str(path)
-
-    assert prune_allocation(model(["Conv", "Conv", "MatMul"])) == "output"
-    assert prune_allocation(model(["Conv", "MatMul", "MatMul"])) == "error"
-    assert prune_allocation(model(["MatMul", "Gemm"])) == "error"
-    assert prune_allocation(model(["Conv", "MatMul"])) == "error"  # a tie is not a majority

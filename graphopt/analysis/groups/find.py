@@ -266,4 +266,6 @@ def find_groups(model: ir.Model, kinds: Collection[str] = DEFAULT_KINDS, *,
             g.name = unique(g.name, taken)
         groups.extend(layer_groups)
         refused.extend(layer_refused)
-    return GroupAnalysis(groups, refused)
+    by_name: dict[str, ir.Value] = {v.name: v for v in graph.inputs if v.name}
+    by_name.update({o.name: o for n in graph for o in n.outputs if o.name})
+    return GroupAnalysis(groups, refused, dims=lambda name: dims.of(by_name.get(name)))

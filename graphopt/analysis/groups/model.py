@@ -10,6 +10,7 @@ deterministic text for golden tests and reports.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["Slice", "ShapeEdit", "CoupledGroup", "Refusal", "GroupAnalysis", "describe", "KINDS"]
@@ -135,10 +136,18 @@ class Refusal:
 
 @dataclass
 class GroupAnalysis:
-    """The result of :func:`graphopt.analysis.groups.find_groups`."""
+    """The result of :func:`graphopt.analysis.groups.find_groups`.
+
+    Attributes:
+        groups: the coupled groups.
+        refused: the sites left whole, with reasons.
+        dims: value name -> concrete dims at the analysis's sample binding (``dims(name)``; None when unknown),
+            e.g. a Conv's output positions where the model's own shapes are symbolic; None when not kept.
+    """
 
     groups: list[CoupledGroup]
     refused: list[Refusal]
+    dims: Callable[[str], tuple[int | None, ...] | None] | None = field(default=None, repr=False, compare=False)
 
     def group(self, name: str) -> CoupledGroup:
         """The group called ``name`` (KeyError when absent)."""

@@ -24,6 +24,7 @@ is not the sentence ranking the metric reads.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -81,11 +82,7 @@ def output_gains(model: ir.Model, plans: list[GroupPlan], sites: Mapping[str, Si
         LoadError: onnxruntime cannot load the masked copy.
     """
     plans = [p for p in plans if p.rows]
-    batches = []
-    for batch in calibration:
-        batches.append(batch)
-        if len(batches) >= max_batches:
-            break
+    batches = list(itertools.islice(calibration, max_batches))
     if not batches:
         raise InputError("the output allocation needs at least one calibration batch")
     runs = []
@@ -99,9 +96,7 @@ def output_gains(model: ir.Model, plans: list[GroupPlan], sites: Mapping[str, Si
     masked = MaskedSession(model, [p for p, *_ in runs], sites)
     gains: dict[str, float] = {}
     try:
-        refs = [masked.run(b, {}) for b in batches]
-        names = [n for n in masked.outputs if np.asarray(refs[0][n]).dtype.kind == "f"]
-        keeps = [np.asarray(b[mask]) != 0 if mask and mask in b else None for b in batches]
+        refs, names, keeps = masked.baseline(batches, mask)
         total = sum(len(counts) for _, counts, _ in runs)
         steps = iter(track(range(total), total, "output gains", progress))
         for p, counts, consumer in runs:

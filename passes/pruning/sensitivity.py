@@ -38,6 +38,7 @@ groups (12 heads each, 72 masks) at the model output and the 6 FFN groups (1536 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -191,6 +192,16 @@ class MaskedSession:
                 feed[name] = ones
         return dict(zip(self.outputs, self.session.run(self.outputs, feed)))
 
+    def baseline(self, batches: list[Mapping[str, np.ndarray]], mask: str | None = None
+                 ) -> tuple[list[dict[str, np.ndarray]], list[str], list[np.ndarray | None]]:
+        """``(outputs with nothing masked per batch, the float output names, per batch the [N, T] bool rows that
+        count or None)``: what :func:`output_change` compares masked runs against (``mask``: a graph input whose
+        zeros drop padded rows)."""
+        refs = [self.run(b, {}) for b in batches]
+        names = [n for n in self.outputs if np.asarray(refs[0][n]).dtype.kind == "f"] if refs else []
+        keeps = [np.asarray(b[mask]) != 0 if mask and mask in b else None for b in batches]
+        return refs, names, keeps
+
     def close(self) -> None:
         self._workdir.cleanup()
 
@@ -254,20 +265,14 @@ def model_output_scores(model: ir.Model, plans: list[GroupPlan], sites: Mapping[
     plans = [p for p in plans if p.rows]
     if not plans:
         return {}
-    batches = []
-    for batch in calibration:
-        batches.append(batch)
-        if len(batches) >= max_batches:
-            break
+    batches = list(itertools.islice(calibration, max_batches))
     if not batches:
         raise InputError("sensitivity scoring at the model output needs at least one calibration batch")
     masked = MaskedSession(model, plans, sites)
     try:
-        refs = [masked.run(b, {}) for b in batches]
-        names = [n for n in masked.outputs if np.asarray(refs[0][n]).dtype.kind == "f"]
+        refs, names, keeps = masked.baseline(batches, mask)
         if not names:
             return {}
-        keeps = [np.asarray(b[mask]) != 0 if mask and mask in b else None for b in batches]
         units = [(p, u) for p in plans for u in range(p.size)]
         scores = {p.name: np.zeros(p.size) for p in plans}
         for p, u in track(units, len(units), "sensitivity", progress):

@@ -40,4 +40,3 @@ def test_conv_input_channels(tmp_path):
     node = helper.make_node("Conv", ["x", "w"], ["y"])
     assert prune_method(_save(tmp_path, node, np.zeros((8, OBS_MAX_WIDTH + 1, 1, 1), np.float32))) == "wanda"
     assert prune_method(_save(tmp_path, node, np.zeros((OBS_MAX_WIDTH + 1, 8, 3, 3), np.float32))) == "obs"
-

@@ -89,7 +89,8 @@ class LayerReport:
         error: relative output error ``||X(W - AB)||^2 / ||XW||^2`` on the calibration data (None without data
             or when left whole).
         tokens: ``M``, the rows the layer multiplies: the product of its output's dims but the channel one
-            when all are known (bound), else the ``tokens`` option.
+            when all are known (bound; a Conv's measured on the first calibration batch), else the ``tokens``
+            option.
         params_before, params_after: weight elements; flops_before, flops_after: ``2 M K N`` and
             ``2 M r (K + N)``.
         speed_ratio: the measured latency ratio of the kept rank (None when not measured).
@@ -193,10 +194,13 @@ def _stats(model: ir.Model, layers: list[Layer], calibration: Any, cache: Any, p
     return collect_stats(model, list(requests.values()), calibration, cache=cache, progress=progress)
 
 
-def layer_tokens(layer: Layer, default: int) -> int:
+def layer_tokens(layer: Layer, default: int, measured: dict[str, tuple[int, ...]] | None = None) -> int:
     """``M`` of ``layer``: the product of its output's dims but the channel axis (a 1x1 Conv's batch x height x
-    width, a MatMul's batch x sequence), ``default`` when a dim is symbolic or the shape unknown."""
+    width, a MatMul's batch x sequence); where a dim is symbolic, the output's shape in ``measured`` (name ->
+    dims, see :func:`conv_shapes`), else ``default``."""
     shape = layer.node.outputs[0].shape
+    if shape is None or len(shape) < 2 or not all(isinstance(d, int) for d in shape):
+        shape = (measured or {}).get(layer.node.outputs[0].name or "", shape)
     if shape is None or len(shape) < 2:
         return default
     dims = list(shape)
@@ -207,6 +211,25 @@ def layer_tokens(layer: Layer, default: int) -> int:
             return default
         out *= d
     return max(out, 1)
+
+
+def conv_shapes(model: ir.Model, layers: list[Layer], calibration: Any) -> dict[str, tuple[int, ...]]:
+    """Output shapes of the Conv layers whose spatial dims are symbolic, measured in one onnxruntime run on the
+    first calibration batch (an image model runs at its calibration size: a dynamic-input CNN's 1x1 Convs then
+    get their real ``M``, not ``tokens``). MatMuls keep ``tokens`` (a calibration sentence is not the sequence
+    length the model is deployed at). ``{}`` without calibration data, or when the run fails (logged)."""
+    from graphopt.analysis.measured import measure_shapes
+
+    names = [layer.node.outputs[0].name for layer in layers
+             if layer.kind == "Conv" and layer_tokens(layer, 0) == 0 and layer.node.outputs[0].name]
+    first = next(iter(calibration), None) if calibration is not None and names else None
+    if not first:
+        return {}
+    try:
+        return measure_shapes(model, first, names=names)
+    except Exception as e:  # noqa: BLE001 - the rows fall back to tokens
+        log.info("factorize: measuring the Conv layers' shapes failed (%s); they count %s", str(e)[:200], "tokens")
+        return {}
 
 
 def plan_layers(model: ir.Model, opts: FactorizeOptions, calibration: Any = None, *, timing: Timing | None = None,
@@ -234,6 +257,7 @@ def plan_layers(model: ir.Model, opts: FactorizeOptions, calibration: Any = None
     guard = SpeedGuard(opts.tokens, timing, opts.speed_cache or None, opts.threads, opts.max_speed_ratio) \
         if opts.speed_guard else None
     plan = Plan(layers, [], [], [], [], [], [], skipped, guard)
+    measured = conv_shapes(model, layers, calibration)
     fast: dict[tuple[int, int, int], int] = {}
     kept: list[Layer] = []
     for layer in layers:
@@ -249,7 +273,7 @@ def plan_layers(model: ir.Model, opts: FactorizeOptions, calibration: Any = None
         spec = spectrum(w, opts.method, gram=gram, abs_mean=st.abs_mean if st is not None else None,
                         alpha=opts.alpha, where=layer.name)
         allowed = _ranks.candidates(layer.k, layer.n, opts.align, opts.max_param_ratio)
-        tokens = layer_tokens(layer, opts.tokens)
+        tokens = layer_tokens(layer, opts.tokens, measured)
         report = LayerReport(layer.name, layer.kind, layer.k, layer.n, min(layer.k, layer.n), tokens=tokens,
                              params_before=layer.params, params_after=layer.params,
                              flops_before=2 * tokens * layer.params, flops_after=2 * tokens * layer.params)

@@ -234,6 +234,26 @@ def test_flops_budget_on_convs_of_different_spatial_size():
         factorize(ir.from_proto(proto), FactorizeOptions(flops=1.5, **opts))
 
 
+def test_dynamic_convs_count_their_calibration_positions():
+    """The same two Convs with symbolic spatial dims: their shapes are measured on the first calibration batch
+    (8x8 and 2x2 again: tokens 64 and 4, the same ranks as the static model); without calibration data they
+    fall back to ``tokens``."""
+    rng = np.random.default_rng(3)
+    convs, inits = [], {}
+    for i in range(2):
+        inits[f"w{i}"] = rng.standard_normal((64, 64, 1, 1)).astype(np.float32)
+        convs.append(helper.make_node("Conv", [f"x{i}", f"w{i}"], [f"y{i}"], name=f"conv{i}"))
+    proto = _model(convs, [_vi("x0", [1, 64, "h0", "w0"]), _vi("x1", [1, 64, "h1", "w1"])],
+                   [_vi("y0", [1, 64, "h0", "w0"]), _vi("y1", [1, 64, "h1", "w1"])], inits)
+    calib = CalibrationData.from_arrays([{"x0": rng.standard_normal((1, 64, 8, 8)).astype(np.float32),
+                                          "x1": rng.standard_normal((1, 64, 2, 2)).astype(np.float32)}
+                                         for _ in range(2)], proto)
+    opts = dict(method="svd", refit="none", speed_guard=False, flops=0.8)
+    report = factorize(ir.from_proto(proto), FactorizeOptions(**opts), calib)
+    assert [r.tokens for r in report.layers] == [64, 4] and [r.rank for r in report.layers] == [24, 0]
+    assert [r.tokens for r in factorize(ir.from_proto(proto), FactorizeOptions(**opts)).layers] == [128, 128]
+
+
 def test_global_budget_meets_the_ratio():
     proto = _mlp(96, 96)
     calib = _calib(proto, "x", [_correlated(4, 96, s) for s in range(6)])

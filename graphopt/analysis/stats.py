@@ -55,9 +55,9 @@ class ModelStats:
         bytes: bytes of initializers.
         ops: op histogram.
         opsets: domain -> version.
-        flops: estimated floating-point operations of MatMul/Gemm/Conv for one
+        flops: estimated floating-point operations of MatMul/Gemm/Conv/ConvTranspose for one
             inference at the bound dims (multiply-add = 2), or None.
-        flops_unknown: MatMul/Gemm/Conv nodes whose shapes stayed unknown.
+        flops_unknown: MatMul/Gemm/Conv/ConvTranspose nodes whose shapes stayed unknown.
         flops_approximate: such nodes with a data-dependent dim taken as 1.
     """
 
@@ -86,7 +86,7 @@ def model_stats(model: ir.Model, *, with_flops: bool = False, dims: dict[str, in
         dims: symbolic dim bindings for the FLOPs estimate (defaults as in
             ``graphopt verify``: batch 1, sequence 16, ...).
         shapes: whole input shapes for the FLOPs estimate (input name -> dims).
-        measure: measure in onnxruntime the MatMul/Gemm/Conv shapes inference
+        measure: measure in onnxruntime the MatMul/Gemm/Conv/ConvTranspose shapes inference
             leaves unknown (see :func:`flops`).
     """
     inits = [v for g in ir.all_graphs(model) for v in g.initializers.values()]
@@ -131,13 +131,19 @@ def _static_graph(model: ir.Model, dims: dict[str, int] | None,
         return proto
 
 
+_COUNTED = ("MatMul", "Gemm", "Conv", "ConvTranspose")
+"""The ops whose FLOPs :func:`flops` counts."""
+
+
 def flops(model: ir.Model, dims: dict[str, int] | None = None, *, shapes: dict[str, tuple[int, ...]] | None = None,
           measure: bool = False) -> tuple[int, int, int]:
-    """Estimate FLOPs of MatMul, Gemm and Conv (main graph), counting a
-    multiply-add as 2 FLOPs.
+    """Estimate FLOPs of MatMul, Gemm, Conv and ConvTranspose (main graph),
+    counting a multiply-add as 2 FLOPs.
 
     MatMul ``[..., M, K] x [..., K, N]``: ``2*prod(out)*K``; Gemm: ``2*M*N*K``;
-    Conv: ``2*prod(out)*(C_in/group)*prod(kernel)``.
+    Conv: ``2*prod(out)*(C_in/group)*prod(kernel)``; ConvTranspose (weight
+    ``[C_in, C_out/group, k...]``, every input position scattered through the
+    kernel, ONNX ConvTranspose spec): ``2*prod(in)*(C_out/group)*prod(kernel)``.
 
     Graph input dims: ``shapes`` (input name -> whole shape, for dims the
     model leaves unnamed), else ``dims`` by name, else ``graphopt verify``'s
@@ -166,7 +172,7 @@ def flops(model: ir.Model, dims: dict[str, int] | None = None, *, shapes: dict[s
         _measure_unknown(model, proto, shapes_of, unresolved)
     total = unknown = approximate = 0
     for node in proto.graph.node:
-        if node.op_type not in ("MatMul", "Gemm", "Conv"):
+        if node.op_type not in _COUNTED:
             continue
         a = shapes_of.get(node.input[0])
         w = shapes_of.get(node.input[1])
@@ -183,6 +189,8 @@ def flops(model: ir.Model, dims: dict[str, int] | None = None, *, shapes: dict[s
             trans_a = next((at.i for at in node.attribute if at.name == "transA"), 0)
             k = a[0] if trans_a else a[-1]
             total += 2 * int(np.prod(out)) * k
+        elif node.op_type == "ConvTranspose":
+            total += 2 * int(np.prod(a)) * int(np.prod(w[1:]))
         else:
             total += 2 * int(np.prod(out)) * int(np.prod(w[1:]))
     return total, unknown, approximate
@@ -190,14 +198,14 @@ def flops(model: ir.Model, dims: dict[str, int] | None = None, *, shapes: dict[s
 
 def _measure_unknown(model: ir.Model, proto: onnx.ModelProto, shapes: dict[str, list[int]],
                      unresolved: set[str]) -> None:
-    """Fill ``shapes`` (and clear ``unresolved``) for the MatMul/Gemm/Conv operands inference left unknown, from
+    """Fill ``shapes`` (and clear ``unresolved``) for the counted ops' operands inference left unknown, from
     one onnxruntime run at ``proto``'s bound input shapes."""
     import logging
 
     from graphopt.analysis.measured import measure_shapes
     from graphopt.verify.inputs import generate_inputs
 
-    wanted = {name for node in proto.graph.node if node.op_type in ("MatMul", "Gemm", "Conv")
+    wanted = {name for node in proto.graph.node if node.op_type in _COUNTED
               for name in (node.input[0], node.input[1], node.output[0])
               if name not in shapes or name in unresolved}
     produced = {o for node in proto.graph.node for o in node.output}

@@ -53,8 +53,8 @@ def _check_args(args: argparse.Namespace) -> None:
             raise InputError("whole-layer removal ranks layers by Block Influence on calibration data: --calib PATH "
                              "(an .npz file or a folder of them) or --calib generate")
         return
-    needs = args.method != "magnitude" or args.reconstruct != "none" or args.allocation in ("error", "output") \
-        or args.budget
+    needs = args.method != "magnitude" or args.reconstruct != "none" or args.budget or \
+        args.allocation in ("error", "relative", "output")
     if needs and args.calib is None:
         raise InputError(f"--method {args.method} with --reconstruct {args.reconstruct} needs calibration data: "
                          "--calib PATH (an .npz file or a folder of them) or --calib generate; only --method "
@@ -198,10 +198,14 @@ def add_parsers(sub: Any) -> None:
                    "model has; GQA heads: a KV head with its query group), query-heads (GQA's query heads within "
                    "their groups, instead of heads), or layers alone (whole layers; not mixed with the others: "
                    "prune twice)")
-    p.add_argument("--allocation", choices=("uniform", "global", "error", "output"), default="uniform", help=(
+    # the literal names of graphopt.passes.pruning.allocation.ALLOCATIONS (importing it here would load every pass
+    # at each CLI start)
+    p.add_argument("--allocation", choices=("uniform", "global", "error", "relative", "output"), default="uniform",
+                   help=(
         "kept units per group: uniform, global (FLAP's standardized scores), error (least consumer output error "
-        "per FLOP saved) or output (the same walk with each group's error scaled by its measured gain to the "
-        "model output's change, for consumers that feed the output with different gains); default uniform"))
+        "per FLOP saved: Transformers, whose consumers all write into one residual stream), relative (that error "
+        "relative to each consumer's output energy: CNNs, whose feature maps differ in scale) or output (the walk "
+        "with each group's error scaled by its measured gain to the model output's change); default uniform"))
     p.add_argument("--reconstruct", choices=("least-squares", "bias", "none"), default="least-squares",
                    help="refit the consumers (default least-squares)")
     p.add_argument("--ridge", type=float, default=1e-4, help="relative ridge of the least squares (default 1e-4)")

@@ -26,7 +26,8 @@ from graphopt.deadline import limit
 from graphopt.errors import GraphoptError, InputError
 
 __all__ = ["CompressOptions", "CompressResult", "check_options", "compress", "frontier_doc", "PRUNE_LEVELS",
-           "LOWRANK_LEVELS", "FUSION_TOLERANCE", "FINISH_RESERVE", "SAVE_RATE", "OBS_MAX_WIDTH", "prune_method"]
+           "LOWRANK_LEVELS", "FUSION_TOLERANCE", "FINISH_RESERVE", "SAVE_RATE", "OBS_MAX_WIDTH", "prune_method",
+           "prune_allocation"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,19 @@ def prune_method(source: str | Path) -> str:
     return "obs" if widest <= OBS_MAX_WIDTH else "wanda"
 
 
+def prune_allocation(source: str | Path) -> str:
+    """``relative`` for a model with a Conv whose weight is a constant (a CNN: its consumers write feature maps of
+    different scales, where absolute consumer errors mislead the walk), else ``error`` (a Transformer's consumers
+    all write into one residual stream, where the absolute error is the better walk): the pruning allocation of
+    :mod:`graphopt.passes.pruning.allocation`, as measured on PaddleOCR det and rec against all-MiniLM-L6-v2
+    (``tools/benchmarks/pruning.md``).
+
+    Raises:
+        LoadError: the file is not a readable ONNX model.
+    """
+    return "relative" if any(op == "Conv" for op, _, _ in _weighted_ops(source)) else "error"
+
+
 @dataclass
 class CompressOptions:
     """Options of :func:`compress`.
@@ -120,8 +134,8 @@ class CompressOptions:
         latency_seconds: timed seconds per candidate against the warm original.
         threads: onnxruntime intra-op threads of the latency measurements.
         prune_levels, lowrank_levels: the knobs' ladders.
-        prune, lowrank: base pass options (None: :func:`prune_method`'s scores, obs or wanda, with the error
-            allocation and least squares; svd-llm with the refit).
+        prune, lowrank: base pass options (None: :func:`prune_method`'s scores, obs or wanda, with
+            :func:`prune_allocation`'s allocation, relative or error, and least squares; svd-llm with the refit).
         mask: graph input whose zeros drop padded rows from the statistics.
         int8_method: INT8 activation range calibration (minmax, percentile, entropy, mse).
     """
@@ -271,7 +285,7 @@ def compress(source: str | Path, work: Path, calibration: Sequence[dict], search
         knobs.append(Knob("prune", tuple(options.prune_levels)))
     if "lowrank" in techniques:
         knobs.append(Knob("lowrank", tuple(options.lowrank_levels)))
-    prune_opts = options.prune or PruneOptions(method=prune_method(source), allocation="error")
+    prune_opts = options.prune or PruneOptions(method=prune_method(source), allocation=prune_allocation(source))
     lowrank_opts = options.lowrank or FactorizeOptions(threads=options.threads)
     reference = run_outputs(str(source), list(search_batches))
     # the deadline every candidate's long loops check (graphopt.deadline), so that a candidate still running when

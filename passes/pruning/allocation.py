@@ -15,6 +15,13 @@ them kept. Allocations (:data:`ALLOCATIONS`):
   :func:`~graphopt.passes.pruning.refit.error_curve`); starting from the full
   model, the step that adds the least error per FLOP saved is taken until the
   budget holds (a greedy walk on the curves, as a knapsack's convex relaxation);
+- ``relative``: the same walk on each curve divided by its consumers' output energy (``tr(W^T G W)``, the
+  error relative to what the consumers compute). Absolute errors compare where every consumer writes into one
+  residual stream of one scale (a Transformer's attention output and FFN down projections: ``error`` is the
+  better walk there); in a CNN each consumer writes a feature map of its own scale (batch normalization,
+  1/32-resolution stages, squeeze-and-excitation logits), and absolute errors mislead the walk: on PaddleOCR
+  det it cut the last backbone stage to 8 of 384 channels and the detector broke (box F1 0.10 at 0.6), where
+  ``relative`` keeps F1 0.99 with fewer FLOPs (``tools/benchmarks/pruning.md``);
 - ``output``: the same walk on the error curves scaled per group by its gain from consumer error to the
   model output's change, measured once with masked cuts (:mod:`~graphopt.passes.pruning.gains`), so that
   groups whose consumers feed the output with different gains compare in one unit.
@@ -33,10 +40,13 @@ from graphopt.calibrate.importance import standardize
 from graphopt.errors import InputError
 from graphopt.passes.pruning.plan import GroupPlan
 
-__all__ = ["ALLOCATIONS", "round_keep", "ladder", "allocate", "keep_sets", "kept_ratio"]
+__all__ = ["ALLOCATIONS", "CURVED", "round_keep", "ladder", "allocate", "keep_sets", "kept_ratio"]
 
-ALLOCATIONS = ("uniform", "global", "error", "output")
+ALLOCATIONS = ("uniform", "global", "error", "relative", "output")
 """Allocation strategies by name."""
+
+CURVED = ("error", "relative", "output")
+"""The allocations that walk the groups' error curves (they need calibration data with Gram statistics)."""
 
 
 def round_keep(count: float, step: int, size: int) -> int:
@@ -120,7 +130,8 @@ def allocate(plans: Sequence[GroupPlan], ratio: float, allocation: str,
         plans: scored :class:`GroupPlan` (``scores`` set for ``global``).
         ratio: block FLOPs to keep, in ``(0, 1]``.
         allocation: one of :data:`ALLOCATIONS`.
-        curves: for ``error``: returns ``{group: (kept counts descending, output error at each)}``.
+        curves: for the :data:`CURVED` allocations: returns ``{group: (kept counts descending, output error at
+            each)}`` (already relative or scaled by gains where the allocation says so).
 
     Returns:
         ``{group name: kept count}``.

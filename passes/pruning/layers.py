@@ -75,7 +75,9 @@ def _last(dims: Dims, value: ir.Value | None) -> int:
 
 
 def _positions(node: ir.Node, dims: Dims | None) -> int:
-    shape = dims.of(node.outputs[0]) if dims is not None and node.outputs else None
+    """Positions per sample of a Conv's output grid, or a ConvTranspose's input grid (see plan._positions)."""
+    grid = node.inputs[0] if node.op_type == "ConvTranspose" else (node.outputs[0] if node.outputs else None)
+    shape = dims.of(grid) if dims is not None and grid is not None else None
     if shape is None or len(shape) < 3:
         return 1
     spatial = list(shape)[2:]

@@ -188,7 +188,7 @@ def obs_scores(plan: GroupPlan, sites: Mapping[str, Site], stats: Mapping[str, A
         if not site.pointwise or st is None or st.gram is None or st.channels != site.channels:
             continue
         ws.append(weight_rows(site.array, site.in_axis))
-        gs.append(centered_gram(st) if centered and site.bias is not None else st.gram)
+        gs.append(centered_gram(st) if centered and site.bias is not None and site.intercept else st.gram)
         us.append(idx)
         used.append(st)
         key.append((node, id(st), site.array.shape, float(np.sum(site.array, dtype=np.float64)),

@@ -39,17 +39,24 @@ class Site:
 
     Attributes:
         node: the consumer node's name.
-        op: ``MatMul`` | ``Gemm`` | ``Conv``.
+        op: ``MatMul`` | ``Gemm`` | ``Conv`` | ``ConvTranspose``.
         weight: the weight value's name (as in the original model).
         weight_index: the node input slot of the weight.
-        in_axis: the weight's input-channel axis (0 for MatMul / Gemm ``transB=0``, 1 for ``transB=1`` and Conv).
+        in_axis: the weight's input-channel axis (0 for MatMul / Gemm ``transB=0`` and ConvTranspose
+            ``[C_in, C_out/group, k...]``, 1 for ``transB=1`` and Conv).
         data: the data input's name (the activation whose channels are the weight's input rows).
-        data_axis: its channel axis (-1 for MatMul / Gemm, 1 for Conv).
+        data_axis: its channel axis (-1 for MatMul / Gemm, 1 for Conv / ConvTranspose).
         bias: the bias value's name (``[N]``), or None when there is none the refit may change.
-        pointwise: a MatMul / Gemm / 1x1 Conv (least squares applies); a ``k x k`` Conv only takes bias compensation.
+        pointwise: every output value is a product of one input position's channels with weight rows, so the
+            channel Gram gives the output error exactly and least squares applies: MatMul, Gemm, a 1x1 Conv, and a
+            ConvTranspose whose strides equal its kernel (no overlapping taps: each tap is a 1x1 map, DB-style
+            upsampling heads); a ``k x k`` Conv only takes bias compensation.
         channels: the weight's input channel count.
         array: the original weight (as stored).
         bias_array: the original bias, or None.
+        intercept: the least-squares refit fits an intercept into ``bias`` (its Gram is the centered one). False
+            for a ConvTranspose, whose one bias per output channel is shared by all its kernel taps (the refit
+            keeps the bias and fits the weight to the uncentered Gram, which is optimal for that bias).
     """
 
     node: str
@@ -64,6 +71,7 @@ class Site:
     channels: int
     array: np.ndarray
     bias_array: np.ndarray | None = None
+    intercept: bool = True
 
 
 @dataclass
@@ -162,24 +170,39 @@ def _site(node: ir.Node, weight_name: str) -> Site | None:
         if len(ins) > 2 and ins[2] is not None and ir.is_constant(ins[2]) and len(list(ins[2].uses())) == 1:
             bias = ins[2]
         pointwise = all(int(k) == 1 for k in w.shape[2:])
+    elif node.op_type == "ConvTranspose" and w.ndim >= 3:
+        attrs = node.attributes
+        if attrs.get("group") is not None and int(attrs["group"].value) != 1:
+            return None
+        in_axis, data_axis = 0, 1
+        if len(ins) > 2 and ins[2] is not None and ir.is_constant(ins[2]) and len(list(ins[2].uses())) == 1:
+            bias = ins[2]
+        kernel = [int(k) for k in w.shape[2:]]
+        strides = list(attrs["strides"].value) if attrs.get("strides") is not None else [1] * len(kernel)
+        dilations = list(attrs["dilations"].value) if attrs.get("dilations") is not None else [1] * len(kernel)
+        pointwise = [int(x) for x in strides] == kernel and all(int(d) == 1 for d in dilations)
     else:
         return None
     bias_arr = None if bias is None else ir.const_array(bias)
     return Site(node.name, node.op_type, weight_name, 1, in_axis, ins[0].name, data_axis,
                 None if bias_arr is None else bias.name, pointwise, int(w.shape[in_axis]), np.array(w),
-                None if bias_arr is None else np.array(bias_arr))
+                None if bias_arr is None else np.array(bias_arr), intercept=node.op_type != "ConvTranspose")
 
 
 def _positions(node: ir.Node, dims: Callable[[str], tuple[int | None, ...] | None] | None = None) -> int:
-    """Output positions per sample of a Conv (``H_out * W_out``): from its static output shape, else from the
-    analysis's concrete dims at its sample binding (``dims``; the input size of the calibration data when prune
-    has it), else 1."""
-    if node.op_type != "Conv":
+    """Positions per sample at which each weight element of a Conv or ConvTranspose is applied: a Conv's output
+    grid (``H_out * W_out``), a ConvTranspose's input grid (every input position is scattered through the kernel);
+    from the static shape, else from the analysis's concrete dims at its sample binding (``dims``; the input size
+    of the calibration data when prune has it), else 1."""
+    if node.op_type not in ("Conv", "ConvTranspose"):
         return 1
-    shape = node.outputs[0].shape
+    grid = node.inputs[0] if node.op_type == "ConvTranspose" else node.outputs[0]
+    if grid is None:
+        return 1
+    shape = grid.shape
     spatial = list(shape)[2:] if shape is not None and len(shape) >= 3 else None
     if spatial is None or not all(isinstance(d, int) for d in spatial):
-        known = dims(node.outputs[0].name or "") if dims is not None else None
+        known = dims(grid.name or "") if dims is not None else None
         spatial = list(known)[2:] if known is not None and len(known) >= 3 else None
         if spatial is None or not all(isinstance(d, int) for d in spatial):
             return 1

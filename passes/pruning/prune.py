@@ -30,7 +30,7 @@ import numpy as np
 
 from graphopt import ir
 from graphopt.errors import InputError
-from graphopt.passes.pruning.allocation import ALLOCATIONS, allocate, keep_sets, kept_ratio, ladder
+from graphopt.passes.pruning.allocation import ALLOCATIONS, CURVED, allocate, keep_sets, kept_ratio, ladder
 from graphopt.passes.pruning.plan import GroupPlan, Site, build_plan
 from graphopt.passes.pruning.gains import output_gains
 from graphopt.passes.pruning.refit import RECONSTRUCTIONS, SiteRefit, error_curve, refit_sites
@@ -91,9 +91,11 @@ class PruneOptions:
                                                           "(structured OBS: the error left after least squares "
                                                           "compensates, greedy)"})
     allocation: str = field(default="uniform", metadata={"doc": "uniform, global (FLAP's standardized), error "
-                                                                "(consumer output error per FLOP saved) or output "
-                                                                "(that error times each group's measured gain to "
-                                                                "the model output, :mod:`.gains`)"})
+                                                                "(consumer output error per FLOP saved), relative "
+                                                                "(that error relative to the consumers' output "
+                                                                "energy: CNNs) or output (that error times each "
+                                                                "group's measured gain to the model output, "
+                                                                ":mod:`.gains`)"})
     align: int = field(default=8, metadata={"doc": "kept neurons/channels are multiples of this; heads stay whole"})
     reconstruction: str = field(default="least-squares", metadata={"doc": "least-squares, bias or none"})
     ridge: float = field(default=1e-4, metadata={"doc": "relative ridge of the least squares"})
@@ -269,7 +271,7 @@ def prune(model: ir.Model, options: PruneOptions | None = None, calibration: Any
         options: :class:`PruneOptions` (a ``ratio`` in (0, 1), or ``budget``; with ``kinds=("layers",)`` also
             ``layers=N``).
         calibration: batches of model inputs (a :class:`~graphopt.calibrate.data.CalibrationData`); needed by
-            every method but magnitude, least squares, bias compensation, the error allocation and whole layers
+            every method but magnitude, least squares, bias compensation, the error-curve allocations and whole layers
             (Block Influence).
         evaluation: held-out batches the budget is searched on (default: the calibration data).
         budget: ``{"cosine" | "argmax" | "rank-fidelity": threshold}`` or ``{"metric": fn, "threshold": t}``.
@@ -320,12 +322,12 @@ def prune(model: ir.Model, options: PruneOptions | None = None, calibration: Any
     if not plans:
         report.nothing = f"nothing prunable: every group is at most {opts.align} units (align)"
         return report
-    needs_data = opts.method != "magnitude" or opts.reconstruction != "none" or opts.allocation in ("error", "output")
+    needs_data = opts.method != "magnitude" or opts.reconstruction != "none" or opts.allocation in CURVED
     if needs_data and calibration is None:
         raise InputError(f"method {opts.method} with reconstruction {opts.reconstruction} and allocation "
                          f"{opts.allocation} needs calibration data (graphopt prune --calib PATH, or "
                          "PassContext(calibration=...)); only magnitude without reconstruction runs without")
-    gram = opts.reconstruction == "least-squares" or opts.allocation in ("error", "output") or \
+    gram = opts.reconstruction == "least-squares" or opts.allocation in CURVED or \
         opts.method in ("sensitivity", "ablation", "obs")
     stats = _stats(model, sites, plans, gram, calibration, cache, opts.mask, progress) if needs_data else {}
     score_groups(plans, sites, stats, opts.method, model, calibration=calibration, mask=opts.mask or None,
@@ -340,7 +342,8 @@ def prune(model: ir.Model, options: PruneOptions | None = None, calibration: Any
             fallback = float(np.median(list(gains.values()))) if gains else 1.0
             for p in plans:
                 counts = ladder(p.size, p.step, opts.levels)
-                curve = error_curve(p, sites, stats, counts, opts.reconstruction, opts.ridge)
+                curve = error_curve(p, sites, stats, counts, opts.reconstruction, opts.ridge,
+                                    relative=opts.allocation == "relative")
                 gain = gains.get(p.name, fallback) if opts.allocation == "output" else 1.0
                 memo[p.name] = (counts, [gain * e for e in curve])
         return memo
@@ -470,7 +473,7 @@ def _prune_layers(model: ir.Model, opts: PruneOptions, report: PruneReport, cali
 class Prune(Pass):
     """Structured pruning of attention heads, FFN neurons and conv channels (magnitude, Wanda, FLAP, output
     sensitivity, ablation or structured OBS scores;
-    uniform, global or error-driven allocation), with least-squares reconstruction of the consumers; or of whole
+    uniform, global or error-driven allocation: absolute or relative), with least-squares reconstruction of the consumers; or of whole
     layers (``kinds=layers``), lowest ShortGPT Block Influence first.
 
     Reads ``ctx.calibration`` (needed by every method but magnitude, and by reconstruction),

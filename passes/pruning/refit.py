@@ -156,9 +156,10 @@ def refit_sites(model: ir.Model, sites: Mapping[str, Site], plans: Sequence[Grou
         b_value = _bias_value(node, site)
         bias = None if site.bias_array is None else site.bias_array.astype(np.float64).reshape(-1)
         if reconstruction == "least-squares" and site.pointwise and st.gram is not None:
-            fit = refit_kept(st.gram, keep, rows, ridge=ridge, bias=bias,
-                             mean=st.mean if bias is not None else None,
-                             rows=st.rows if bias is not None else None, where=site.node)
+            fitted = bias if site.intercept else None
+            fit = refit_kept(st.gram, keep, rows, ridge=ridge, bias=fitted,
+                             mean=st.mean if fitted is not None else None,
+                             rows=st.rows if fitted is not None else None, where=site.node)
             new_w = rows_to_weight(fit.weight, site.array, site.in_axis, current.dtype)
             _set_const(graph, node, w_value, np.ascontiguousarray(np.delete(new_w, gone_out, axis=out_axis)))
             if b_value is not None and fit.bias is not None:
@@ -167,6 +168,8 @@ def refit_sites(model: ir.Model, sites: Mapping[str, Site], plans: Sequence[Grou
             rep.how = "least-squares"
         elif bias is not None and b_value is not None:
             kernel = rows.reshape(rows.shape[0], bias.size, -1).sum(axis=2)  # a k x k Conv: the kernel summed
+            if site.op == "ConvTranspose":  # each output position receives prod(kernel) / prod(strides) taps
+                kernel = kernel / _stride_product(node)
             new_b = bias_compensation(kernel, st.mean, keep, bias)
             _set_const(graph, _bias_reader(node, site), b_value, np.delete(new_b, gone_out).astype(site.bias_array.dtype))
             rep.how = "bias"
@@ -175,15 +178,22 @@ def refit_sites(model: ir.Model, sites: Mapping[str, Site], plans: Sequence[Grou
     return done
 
 
+def _stride_product(node: ir.Node) -> int:
+    strides = node.attributes.get("strides")
+    return int(np.prod([int(x) for x in strides.value])) if strides is not None else 1
+
+
 def _bias_reader(node: ir.Node, site: Site) -> ir.Node:
     return next(iter(node.outputs[0].uses()))[0] if site.op == "MatMul" else node
 
 
 def error_curve(plan: GroupPlan, sites: Mapping[str, Site], stats: Mapping[str, object], counts: Sequence[int],
-                reconstruction: str, ridge: float) -> list[float]:
+                reconstruction: str, ridge: float, relative: bool = False) -> list[float]:
     """The consumers' output error ``||X_S W' - X W||^2`` (summed over calibration rows and sites) when ``plan``
     keeps its top ``k`` units, for each ``k`` of ``counts``, after ``reconstruction`` (the intercept fit and bias
-    compensation seen through the centered Gram). Sites without a Gram add the removed units' scores instead."""
+    compensation seen through the centered Gram). Sites without a Gram add the removed units' scores instead.
+    ``relative``: each error divided by the consumers' output energy ``sum tr(W^T G W)`` (the ``relative``
+    allocation; unchanged when no site has a Gram)."""
     check("the error allocation's curves")
     order = np.argsort(-np.asarray(plan.scores, dtype=np.float64), kind="stable")
     out = []
@@ -196,7 +206,8 @@ def error_curve(plan: GroupPlan, sites: Mapping[str, Site], stats: Mapping[str, 
         rows = weight_rows(site.array, site.in_axis)
         if not site.pointwise:
             rows = rows.reshape(rows.shape[0], -1)
-        centered = site.bias is not None and reconstruction != "none"
+        centered = site.bias is not None and (reconstruction == "bias" or
+                                              (reconstruction == "least-squares" and site.intercept))
         g = centered_gram(st) if centered else st.gram
         gw = g @ rows  # G W once per site: the right-hand sides of every level are its rows
         prepared.append((idx, rows, g, gw, float(np.sum(rows * gw)), site.pointwise))
@@ -218,4 +229,5 @@ def error_curve(plan: GroupPlan, sites: Mapping[str, Site], stats: Mapping[str, 
                 w_r = rows[removed]
                 total += float(np.sum(w_r * (g[np.ix_(removed, removed)] @ w_r)))
         out.append(max(total, 0.0))
-    return out
+    energy = sum(p[4] for p in prepared)
+    return [e / energy for e in out] if relative and energy > 0 else out

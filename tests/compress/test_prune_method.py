@@ -1,5 +1,6 @@
 """compress's default pruning scores (graphopt.compress.run.prune_method): obs up to OBS_MAX_WIDTH input
-channels of any MatMul / Gemm / Conv, wanda above, the weight an initializer or a Constant node."""
+channels of any MatMul / Gemm / Conv, wanda above, the weight an initializer or a Constant node; and its default
+allocation (prune_allocation): relative for a model with a Conv, error without."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from graphopt.compress.run import OBS_MAX_WIDTH, prune_method
+from graphopt.compress.run import OBS_MAX_WIDTH, prune_allocation, prune_method
 
 
 def _save(tmp_path, node: onnx.NodeProto, weight: np.ndarray, as_constant: bool = False):  # noqa: ANN001, ANN202
@@ -40,3 +41,10 @@ def test_conv_input_channels(tmp_path):
     node = helper.make_node("Conv", ["x", "w"], ["y"])
     assert prune_method(_save(tmp_path, node, np.zeros((8, OBS_MAX_WIDTH + 1, 1, 1), np.float32))) == "wanda"
     assert prune_method(_save(tmp_path, node, np.zeros((OBS_MAX_WIDTH + 1, 8, 3, 3), np.float32))) == "obs"
+
+
+def test_allocation_relative_for_convs_error_for_matmuls(tmp_path):
+    conv = helper.make_node("Conv", ["x", "w"], ["y"])
+    assert prune_allocation(_save(tmp_path, conv, np.zeros((8, 8, 3, 3), np.float32), as_constant=True)) == "relative"
+    matmul = helper.make_node("MatMul", ["x", "w"], ["y"])
+    assert prune_allocation(_save(tmp_path, matmul, np.zeros((8, 8), np.float32))) == "error"

@@ -75,7 +75,7 @@ def stats(model: str, path: Path) -> dict:
 
 
 def measured_flops(path: Path, x: np.ndarray) -> float:
-    """MatMul/Gemm/Conv FLOPs (2 per multiply-add) of one run of the model at ``path`` on an input of ``x``'s
+    """MatMul/Gemm/Conv/ConvTranspose FLOPs (2 per multiply-add) of one run of the model at ``path`` on an input of ``x``'s
     shape: graphopt's count (:func:`graphopt.analysis.stats.flops`) with the shapes ONNX shape inference cannot
     follow (rec's SVTR neck) measured in onnxruntime."""
     from graphopt import ir
@@ -85,7 +85,7 @@ def measured_flops(path: Path, x: np.ndarray) -> float:
     name = next(v.name for v in model.graph.inputs if not v.is_initializer())
     total, unknown, approximate = flops(model, shapes={name: tuple(x.shape)}, measure=True)
     if unknown or approximate:
-        raise RuntimeError(f"{path}: {unknown + approximate} MatMul/Gemm/Conv nodes could not be measured")
+        raise RuntimeError(f"{path}: {unknown + approximate} MatMul/Gemm/Conv/ConvTranspose nodes could not be measured")
     return float(total)
 
 
@@ -294,30 +294,37 @@ def section(model: str, block: dict) -> list[str]:
         lines.append(f"| {r['kinds']} | {r['method']} | {r['recon']} | {r['ratio']} | {r['achieved']:.3f} | "
                      f"{r['flops'] / 1e9:.3f} | {r['params'] / 1e6:.2f} | {_f(lat, 3)} | {q} | {r['seconds']:.1f} |")
     study = block.get("allocation")
-    if study and rec:
+    if study:
+        size = "48 x 320, shapes from onnxruntime (the SVTR neck included" if rec else \
+            "320 x 480, shapes from onnxruntime (the DB head's ConvTranspose included"
         lines += ["", f"### PaddleOCR {model}: allocation, whole-model FLOPs measured "
                   f"(`python tools/pruning_ocr.py --allocation {model}`)", "",
                   "The `ratio` above is the pass's: the kept share of the prunable groups' FLOPs counted per unit, "
                   "linear in the units kept. In a CNN a Conv between two pruned groups loses FLOPs in both, and the "
                   "groups sit at different resolutions, so it is not the model's FLOP ratio. Here `FLOPs` is "
-                  "measured: every MatMul/Gemm/Conv at 48 x 320, shapes from onnxruntime (the SVTR neck "
-                  f"included; original {study['original_flops'] / 1e9:.3f} GFLOPs), as a share of the original's. "
+                  f"measured: every MatMul/Gemm/Conv/ConvTranspose at {size}; original "
+                  f"{study['original_flops'] / 1e9:.3f} GFLOPs), as a share of the original's. "
                   "Least squares throughout; `error`: kept counts by consumer output error per FLOP saved; "
+                  "`relative`: that error over the consumers' output energy; "
                   "`output`: that error scaled per group by its measured gain to the model output's change "
                   "(`passes/pruning/gains.py`; `s` includes those masked runs). "
                   f"Latency: after O2 vs the original after O2, one interleaved run (load {study['load']:.1f} "
                   "before it).", "",
-                  "| method | allocation | ratio | kept | FLOPs | latency | char | line | s |",
+                  "| method | allocation | ratio | kept | FLOPs | latency | " + ("char | line" if rec else
+                                                                              "cos | F1") + " | s |",
                   "|---|---|---|---|---|---|---|---|---|"]
         lines += allocation_rows(study["rows"])
     return lines + [""]
 
 
 def allocation_rows(rows: list[dict]) -> list[str]:
-    """The allocation table's rows (method, allocation, ratio, kept, FLOPs, latency, char, line, s)."""
+    """The allocation table's rows (method, allocation, ratio, kept, FLOPs, latency, char and line for rec or map
+    cosine and box F1 for det, s)."""
     return [f"| {r['method']} | {r['allocation']} | {r['ratio']} | {r['achieved']:.3f} | {r['flops_ratio']:.3f} | "
-            f"{_f(r.get('latency'), 3)} | {r['char_acc']:.4f} | {r['line_acc']:.4f} | {r['seconds']:.1f} |"
-            for r in rows]
+            f"{_f(r.get('latency'), 3)} | "
+            + (f"{r['char_acc']:.4f} | {r['line_acc']:.4f}" if "char_acc" in r else
+               f"{r['map_cosine']:.4f} | {_f(r.get('box_f1'))}")
+            + f" | {r['seconds']:.1f} |" for r in rows]
 
 
 def targets(blocks: dict) -> list[str]:
@@ -418,8 +425,9 @@ def splice(md: str, blocks: dict, command: str, notes: list[str] | None = None) 
 def allocation_study(model: str, work: Path, ratios: tuple[float, ...] = (0.7, 0.65),
                      methods: tuple[str, ...] = ("flap", "wanda"), seconds: float = 4.0,
                      allocations: tuple[str, ...] = ("uniform", "error")) -> dict:
-    """Least-squares pruning of ``model`` (rec or rec48) with each of ``allocations`` at ``ratios``: quality on the evaluation lines, whole-model FLOPs measured (:func:`measured_flops`) as a share of
-    the original's, and latency after O2 against the original after O2 in one interleaved run."""
+    """Least-squares pruning of ``model`` (rec, rec48 or det) with each of ``allocations`` at ``ratios``: quality on
+    the evaluation lines or pages, whole-model FLOPs measured (:func:`measured_flops`) as a share of the original's,
+    and latency after O2 against the original after O2 in one interleaved run."""
     from graphopt import ir
     from graphopt.calibrate.data import CalibrationData
     from graphopt.calibrate.stats import StatsCache
@@ -428,7 +436,7 @@ def allocation_study(model: str, work: Path, ratios: tuple[float, ...] = (0.7, 0
     src = source(model, work)
     calib_dir, evaluation, strings = render(model, work)
     calib = CalibrationData.from_path(calib_dir, ir.load_proto(src))
-    chars = dictionary(src)
+    chars = dictionary(src) if model != "det" else None
     ref = run(src, evaluation)
     original = measured_flops(src, evaluation[0])
     cache, rows = StatsCache(), []
@@ -473,13 +481,13 @@ def main() -> int:
     import argparse
 
     p = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
-    p.add_argument("--allocation", required=True, choices=("rec", "rec48"))
+    p.add_argument("--allocation", required=True, choices=("rec", "rec48", "det"))
     p.add_argument("--work", required=True, help="the folder of the compare_pruning.py --models run (ocr.json)")
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "benchmarks" / "pruning.md"))
     p.add_argument("--methods", default="flap,wanda", help="pruning methods of the study (default flap,wanda)")
-    p.add_argument("--allocations", default="uniform,error", help="allocations of the study (default "
-                   "uniform,error; output: the error curves scaled by each group's measured gain)")
+    p.add_argument("--allocations", default="uniform,error,relative", help="allocations of the study (default "
+                   "uniform,error,relative; output: the error curves scaled by each group's measured gain)")
     p.add_argument("--ratios", default="0.7,0.65", help="pass ratios of the study (default 0.7,0.65)")
     p.add_argument("--print-only", action="store_true", help="print the rows as markdown; WORK/ocr.json and the "
                    "report stay as they are (WORK needs only the model and the rendered lines)")

@@ -75,8 +75,8 @@ def stats(model: str, path: Path) -> dict:
 
 
 def measured_flops(path: Path, x: np.ndarray) -> float:
-    """MatMul/Gemm/Conv/ConvTranspose FLOPs (2 per multiply-add) of one run of the model at ``path`` on an input of ``x``'s
-    shape: graphopt's count (:func:`graphopt.analysis.stats.flops`) with the shapes ONNX shape inference cannot
+    """MatMul/Gemm/Conv/ConvTranspose FLOPs (2 per multiply-add) of one run of the model at ``path`` on an input of
+    ``x``'s shape: graphopt's count (:func:`graphopt.analysis.stats.flops`) with the shapes ONNX shape inference cannot
     follow (rec's SVTR neck) measured in onnxruntime."""
     from graphopt import ir
     from graphopt.analysis.stats import flops
@@ -85,7 +85,8 @@ def measured_flops(path: Path, x: np.ndarray) -> float:
     name = next(v.name for v in model.graph.inputs if not v.is_initializer())
     total, unknown, approximate = flops(model, shapes={name: tuple(x.shape)}, measure=True)
     if unknown or approximate:
-        raise RuntimeError(f"{path}: {unknown + approximate} MatMul/Gemm/Conv/ConvTranspose nodes could not be measured")
+        raise RuntimeError(f"{path}: {unknown + approximate} MatMul/Gemm/Conv/ConvTranspose nodes could not be "
+                           "measured")
     return float(total)
 
 

@@ -5,9 +5,7 @@ which ``output`` measures and spares."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from graphopt import ir
 from graphopt.analysis.groups import KINDS, find_groups
@@ -17,32 +15,15 @@ from graphopt.errors import InputError
 from graphopt.passes.pruning import PruneOptions, prune
 from graphopt.passes.pruning.allocation import allocate
 from graphopt.passes.pruning.gains import output_gains
-
-D, H, T = 6, 16, 5
-
+from tests.passes.pruning.branches import T, branch_data, mlp_branches
 
 def two_branches() -> ir.Model:
     """y = relu(x W1) W2 + 10 * relu(x W1') W2' with W1' = W1, W2' = W2 (x [batch, T, D])."""
-    rng = np.random.default_rng(0)
-    w1 = rng.standard_normal((D, H)).astype(np.float32)
-    w2 = rng.standard_normal((H, D)).astype(np.float32)
-    inits = [numpy_helper.from_array(w1, "w1a"), numpy_helper.from_array(w2, "w2a"),
-             numpy_helper.from_array(w1.copy(), "w1b"), numpy_helper.from_array(w2.copy(), "w2b"),
-             numpy_helper.from_array(np.array(10.0, np.float32), "ten")]
-    nodes = [helper.make_node("MatMul", ["x", "w1a"], ["ha"]), helper.make_node("Relu", ["ha"], ["ra"]),
-             helper.make_node("MatMul", ["ra", "w2a"], ["ya"]),
-             helper.make_node("MatMul", ["x", "w1b"], ["hb"]), helper.make_node("Relu", ["hb"], ["rb"]),
-             helper.make_node("MatMul", ["rb", "w2b"], ["yb"]), helper.make_node("Mul", ["yb", "ten"], ["yb10"]),
-             helper.make_node("Add", ["ya", "yb10"], ["y"])]
-    graph = helper.make_graph(nodes, "two", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", T, D])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", T, D])], inits)
-    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9))
+    return mlp_branches(1.0, 10.0)
 
 
 def data(count: int = 16) -> CalibrationData:
-    rng = np.random.default_rng(1)
-    return CalibrationData.from_arrays([{"x": rng.standard_normal((1, T, D)).astype(np.float32)}
-                                        for _ in range(count)])
+    return branch_data(count)
 
 
 def kept(allocation: str) -> dict[str, int]:

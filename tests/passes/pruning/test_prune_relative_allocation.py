@@ -11,39 +11,21 @@ import subprocess
 import sys
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
 
 from graphopt import ir
 from graphopt.analysis.groups import KINDS, find_groups
 from graphopt.calibrate.data import CalibrationData
 from graphopt.calibrate.stats import StatsCache
 from graphopt.passes.pruning import PruneOptions, prune
-
-D, H, T = 6, 16, 5
-
+from tests.passes.pruning.branches import H, T, branch_data, mlp_branches
 
 def scaled_branches() -> ir.Model:
     """y = relu(x W1) W2 + 0.1 * (relu(x W1) (10 W2)) (x [batch, T, D]): two equal functions, one at 10x scale."""
-    rng = np.random.default_rng(0)
-    w1 = rng.standard_normal((D, H)).astype(np.float32)
-    w2 = rng.standard_normal((H, D)).astype(np.float32)
-    inits = [numpy_helper.from_array(w1, "w1a"), numpy_helper.from_array(w2, "w2a"),
-             numpy_helper.from_array(w1.copy(), "w1b"), numpy_helper.from_array(10 * w2, "w2b"),
-             numpy_helper.from_array(np.array(0.1, np.float32), "tenth")]
-    nodes = [helper.make_node("MatMul", ["x", "w1a"], ["ha"]), helper.make_node("Relu", ["ha"], ["ra"]),
-             helper.make_node("MatMul", ["ra", "w2a"], ["ya"]),
-             helper.make_node("MatMul", ["x", "w1b"], ["hb"]), helper.make_node("Relu", ["hb"], ["rb"]),
-             helper.make_node("MatMul", ["rb", "w2b"], ["yb"]), helper.make_node("Mul", ["yb", "tenth"], ["ybs"]),
-             helper.make_node("Add", ["ya", "ybs"], ["y"])]
-    graph = helper.make_graph(nodes, "scaled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", T, D])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", T, D])], inits)
-    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9))
+    return mlp_branches(10.0, 0.1)
 
 
 def data(count: int = 16) -> CalibrationData:
-    rng = np.random.default_rng(1)
-    return CalibrationData.from_arrays([{"x": rng.standard_normal((1, T, D)).astype(np.float32)}
-                                        for _ in range(count)])
+    return branch_data(count)
 
 
 def kept(allocation: str) -> tuple[int, int]:

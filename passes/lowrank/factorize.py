@@ -292,13 +292,19 @@ def plan_layers(model: ir.Model, opts: FactorizeOptions, calibration: Any = None
             # No rank above ``top`` can be chosen: keep only those singular vectors (``s`` stays whole for the
             # tails). The full factors of every layer at once cost ~1.3x the weights in float64 (LLaMA 600M: ~6 GB).
             spec = replace(spec, u=spec.u[:, :top].copy(), vt=spec.vt[:top].copy())
+        if spec.left is not None:
+            # A = left @ (U_r sqrt(s_r)) = (left @ U)_r sqrt(s_r): the [K, K] map folded into the kept vectors once,
+            # so the plan does not hold it for every layer (BERT-base, svd-llm: 1.1 GB of float64)
+            spec = replace(spec, u=spec.left @ spec.u, left=None)
         kept.append(layer)
         plan.spectra.append(spec)
         plan.grams.append(gram)
         plan.allowed.append(allowed)
         plan.reports.append(report)
-        # The float64 weight is read only by the refit and the output error (which needs the Gram).
-        plan.weights.append(w if opts.refit == "least-squares" or gram is not None else None)
+        # The weight is read only by the refit and the output error (which needs the Gram), both in float64 from
+        # this copy in the model's own float type (float64 for every layer at once doubles the weights' memory)
+        keep_weight = opts.refit == "least-squares" or gram is not None
+        plan.weights.append(w.astype(ir.DataType(layer.dtype).numpy()) if keep_weight else None)
     plan.layers = kept
     return plan
 

@@ -214,3 +214,34 @@ def test_scores_are_memoized_per_statistics_object():
         assert calls == [1, 1]
     finally:
         obs_module.obs_order = real
+
+
+def test_a_group_that_also_feeds_a_k_by_k_conv_takes_the_consumer_scores():
+    """Conv 3->8 -> Relu, read by a 1x1 Conv and a 3x3 Conv: least squares compensates only in the 1x1 one, so an
+    OBS order over it alone would ignore the 3x3 consumer; obs gives None and the group gets the output-change
+    scores of both consumers (what PaddleOCR det's FPN groups get)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from graphopt.passes.pruning.sensitivity import consumer_scores
+
+    rng = np.random.default_rng(3)
+    arrays = {"w1": rng.standard_normal((8, 3, 3, 3)), "b1": rng.standard_normal(8),
+              "wp": rng.standard_normal((4, 8, 1, 1)), "wk": rng.standard_normal((4, 8, 3, 3))}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["y"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["y"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "wp"], ["p"], name="pointwise"),
+             helper.make_node("Conv", ["r", "wk"], ["k"], pads=[1, 1, 1, 1], name="kxk")]
+    graph = helper.make_graph(
+        nodes, "mixed", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("p", "k")],
+        [numpy_helper.from_array(a.astype(np.float32), n) for n, a in arrays.items()])
+    model = ir.from_proto(onnx.helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9))
+    plans, sites = build_plan(model, find_groups(model, KINDS), ("channels",), align=1)
+    assert [(p.name, sorted(p.rows)) for p in plans] == [("conv:conv", ["kxk", "pointwise"])]
+    assert (sites["pointwise"].pointwise, sites["kxk"].pointwise) == (True, False)
+    calib = CalibrationData.from_arrays([{"x": rng.standard_normal((1, 3, 6, 6)).astype(np.float32)}
+                                         for _ in range(8)])
+    stats = collect_stats(model, [StatRequest("r", 1, gram=True)], calib)
+    assert obs_scores(plans[0], sites, stats) is None
+    score_groups(plans, sites, stats, "obs", model, calibration=calib)
+    np.testing.assert_array_equal(plans[0].scores, consumer_scores(plans[0], sites, stats))

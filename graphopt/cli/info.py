@@ -53,7 +53,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ops.add_row(op, str(n))
     stdout.print(ops)
     stdout.print(f"parameters: {stats.parameters:,} in {stats.initializers} initializers ({stats.bytes:,} bytes)")
-    unknown = f"; {stats.flops_unknown} MatMul/Gemm/Conv/ConvTranspose nodes with unknown shapes not counted" if stats.flops_unknown else ""
+    unknown = (f"; {stats.flops_unknown} MatMul/Gemm/Conv/ConvTranspose nodes with unknown shapes not counted"
+               if stats.flops_unknown else "")
     if stats.flops_approximate:
         unknown += f"; {stats.flops_approximate} with a data-dependent dim taken as 1"
     stdout.print(f"FLOPs (MatMul/Gemm/Conv/ConvTranspose, one inference): {stats.flops:,}{unknown}")

@@ -472,9 +472,9 @@ def _prune_layers(model: ir.Model, opts: PruneOptions, report: PruneReport, cali
 @register_pass("prune")
 class Prune(Pass):
     """Structured pruning of attention heads, FFN neurons and conv channels (magnitude, Wanda, FLAP, output
-    sensitivity, ablation or structured OBS scores;
-    uniform, global or error-driven allocation: absolute or relative), with least-squares reconstruction of the consumers; or of whole
-    layers (``kinds=layers``), lowest ShortGPT Block Influence first.
+    sensitivity, ablation or structured OBS scores; uniform, global or error-driven allocation: absolute, relative
+    or output-gain weighted), with least-squares reconstruction of the consumers; or of whole layers
+    (``kinds=layers``), lowest ShortGPT Block Influence first.
 
     Reads ``ctx.calibration`` (needed by every method but magnitude, and by reconstruction),
     ``ctx.accuracy_budget`` and ``ctx.evaluation``; writes the report to the model's ``graphopt.pruning``

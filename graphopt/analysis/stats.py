@@ -51,10 +51,12 @@ class ModelStats:
     Attributes:
         nodes: nodes, subgraphs included.
         initializers: initializer tensors (all graphs).
-        parameters: elements in initializers.
-        bytes: bytes of initializers.
+        parameters: elements in initializers, and in the floating-point tensors of ``Constant`` nodes (exporters
+            such as Paddle2ONNX keep every weight in one: PaddleOCR's models have no initializer).
+        bytes: bytes of those tensors.
         ops: op histogram.
         opsets: domain -> version.
+        constant_weights: ``Constant`` nodes whose floating-point tensor ``parameters`` counts.
         flops: estimated floating-point operations of MatMul/Gemm/Conv/ConvTranspose for one
             inference at the bound dims (multiply-add = 2), or None.
         flops_unknown: MatMul/Gemm/Conv/ConvTranspose nodes whose shapes stayed unknown.
@@ -67,6 +69,7 @@ class ModelStats:
     bytes: int
     ops: dict[str, int]
     opsets: dict[str, int]
+    constant_weights: int = 0
     flops: int | None = None
     flops_unknown: int = 0
     flops_approximate: int = 0
@@ -92,16 +95,31 @@ def model_stats(model: ir.Model, *, with_flops: bool = False, dims: dict[str, in
     inits = [v for g in ir.all_graphs(model) for v in g.initializers.values()]
     params = sum(int(np.prod(v.const_value.shape.numpy())) for v in inits if v.const_value is not None)
     nbytes = sum(v.const_value.nbytes for v in inits if v.const_value is not None)
+    constants = _constant_weights(model)
     stats = ModelStats(
-        nodes=sum(1 for _ in ir.all_nodes(model.graph)), initializers=len(inits), parameters=params,
-        bytes=nbytes, ops=op_histogram(model),
+        nodes=sum(1 for _ in ir.all_nodes(model.graph)), initializers=len(inits),
+        parameters=params + sum(int(np.prod(t.shape.numpy())) for t in constants),
+        bytes=nbytes + sum(t.nbytes for t in constants), ops=op_histogram(model),
         opsets={(k or "ai.onnx"): v for k, v in sorted(model.opset_imports.items())},
-        signature=signature(model),
+        constant_weights=len(constants), signature=signature(model),
     )
     if with_flops:
         stats.flops, stats.flops_unknown, stats.flops_approximate = flops(model, dims, shapes=shapes,
                                                                           measure=measure)
     return stats
+
+
+def _constant_weights(model: ir.Model) -> list:
+    """The floating-point tensors of the ``Constant`` nodes (``value`` attribute) of every graph."""
+    out = []
+    for node in ir.all_nodes(model.graph):
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+            continue
+        attr = node.attributes.get("value")
+        tensor = attr.value if attr is not None else None
+        if tensor is not None and tensor.dtype.is_floating_point():
+            out.append(tensor)
+    return out
 
 
 def _static_graph(model: ir.Model, dims: dict[str, int] | None,

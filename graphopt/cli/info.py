@@ -52,7 +52,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for op, n in stats.ops.items():
         ops.add_row(op, str(n))
     stdout.print(ops)
-    stdout.print(f"parameters: {stats.parameters:,} in {stats.initializers} initializers ({stats.bytes:,} bytes)")
+    where = f"{stats.initializers} initializers" + (
+        f" and {stats.constant_weights} Constant nodes" if stats.constant_weights else "")
+    stdout.print(f"parameters: {stats.parameters:,} in {where} ({stats.bytes:,} bytes)")
     unknown = (f"; {stats.flops_unknown} MatMul/Gemm/Conv/ConvTranspose nodes with unknown shapes not counted"
                if stats.flops_unknown else "")
     if stats.flops_approximate:

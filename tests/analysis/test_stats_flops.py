@@ -1,5 +1,6 @@
 """The MatMul/Gemm/Conv FLOPs estimate: exact counts at bound dims and whole input shapes, and the shapes ONNX
-inference cannot follow measured in onnxruntime (``measure=True``), as PaddleOCR's SVTR neck needs."""
+inference cannot follow measured in onnxruntime (``measure=True``), as PaddleOCR's SVTR neck needs; and the
+parameter count of weights kept in Constant nodes."""
 
 from __future__ import annotations
 
@@ -49,3 +50,31 @@ def test_measure_failure_keeps_the_estimate(caplog):
     # a 2-channel input cannot run (the Conv wants 3): the estimate stays what inference gives, with a warning
     assert flops(model, shapes={"x": (1, 2, 6, 10)}, measure=True)[2] == 1
     assert "measuring MatMul/Gemm/Conv shapes in onnxruntime failed" in caplog.text
+
+
+def test_parameters_count_the_float_tensors_of_constant_nodes(tmp_path):
+    """Paddle2ONNX keeps every weight in a Constant node (PaddleOCR: no initializer): they are the model's
+    parameters; an integer Constant (a shape) is not. Before, `inspect` and prune's report said 0 parameters."""
+    import subprocess
+    import sys
+
+    w = numpy_helper.from_array(np.ones((8, 3, 3, 3), np.float32), "w")
+    b = numpy_helper.from_array(np.zeros(8, np.float32), "b")
+    shape = numpy_helper.from_array(np.array([1, -1], np.int64), "shape")
+    nodes = [helper.make_node("Constant", [], ["w"], value=w), helper.make_node("Constant", [], ["b"], value=b),
+             helper.make_node("Constant", [], ["shape"], value=shape),
+             helper.make_node("Conv", ["x", "w", "b"], ["c"]), helper.make_node("Reshape", ["c", "shape"], ["y"])]
+    graph = helper.make_graph(nodes, "constants", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                 [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.ones(2, np.float32), "unused")])
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9))
+    stats = model_stats(model)
+    assert (stats.initializers, stats.constant_weights, stats.parameters, stats.bytes) == (1, 2, 2 + 216 + 8,
+                                                                                          4 * (2 + 216 + 8))
+    path = tmp_path / "m.onnx"
+    ir.save(model, path)
+    out = subprocess.run([sys.executable, "-m", "graphopt.cli.main", "inspect", str(path)], capture_output=True,
+                         text=True, timeout=120, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert "parameters: 226 in 1 initializers and 2 Constant nodes (904 bytes)" in out.stdout

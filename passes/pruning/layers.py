@@ -36,6 +36,7 @@ from graphopt import ir
 from graphopt.analysis.groups import CoupledGroup, GroupAnalysis
 from graphopt.analysis.groups.dims import Dims
 from graphopt.errors import InputError
+from graphopt.passes.pruning.plan import conv_positions
 
 __all__ = ["LayerPlan", "branch_flops", "build_layers", "score_layers", "choose_layers"]
 
@@ -75,13 +76,9 @@ def _last(dims: Dims, value: ir.Value | None) -> int:
 
 
 def _positions(node: ir.Node, dims: Dims | None) -> int:
-    """Positions per sample of a Conv's output grid, or a ConvTranspose's input grid (see plan._positions)."""
-    grid = node.inputs[0] if node.op_type == "ConvTranspose" else (node.outputs[0] if node.outputs else None)
-    shape = dims.of(grid) if dims is not None and grid is not None else None
-    if shape is None or len(shape) < 3:
-        return 1
-    spatial = list(shape)[2:]
-    return int(np.prod(spatial)) if all(isinstance(d, int) for d in spatial) else 1
+    """:func:`~graphopt.passes.pruning.plan.conv_positions` with ``dims`` read per value."""
+    grids = {v.name: v for v in (*node.inputs[:1], *node.outputs[:1]) if v is not None}
+    return conv_positions(node, None if dims is None else lambda name: dims.of(grids.get(name)))
 
 
 def branch_flops(nodes: list[ir.Node], width: int, tokens: int, dims: Dims | None = None) -> float:
@@ -104,8 +101,7 @@ def branch_flops(nodes: list[ir.Node], width: int, tokens: int, dims: Dims | Non
         weights = [t for t in consts if t is not None]
         if op in ("MatMul", "Gemm", "Conv", "ConvTranspose", "Attention"):
             for t in weights[:1]:
-                total += 2.0 * float(np.prod([int(d) for d in t.shape])) * (
-                    _positions(node, dims) if op in ("Conv", "ConvTranspose") else 1)
+                total += 2.0 * float(np.prod([int(d) for d in t.shape])) * _positions(node, dims)
         if (op == "MatMul" and not weights) or op in ("Attention", "MultiHeadAttention"):
             total += (2.0 if op == "MatMul" else 4.0) * tokens * width
     return total

@@ -30,7 +30,7 @@ import numpy as np
 from graphopt import ir
 from graphopt.analysis.groups import CoupledGroup, GroupAnalysis
 
-__all__ = ["Site", "GroupPlan", "build_plan", "weight_rows", "rows_to_weight"]
+__all__ = ["Site", "GroupPlan", "build_plan", "conv_positions", "weight_rows", "rows_to_weight"]
 
 
 @dataclass
@@ -189,7 +189,7 @@ def _site(node: ir.Node, weight_name: str) -> Site | None:
                 None if bias_arr is None else np.array(bias_arr), intercept=node.op_type != "ConvTranspose")
 
 
-def _positions(node: ir.Node, dims: Callable[[str], tuple[int | None, ...] | None] | None = None) -> int:
+def conv_positions(node: ir.Node, dims: Callable[[str], tuple[int | None, ...] | None] | None = None) -> int:
     """Positions per sample at which each weight element of a Conv or ConvTranspose is applied: a Conv's output
     grid (``H_out * W_out``), a ConvTranspose's input grid (every input position is scattered through the kernel);
     from the static shape, else from the analysis's concrete dims at its sample binding (``dims``; the input size
@@ -246,7 +246,7 @@ def build_plan(model: ir.Model, analysis: GroupAnalysis, kinds: tuple[str, ...],
             per_unit = float(np.prod(shape)) / shape[s.axis] * s.unit
             readers = [nodes[r] for r in s.readers if r in nodes] or \
                 [u[0] for u in (arr_v.uses() if arr_v is not None else [])]
-            pos = max((_positions(r, analysis.dims) for r in readers), default=1)
+            pos = max((conv_positions(r, analysis.dims) for r in readers), default=1)
             flops += 2.0 * per_unit * pos
         unit = max((s.unit for s in g.slices), default=1)
         if g.kind == "heads":
